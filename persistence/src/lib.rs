@@ -1,0 +1,20 @@
+//! warpcore persistence: the async [`Store`] trait every durable read and write goes
+//! through, its SQLite backend, the versioned migrations both backends share, the demo
+//! universe, and the write-behind queue that carries world state out of the tick.
+//! The only crate that knows SQL. The durability contract is in `README.md`.
+
+pub mod demo;
+pub mod migrations;
+pub mod sqlite;
+pub mod store;
+pub mod write_behind;
+
+pub use sqlite::SqliteStore;
+pub use store::{
+    Account, AccountId, CharacterId, EntityState, HullStats, ModuleType, NewAccount, Registered,
+    ShipId, ShipRecord, StarSystem, Station, Store, StoreError,
+};
+pub use write_behind::{
+    spawn_write_behind, SubmitError, WriteBehind, WriteBehindConfig, WriteBehindSender,
+    WriteBehindStats,
+};

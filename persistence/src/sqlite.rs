@@ -1,0 +1,725 @@
+//! The SQLite backend of [`Store`]: one `rusqlite` connection to a WAL-mode file,
+//! behind a `std::sync::Mutex`, used only from tokio's blocking pool.
+//!
+//! Every trait method moves its work into `spawn_blocking`, locks the connection, runs
+//! cached prepared statements (write paths in one `BEGIN IMMEDIATE` transaction) and
+//! maps `rusqlite` errors onto [`StoreError`]: busy, locked and I/O failures are
+//! `Unavailable` (retry), uniqueness violations `Conflict`, missing referenced rows
+//! `NotFound`, anything else `Backend`.
+//!
+//! Durability: `journal_mode=WAL` + `synchronous=NORMAL`. A committed transaction
+//! survives a process crash (`kill -9`); a power loss or OS crash can lose the last
+//! transactions committed before it, never corrupt the file. See `README.md`.
+//!
+//! Not for: deciding which migrations apply (`migrations.rs`), the demo data
+//! (`demo.rs`) or batching entity writes (`write_behind.rs`). Times stamped here
+//! (`applied_at_unix_ms`, `updated_at_unix_ms`) come from SQLite's own clock, an audit
+//! value the game never reads back.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{ffi, params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+
+use crate::demo;
+use crate::migrations::{self, Dialect};
+use crate::store::{
+    Account, AccountId, EntityState, HullStats, ModuleType, NewAccount, Registered, ShipRecord,
+    StarSystem, Station, Store, StoreError,
+};
+
+/// How long a statement waits for another connection's lock before `Unavailable`.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements kept per connection (every statement of this file fits).
+pub const STATEMENT_CACHE_CAPACITY: usize = 64;
+
+/// SQLite's clock as Unix milliseconds, for audit columns only.
+const SQL_NOW_UNIX_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
+/// The SQLite [`Store`]. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database file, configures it and runs pending migrations.
+    /// Blocks the calling thread: call it at start-up, before serving.
+    ///
+    /// # Errors
+    /// `SchemaTooNew` if the file was migrated by a newer build; `Unavailable` if the
+    /// file cannot be opened or is locked; `Backend` for anything else.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path).map_err(map_err)?;
+        Self::from_connection(conn)
+    }
+
+    /// A private in-memory database, for tests. Same schema, nothing durable.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`].
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open_in_memory().map_err(map_err)?;
+        Self::from_connection(conn)
+    }
+
+    fn from_connection(mut conn: Connection) -> Result<SqliteStore, StoreError> {
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(map_err)?;
+        // An in-memory database answers "memory": WAL only applies to files.
+        let _mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(map_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(map_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(map_err)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// The highest migration version applied to this database.
+    ///
+    /// # Errors
+    /// As any store read.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        self.run(|conn| {
+            conn.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    /// Every `world_entities` row as an [`EntityState`], ordered by entity id (tests,
+    /// tools and diagnostics; the engine loads ships through [`Store::load_world`]).
+    ///
+    /// # Errors
+    /// As any store read.
+    pub async fn entity_states(&self) -> Result<Vec<EntityState>, StoreError> {
+        self.run(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT entity_id, x_m, y_m, vx_mps, vy_mps, tick
+                     FROM world_entities ORDER BY entity_id",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map([], |row| entity_state_at(row, 0))
+                .map_err(map_err)?;
+            rows.map(|r| r.map_err(map_err)).collect()
+        })
+        .await
+    }
+
+    /// Runs `work` with the connection on tokio's blocking pool.
+    async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while the lock was held unwound through any open `Transaction`,
+            // which rolled back on drop: the connection itself is still sound.
+            let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            work(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blocking store task failed: {e}")))?
+    }
+}
+
+/// Maps a rusqlite error onto the store's error kinds (see the module docs).
+fn map_err(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull
+            | ErrorCode::CannotOpen
+            | ErrorCode::FileLockingProtocolFailed
+            | ErrorCode::OperationInterrupted => StoreError::Unavailable(e.to_string()),
+            ErrorCode::ConstraintViolation => match f.extended_code {
+                ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                    StoreError::Conflict(e.to_string())
+                }
+                ffi::SQLITE_CONSTRAINT_FOREIGNKEY => StoreError::NotFound(e.to_string()),
+                _ => StoreError::Backend(e.to_string()),
+            },
+            _ => StoreError::Backend(e.to_string()),
+        },
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+/// Applies every pending migration, each in its own immediate transaction.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(migrations::SCHEMA_MIGRATIONS_DDL)
+        .map_err(map_err)?;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(map_err)?;
+        // Read the applied list inside the write lock: a second process opening the
+        // same file at the same moment waits here instead of applying twice.
+        let applied = applied_migrations(&tx)?;
+        let Some(next) = migrations::pending(&applied)?.first() else {
+            return Ok(());
+        };
+        tx.execute_batch(&next.render(Dialect::Sqlite))
+            .map_err(map_err)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO schema_migrations (version, name, applied_at_unix_ms)
+                 VALUES (?1, ?2, {SQL_NOW_UNIX_MS})"
+            ),
+            params![next.version, next.name],
+        )
+        .map_err(map_err)?;
+        tx.commit().map_err(map_err)?;
+        tracing::info!(
+            version = next.version,
+            name = next.name,
+            "applied migration"
+        );
+    }
+}
+
+fn applied_migrations(conn: &Connection) -> Result<Vec<(i64, String)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT version, name FROM schema_migrations ORDER BY version")
+        .map_err(map_err)?;
+    let rows = stmt
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .map_err(map_err)?;
+    rows.map(|r| r.map_err(map_err)).collect()
+}
+
+/// Reads `entity_id, x_m, y_m, vx_mps, vy_mps, tick` starting at column `first`.
+fn entity_state_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<EntityState> {
+    let tick: i64 = row.get(first + 5)?;
+    let tick = u64::try_from(tick)
+        .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(first + 5, tick))?;
+    Ok(EntityState {
+        entity_id: row.get(first)?,
+        x_m: row.get(first + 1)?,
+        y_m: row.get(first + 2)?,
+        vx_mps: row.get(first + 3)?,
+        vy_mps: row.get(first + 4)?,
+        tick,
+    })
+}
+
+fn seed_demo_content(conn: &mut Connection) -> Result<bool, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    let n_systems: i64 = tx
+        .query_row("SELECT COUNT(*) FROM star_systems", [], |row| row.get(0))
+        .map_err(map_err)?;
+    if n_systems > 0 {
+        return Ok(false);
+    }
+    {
+        let mut insert_system = tx
+            .prepare_cached(
+                "INSERT INTO star_systems (name, x_m, y_m, security) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(map_err)?;
+        let mut insert_station = tx
+            .prepare_cached(
+                "INSERT INTO stations (system_id, name, x_m, y_m) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(map_err)?;
+        for system in demo::DEMO_SYSTEMS {
+            let system_id = insert_system
+                .insert(params![
+                    system.name,
+                    system.x_m,
+                    system.y_m,
+                    system.security
+                ])
+                .map_err(map_err)?;
+            for station in system.stations {
+                insert_station
+                    .execute(params![
+                        system_id,
+                        station.name,
+                        system.x_m + station.offset_x_m,
+                        system.y_m + station.offset_y_m
+                    ])
+                    .map_err(map_err)?;
+            }
+        }
+        let mut insert_module = tx
+            .prepare_cached(
+                "INSERT INTO module_types (name, slot_kind, mass_kg, max_speed_bonus_pct,
+                     accel_bonus_pct, hit_points_bonus)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(map_err)?;
+        for m in demo::DEMO_MODULE_TYPES {
+            insert_module
+                .execute(params![
+                    m.name,
+                    m.slot_kind,
+                    m.mass_kg,
+                    m.max_speed_bonus_pct,
+                    m.accel_bonus_pct,
+                    m.hit_points_bonus
+                ])
+                .map_err(map_err)?;
+        }
+    }
+    tx.commit().map_err(map_err)?;
+    Ok(true)
+}
+
+fn register_account(conn: &mut Connection, new: NewAccount) -> Result<Registered, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    let account_id = tx
+        .prepare_cached(
+            "INSERT INTO accounts (username, password_hash, role, created_at_unix_ms)
+             VALUES (?1, ?2, 'player', ?3)",
+        )
+        .and_then(|mut s| {
+            s.insert(params![
+                new.username,
+                new.password_hash,
+                new.created_at_unix_ms
+            ])
+        })
+        .map_err(|e| match map_err(e) {
+            StoreError::Conflict(_) => StoreError::Conflict("username taken".to_owned()),
+            other => other,
+        })?;
+
+    let stations: Vec<(i64, f64, f64)> = {
+        let mut stmt = tx
+            .prepare_cached("SELECT id, x_m, y_m FROM stations ORDER BY id")
+            .map_err(map_err)?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .map_err(map_err)?;
+        rows.collect::<Result<_, _>>().map_err(map_err)?
+    };
+    if stations.is_empty() {
+        return Err(StoreError::NotFound(
+            "no stations: the demo universe is not seeded (the server seeds it at start)"
+                .to_owned(),
+        ));
+    }
+    let (station_id, station_x_m, station_y_m) =
+        stations[demo::home_station_idx(account_id, stations.len())];
+
+    let character_id = tx
+        .prepare_cached(
+            "INSERT INTO characters (account_id, name, home_station_id) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut s| s.insert(params![account_id, new.username, station_id]))
+        .map_err(map_err)?;
+
+    let hull = demo::starter_hull();
+    let ship_id = tx
+        .prepare_cached(
+            "INSERT INTO ships (character_id, name, hull_name, mass_kg, max_speed_mps,
+                 accel_mps2, hit_points)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .and_then(|mut s| {
+            s.insert(params![
+                character_id,
+                format!("{}'s {}", new.username, hull.hull_name),
+                hull.hull_name,
+                hull.mass_kg,
+                hull.max_speed_mps,
+                hull.accel_mps2,
+                hull.hit_points
+            ])
+        })
+        .map_err(map_err)?;
+
+    fit_starter_modules(&tx, ship_id)?;
+
+    tx.prepare_cached("UPDATE characters SET active_ship_id = ?1 WHERE id = ?2")
+        .and_then(|mut s| s.execute(params![ship_id, character_id]))
+        .map_err(map_err)?;
+
+    let (dx_m, dy_m) = demo::spawn_offset_m(account_id);
+    tx.prepare_cached(&format!(
+        "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
+             updated_at_unix_ms)
+         VALUES (?1, 'ship', ?2, ?3, 0.0, 0.0, 0, {SQL_NOW_UNIX_MS})"
+    ))
+    .and_then(|mut s| s.execute(params![ship_id, station_x_m + dx_m, station_y_m + dy_m]))
+    .map_err(map_err)?;
+
+    tx.commit().map_err(map_err)?;
+    Ok(Registered {
+        account_id,
+        character_id,
+        ship_id,
+    })
+}
+
+fn fit_starter_modules(tx: &rusqlite::Transaction<'_>, ship_id: i64) -> Result<(), StoreError> {
+    let mut find = tx
+        .prepare_cached("SELECT id FROM module_types WHERE name = ?1")
+        .map_err(map_err)?;
+    let mut fit = tx
+        .prepare_cached(
+            "INSERT INTO ship_modules (ship_id, slot_index, module_type_id) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(map_err)?;
+    for (slot_index, name) in demo::STARTER_MODULES.iter().enumerate() {
+        let module_type_id: i64 = find
+            .query_row(params![name], |row| row.get(0))
+            .optional()
+            .map_err(map_err)?
+            .ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "module type {name:?}: the demo universe is not seeded"
+                ))
+            })?;
+        let slot_index = i64::try_from(slot_index).unwrap_or(i64::MAX);
+        fit.execute(params![ship_id, slot_index, module_type_id])
+            .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+fn account_by_username(conn: &Connection, username: &str) -> Result<Option<Account>, StoreError> {
+    conn.prepare_cached(
+        "SELECT id, username, password_hash, role, created_at_unix_ms
+         FROM accounts WHERE username = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![username], |row| {
+            Ok(Account {
+                id: row.get(0)?,
+                username: row.get(1)?,
+                password_hash: row.get(2)?,
+                role: row.get(3)?,
+                created_at_unix_ms: row.get(4)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(map_err)
+}
+
+fn insert_refresh_token(
+    conn: &Connection,
+    account_id: AccountId,
+    token_sha256: [u8; 32],
+    expires_at_unix_ms: i64,
+) -> Result<(), StoreError> {
+    let hex = hex_lower(&token_sha256);
+    conn.prepare_cached(
+        "INSERT INTO refresh_tokens (account_id, token_sha256_hex, expires_at_unix_ms)
+         VALUES (?1, ?2, ?3)",
+    )
+    .and_then(|mut s| s.execute(params![account_id, hex, expires_at_unix_ms]))
+    .map_err(|e| match map_err(e) {
+        StoreError::NotFound(_) => StoreError::NotFound(format!("account {account_id}")),
+        StoreError::Conflict(_) => {
+            StoreError::Conflict("refresh token hash already stored".to_owned())
+        }
+        other => other,
+    })?;
+    Ok(())
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0F)]));
+    }
+    out
+}
+
+/// The columns [`ship_record_at`] reads, joined from ships, characters and world_entities.
+const SHIP_SELECT: &str = "SELECT s.id, c.account_id, c.id, s.name, s.hull_name, s.mass_kg,
+        s.max_speed_mps, s.accel_mps2, s.hit_points,
+        w.entity_id, w.x_m, w.y_m, w.vx_mps, w.vy_mps, w.tick
+    FROM ships s
+    JOIN characters c ON c.id = s.character_id
+    JOIN world_entities w ON w.entity_id = s.id";
+
+/// A ship row from [`SHIP_SELECT`], with no modules yet.
+fn ship_record_at(row: &rusqlite::Row<'_>) -> rusqlite::Result<ShipRecord> {
+    Ok(ShipRecord {
+        ship_id: row.get(0)?,
+        account_id: row.get(1)?,
+        character_id: row.get(2)?,
+        name: row.get(3)?,
+        hull: HullStats {
+            hull_name: row.get(4)?,
+            mass_kg: row.get(5)?,
+            max_speed_mps: row.get(6)?,
+            accel_mps2: row.get(7)?,
+            hit_points: row.get(8)?,
+        },
+        modules: Vec::new(),
+        state: entity_state_at(row, 9)?,
+    })
+}
+
+/// The columns [`module_at`] reads, joined from ship_modules and module_types.
+const MODULE_SELECT: &str = "SELECT sm.ship_id, m.id, m.name, m.slot_kind, m.mass_kg,
+        m.max_speed_bonus_pct, m.accel_bonus_pct, m.hit_points_bonus
+    FROM ship_modules sm
+    JOIN module_types m ON m.id = sm.module_type_id";
+
+/// `(ship_id, module)` from a [`MODULE_SELECT`] row.
+fn module_at(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, ModuleType)> {
+    Ok((
+        row.get(0)?,
+        ModuleType {
+            id: row.get(1)?,
+            name: row.get(2)?,
+            slot_kind: row.get(3)?,
+            mass_kg: row.get(4)?,
+            max_speed_bonus_pct: row.get(5)?,
+            accel_bonus_pct: row.get(6)?,
+            hit_points_bonus: row.get(7)?,
+        },
+    ))
+}
+
+fn active_ship(conn: &Connection, account_id: AccountId) -> Result<Option<ShipRecord>, StoreError> {
+    let ship = conn
+        .prepare_cached(&format!(
+            "{SHIP_SELECT}
+             WHERE c.account_id = ?1 AND s.id = c.active_ship_id
+             ORDER BY c.id LIMIT 1"
+        ))
+        .and_then(|mut s| s.query_row(params![account_id], ship_record_at).optional())
+        .map_err(map_err)?;
+    let Some(mut ship) = ship else {
+        return Ok(None);
+    };
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "{MODULE_SELECT} WHERE sm.ship_id = ?1 ORDER BY sm.slot_index"
+        ))
+        .map_err(map_err)?;
+    let rows = stmt
+        .query_map(params![ship.ship_id], module_at)
+        .map_err(map_err)?;
+    for row in rows {
+        let (_, module) = row.map_err(map_err)?;
+        ship.modules.push(module);
+    }
+    Ok(Some(ship))
+}
+
+fn load_world(conn: &Connection) -> Result<Vec<ShipRecord>, StoreError> {
+    let mut ships: Vec<ShipRecord> = {
+        let mut stmt = conn
+            .prepare_cached(&format!("{SHIP_SELECT} ORDER BY s.id"))
+            .map_err(map_err)?;
+        let rows = stmt.query_map([], ship_record_at).map_err(map_err)?;
+        rows.collect::<Result<_, _>>().map_err(map_err)?
+    };
+    // One pass over every fitted module in (ship, slot) order, merged into the ships
+    // (also in ship order), instead of one query per ship.
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "{MODULE_SELECT} ORDER BY sm.ship_id, sm.slot_index"
+        ))
+        .map_err(map_err)?;
+    let rows = stmt.query_map([], module_at).map_err(map_err)?;
+    let mut ship_idx = 0;
+    for row in rows {
+        let (ship_id, module) = row.map_err(map_err)?;
+        while ship_idx < ships.len() && ships[ship_idx].ship_id < ship_id {
+            ship_idx += 1;
+        }
+        // A docked ship (no world_entities row) has modules but is not in `ships`.
+        if let Some(ship) = ships.get_mut(ship_idx).filter(|s| s.ship_id == ship_id) {
+            ship.modules.push(module);
+        }
+    }
+    Ok(ships)
+}
+
+fn write_entity_states(conn: &mut Connection, states: &[EntityState]) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    {
+        // `kind` is only set on insert: every entity the queue writes today is a ship,
+        // and an update must not relabel an entity created with another kind.
+        let mut upsert = tx
+            .prepare_cached(&format!(
+                "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
+                     updated_at_unix_ms)
+                 VALUES (?1, 'ship', ?2, ?3, ?4, ?5, ?6, {SQL_NOW_UNIX_MS})
+                 ON CONFLICT (entity_id) DO UPDATE SET
+                     x_m = excluded.x_m, y_m = excluded.y_m,
+                     vx_mps = excluded.vx_mps, vy_mps = excluded.vy_mps,
+                     tick = excluded.tick, updated_at_unix_ms = excluded.updated_at_unix_ms"
+            ))
+            .map_err(map_err)?;
+        for s in states {
+            let tick = i64::try_from(s.tick).map_err(|_| {
+                StoreError::Backend(format!(
+                    "entity {}: tick {} does not fit a BIGINT",
+                    s.entity_id, s.tick
+                ))
+            })?;
+            upsert
+                .execute(params![s.entity_id, s.x_m, s.y_m, s.vx_mps, s.vy_mps, tick])
+                .map_err(map_err)?;
+        }
+    }
+    tx.commit().map_err(map_err)
+}
+
+fn star_systems(conn: &Connection) -> Result<Vec<StarSystem>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id, name, x_m, y_m FROM star_systems ORDER BY id")
+        .map_err(map_err)?;
+    let rows = stmt
+        .query_map([], |row| {
+            Ok(StarSystem {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                x_m: row.get(2)?,
+                y_m: row.get(3)?,
+            })
+        })
+        .map_err(map_err)?;
+    rows.map(|r| r.map_err(map_err)).collect()
+}
+
+fn stations(conn: &Connection) -> Result<Vec<Station>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id, system_id, name, x_m, y_m FROM stations ORDER BY id")
+        .map_err(map_err)?;
+    let rows = stmt
+        .query_map([], |row| {
+            Ok(Station {
+                id: row.get(0)?,
+                system_id: row.get(1)?,
+                name: row.get(2)?,
+                x_m: row.get(3)?,
+                y_m: row.get(4)?,
+            })
+        })
+        .map_err(map_err)?;
+    rows.map(|r| r.map_err(map_err)).collect()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn health(&self) -> Result<(), StoreError> {
+        self.run(|conn| {
+            conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+                .map(|_| ())
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn seed_demo_content(&self) -> Result<bool, StoreError> {
+        self.run(seed_demo_content).await
+    }
+
+    async fn register_account(&self, new: NewAccount) -> Result<Registered, StoreError> {
+        self.run(move |conn| register_account(conn, new)).await
+    }
+
+    async fn account_by_username(&self, username: &str) -> Result<Option<Account>, StoreError> {
+        let username = username.to_owned();
+        self.run(move |conn| account_by_username(conn, &username))
+            .await
+    }
+
+    async fn insert_refresh_token(
+        &self,
+        account_id: AccountId,
+        token_sha256: [u8; 32],
+        expires_at_unix_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            insert_refresh_token(conn, account_id, token_sha256, expires_at_unix_ms)
+        })
+        .await
+    }
+
+    async fn active_ship(&self, account_id: AccountId) -> Result<Option<ShipRecord>, StoreError> {
+        self.run(move |conn| active_ship(conn, account_id)).await
+    }
+
+    async fn load_world(&self) -> Result<Vec<ShipRecord>, StoreError> {
+        self.run(|conn| load_world(conn)).await
+    }
+
+    async fn write_entity_states(&self, states: &[EntityState]) -> Result<(), StoreError> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        // The blocking pool needs owned data; one copy of a flush batch is cheap next
+        // to the disk write it feeds.
+        let states = states.to_vec();
+        self.run(move |conn| write_entity_states(conn, &states))
+            .await
+    }
+
+    async fn star_systems(&self) -> Result<Vec<StarSystem>, StoreError> {
+        self.run(|conn| star_systems(conn)).await
+    }
+
+    async fn stations(&self) -> Result<Vec<Station>, StoreError> {
+        self.run(|conn| stations(conn)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_lower_encodes_every_nibble() {
+        assert_eq!(hex_lower(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(hex_lower(&[0xab; 32]).len(), 64);
+    }
+
+    #[test]
+    fn busy_and_unique_errors_map_to_retry_and_conflict() {
+        let busy = rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_BUSY), None);
+        assert!(matches!(map_err(busy), StoreError::Unavailable(_)));
+        let unique =
+            rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_CONSTRAINT_UNIQUE), None);
+        assert!(matches!(map_err(unique), StoreError::Conflict(_)));
+        let fk = rusqlite::Error::SqliteFailure(
+            ffi::Error::new(ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+            None,
+        );
+        assert!(matches!(map_err(fk), StoreError::NotFound(_)));
+        let check =
+            rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_CONSTRAINT_CHECK), None);
+        assert!(matches!(map_err(check), StoreError::Backend(_)));
+    }
+}
