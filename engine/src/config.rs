@@ -1,0 +1,200 @@
+//! Engine configuration, its validation, and the engine's error types. Plain values
+//! passed in by the server binary; nothing here reads the environment or the clock.
+
+use thiserror::Error;
+
+use crate::sector_id::SectorId;
+use crate::wire::{DecodeError, ENTITY_VIEW_BYTES, SNAPSHOT_HEADER_BYTES};
+
+/// Highest accepted tick rate.
+pub const TICK_HZ_MAX: u32 = 1000;
+/// Smallest accepted scale-0 sector width, metres.
+pub const SECTOR_SIZE_MIN_M: f64 = 1.0;
+/// Largest accepted scale-0 sector width, metres.
+pub const SECTOR_SIZE_MAX_M: f64 = 1.0e9;
+/// Largest accepted per-sector inbox bound.
+pub const INBOX_COMMANDS_LIMIT: usize = 1 << 20;
+/// Largest accepted worker thread count.
+pub const WORKER_THREADS_MAX: usize = 1024;
+/// Smallest snapshot budget: the header plus the client's own ship.
+pub const SNAPSHOT_BYTES_MIN: usize = SNAPSHOT_HEADER_BYTES + ENTITY_VIEW_BYTES;
+
+/// How the engine runs. Every field has a sane default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Ticks per real second; one tick advances `time_dilation / tick_hz` game seconds.
+    pub tick_hz: u32,
+    /// Width of a scale-0 sector, metres.
+    pub sector_size_m: f64,
+    /// Rayon worker threads for the simulate phase; 0 = one per available core.
+    pub worker_threads: usize,
+    /// Most commands one sector's inbox holds between two ticks; more are refused.
+    pub inbox_commands_max: usize,
+    /// Most bytes of one encoded snapshot message (the transport's MTU decides it).
+    pub snapshot_bytes_max: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            tick_hz: 30,
+            sector_size_m: 1000.0,
+            worker_threads: 0,
+            inbox_commands_max: 4096,
+            snapshot_bytes_max: 1100,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks every field against its bounds.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidConfig`] naming the first field out of bounds.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if self.tick_hz == 0 || self.tick_hz > TICK_HZ_MAX {
+            return Err(EngineError::InvalidConfig("tick_hz must be in 1..=1000"));
+        }
+        if !(self.sector_size_m.is_finite()
+            && (SECTOR_SIZE_MIN_M..=SECTOR_SIZE_MAX_M).contains(&self.sector_size_m))
+        {
+            return Err(EngineError::InvalidConfig(
+                "sector_size_m must be between 1 m and 1e9 m",
+            ));
+        }
+        if self.worker_threads > WORKER_THREADS_MAX {
+            return Err(EngineError::InvalidConfig(
+                "worker_threads must be at most 1024",
+            ));
+        }
+        if self.inbox_commands_max == 0 || self.inbox_commands_max > INBOX_COMMANDS_LIMIT {
+            return Err(EngineError::InvalidConfig(
+                "inbox_commands_max must be in 1..=1048576",
+            ));
+        }
+        if self.snapshot_bytes_max < SNAPSHOT_BYTES_MIN {
+            return Err(EngineError::InvalidConfig(
+                "snapshot_bytes_max must hold the header and one entity (61 bytes)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why an engine call that the server makes failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EngineError {
+    /// A configuration field is out of bounds.
+    #[error("invalid engine config: {0}")]
+    InvalidConfig(&'static str),
+    /// The rayon thread pool could not be built.
+    #[error("cannot build the sector thread pool: {0}")]
+    ThreadPool(String),
+    /// An entity with this id already exists.
+    #[error("entity {0} already exists")]
+    DuplicateEntity(u64),
+    /// No entity has this id.
+    #[error("entity {0} does not exist")]
+    UnknownEntity(u64),
+    /// The entity belongs to another account.
+    #[error("entity {entity_id} is not owned by account {account_id}")]
+    NotOwner {
+        /// The entity asked for.
+        entity_id: u64,
+        /// The account that asked.
+        account_id: u64,
+    },
+    /// The ship to spawn has an invalid field.
+    #[error("invalid ship {entity_id}: {reason}")]
+    InvalidShip {
+        /// The ship's id.
+        entity_id: u64,
+        /// Which field is wrong.
+        reason: &'static str,
+    },
+}
+
+/// Why a client message was refused. Each refusal is also counted in
+/// [`crate::RejectCounts`]; none of them affects the client's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum CommandError {
+    /// The payload is not a valid client message.
+    #[error("undecodable message: {0}")]
+    Decode(#[from] DecodeError),
+    /// The client is not attached to any ship.
+    #[error("client {client} is not attached to a ship")]
+    NotAttached {
+        /// The client.
+        client: u64,
+    },
+    /// The command names an entity the client does not control.
+    #[error("client {client} does not control entity {entity_id}")]
+    NotOwner {
+        /// The client.
+        client: u64,
+        /// The entity it tried to command.
+        entity_id: u64,
+    },
+    /// The command is older than one already accepted from this client (reordered).
+    #[error("stale command seq {seq} (newest accepted {newest_seq})")]
+    Stale {
+        /// The refused sequence number.
+        seq: u32,
+        /// The newest sequence number accepted.
+        newest_seq: u32,
+    },
+    /// The entity's sector inbox is at `inbox_commands_max`.
+    #[error("inbox of sector {sector:?} is full")]
+    InboxFull {
+        /// The sector whose inbox is full.
+        sector: SectorId,
+    },
+    /// The entity is gone.
+    #[error("entity {entity_id} does not exist")]
+    UnknownEntity {
+        /// The entity asked for.
+        entity_id: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_bounds_are_checked() {
+        assert_eq!(EngineConfig::default().validate(), Ok(()));
+        let bad = [
+            EngineConfig {
+                tick_hz: 0,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                sector_size_m: f64::NAN,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                sector_size_m: 0.5,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                inbox_commands_max: 0,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                snapshot_bytes_max: SNAPSHOT_BYTES_MIN - 1,
+                ..EngineConfig::default()
+            },
+            EngineConfig {
+                worker_threads: WORKER_THREADS_MAX + 1,
+                ..EngineConfig::default()
+            },
+        ];
+        for config in bad {
+            assert!(
+                matches!(config.validate(), Err(EngineError::InvalidConfig(_))),
+                "{config:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! warpcore's tick engine: the world sharded into sectors, each owning a `hecs::World`,
+//! ticked in parallel on rayon with a deterministic serial exchange; plus the game's own
+//! message schema and codec ([`wire`]), shared by the server and the bot clients.
+//!
+//! Architecture invariant: this crate knows nothing of sockets, HTTP, SQL or the clock.
+//! The server calls [`Engine`] from its fixed-rate loop and wires it to the network and
+//! the database; the same calls always produce the same [`Engine::state_hash`].
+
+mod components;
+pub mod config;
+pub mod engine;
+mod hash;
+mod inbox;
+mod replicate;
+pub mod report;
+mod sector;
+pub mod sector_id;
+pub mod ship;
+pub mod wire;
+
+pub use config::{CommandError, EngineConfig, EngineError};
+pub use engine::Engine;
+pub use report::{EngineStats, RejectCounts, TickReport};
+pub use sector_id::SectorId;
+pub use ship::{EntityRecord, HullInput, ModuleInput, ShipSpawn, ShipStats};

@@ -1,0 +1,746 @@
+//! The game's own messages and their byte codec: what travels inside the transport's
+//! message payloads between the server and game clients (commands up, snapshots down).
+//! It is not the transport: framing, acks, encryption, fragmentation and channels belong
+//! to `net`, which carries these payloads as opaque bytes. Both the server and the bot
+//! clients use this module, so the layout below is the contract.
+//!
+//! Encoding appends to a caller-owned `Vec<u8>` (the caller clears it when it wants a
+//! fresh message) and never fails for client messages; decoding takes the exact payload
+//! and returns a typed [`DecodeError`] for anything malformed. Decoders never panic,
+//! never read past the input, and never allocate more than the input length implies.
+//!
+//! # Byte layout (game messages)
+//!
+//! All integers and floats are little-endian; floats are IEEE 754. Every message starts
+//! with one type byte. Client-to-server types are `0x01..=0x7F`, server-to-client types
+//! are `0x80..=0xFF`, so a message sent the wrong way is rejected as an unknown type.
+//! A payload must be exactly as long as its type says: short input is `Truncated`,
+//! extra bytes are `TrailingBytes`. Non-finite floats (NaN, ±inf) are rejected.
+//!
+//! ## `0x01` Move (client -> server), 21 bytes
+//!
+//! | offset | size | type | field                                              |
+//! |-------:|-----:|------|----------------------------------------------------|
+//! | 0      | 1    | u8   | type = `0x01`                                      |
+//! | 1      | 8    | u64  | `entity_id`: the ship to steer (must be the client's own) |
+//! | 9      | 4    | u32  | `seq`: increases by one per Move (wrapping); the server drops a Move older than the newest it accepted from this client |
+//! | 13     | 4    | f32  | `vx_mps`: desired velocity x, metres per second     |
+//! | 17     | 4    | f32  | `vy_mps`: desired velocity y, metres per second     |
+//!
+//! The velocity is a wish: the server clamps its magnitude to the ship's maximum speed
+//! and turns the current velocity toward it by at most the ship's acceleration per tick.
+//!
+//! ## `0x81` Snapshot (server -> client), 21 + 40 × n bytes
+//!
+//! | offset | size | type | field                                              |
+//! |-------:|-----:|------|----------------------------------------------------|
+//! | 0      | 1    | u8   | type = `0x81`                                      |
+//! | 1      | 8    | u64  | `tick`: the server tick this state is from          |
+//! | 9      | 2    | u16  | `time_dilation_permille`: game time per real time, 1000 = real time |
+//! | 11     | 8    | u64  | `controlled_entity`: the client's ship, 0 if none   |
+//! | 19     | 2    | u16  | `n`: number of entity records that follow           |
+//! | 21     | 40×n |      | `n` entity records, layout below                    |
+//!
+//! Entity record (40 bytes, offsets relative to the record):
+//!
+//! | offset | size | type | field                                   |
+//! |-------:|-----:|------|-----------------------------------------|
+//! | 0      | 8    | u64  | `entity_id`                             |
+//! | 8      | 8    | u64  | `owner_account`                         |
+//! | 16     | 8    | f64  | `x_m`: position x, metres               |
+//! | 24     | 8    | f64  | `y_m`: position y, metres               |
+//! | 32     | 4    | f32  | `vx_mps`: velocity x, metres per second |
+//! | 36     | 4    | f32  | `vy_mps`: velocity y, metres per second |
+//!
+//! The server sends the client's own ship first (when it has one), then the other
+//! entities of the ship's sector and its 8 neighbours (scale 0), nearest first, and
+//! stops when the next record would make the message longer than the server's snapshot
+//! budget (`EngineConfig::snapshot_bytes_max`, sized so a snapshot fits one datagram).
+//! A snapshot is a full state of what it contains, not a delta: a client may drop any
+//! snapshot older than the newest it has seen.
+
+use thiserror::Error;
+
+/// Type byte of [`ClientMsg::Move`].
+pub const TYPE_MOVE: u8 = 0x01;
+/// Type byte of [`ServerMsg::Snapshot`].
+pub const TYPE_SNAPSHOT: u8 = 0x81;
+/// Encoded size of [`ClientMsg::Move`], type byte included.
+pub const MOVE_BYTES: usize = 21;
+/// Encoded size of a snapshot without entity records, type byte included.
+pub const SNAPSHOT_HEADER_BYTES: usize = 21;
+/// Encoded size of one [`EntityView`] record inside a snapshot.
+pub const ENTITY_VIEW_BYTES: usize = 40;
+/// Most entity records one snapshot can carry (its count field is a `u16`).
+pub const SNAPSHOT_ENTITIES_MAX: usize = u16::MAX as usize;
+
+/// Offset of the entity count inside a snapshot.
+const SNAPSHOT_COUNT_OFFSET: usize = 19;
+
+/// Most entity records that fit in a snapshot of at most `bytes_max` bytes.
+pub fn snapshot_entities_fitting(bytes_max: usize) -> usize {
+    (bytes_max.saturating_sub(SNAPSHOT_HEADER_BYTES) / ENTITY_VIEW_BYTES).min(SNAPSHOT_ENTITIES_MAX)
+}
+
+/// Why a payload is not a valid game message. Every variant means "drop it".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// The payload has no bytes at all.
+    #[error("empty payload")]
+    Empty,
+    /// The type byte is not a message this decoder knows (or one for the other direction).
+    #[error("unknown message type 0x{type_byte:02x}")]
+    UnknownType {
+        /// The type byte that was received.
+        type_byte: u8,
+    },
+    /// The payload is shorter than its type (and counts) require.
+    #[error("truncated payload: need {needed_bytes} bytes, got {got_bytes}")]
+    Truncated {
+        /// Bytes the message needs.
+        needed_bytes: usize,
+        /// Bytes that were received.
+        got_bytes: usize,
+    },
+    /// The payload is longer than its type (and counts) say.
+    #[error("trailing bytes: expected {expected_bytes} bytes, got {got_bytes}")]
+    TrailingBytes {
+        /// Bytes the message should have.
+        expected_bytes: usize,
+        /// Bytes that were received.
+        got_bytes: usize,
+    },
+    /// A float field is NaN or infinite.
+    #[error("field {field} is not a finite number")]
+    NonFinite {
+        /// Name of the offending field.
+        field: &'static str,
+    },
+}
+
+/// Why a server message could not be encoded. The output is left as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum EncodeError {
+    /// The byte budget cannot even hold the snapshot header.
+    #[error("snapshot budget of {bytes_max} bytes is below the {header_bytes}-byte header")]
+    BudgetTooSmall {
+        /// The budget that was given.
+        bytes_max: usize,
+        /// The header size it must at least hold.
+        header_bytes: usize,
+    },
+    /// The next entity record does not fit the byte budget or the `u16` count.
+    #[error("snapshot full")]
+    Full,
+    /// A float field is NaN or infinite; the decoder would reject the message.
+    #[error("field {field} is not a finite number")]
+    NonFinite {
+        /// Name of the offending field.
+        field: &'static str,
+    },
+}
+
+/// A message from a game client to the server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ClientMsg {
+    /// Steer a ship: set its desired velocity.
+    Move {
+        /// The ship to steer; must be the one the client controls.
+        entity_id: u64,
+        /// Per-client sequence number, increasing by one per Move (wrapping).
+        seq: u32,
+        /// Desired velocity x, metres per second.
+        vx_mps: f32,
+        /// Desired velocity y, metres per second.
+        vy_mps: f32,
+    },
+}
+
+impl ClientMsg {
+    /// Encoded size of this message in bytes.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            ClientMsg::Move { .. } => MOVE_BYTES,
+        }
+    }
+
+    /// Appends the encoded message to `out` (it does not clear `out` first).
+    ///
+    /// Non-finite velocities are encoded as given; the server's decoder rejects them.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match *self {
+            ClientMsg::Move {
+                entity_id,
+                seq,
+                vx_mps,
+                vy_mps,
+            } => {
+                out.reserve(MOVE_BYTES);
+                out.push(TYPE_MOVE);
+                out.extend_from_slice(&entity_id.to_le_bytes());
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.extend_from_slice(&vx_mps.to_le_bytes());
+                out.extend_from_slice(&vy_mps.to_le_bytes());
+            }
+        }
+    }
+
+    /// Decodes one client message from exactly `bytes`.
+    ///
+    /// # Errors
+    /// Any malformed input: see [`DecodeError`].
+    pub fn decode(bytes: &[u8]) -> Result<ClientMsg, DecodeError> {
+        let mut r = Reader::new(bytes);
+        match r.u8()? {
+            TYPE_MOVE => {
+                r.expect_len(MOVE_BYTES)?;
+                let entity_id = r.u64()?;
+                let seq = r.u32()?;
+                let vx_mps = finite_f32(r.f32()?, "vx_mps")?;
+                let vy_mps = finite_f32(r.f32()?, "vy_mps")?;
+                Ok(ClientMsg::Move {
+                    entity_id,
+                    seq,
+                    vx_mps,
+                    vy_mps,
+                })
+            }
+            type_byte => Err(DecodeError::UnknownType { type_byte }),
+        }
+    }
+}
+
+/// One entity as a client sees it in a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EntityView {
+    /// Entity id (never 0).
+    pub entity_id: u64,
+    /// Account that owns the entity.
+    pub owner_account: u64,
+    /// Position x, metres.
+    pub x_m: f64,
+    /// Position y, metres.
+    pub y_m: f64,
+    /// Velocity x, metres per second.
+    pub vx_mps: f32,
+    /// Velocity y, metres per second.
+    pub vy_mps: f32,
+}
+
+impl EntityView {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.entity_id.to_le_bytes());
+        out.extend_from_slice(&self.owner_account.to_le_bytes());
+        out.extend_from_slice(&self.x_m.to_le_bytes());
+        out.extend_from_slice(&self.y_m.to_le_bytes());
+        out.extend_from_slice(&self.vx_mps.to_le_bytes());
+        out.extend_from_slice(&self.vy_mps.to_le_bytes());
+    }
+
+    fn check_finite(&self) -> Result<(), &'static str> {
+        if !self.x_m.is_finite() {
+            return Err("x_m");
+        }
+        if !self.y_m.is_finite() {
+            return Err("y_m");
+        }
+        if !self.vx_mps.is_finite() {
+            return Err("vx_mps");
+        }
+        if !self.vy_mps.is_finite() {
+            return Err("vy_mps");
+        }
+        Ok(())
+    }
+
+    /// Reads one record from exactly [`ENTITY_VIEW_BYTES`] bytes (length checked by the caller).
+    fn read(record: &[u8]) -> Result<EntityView, DecodeError> {
+        let mut r = Reader::new(record);
+        let view = EntityView {
+            entity_id: r.u64()?,
+            owner_account: r.u64()?,
+            x_m: r.f64()?,
+            y_m: r.f64()?,
+            vx_mps: r.f32()?,
+            vy_mps: r.f32()?,
+        };
+        view.check_finite()
+            .map_err(|field| DecodeError::NonFinite { field })?;
+        Ok(view)
+    }
+}
+
+/// The fixed part of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// The server tick this state is from.
+    pub tick: u64,
+    /// Game time per real time in thousandths; 1000 = real time.
+    pub time_dilation_permille: u16,
+    /// The client's own ship, 0 if none.
+    pub controlled_entity: u64,
+}
+
+/// An owned snapshot, for clients that want a `Vec` (bots, tests).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The server tick this state is from.
+    pub tick: u64,
+    /// Game time per real time in thousandths; 1000 = real time.
+    pub time_dilation_permille: u16,
+    /// The client's own ship, 0 if none.
+    pub controlled_entity: u64,
+    /// Own ship first (if any), then the others nearest first.
+    pub entities: Vec<EntityView>,
+}
+
+/// A message from the server to a game client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerMsg {
+    /// The state around the client's ship.
+    Snapshot(Snapshot),
+}
+
+impl ServerMsg {
+    /// Appends the encoded message to `out` (it does not clear `out` first).
+    ///
+    /// # Errors
+    /// [`EncodeError::Full`] if a snapshot has more than [`SNAPSHOT_ENTITIES_MAX`]
+    /// entities, [`EncodeError::NonFinite`] for a NaN or infinite field. On error `out`
+    /// is left as it was.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        match self {
+            ServerMsg::Snapshot(snapshot) => {
+                let start_len = out.len();
+                let result = encode_snapshot(out, snapshot);
+                if result.is_err() {
+                    out.truncate(start_len);
+                }
+                result
+            }
+        }
+    }
+
+    /// Decodes one server message from exactly `bytes`, copying entity records into a `Vec`.
+    /// Use [`SnapshotView::parse`] to read a snapshot without allocating.
+    ///
+    /// # Errors
+    /// Any malformed input: see [`DecodeError`].
+    pub fn decode(bytes: &[u8]) -> Result<ServerMsg, DecodeError> {
+        let view = SnapshotView::parse(bytes)?;
+        let header = view.header();
+        // The length was checked against the input, so this allocation is bounded by it.
+        let entities: Vec<EntityView> = view.entities().collect();
+        Ok(ServerMsg::Snapshot(Snapshot {
+            tick: header.tick,
+            time_dilation_permille: header.time_dilation_permille,
+            controlled_entity: header.controlled_entity,
+            entities,
+        }))
+    }
+}
+
+fn encode_snapshot(out: &mut Vec<u8>, snapshot: &Snapshot) -> Result<(), EncodeError> {
+    let header = SnapshotHeader {
+        tick: snapshot.tick,
+        time_dilation_permille: snapshot.time_dilation_permille,
+        controlled_entity: snapshot.controlled_entity,
+    };
+    let mut encoder = SnapshotEncoder::new(out, &header, usize::MAX)?;
+    snapshot
+        .entities
+        .iter()
+        .try_for_each(|view| encoder.push(view))
+}
+
+/// Writes one snapshot into a caller buffer, record by record, under a byte budget.
+///
+/// The header is written by [`SnapshotEncoder::new`] and the entity count is patched on
+/// every [`SnapshotEncoder::push`], so the bytes in `out` are a valid snapshot at every
+/// point; there is no `finish` step to forget.
+pub struct SnapshotEncoder<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+    count: u16,
+    entities_max: usize,
+}
+
+impl<'a> SnapshotEncoder<'a> {
+    /// Appends a snapshot header with zero entities to `out`. The whole snapshot (header
+    /// plus records) will never exceed `bytes_max` bytes.
+    ///
+    /// # Errors
+    /// [`EncodeError::BudgetTooSmall`] if `bytes_max` cannot hold the header.
+    pub fn new(
+        out: &'a mut Vec<u8>,
+        header: &SnapshotHeader,
+        bytes_max: usize,
+    ) -> Result<SnapshotEncoder<'a>, EncodeError> {
+        if bytes_max < SNAPSHOT_HEADER_BYTES {
+            return Err(EncodeError::BudgetTooSmall {
+                bytes_max,
+                header_bytes: SNAPSHOT_HEADER_BYTES,
+            });
+        }
+        let start = out.len();
+        out.push(TYPE_SNAPSHOT);
+        out.extend_from_slice(&header.tick.to_le_bytes());
+        out.extend_from_slice(&header.time_dilation_permille.to_le_bytes());
+        out.extend_from_slice(&header.controlled_entity.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        Ok(SnapshotEncoder {
+            out,
+            start,
+            count: 0,
+            entities_max: snapshot_entities_fitting(bytes_max),
+        })
+    }
+
+    /// Appends one entity record.
+    ///
+    /// # Errors
+    /// [`EncodeError::Full`] when the record does not fit the budget (the snapshot is
+    /// complete as it is), [`EncodeError::NonFinite`] for a NaN or infinite field.
+    pub fn push(&mut self, view: &EntityView) -> Result<(), EncodeError> {
+        if usize::from(self.count) >= self.entities_max {
+            return Err(EncodeError::Full);
+        }
+        view.check_finite()
+            .map_err(|field| EncodeError::NonFinite { field })?;
+        view.encode(self.out);
+        self.count += 1;
+        let at = self.start + SNAPSHOT_COUNT_OFFSET;
+        self.out[at..at + 2].copy_from_slice(&self.count.to_le_bytes());
+        Ok(())
+    }
+
+    /// Entity records written so far.
+    pub fn entity_count(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    /// Bytes of this snapshot written so far.
+    pub fn encoded_len(&self) -> usize {
+        self.out.len() - self.start
+    }
+}
+
+/// A snapshot read in place: the header is parsed, the records stay in the input bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotView<'a> {
+    header: SnapshotHeader,
+    records: &'a [u8],
+}
+
+impl<'a> SnapshotView<'a> {
+    /// Validates `bytes` as one snapshot (type, exact length, finite floats) without
+    /// allocating.
+    ///
+    /// # Errors
+    /// Any malformed input: see [`DecodeError`].
+    pub fn parse(bytes: &'a [u8]) -> Result<SnapshotView<'a>, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let type_byte = r.u8()?;
+        if type_byte != TYPE_SNAPSHOT {
+            return Err(DecodeError::UnknownType { type_byte });
+        }
+        let tick = r.u64()?;
+        let time_dilation_permille = r.u16()?;
+        let controlled_entity = r.u64()?;
+        let count = usize::from(r.u16()?);
+        // count <= u16::MAX, so this cannot overflow.
+        r.expect_len(SNAPSHOT_HEADER_BYTES + count * ENTITY_VIEW_BYTES)?;
+        let records = &bytes[SNAPSHOT_HEADER_BYTES..];
+        for record in records.chunks_exact(ENTITY_VIEW_BYTES) {
+            EntityView::read(record)?;
+        }
+        Ok(SnapshotView {
+            header: SnapshotHeader {
+                tick,
+                time_dilation_permille,
+                controlled_entity,
+            },
+            records,
+        })
+    }
+
+    /// The fixed fields.
+    pub fn header(&self) -> SnapshotHeader {
+        self.header
+    }
+
+    /// Number of entity records.
+    pub fn entity_count(&self) -> usize {
+        self.records.len() / ENTITY_VIEW_BYTES
+    }
+
+    /// The entity records, in message order, decoded one at a time.
+    pub fn entities(&self) -> EntityViews<'a> {
+        EntityViews {
+            records: self.records.chunks_exact(ENTITY_VIEW_BYTES),
+        }
+    }
+}
+
+/// Iterator over the entity records of a [`SnapshotView`].
+#[derive(Debug, Clone)]
+pub struct EntityViews<'a> {
+    records: std::slice::ChunksExact<'a, u8>,
+}
+
+impl Iterator for EntityViews<'_> {
+    type Item = EntityView;
+
+    fn next(&mut self) -> Option<EntityView> {
+        // Every record was validated by `SnapshotView::parse`, so `read` cannot fail here;
+        // `.ok()` keeps this path panic-free all the same.
+        self.records
+            .next()
+            .and_then(|record| EntityView::read(record).ok())
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.records.size_hint()
+    }
+}
+
+impl ExactSizeIterator for EntityViews<'_> {}
+
+fn finite_f32(value: f32, field: &'static str) -> Result<f32, DecodeError> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(DecodeError::NonFinite { field })
+    }
+}
+
+/// Bounds-checked little-endian reads over an input slice.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, pos: 0 }
+    }
+
+    /// Checks that the whole input is exactly `expected_bytes` long.
+    fn expect_len(&self, expected_bytes: usize) -> Result<(), DecodeError> {
+        let got_bytes = self.bytes.len();
+        if got_bytes < expected_bytes {
+            Err(DecodeError::Truncated {
+                needed_bytes: expected_bytes,
+                got_bytes,
+            })
+        } else if got_bytes > expected_bytes {
+            Err(DecodeError::TrailingBytes {
+                expected_bytes,
+                got_bytes,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let got_bytes = self.bytes.len();
+        if got_bytes == 0 {
+            return Err(DecodeError::Empty);
+        }
+        let end = self.pos.saturating_add(N);
+        let slice = self
+            .bytes
+            .get(self.pos..end)
+            .ok_or(DecodeError::Truncated {
+                needed_bytes: end,
+                got_bytes,
+            })?;
+        let mut array = [0u8; N];
+        array.copy_from_slice(slice);
+        self.pos = end;
+        Ok(array)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.take()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+
+    fn f32(&mut self) -> Result<f32, DecodeError> {
+        Ok(f32::from_le_bytes(self.take()?))
+    }
+
+    fn f64(&mut self) -> Result<f64, DecodeError> {
+        Ok(f64::from_le_bytes(self.take()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn move_layout_is_stable() {
+        let mut out = Vec::new();
+        ClientMsg::Move {
+            entity_id: 0x0102_0304_0506_0708,
+            seq: 0x0A0B_0C0D,
+            vx_mps: 1.0,
+            vy_mps: -2.0,
+        }
+        .encode(&mut out);
+        let expected: [u8; MOVE_BYTES] = [
+            0x01, // type
+            0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, // entity_id
+            0x0D, 0x0C, 0x0B, 0x0A, // seq
+            0x00, 0x00, 0x80, 0x3F, // 1.0f32
+            0x00, 0x00, 0x00, 0xC0, // -2.0f32
+        ];
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn snapshot_layout_is_stable() {
+        let mut out = vec![0xEE]; // encode appends: the prefix must survive
+        let snapshot = ServerMsg::Snapshot(Snapshot {
+            tick: 2,
+            time_dilation_permille: 1000,
+            controlled_entity: 7,
+            entities: vec![EntityView {
+                entity_id: 7,
+                owner_account: 9,
+                x_m: 0.5,
+                y_m: -1.0,
+                vx_mps: 2.0,
+                vy_mps: 0.0,
+            }],
+        });
+        snapshot.encode(&mut out).unwrap();
+        let expected: Vec<u8> = [
+            &[0xEE][..],
+            &[0x81],
+            &2u64.to_le_bytes(),
+            &[0xE8, 0x03],
+            &7u64.to_le_bytes(),
+            &[0x01, 0x00],
+            &7u64.to_le_bytes(),
+            &9u64.to_le_bytes(),
+            &[0, 0, 0, 0, 0, 0, 0xE0, 0x3F],
+            &[0, 0, 0, 0, 0, 0, 0xF0, 0xBF],
+            &[0, 0, 0, 0x40],
+            &[0, 0, 0, 0],
+        ]
+        .concat();
+        assert_eq!(out, expected);
+        assert_eq!(out.len(), 1 + SNAPSHOT_HEADER_BYTES + ENTITY_VIEW_BYTES);
+        assert_eq!(ServerMsg::decode(&out[1..]).unwrap(), snapshot);
+    }
+
+    #[test]
+    fn encoder_respects_budget() {
+        let header = SnapshotHeader {
+            tick: 1,
+            time_dilation_permille: 1000,
+            controlled_entity: 0,
+        };
+        let view = EntityView {
+            entity_id: 1,
+            owner_account: 1,
+            x_m: 0.0,
+            y_m: 0.0,
+            vx_mps: 0.0,
+            vy_mps: 0.0,
+        };
+        let bytes_max = SNAPSHOT_HEADER_BYTES + 2 * ENTITY_VIEW_BYTES + ENTITY_VIEW_BYTES - 1;
+        let mut out = Vec::new();
+        let mut encoder = SnapshotEncoder::new(&mut out, &header, bytes_max).unwrap();
+        assert_eq!(encoder.push(&view), Ok(()));
+        assert_eq!(encoder.push(&view), Ok(()));
+        assert_eq!(encoder.push(&view), Err(EncodeError::Full));
+        assert_eq!(encoder.entity_count(), 2);
+        assert!(encoder.encoded_len() <= bytes_max);
+        assert_eq!(SnapshotView::parse(&out).unwrap().entity_count(), 2);
+        let mut small = Vec::new();
+        assert!(matches!(
+            SnapshotEncoder::new(&mut small, &header, SNAPSHOT_HEADER_BYTES - 1),
+            Err(EncodeError::BudgetTooSmall { .. })
+        ));
+        assert!(small.is_empty());
+    }
+
+    #[test]
+    fn typed_errors() {
+        assert_eq!(ClientMsg::decode(&[]), Err(DecodeError::Empty));
+        assert_eq!(
+            ClientMsg::decode(&[0x81]),
+            Err(DecodeError::UnknownType { type_byte: 0x81 })
+        );
+        assert_eq!(
+            ClientMsg::decode(&[0x01, 0, 0]),
+            Err(DecodeError::Truncated {
+                needed_bytes: MOVE_BYTES,
+                got_bytes: 3
+            })
+        );
+        let mut long = Vec::new();
+        ClientMsg::Move {
+            entity_id: 1,
+            seq: 1,
+            vx_mps: 0.0,
+            vy_mps: 0.0,
+        }
+        .encode(&mut long);
+        long.push(0);
+        assert_eq!(
+            ClientMsg::decode(&long),
+            Err(DecodeError::TrailingBytes {
+                expected_bytes: MOVE_BYTES,
+                got_bytes: MOVE_BYTES + 1
+            })
+        );
+        let mut nan = Vec::new();
+        ClientMsg::Move {
+            entity_id: 1,
+            seq: 1,
+            vx_mps: f32::NAN,
+            vy_mps: 0.0,
+        }
+        .encode(&mut nan);
+        assert_eq!(
+            ClientMsg::decode(&nan),
+            Err(DecodeError::NonFinite { field: "vx_mps" })
+        );
+        // A snapshot claiming 65535 records in a 21-byte payload is refused before any allocation.
+        let mut lying = Vec::new();
+        SnapshotEncoder::new(
+            &mut lying,
+            &SnapshotHeader {
+                tick: 0,
+                time_dilation_permille: 0,
+                controlled_entity: 0,
+            },
+            SNAPSHOT_HEADER_BYTES,
+        )
+        .unwrap();
+        lying[SNAPSHOT_COUNT_OFFSET..SNAPSHOT_COUNT_OFFSET + 2].copy_from_slice(&[0xFF, 0xFF]);
+        assert_eq!(
+            ServerMsg::decode(&lying),
+            Err(DecodeError::Truncated {
+                needed_bytes: SNAPSHOT_HEADER_BYTES + 65535 * ENTITY_VIEW_BYTES,
+                got_bytes: SNAPSHOT_HEADER_BYTES
+            })
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! Determinism: the same calls give the same state, tick for tick, whatever the number
+//! of worker threads. A busy world (2,000 ships, seeded random steering every tick, many
+//! border crossings, negative coordinates, some refused commands) runs in three engines
+//! (1 thread, 2 threads, 2 threads again) fed identical input; their state hashes, tick
+//! reports, snapshot bytes and final records must agree. The seed is in every message.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use warpcore_engine::wire::ClientMsg;
+use warpcore_engine::{Engine, EngineConfig, EntityRecord, ShipSpawn, ShipStats};
+
+const SEED: u64 = 0x5EED_0F3A_2C0E;
+const SHIPS: u64 = 2000;
+const TICKS: u32 = 200;
+const WORLD_HALF_M: f64 = 6000.0;
+const SNAPSHOT_EVERY_TICKS: u32 = 50;
+
+fn spawns(rng: &mut ChaCha8Rng) -> Vec<ShipSpawn> {
+    (1..=SHIPS)
+        .map(|entity_id| ShipSpawn {
+            entity_id,
+            owner_account: 10_000 + entity_id,
+            stats: ShipStats {
+                mass_kg: rng.gen_range(500.0..5000.0),
+                max_speed_mps: rng.gen_range(100.0..400.0),
+                accel_mps2: rng.gen_range(20.0..120.0),
+                hit_points: 100.0,
+            },
+            x_m: rng.gen_range(-WORLD_HALF_M..WORLD_HALF_M),
+            y_m: rng.gen_range(-WORLD_HALF_M..WORLD_HALF_M),
+            vx_mps: rng.gen_range(-50.0..50.0),
+            vy_mps: rng.gen_range(-50.0..50.0),
+        })
+        .collect()
+}
+
+/// One tick's worth of client input: (client, payload). Clients are `entity_id + 1_000_000`.
+/// Each ship keeps a wish (`intents`) that changes now and then, so ships build up speed
+/// and cross borders instead of jittering in place.
+fn inputs(rng: &mut ChaCha8Rng, tick: u32, intents: &mut [(f32, f32)]) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (entity_id, intent) in (1..=SHIPS).zip(intents.iter_mut()) {
+        if tick == 1 || rng.gen_bool(0.05) {
+            // Up to 3x a fast ship's max speed: the server clamps.
+            let speed: f32 = rng.gen_range(0.0..1200.0);
+            let angle: f32 = rng.gen_range(0.0..std::f32::consts::TAU);
+            *intent = (speed * angle.cos(), speed * angle.sin());
+        }
+        if !rng.gen_bool(0.3) {
+            continue;
+        }
+        let client = entity_id + 1_000_000;
+        // One in fifty commands names somebody else's ship and must be refused.
+        let target = if rng.gen_bool(0.02) {
+            rng.gen_range(1..=SHIPS)
+        } else {
+            entity_id
+        };
+        let mut payload = Vec::new();
+        ClientMsg::Move {
+            entity_id: target,
+            seq: tick,
+            vx_mps: intent.0,
+            vy_mps: intent.1,
+        }
+        .encode(&mut payload);
+        out.push((client, payload));
+    }
+    // Some garbage too.
+    for _ in 0..5 {
+        let client = rng.gen_range(1..=SHIPS) + 1_000_000;
+        let len = rng.gen_range(0..40);
+        out.push((client, (0..len).map(|_| rng.gen()).collect()));
+    }
+    out
+}
+
+fn snapshot_digest(engine: &mut Engine) -> (usize, u64) {
+    // FNV-1a over all snapshot bytes in delivery order.
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut count = 0;
+    engine.write_snapshots(&mut |client, bytes| {
+        count += 1;
+        for &byte in client.to_le_bytes().iter().chain(bytes) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    });
+    (count, hash)
+}
+
+#[test]
+fn same_input_same_state_whatever_the_thread_count() {
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED);
+    let ships = spawns(&mut rng);
+    let mut engines: Vec<Engine> = [1, 2, 2]
+        .into_iter()
+        .map(|worker_threads| {
+            let mut engine = Engine::new(EngineConfig {
+                worker_threads,
+                ..EngineConfig::default()
+            })
+            .unwrap();
+            for ship in &ships {
+                engine.spawn_ship(*ship).unwrap();
+                engine
+                    .attach_client(
+                        ship.entity_id + 1_000_000,
+                        ship.owner_account,
+                        ship.entity_id,
+                    )
+                    .unwrap();
+            }
+            engine
+        })
+        .collect();
+    let initial = engines[0].state_hash();
+    assert!(
+        engines.iter().all(|e| e.state_hash() == initial),
+        "seed {SEED:#x}"
+    );
+
+    let mut hashes_seen = std::collections::HashSet::new();
+    let mut intents = vec![(0.0f32, 0.0f32); SHIPS as usize];
+    for tick in 1..=TICKS {
+        let input = inputs(&mut rng, tick, &mut intents);
+        let mut results = Vec::new();
+        for engine in &mut engines {
+            let refusals: Vec<bool> = input
+                .iter()
+                .map(|(client, payload)| engine.handle_client_message(*client, payload).is_err())
+                .collect();
+            let report = engine.tick();
+            results.push((refusals, report, engine.state_hash()));
+        }
+        for (i, result) in results.iter().enumerate().skip(1) {
+            assert_eq!(
+                result.1, results[0].1,
+                "seed {SEED:#x}, tick {tick}, engine {i}: report"
+            );
+            assert_eq!(
+                result.2, results[0].2,
+                "seed {SEED:#x}, tick {tick}, engine {i}: hash"
+            );
+            assert_eq!(
+                result.0, results[0].0,
+                "seed {SEED:#x}, tick {tick}, engine {i}: refusals"
+            );
+        }
+        hashes_seen.insert(results[0].2);
+        if tick % SNAPSHOT_EVERY_TICKS == 0 {
+            let digests: Vec<(usize, u64)> = engines.iter_mut().map(snapshot_digest).collect();
+            assert_eq!(digests[0].0, SHIPS as usize);
+            assert!(
+                digests.iter().all(|d| *d == digests[0]),
+                "seed {SEED:#x}, tick {tick}: snapshots"
+            );
+        }
+    }
+    assert_eq!(
+        hashes_seen.len(),
+        TICKS as usize,
+        "the world changes every tick"
+    );
+
+    let mut finals: Vec<Vec<EntityRecord>> = Vec::new();
+    for engine in &engines {
+        let mut records = Vec::new();
+        engine.all_records(&mut records);
+        finals.push(records);
+    }
+    assert!(
+        finals.iter().all(|f| *f == finals[0]),
+        "seed {SEED:#x}: final records"
+    );
+    assert_eq!(finals[0].len(), SHIPS as usize);
+    assert!(finals[0].iter().any(|r| r.x_m < 0.0 && r.y_m < 0.0));
+
+    let stats: Vec<_> = engines.iter().map(|e| e.stats()).collect();
+    assert!(
+        stats.iter().all(|s| *s == stats[0]),
+        "seed {SEED:#x}: stats"
+    );
+    let s = stats[0];
+    eprintln!("seed {SEED:#x}: {s:?}");
+    assert_eq!(s.entities, SHIPS as usize);
+    assert!(s.handovers > 1000, "busy world: {} handovers", s.handovers);
+    assert!(
+        s.commands_applied > 50_000,
+        "{} commands applied",
+        s.commands_applied
+    );
+    assert!(s.commands_rejected.not_owner > 0);
+    assert!(s.commands_rejected.decode > 0);
+}
