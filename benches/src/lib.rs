@@ -1,0 +1,1 @@
+//! warpcore benches crate: the suites live in benches/benches/.

@@ -1,0 +1,1060 @@
+//! Deterministic tests of the sans-IO protocol: a [`Server`] and several [`Client`]s joined
+//! by an in-memory network with a virtual clock, latency, seeded loss and duplication
+//! (quinn's `Pair`, TigerBeetle's simulator in miniature), plus codec round trips, token
+//! refusals that must allocate nothing, amplification bounds and a decoder fuzz loop.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use zerocopy::little_endian::{U16, U32, U64};
+
+use super::packet::{self, *};
+use super::*;
+use crate::token::{self as tok, ConnectToken, TokenKey, TokenParams};
+
+const PROTOCOL_ID: u64 = 0x5743_0000_0000_0001;
+const UNIX0: u64 = 1_700_000_000;
+
+fn server_addr() -> SocketAddr {
+    "10.0.0.1:40000".parse().unwrap()
+}
+
+fn client_addr(i: usize) -> SocketAddr {
+    SocketAddr::new(
+        [10, 0, 1, (i % 250) as u8].into(),
+        50_000 + (i / 250) as u16,
+    )
+}
+
+fn key() -> TokenKey {
+    TokenKey::from_bytes([3u8; 32])
+}
+
+fn token(account_id: u64, ttl_s: u64, timeout_s: u32, seed: u64) -> ConnectToken {
+    token_with(
+        &key(),
+        account_id,
+        ttl_s,
+        timeout_s,
+        vec![server_addr()],
+        seed,
+    )
+}
+
+fn token_with(
+    key: &TokenKey,
+    account_id: u64,
+    ttl_s: u64,
+    timeout_s: u32,
+    server_addrs: Vec<SocketAddr>,
+    seed: u64,
+) -> ConnectToken {
+    let params = TokenParams {
+        account_id,
+        protocol_id: PROTOCOL_ID,
+        now_unix_s: UNIX0,
+        ttl_s,
+        timeout_s,
+        server_addrs,
+        user_data: [account_id as u8; 32],
+    };
+    tok::issue(key, &params, &mut StdRng::seed_from_u64(seed)).unwrap()
+}
+
+fn server(now: Instant, max_clients: usize) -> Server {
+    let config = EndpointConfig {
+        protocol_id: PROTOCOL_ID,
+        token_key: key(),
+        public_addr: server_addr(),
+        max_clients,
+        timeout_s: 30,
+    };
+    Server::new(config, now, UNIX0, StdRng::seed_from_u64(99))
+}
+
+struct SimClient {
+    addr: SocketAddr,
+    client: Client,
+    events: Vec<ClientEvent>,
+}
+
+#[derive(Clone, Copy)]
+enum Dest {
+    Server { from: SocketAddr },
+    Client(usize),
+}
+
+/// An in-memory network. Every datagram is delayed by `latency`, dropped with probability
+/// `loss`, duplicated with probability `duplicate`; `cut` drops everything.
+struct Sim {
+    now: Instant,
+    server: Server,
+    clients: Vec<SimClient>,
+    in_flight: Vec<(Instant, Dest, Vec<u8>)>,
+    latency: Duration,
+    loss: f64,
+    duplicate: f64,
+    cut: bool,
+    rng: StdRng,
+    server_events: Vec<ServerEvent>,
+    /// Largest reply size / request size ratio seen for pre-handshake traffic (x1000).
+    buf: Vec<u8>,
+}
+
+impl Sim {
+    fn new(seed: u64, max_clients: usize) -> Self {
+        let now = Instant::now();
+        Self {
+            now,
+            server: server(now, max_clients),
+            clients: Vec::new(),
+            in_flight: Vec::new(),
+            latency: Duration::from_millis(10),
+            loss: 0.0,
+            duplicate: 0.0,
+            cut: false,
+            rng: StdRng::seed_from_u64(seed),
+            server_events: Vec::new(),
+            buf: vec![0u8; MTU_BYTES],
+        }
+    }
+
+    fn add_client(&mut self, token: ConnectToken) -> usize {
+        let i = self.clients.len();
+        let seed = self.rng.gen();
+        self.clients.push(SimClient {
+            addr: client_addr(i),
+            client: Client::new(token, server_addr(), self.now, seed),
+            events: Vec::new(),
+        });
+        i
+    }
+
+    fn emit(&mut self, dest: Dest, len: usize) {
+        if self.cut || self.rng.gen_bool(self.loss) {
+            return;
+        }
+        let at = self.now + self.latency;
+        let bytes = self.buf[..len].to_vec();
+        if self.rng.gen_bool(self.duplicate) {
+            self.in_flight
+                .push((at + Duration::from_millis(1), dest, bytes.clone()));
+        }
+        self.in_flight.push((at, dest, bytes));
+    }
+
+    /// Advances the clock by `dt` and runs everything due.
+    fn step(&mut self, dt: Duration) {
+        self.now += dt;
+        let now = self.now;
+        let mut due = Vec::new();
+        self.in_flight.retain(|(at, dest, bytes)| {
+            if *at <= now {
+                due.push((*dest, bytes.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        for (dest, bytes) in due {
+            match dest {
+                Dest::Server { from } => self.server.handle_datagram(now, from, &bytes),
+                Dest::Client(i) => self.clients[i].client.handle_datagram(now, &bytes),
+            }
+        }
+        if self.server.poll_timeout() <= now {
+            self.server.handle_timeout(now);
+        }
+        for i in 0..self.clients.len() {
+            if self.clients[i]
+                .client
+                .poll_timeout()
+                .is_some_and(|t| t <= now)
+            {
+                self.clients[i].client.handle_timeout(now);
+            }
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        while let Some((to, len)) = self.server.poll_transmit(now, &mut buf) {
+            if let Some(i) = self.clients.iter().position(|c| c.addr == to) {
+                self.buf = buf;
+                self.emit(Dest::Client(i), len);
+                buf = std::mem::take(&mut self.buf);
+            }
+        }
+        for i in 0..self.clients.len() {
+            while let Some(len) = self.clients[i].client.poll_transmit(now, &mut buf) {
+                let from = self.clients[i].addr;
+                self.buf = buf;
+                self.emit(Dest::Server { from }, len);
+                buf = std::mem::take(&mut self.buf);
+            }
+        }
+        self.buf = buf;
+        while let Some(e) = self.server.poll_event() {
+            self.server_events.push(e);
+        }
+        for c in &mut self.clients {
+            while let Some(e) = c.client.poll_event() {
+                c.events.push(e);
+            }
+        }
+    }
+
+    fn run(&mut self, total: Duration) {
+        let dt = Duration::from_millis(1);
+        let mut t = Duration::ZERO;
+        while t < total {
+            self.step(dt);
+            t += dt;
+        }
+    }
+
+    fn run_until(&mut self, max: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let dt = Duration::from_millis(1);
+        let mut t = Duration::ZERO;
+        while t < max {
+            if done(self) {
+                return true;
+            }
+            self.step(dt);
+            t += dt;
+        }
+        done(self)
+    }
+
+    fn client_id(&self, i: usize) -> ClientId {
+        self.clients[i]
+            .client
+            .client_id()
+            .expect("client connected")
+    }
+
+    fn server_messages(&self, id: ClientId, channel: Channel) -> Vec<Vec<u8>> {
+        self.server_events
+            .iter()
+            .filter_map(|e| match e {
+                ServerEvent::Message {
+                    client_id,
+                    channel: c,
+                    payload,
+                } if *client_id == id && *c == channel => Some(payload.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn client_messages(&self, i: usize, channel: Channel) -> Vec<Vec<u8>> {
+        self.clients[i]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Message {
+                    channel: c,
+                    payload,
+                } if *c == channel => Some(payload.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn connect_one(sim: &mut Sim, account_id: u64) -> (usize, ClientId) {
+    let i = sim.add_client(token(account_id, 60, 5, account_id));
+    assert!(
+        sim.run_until(Duration::from_secs(2), |s| s.clients[i].client.state()
+            == ClientState::Connected),
+        "client {i} did not connect: {:?}",
+        sim.clients[i].client.state()
+    );
+    let id = sim.client_id(i);
+    (i, id)
+}
+
+#[test]
+fn handshake_then_messages_both_ways_on_both_channels() {
+    let mut sim = Sim::new(1, 8);
+    let (i, id) = connect_one(&mut sim, 42);
+    assert_eq!(
+        sim.clients[i].events[0],
+        ClientEvent::Connected { client_id: id }
+    );
+    sim.run(Duration::from_millis(50));
+    assert!(matches!(
+        sim.server_events[0],
+        ServerEvent::Connected { client_id, account_id: 42, addr, user_data }
+            if client_id == id && addr == client_addr(0) && user_data == [42u8; 32]
+    ));
+    assert_eq!(sim.server.n_connected(), 1);
+    assert_eq!(sim.server.n_pending(), 0);
+
+    for n in 0..5u8 {
+        sim.clients[i]
+            .client
+            .send(Channel::Reliable, &[b'r', n])
+            .unwrap();
+        sim.clients[i]
+            .client
+            .send(Channel::Unreliable, &[b'u', n])
+            .unwrap();
+        sim.server.send(id, Channel::Reliable, &[b'R', n]).unwrap();
+        sim.server
+            .send(id, Channel::Unreliable, &[b'U', n])
+            .unwrap();
+    }
+    sim.run(Duration::from_millis(100));
+    let expect = |tag: u8| (0..5u8).map(|n| vec![tag, n]).collect::<Vec<_>>();
+    assert_eq!(sim.server_messages(id, Channel::Reliable), expect(b'r'));
+    assert_eq!(sim.server_messages(id, Channel::Unreliable), expect(b'u'));
+    assert_eq!(sim.client_messages(i, Channel::Reliable), expect(b'R'));
+    assert_eq!(sim.client_messages(i, Channel::Unreliable), expect(b'U'));
+}
+
+#[test]
+fn keepalive_gives_rtt_samples_that_match_the_link() {
+    let mut sim = Sim::new(2, 8);
+    sim.latency = Duration::from_millis(20);
+    let (i, id) = connect_one(&mut sim, 7);
+    sim.run(Duration::from_secs(1));
+    let samples: Vec<u64> = sim.clients[i]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::RttSample { rtt_us } => Some(*rtt_us),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        samples.len() >= 5,
+        "idle keepalives every 100 ms: {samples:?}"
+    );
+    // 2 x 20 ms of latency; the 1 ms simulation step adds at most a few ms.
+    for rtt in &samples {
+        assert!((40_000..=43_000).contains(rtt), "rtt {rtt} us");
+    }
+    let server_rtt = sim.server.rtt_smoothed_us(id).unwrap();
+    assert!((40_000..=43_000).contains(&server_rtt), "{server_rtt}");
+    assert!(sim.clients[i].client.stats().rtt_smoothed_us.is_some());
+}
+
+#[test]
+fn reliable_survives_loss_and_duplication_in_order_exactly_once() {
+    let mut replays_dropped = 0;
+    for seed in [3u64, 4, 5] {
+        let mut sim = Sim::new(seed, 8);
+        let (i, id) = connect_one(&mut sim, 9);
+        sim.loss = 0.3;
+        sim.duplicate = 0.2;
+        let n = 200u16;
+        for k in 0..n {
+            let up = k.to_le_bytes();
+            // Send in bursts so the queues stay under their maximum.
+            while sim.clients[i].client.send(Channel::Reliable, &up) == Err(SendError::QueueFull) {
+                sim.step(Duration::from_millis(5));
+            }
+            while sim.server.send(id, Channel::Reliable, &up) == Err(SendError::QueueFull) {
+                sim.step(Duration::from_millis(5));
+            }
+            sim.clients[i]
+                .client
+                .send(Channel::Unreliable, &up)
+                .unwrap();
+            if k % 16 == 0 {
+                sim.step(Duration::from_millis(3));
+            }
+        }
+        let want: Vec<Vec<u8>> = (0..n).map(|k| k.to_le_bytes().to_vec()).collect();
+        let done = sim.run_until(Duration::from_secs(20), |s| {
+            s.server_messages(id, Channel::Reliable).len() == usize::from(n)
+                && s.client_messages(i, Channel::Reliable).len() == usize::from(n)
+        });
+        assert!(done, "seed {seed}: reliable delivery incomplete");
+        sim.run(Duration::from_millis(500));
+        assert_eq!(
+            sim.server_messages(id, Channel::Reliable),
+            want,
+            "seed {seed}"
+        );
+        assert_eq!(
+            sim.client_messages(i, Channel::Reliable),
+            want,
+            "seed {seed}"
+        );
+        // Unreliable: lossy but strictly newest-wins (never an older one after a newer one).
+        let got: Vec<u16> = sim
+            .server_messages(id, Channel::Unreliable)
+            .iter()
+            .map(|p| u16::from_le_bytes([p[0], p[1]]))
+            .collect();
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "seed {seed}: {got:?}");
+        assert!(got.len() < usize::from(n), "30% loss must lose some");
+        replays_dropped +=
+            sim.server.stats().dropped_replay + sim.clients[i].client.stats().dropped_replay;
+    }
+    assert!(
+        replays_dropped > 0,
+        "duplicated datagrams are refused by the replay window"
+    );
+}
+
+#[test]
+fn silence_times_out_both_ends() {
+    let mut sim = Sim::new(6, 8);
+    let (i, id) = connect_one(&mut sim, 5);
+    sim.cut = true;
+    sim.run(Duration::from_millis(4800));
+    assert_eq!(sim.clients[i].client.state(), ClientState::Connected);
+    sim.run(Duration::from_millis(400));
+    assert_eq!(
+        sim.clients[i].client.state(),
+        ClientState::Disconnected(DisconnectReason::TimedOut)
+    );
+    assert!(sim.server_events.contains(&ServerEvent::Disconnected {
+        client_id: id,
+        reason: DisconnectReason::TimedOut
+    }));
+    assert_eq!(sim.server.n_connected(), 0);
+    assert_eq!(sim.server.stats().disconnects_timed_out, 1);
+}
+
+#[test]
+fn explicit_disconnect_from_either_side() {
+    let mut sim = Sim::new(7, 8);
+    let (a, id_a) = connect_one(&mut sim, 1);
+    let (b, id_b) = connect_one(&mut sim, 2);
+    assert_ne!(id_a, id_b);
+
+    sim.clients[a].client.disconnect();
+    assert_eq!(
+        sim.clients[a].client.state(),
+        ClientState::Disconnected(DisconnectReason::ClosedLocally)
+    );
+    sim.run(Duration::from_millis(50));
+    assert!(sim.server_events.contains(&ServerEvent::Disconnected {
+        client_id: id_a,
+        reason: DisconnectReason::ClosedByPeer
+    }));
+
+    sim.server.disconnect(id_b);
+    assert_eq!(
+        sim.server.send(id_b, Channel::Reliable, b"x"),
+        Err(SendError::NotConnected)
+    );
+    sim.run(Duration::from_millis(50));
+    assert!(sim.server_events.contains(&ServerEvent::Disconnected {
+        client_id: id_b,
+        reason: DisconnectReason::ClosedLocally
+    }));
+    assert_eq!(
+        sim.clients[b].client.state(),
+        ClientState::Disconnected(DisconnectReason::ClosedByPeer)
+    );
+    assert_eq!(sim.server.n_connected(), 0);
+
+    // A new token for the same account connects again, with a fresh, never reused id.
+    let c = sim.add_client(token(2, 60, 5, 1234));
+    assert!(
+        sim.run_until(Duration::from_secs(2), |s| s.clients[c].client.state()
+            == ClientState::Connected)
+    );
+    let id_c = sim.client_id(c);
+    assert!(id_c.0 > id_b.0);
+}
+
+#[test]
+fn message_size_limits_and_packing() {
+    let mut sim = Sim::new(8, 8);
+    let (i, id) = connect_one(&mut sim, 3);
+    let too_big = vec![0u8; MESSAGE_BYTES_MAX + 1];
+    assert_eq!(
+        sim.clients[i].client.send(Channel::Reliable, &too_big),
+        Err(SendError::TooLarge {
+            len: MESSAGE_BYTES_MAX + 1,
+            max: MESSAGE_BYTES_MAX
+        })
+    );
+    assert!(matches!(
+        sim.server.send(id, Channel::Unreliable, &too_big),
+        Err(SendError::TooLarge { .. })
+    ));
+    let max = vec![7u8; MESSAGE_BYTES_MAX];
+    sim.clients[i].client.send(Channel::Reliable, &max).unwrap();
+    sim.run(Duration::from_millis(50));
+    assert_eq!(sim.server_messages(id, Channel::Reliable), vec![max]);
+
+    // Ten small messages queued together leave in one datagram.
+    sim.run(Duration::from_millis(300));
+    for k in 0..10u8 {
+        sim.clients[i]
+            .client
+            .send(Channel::Unreliable, &[k; 20])
+            .unwrap();
+    }
+    let mut buf = vec![0u8; MTU_BYTES];
+    let len = sim.clients[i]
+        .client
+        .poll_transmit(sim.now, &mut buf)
+        .unwrap();
+    assert_eq!(len, HEADER_BYTES + 10 * (MESSAGE_HEADER_BYTES + 20) + 16);
+    assert_eq!(sim.clients[i].client.poll_transmit(sim.now, &mut buf), None);
+}
+
+#[test]
+fn send_before_connected_is_refused() {
+    let mut sim = Sim::new(9, 8);
+    let i = sim.add_client(token(11, 60, 5, 11));
+    assert_eq!(
+        sim.clients[i].client.send(Channel::Reliable, b"hi"),
+        Err(SendError::NotConnected)
+    );
+    assert_eq!(
+        sim.server.send(ClientId(1), Channel::Reliable, b"hi"),
+        Err(SendError::NotConnected)
+    );
+}
+
+/// Builds the connection request datagram for a token.
+fn request_bytes(t: &ConnectToken) -> Vec<u8> {
+    let mut out = [0u8; CONNECTION_REQUEST_BYTES];
+    packet::write_request(t, &mut out);
+    out.to_vec()
+}
+
+/// Feeds `bytes` as a request and asserts the server answered nothing, kept nothing, and
+/// counted the refusal in the counter selected by `counter`.
+fn assert_refused(bytes: &[u8], counter: fn(&EndpointStats) -> u64, now_offset: Duration) {
+    let t0 = Instant::now();
+    let mut s = server(t0, 8);
+    let now = t0 + now_offset;
+    let before = counter(&s.stats());
+    s.handle_datagram(now, client_addr(0), bytes);
+    let mut buf = vec![0u8; MTU_BYTES];
+    assert_eq!(s.poll_transmit(now, &mut buf), None, "no reply at all");
+    assert_eq!(s.n_pending(), 0, "nothing allocated");
+    assert_eq!(s.n_connected(), 0);
+    assert_eq!(counter(&s.stats()), before + 1, "refusal counted");
+    assert_eq!(s.poll_event(), None);
+}
+
+#[test]
+fn bad_tokens_are_refused_before_any_allocation() {
+    let good = token(1, 30, 5, 1);
+    let zero = Duration::ZERO;
+
+    let mut forged = good.clone();
+    forged.private_sealed[17] ^= 0x04;
+    assert_refused(&request_bytes(&forged), |s| s.rejected_token_invalid, zero);
+
+    // Public expiry changed by the attacker: the AEAD binds it, so the open fails.
+    let mut extended = good.clone();
+    extended.expire_unix_s += 3600;
+    assert_refused(
+        &request_bytes(&extended),
+        |s| s.rejected_token_invalid,
+        zero,
+    );
+
+    assert_refused(
+        &request_bytes(&good),
+        |s| s.rejected_expired,
+        Duration::from_secs(30),
+    );
+
+    let wrong_key = token_with(
+        &TokenKey::from_bytes([4u8; 32]),
+        1,
+        30,
+        5,
+        vec![server_addr()],
+        1,
+    );
+    assert_refused(
+        &request_bytes(&wrong_key),
+        |s| s.rejected_token_invalid,
+        zero,
+    );
+
+    let elsewhere = token_with(&key(), 1, 30, 5, vec!["10.9.9.9:40000".parse().unwrap()], 1);
+    assert_refused(
+        &request_bytes(&elsewhere),
+        |s| s.rejected_wrong_server,
+        zero,
+    );
+
+    let mut other_protocol = good.clone();
+    other_protocol.protocol_id += 1;
+    assert_refused(
+        &request_bytes(&other_protocol),
+        |s| s.rejected_protocol,
+        zero,
+    );
+
+    let mut bad_version = request_bytes(&good);
+    bad_version[5] ^= 1;
+    assert_refused(&bad_version, |s| s.rejected_version, zero);
+
+    let req = request_bytes(&good);
+    assert_refused(&req[..req.len() - 1], |s| s.dropped_malformed, zero);
+    let mut long = req.clone();
+    long.push(0);
+    assert_refused(&long, |s| s.dropped_malformed, zero);
+    assert_refused(&[], |s| s.dropped_malformed, zero);
+}
+
+#[test]
+fn valid_request_gets_a_challenge_no_larger_than_itself() {
+    let t0 = Instant::now();
+    let mut s = server(t0, 8);
+    let req = request_bytes(&token(1, 30, 5, 1));
+    s.handle_datagram(t0, client_addr(0), &req);
+    assert_eq!(s.n_pending(), 1);
+    assert_eq!(s.n_connected(), 0, "no connection before the response");
+    let mut buf = vec![0u8; MTU_BYTES];
+    let (to, len) = s.poll_transmit(t0, &mut buf).unwrap();
+    assert_eq!(to, client_addr(0));
+    assert!(len <= req.len(), "{len} > {}", req.len());
+    let (header, ty) = read_header(&buf[..len]).unwrap();
+    assert_eq!(ty, PacketType::ConnectionChallenge);
+    assert!(
+        header.sequence.get() >= 1 << 63,
+        "pre-connection sequence range"
+    );
+}
+
+#[test]
+fn no_amplification_anywhere_in_the_handshake() {
+    // Every datagram the server sends to an address that has no connection yet must be no
+    // larger than the datagram that triggered it. Covers challenges and denials (server full).
+    let mut sim = Sim::new(10, 1);
+    connect_one(&mut sim, 1);
+    let t = token(2, 60, 5, 2);
+    let req = request_bytes(&t);
+    let from = client_addr(77);
+    let mut buf = vec![0u8; MTU_BYTES];
+    sim.server.handle_datagram(sim.now, from, &req);
+    let mut replies = 0;
+    while let Some((to, len)) = sim.server.poll_transmit(sim.now, &mut buf) {
+        if to == from {
+            replies += 1;
+            assert!(len <= req.len());
+            assert_eq!(
+                read_header(&buf[..len]).unwrap().1,
+                PacketType::ConnectionDenied
+            );
+        }
+    }
+    assert_eq!(replies, 1);
+    assert_eq!(sim.server.stats().denied, 1);
+    assert_eq!(sim.server.n_pending(), 0, "a denied request keeps nothing");
+
+    // Random junk and truncated requests never get an answer.
+    let mut rng = StdRng::seed_from_u64(10);
+    for _ in 0..2000 {
+        let len = rng.gen_range(0..MTU_BYTES);
+        let junk: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        sim.server.handle_datagram(sim.now, client_addr(99), &junk);
+        while let Some((to, _)) = sim.server.poll_transmit(sim.now, &mut buf) {
+            assert_ne!(to, client_addr(99));
+        }
+    }
+}
+
+#[test]
+fn full_server_denies_and_client_reports_it() {
+    let mut sim = Sim::new(11, 1);
+    connect_one(&mut sim, 1);
+    let i = sim.add_client(token(2, 60, 5, 2));
+    sim.run(Duration::from_millis(100));
+    assert_eq!(
+        sim.clients[i].client.state(),
+        ClientState::Disconnected(DisconnectReason::Denied)
+    );
+}
+
+#[test]
+fn token_reuse_and_duplicate_accounts_are_refused() {
+    let mut sim = Sim::new(12, 8);
+    let t = token(1, 60, 5, 1);
+    let i = sim.add_client(t.clone());
+    assert!(
+        sim.run_until(Duration::from_secs(1), |s| s.clients[i].client.state()
+            == ClientState::Connected)
+    );
+
+    // Same token again from another address, and another token for the same connected
+    // account: both refused (account already connected), nothing kept.
+    sim.server
+        .handle_datagram(sim.now, client_addr(50), &request_bytes(&t));
+    sim.server.handle_datagram(
+        sim.now,
+        client_addr(51),
+        &request_bytes(&token(1, 60, 5, 77)),
+    );
+    assert_eq!(sim.server.stats().rejected_already_connected, 2);
+    assert_eq!(sim.server.n_pending(), 0);
+
+    // A token pending from one address cannot be used from another one.
+    let t2 = token(2, 60, 5, 2);
+    sim.server
+        .handle_datagram(sim.now, client_addr(60), &request_bytes(&t2));
+    sim.server
+        .handle_datagram(sim.now, client_addr(61), &request_bytes(&t2));
+    assert_eq!(sim.server.n_pending(), 1);
+    assert_eq!(sim.server.stats().rejected_token_reused, 1);
+
+    // After a disconnect, the used token still cannot connect again.
+    sim.clients[i].client.disconnect();
+    sim.run(Duration::from_millis(50));
+    assert_eq!(sim.server.n_connected(), 0);
+    sim.server
+        .handle_datagram(sim.now, client_addr(52), &request_bytes(&t));
+    assert_eq!(sim.server.stats().rejected_token_reused, 2);
+}
+
+#[test]
+fn replayed_and_tampered_packets_are_dropped() {
+    let mut sim = Sim::new(13, 8);
+    let (i, id) = connect_one(&mut sim, 4);
+    sim.run(Duration::from_millis(300));
+    let mut buf = vec![0u8; MTU_BYTES];
+    let mut next_packet = |sim: &mut Sim, msg: &[u8]| {
+        sim.clients[i]
+            .client
+            .send(Channel::Unreliable, msg)
+            .unwrap();
+        let len = sim.clients[i]
+            .client
+            .poll_transmit(sim.now, &mut buf)
+            .unwrap();
+        buf[..len].to_vec()
+    };
+    let packet = next_packet(&mut sim, b"once");
+    let second = next_packet(&mut sim, b"twice");
+    let from = client_addr(i);
+    sim.server.handle_datagram(sim.now, from, &packet);
+    sim.server.handle_datagram(sim.now, from, &packet);
+    let mut tampered = second.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    sim.server.handle_datagram(sim.now, from, &tampered);
+    sim.server.handle_datagram(sim.now, from, &second);
+    // The same bytes from another address are not a connection at all.
+    sim.server
+        .handle_datagram(sim.now, client_addr(200), &packet);
+    sim.step(Duration::from_millis(1));
+    assert_eq!(
+        sim.server_messages(id, Channel::Unreliable),
+        vec![b"once".to_vec(), b"twice".to_vec()]
+    );
+    let stats = sim.server.stats();
+    assert_eq!(stats.dropped_replay, 1);
+    assert_eq!(stats.dropped_auth, 1);
+    assert_eq!(stats.dropped_unknown_peer, 1);
+}
+
+#[test]
+fn client_gives_up_when_token_expires_or_server_is_silent() {
+    let mut sim = Sim::new(14, 8);
+    sim.cut = true;
+    let expiring = sim.add_client(token(1, 2, 10, 1));
+    let silent = sim.add_client(token(2, 60, 3, 2));
+    sim.run(Duration::from_millis(1990));
+    assert_eq!(
+        sim.clients[expiring].client.state(),
+        ClientState::SendingRequest
+    );
+    sim.run(Duration::from_millis(20));
+    assert_eq!(
+        sim.clients[expiring].client.state(),
+        ClientState::Disconnected(DisconnectReason::TokenExpired)
+    );
+    sim.run(Duration::from_millis(1000));
+    assert_eq!(
+        sim.clients[silent].client.state(),
+        ClientState::Disconnected(DisconnectReason::HandshakeTimedOut)
+    );
+    // Retries every ~100 ms while it waited.
+    let sent = sim.clients[silent].client.stats().packets_out;
+    assert!((25..=35).contains(&sent), "{sent} requests in 3 s");
+}
+
+#[test]
+fn many_clients_connect_under_loss() {
+    let mut sim = Sim::new(15, 64);
+    sim.loss = 0.2;
+    for k in 0..50u64 {
+        sim.add_client(token(1000 + k, 60, 5, k));
+    }
+    let all = sim.run_until(Duration::from_secs(3), |s| {
+        s.clients
+            .iter()
+            .all(|c| c.client.state() == ClientState::Connected)
+    });
+    assert!(all);
+    assert_eq!(sim.server.n_connected(), 50);
+    let mut ids: Vec<u64> = (0..50).map(|i| sim.client_id(i).0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 50);
+}
+
+// ---- codec round trips -------------------------------------------------------------
+
+fn seal(ty: PacketType, seq: u64, acks: Acks, body: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; MTU_BYTES];
+    let len = write_sealed(&mut buf, ty, acks, seq, &[5u8; 32], PROTOCOL_ID, |out| {
+        out[..body.len()].copy_from_slice(body);
+        body.len()
+    });
+    buf.truncate(len);
+    buf
+}
+
+fn open(bytes: &[u8]) -> (PacketHeader, PacketType, Vec<u8>) {
+    let (header, ty) = read_header(bytes).unwrap();
+    let mut scratch = [0u8; MTU_BYTES];
+    let body = open_sealed(bytes, &header, &[5u8; 32], PROTOCOL_ID, &mut scratch).unwrap();
+    (header, ty, body.to_vec())
+}
+
+#[test]
+fn codec_round_trips_every_packet_type() {
+    use zerocopy::IntoBytes;
+    let t = token(1, 30, 5, 1);
+    let req = request_bytes(&t);
+    assert_eq!(req.len(), CONNECTION_REQUEST_BYTES);
+    let parsed = read_request(&req).unwrap();
+    assert_eq!(parsed.protocol_id.get(), PROTOCOL_ID);
+    assert_eq!(parsed.expire_unix_s.get(), t.expire_unix_s);
+    assert_eq!(parsed.nonce, t.nonce);
+    assert_eq!(parsed.private_sealed, t.private_sealed);
+    assert!(parsed.padding.iter().all(|b| *b == 0));
+
+    let acks = Acks {
+        ack: Some(0x1_2345),
+        ack_bits: 0xDEAD_BEEF,
+    };
+    let challenge = ChallengeBody {
+        challenge_sequence: U64::new(77),
+        challenge_token: [9u8; CHALLENGE_TOKEN_BYTES],
+    };
+    let keepalive = KeepaliveBody {
+        client_id: U64::new(5),
+        ping_us: U64::new(123_456),
+        echo_ping_us: U64::new(100_000),
+        echo_delay_us: U32::new(42),
+        echo_present: 1,
+    };
+    let mut payload = vec![0u8; 64];
+    let mut pos = 0;
+    assert!(push_message(&mut payload, &mut pos, 1, 0xFFFF, b"hello"));
+    assert!(push_message(&mut payload, &mut pos, 0, 3, b""));
+    assert!(
+        !push_message(&mut payload, &mut pos, 0, 4, &[0u8; 60]),
+        "does not fit"
+    );
+    payload.truncate(pos);
+
+    let cases: [(PacketType, Vec<u8>); 6] = [
+        (PacketType::ConnectionDenied, vec![]),
+        (
+            PacketType::ConnectionChallenge,
+            challenge.as_bytes().to_vec(),
+        ),
+        (
+            PacketType::ConnectionResponse,
+            challenge.as_bytes().to_vec(),
+        ),
+        (PacketType::Keepalive, keepalive.as_bytes().to_vec()),
+        (PacketType::Payload, payload.clone()),
+        (PacketType::Disconnect, vec![]),
+    ];
+    for (seq, (ty, body)) in cases.iter().enumerate() {
+        let bytes = seal(*ty, seq as u64 + 1000, acks, body);
+        assert_eq!(bytes.len(), HEADER_BYTES + body.len() + 16);
+        let (header, got_ty, got_body) = open(&bytes);
+        assert_eq!(got_ty, *ty);
+        assert_eq!(&got_body, body);
+        assert_eq!(header.sequence.get(), seq as u64 + 1000);
+        assert_eq!(header.ack, U16::new(0x2345));
+        assert_eq!(header.ack_bits.get(), 0xDEAD_BEEF);
+        assert_eq!(header.flags, FLAG_ACK_VALID);
+    }
+    let messages: Vec<_> = MessageIter::new(&payload)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(messages.len(), 2);
+    assert_eq!((messages[0].channel, messages[0].message_id), (1, 0xFFFF));
+    assert_eq!(messages[0].bytes, b"hello");
+    assert_eq!(messages[1].bytes, b"");
+
+    // Sizes stated in PROTOCOL.md.
+    assert_eq!(
+        seal(PacketType::ConnectionDenied, 0, Acks::default(), &[]).len(),
+        32
+    );
+    assert_eq!(
+        seal(
+            PacketType::ConnectionChallenge,
+            0,
+            acks,
+            challenge.as_bytes()
+        )
+        .len(),
+        120
+    );
+    assert_eq!(
+        seal(PacketType::Keepalive, 0, acks, keepalive.as_bytes()).len(),
+        61
+    );
+}
+
+#[test]
+fn codec_refuses_wrong_sizes_types_and_keys() {
+    let ok = seal(PacketType::Disconnect, 1, Acks::default(), &[]);
+    assert_eq!(
+        read_header(&ok[..ok.len() - 1]),
+        Err(PacketError::WrongSize)
+    );
+    assert_eq!(read_header(&[]), Err(PacketError::UnknownType));
+    assert_eq!(read_header(&[9u8; 40]), Err(PacketError::UnknownType));
+    assert_eq!(
+        read_header(&vec![5u8; MTU_BYTES + 1]),
+        Err(PacketError::TooLarge)
+    );
+    let keepalive_short = seal(PacketType::Keepalive, 1, Acks::default(), &[0u8; 28]);
+    assert_eq!(read_header(&keepalive_short), Err(PacketError::WrongSize));
+    let payload_empty = seal(PacketType::Payload, 1, Acks::default(), &[]);
+    assert_eq!(read_header(&payload_empty), Err(PacketError::WrongSize));
+    let (header, _) = read_header(&ok).unwrap();
+    let mut scratch = [0u8; MTU_BYTES];
+    assert_eq!(
+        open_sealed(&ok, &header, &[6u8; 32], PROTOCOL_ID, &mut scratch),
+        Err(PacketError::AuthFailed)
+    );
+    assert_eq!(
+        open_sealed(&ok, &header, &[5u8; 32], PROTOCOL_ID + 1, &mut scratch),
+        Err(PacketError::AuthFailed)
+    );
+    let mut flipped_header = ok.clone();
+    flipped_header[2] ^= 1; // ack field: authenticated as associated data
+    let (h2, _) = read_header(&flipped_header).unwrap();
+    assert_eq!(
+        open_sealed(&flipped_header, &h2, &[5u8; 32], PROTOCOL_ID, &mut scratch),
+        Err(PacketError::AuthFailed)
+    );
+    // Message runs past the body end.
+    let bad = [0u8, 1, 0, 10, 0, 1, 2];
+    assert_eq!(
+        MessageIter::new(&bad).collect::<Vec<_>>(),
+        vec![Err(PacketError::MalformedBody)]
+    );
+}
+
+// ---- fuzz --------------------------------------------------------------------------
+
+/// Returns `bytes` with 1..=4 random byte mutations (flip, set, truncate or extend).
+fn mutate(rng: &mut StdRng, bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for _ in 0..rng.gen_range(1..=4) {
+        match rng.gen_range(0..4) {
+            0 if !out.is_empty() => {
+                let i = rng.gen_range(0..out.len());
+                out[i] ^= 1 << rng.gen_range(0..8);
+            }
+            1 if !out.is_empty() => {
+                let i = rng.gen_range(0..out.len());
+                out[i] = rng.gen();
+            }
+            2 => out.truncate(rng.gen_range(0..=out.len())),
+            _ => out.extend((0..rng.gen_range(1..8)).map(|_| rng.gen::<u8>())),
+        }
+    }
+    out
+}
+
+#[test]
+fn fuzz_decoders_and_endpoints_never_panic() {
+    let seed = 0xF00D;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut sim = Sim::new(seed, 8);
+    let (i, _) = connect_one(&mut sim, 1);
+    sim.run(Duration::from_millis(200));
+
+    // Valid packets of every kind to mutate.
+    let mut corpus: Vec<Vec<u8>> = vec![request_bytes(&token(2, 60, 5, 2))];
+    sim.clients[i]
+        .client
+        .send(Channel::Reliable, b"abc")
+        .unwrap();
+    sim.clients[i]
+        .client
+        .send(Channel::Unreliable, b"def")
+        .unwrap();
+    let mut buf = vec![0u8; MTU_BYTES];
+    while let Some(len) = sim.clients[i].client.poll_transmit(sim.now, &mut buf) {
+        corpus.push(buf[..len].to_vec());
+    }
+    // Let the keepalive timer run out without stepping the network, to capture a keepalive.
+    sim.now += Duration::from_millis(150);
+    while let Some(len) = sim.clients[i].client.poll_transmit(sim.now, &mut buf) {
+        corpus.push(buf[..len].to_vec());
+    }
+    corpus.push(seal(
+        PacketType::ConnectionResponse,
+        3,
+        Acks::default(),
+        &[0u8; 88],
+    ));
+    assert!(corpus.len() >= 4);
+    // Deliver the genuine client packets so mutations that keep their sequence are replays.
+    let from = client_addr(i);
+    for p in &corpus[1..corpus.len() - 1] {
+        sim.server.handle_datagram(sim.now, from, p);
+    }
+
+    let mut client = Client::new(token(3, 60, 5, 3), server_addr(), sim.now, 1);
+    let mut scratch = [0u8; MTU_BYTES];
+    for n in 0..100_000u32 {
+        let bytes = if n % 2 == 0 {
+            let len = rng.gen_range(0..=1300);
+            (0..len).map(|_| rng.gen()).collect::<Vec<u8>>()
+        } else {
+            let base = &corpus[rng.gen_range(0..corpus.len())];
+            mutate(&mut rng, base)
+        };
+        let _ = read_request(&bytes);
+        if let Ok((header, _)) = read_header(&bytes) {
+            if let Ok(body) = open_sealed(&bytes, &header, &[5u8; 32], PROTOCOL_ID, &mut scratch) {
+                for m in MessageIter::new(body) {
+                    let _ = m;
+                }
+            }
+        }
+        let addr = if n % 3 == 0 {
+            from
+        } else {
+            client_addr(100 + (n % 7) as usize)
+        };
+        sim.server.handle_datagram(sim.now, addr, &bytes);
+        client.handle_datagram(sim.now, &bytes);
+        sim.clients[i].client.handle_datagram(sim.now, &bytes);
+    }
+    while sim.server.poll_transmit(sim.now, &mut buf).is_some() {}
+    let stats = sim.server.stats();
+    assert!(stats.packets_in >= 100_000);
+    assert_eq!(
+        sim.server.n_connected(),
+        1,
+        "junk neither connects nor disconnects anyone"
+    );
+    assert!(
+        sim.server.n_pending() <= 1,
+        "only the valid request in the corpus can be pending"
+    );
+    assert!(stats.dropped_malformed > 0 && stats.dropped_auth > 0);
+    // Mutated copies of the valid packets were dropped, not delivered twice.
+    assert!(stats.dropped_replay > 0);
+    assert_eq!(sim.clients[i].client.state(), ClientState::Connected);
+}
