@@ -1,0 +1,49 @@
+//! `POST /api/session/connect-token`: a UDP connect token for the caller.
+//!
+//! For: turning a valid access token into a sealed connect token naming the UDP
+//! server. Not for: the token format (`warpcore_net::token`).
+
+use axum::extract::State;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use rand::rngs::OsRng;
+use warpcore_net::token::{self, TokenParams};
+
+use crate::api::ConnectTokenReply;
+use crate::auth::AuthAccount;
+use crate::envelope::ApiOk;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// 200 with a connect token; 401 without a valid access token. The request body, if
+/// any, is ignored.
+pub(super) async fn connect_token(
+    State(state): State<AppState>,
+    caller: AuthAccount,
+) -> Result<ApiOk<ConnectTokenReply>, ApiError> {
+    let account_id = u64::try_from(caller.account_id).map_err(|_| {
+        ApiError::Internal(format!(
+            "negative account id {} in a valid JWT",
+            caller.account_id
+        ))
+    })?;
+    let connect = &state.connect;
+    let params = TokenParams {
+        account_id,
+        protocol_id: connect.protocol_id,
+        now_unix_s: state.now_unix_s(),
+        ttl_s: connect.ttl_s,
+        timeout_s: connect.timeout_s,
+        server_addrs: vec![connect.udp_public_addr],
+        // Nothing for the UDP server beyond the account id yet.
+        user_data: [0; 32],
+    };
+    let token = token::issue(&connect.key, &params, &mut OsRng)
+        .map_err(|e| ApiError::Internal(format!("issuing a connect token: {e}")))?;
+    Ok(ApiOk::ok(ConnectTokenReply {
+        connect_token: STANDARD.encode(token.to_bytes()),
+        server_address: connect.udp_public_addr.to_string(),
+        protocol_id: connect.protocol_id,
+        expires_at_unix_s: token.expire_unix_s,
+    }))
+}
