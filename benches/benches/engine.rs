@@ -15,7 +15,10 @@ const WORLD_HALF_M: f64 = 12_000.0;
 fn position(i: u64) -> (f64, f64) {
     let a = (i as f64 * 0.754_877_666_246_692_7).fract();
     let b = (i as f64 * 0.569_840_290_998_053_3).fract();
-    ((a * 2.0 - 1.0) * WORLD_HALF_M, (b * 2.0 - 1.0) * WORLD_HALF_M)
+    (
+        (a * 2.0 - 1.0) * WORLD_HALF_M,
+        (b * 2.0 - 1.0) * WORLD_HALF_M,
+    )
 }
 
 fn busy_engine(worker_threads: usize) -> Engine {
@@ -44,7 +47,9 @@ fn busy_engine(worker_threads: usize) -> Engine {
             .expect("spawn");
     }
     for client in 1..=CLIENTS {
-        engine.attach_client(client, client, client).expect("attach");
+        engine
+            .attach_client(client, client, client)
+            .expect("attach");
     }
     engine
 }
@@ -72,13 +77,17 @@ fn tick(c: &mut Criterion) {
         let mut engine = busy_engine(threads);
         let mut buf = Vec::new();
         let mut round = 0u32;
-        group.bench_with_input(BenchmarkId::new("4000_ships_1000_commands", threads), &threads, |b, _| {
-            b.iter(|| {
-                round = round.wrapping_add(1);
-                steer(&mut engine, round, &mut buf);
-                engine.tick()
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("4000_ships_1000_commands", threads),
+            &threads,
+            |b, _| {
+                b.iter(|| {
+                    round = round.wrapping_add(1);
+                    steer(&mut engine, round, &mut buf);
+                    engine.tick()
+                })
+            },
+        );
     }
     group.finish();
 }
@@ -105,7 +114,9 @@ fn snapshots(c: &mut Criterion) {
     });
     let mut group = c.benchmark_group("wire");
     group.throughput(Throughput::Bytes(one.len() as u64));
-    group.bench_function("snapshot_decode_owned", |b| b.iter(|| ServerMsg::decode(&one).expect("decode")));
+    group.bench_function("snapshot_decode_owned", |b| {
+        b.iter(|| ServerMsg::decode(&one).expect("decode"))
+    });
     group.finish();
 }
 

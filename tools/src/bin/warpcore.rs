@@ -1,0 +1,18 @@
+//! `warpcore`: the authoritative server. `cargo run --release` starts it with
+//! SQLite at ./warpcore.db, UDP on 127.0.0.1:7777 and HTTP on 127.0.0.1:8080.
+
+use clap::Parser;
+use warpcore_tools::config::ServerArgs;
+
+fn main() -> anyhow::Result<()> {
+    let args = ServerArgs::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
+        .init();
+    warpcore_tools::server::validate(&args)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("warpcore-io")
+        .build()?
+        .block_on(warpcore_tools::server::run_until_signal(args))
+}

@@ -1,0 +1,90 @@
+//! Server settings: every one has a command-line flag and an environment variable
+//! (`clap`), and a default that needs no set-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The protocol id of this build's wire format; tokens and packets carry it so a
+/// client of another game or version is refused at the first packet.
+pub const PROTOCOL_ID_DEFAULT: u64 = 0x5741_5250_0000_0000; // "WARP" v0
+
+/// `warpcore`: the authoritative server (UDP game protocol + HTTP gateway + SQLite).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "warpcore", version, about)]
+pub struct ServerArgs {
+    /// UDP address the game protocol listens on.
+    #[arg(long, env = "WARPCORE_UDP_ADDR", default_value = "127.0.0.1:7777")]
+    pub udp_addr: SocketAddr,
+
+    /// UDP address written into connect tokens (what clients dial); defaults to --udp-addr.
+    /// Set it when the server sits behind NAT or listens on 0.0.0.0.
+    #[arg(long, env = "WARPCORE_UDP_PUBLIC_ADDR")]
+    pub udp_public_addr: Option<SocketAddr>,
+
+    /// HTTP address of the gateway (accounts, connect tokens, health).
+    #[arg(long, env = "WARPCORE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Database: a SQLite file path (created and migrated on first start).
+    #[arg(long, env = "WARPCORE_DATABASE", default_value = "./warpcore.db")]
+    pub database: PathBuf,
+
+    /// Simulation ticks per second.
+    #[arg(long, env = "WARPCORE_TICK_HZ", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=240))]
+    pub tick_hz: u32,
+
+    /// Engine worker threads (0 = one per core).
+    #[arg(long, env = "WARPCORE_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
+    /// Edge of the smallest (scale 0) sector, in metres.
+    #[arg(long, env = "WARPCORE_SECTOR_SIZE_M", default_value_t = 1000.0)]
+    pub sector_size_m: f64,
+
+    /// How often the write-behind queue flushes world state, in milliseconds.
+    #[arg(long, env = "WARPCORE_FLUSH_INTERVAL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub flush_interval_ms: u64,
+
+    /// Most clients connected over UDP at once.
+    #[arg(long, env = "WARPCORE_MAX_CLIENTS", default_value_t = 10_000)]
+    pub max_clients: usize,
+
+    /// Seconds of silence before a UDP connection times out.
+    #[arg(long, env = "WARPCORE_UDP_TIMEOUT_S", default_value_t = 10)]
+    pub udp_timeout_s: u32,
+
+    /// Protocol id carried by tokens and packets.
+    #[arg(long, env = "WARPCORE_PROTOCOL_ID", default_value_t = PROTOCOL_ID_DEFAULT)]
+    pub protocol_id: u64,
+
+    /// 32-byte key (64 hex characters) shared by the gateway and the UDP server to seal
+    /// connect tokens. Default: a fresh random key per start (fine for one process).
+    #[arg(long, env = "WARPCORE_TOKEN_KEY", hide_env_values = true)]
+    pub token_key: Option<String>,
+
+    /// HS256 secret for JWT access tokens. Default: random per start, so access tokens
+    /// do not survive a restart; set it to keep sessions across restarts.
+    #[arg(long, env = "WARPCORE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// argon2id memory cost in KiB (OWASP: 19456).
+    #[arg(long, env = "WARPCORE_ARGON2_M_KIB", default_value_t = 19_456)]
+    pub argon2_m_kib: u32,
+
+    /// argon2id iterations (OWASP: 2).
+    #[arg(long, env = "WARPCORE_ARGON2_T", default_value_t = 2)]
+    pub argon2_t: u32,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `warpcore=debug`.
+    #[arg(long, env = "WARPCORE_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl ServerArgs {
+    /// The defaults, as if started with no flags and no environment (tests start from here).
+    pub fn defaults() -> Self {
+        Self::parse_from(["warpcore"])
+    }
+}

@@ -1,0 +1,142 @@
+//! End to end, at the level a user sees it: a real server (UDP + HTTP + SQLite file)
+//! on ephemeral 127.0.0.1 ports, real bots over real HTTP and UDP, a clean stop, and
+//! a restart on the same file.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use warpcore_persistence::sqlite::SqliteStore;
+use warpcore_persistence::Store;
+use warpcore_tools::config::ServerArgs;
+use warpcore_tools::server;
+use warpcore_tools::swarm::{self, SwarmConfig};
+
+const BOTS: usize = 50;
+
+fn server_args(dir: &tempfile::TempDir) -> ServerArgs {
+    let mut args = ServerArgs::defaults();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    args.udp_addr = any;
+    args.http_addr = any;
+    args.database = dir.path().join("warpcore.db");
+    args.flush_interval_ms = 50;
+    // Cheap hashes: this test is about the data path, not argon2's cost.
+    args.argon2_m_kib = 1024;
+    args.argon2_t = 1;
+    args
+}
+
+fn swarm_config(http_addr: SocketAddr, flight: Duration) -> SwarmConfig {
+    SwarmConfig {
+        http_base: format!("http://{http_addr}"),
+        clients: BOTS,
+        flight,
+        threads: 2,
+        username_prefix: "e2e_bot_".into(),
+        password: "correct horse battery".into(),
+        setup_concurrency: 8,
+        seed: 7,
+        connect_timeout: Duration::from_secs(15),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_fly_and_every_ship_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = server_args(&dir);
+
+    // First life: 50 bots register, connect and fly.
+    let running = server::start(args.clone()).await.expect("server starts");
+    let report = swarm::run(swarm_config(running.http_addr, Duration::from_secs(3)))
+        .await
+        .expect("swarm runs");
+    println!("{}", report.summary());
+    assert_eq!(report.bots.len(), BOTS);
+    for bot in &report.bots {
+        assert!(bot.connected, "{} did not connect", bot.username);
+        assert!(bot.ship_id != 0, "{} never learned its ship", bot.username);
+        assert!(
+            bot.snapshots >= 10,
+            "{} saw only {} snapshots",
+            bot.username,
+            bot.snapshots
+        );
+        assert!(bot.moves_sent > 0, "{} sent no move", bot.username);
+        assert!(
+            bot.saw_own_ship_move,
+            "{} never saw its ship move",
+            bot.username
+        );
+    }
+    let mut ship_ids: Vec<u64> = report.bots.iter().map(|b| b.ship_id).collect();
+    ship_ids.sort_unstable();
+    ship_ids.dedup();
+    assert_eq!(ship_ids.len(), BOTS, "every bot flies its own ship");
+
+    let shutdown = running.stop().await.expect("clean stop");
+    println!("{}", shutdown.summary());
+    assert!(shutdown.write_behind.flushes > 0);
+
+    // Every bot's ship is in the final state, near where the bot last saw it (ships
+    // keep drifting between the bots' last snapshot and the stop).
+    for bot in &report.bots {
+        let record = shutdown
+            .final_records
+            .iter()
+            .find(|r| r.entity_id == bot.ship_id)
+            .unwrap_or_else(|| panic!("ship {} missing at shutdown", bot.ship_id));
+        let (x, y) = bot.last_position.expect("bot saw its ship");
+        let drift_m = (record.x_m - x).hypot(record.y_m - y);
+        assert!(
+            drift_m < 5_000.0,
+            "ship {} is {drift_m} m from its last snapshot",
+            bot.ship_id
+        );
+    }
+
+    // The file holds exactly the final state: the clean stop flushed everything.
+    let path = args.database.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+        .await
+        .unwrap()
+        .expect("reopen database");
+    let world = store.load_world().await.expect("load world");
+    assert_eq!(world.len(), shutdown.final_records.len());
+    for record in &shutdown.final_records {
+        let row = world
+            .iter()
+            .find(|s| s.ship_id as u64 == record.entity_id)
+            .unwrap_or_else(|| panic!("ship {} not in the database", record.entity_id));
+        assert_eq!((row.state.x_m, row.state.y_m), (record.x_m, record.y_m));
+        assert_eq!(
+            (row.state.vx_mps, row.state.vy_mps),
+            (record.vx_mps, record.vy_mps)
+        );
+    }
+    drop(store);
+
+    // Second life on the same file: the world loads as the last flush left it.
+    let running = server::start(args.clone()).await.expect("server restarts");
+    assert_eq!(running.loaded.len(), shutdown.final_records.len());
+    for (loaded, saved) in running.loaded.iter().zip(&shutdown.final_records) {
+        assert_eq!(loaded.entity_id, saved.entity_id);
+        assert_eq!(
+            (loaded.x_m, loaded.y_m),
+            (saved.x_m, saved.y_m),
+            "ship {} moved across the restart",
+            saved.entity_id
+        );
+        assert_eq!((loaded.vx_mps, loaded.vy_mps), (saved.vx_mps, saved.vy_mps));
+    }
+
+    // The same bots log in again (their accounts exist) and fly their same ships.
+    let again = swarm::run(swarm_config(running.http_addr, Duration::from_secs(1)))
+        .await
+        .expect("swarm runs after restart");
+    println!("{}", again.summary());
+    assert!(again.all_ok(), "after restart every bot connects and moves");
+    let mut ship_ids_again: Vec<u64> = again.bots.iter().map(|b| b.ship_id).collect();
+    ship_ids_again.sort_unstable();
+    assert_eq!(ship_ids_again, ship_ids, "bots got their own ships back");
+    running.stop().await.expect("second clean stop");
+}
