@@ -60,6 +60,8 @@ pub struct BotReport {
     pub saw_own_ship_move: bool,
     /// Own ship position in the last snapshot.
     pub last_position: Option<(f64, f64)>,
+    /// When the last snapshot arrived.
+    pub last_snapshot_at: Option<Instant>,
 }
 
 /// What the whole swarm saw.
@@ -288,6 +290,7 @@ fn fly(
                 moves_sent: 0,
                 saw_own_ship_move: false,
                 last_position: None,
+                last_snapshot_at: None,
             },
             first_position: None,
             next_command_at: start,
@@ -336,7 +339,7 @@ impl Bot {
             match event {
                 ClientEvent::Connected { .. } => self.report.connected = true,
                 ClientEvent::RttSample { rtt_us: rtt } => histogram::record(rtt_us, rtt),
-                ClientEvent::Message { payload, .. } => self.on_message(&payload),
+                ClientEvent::Message { payload, .. } => self.on_message(now, &payload),
                 ClientEvent::Disconnected { .. } => {}
             }
         }
@@ -366,7 +369,7 @@ impl Bot {
         busy
     }
 
-    fn on_message(&mut self, payload: &[u8]) {
+    fn on_message(&mut self, now: Instant, payload: &[u8]) {
         self.report.bytes_received += payload.len() as u64;
         let Ok(ServerMsg::Snapshot(snapshot)) = ServerMsg::decode(payload) else {
             return;
@@ -384,6 +387,7 @@ impl Bot {
                 self.report.saw_own_ship_move = true;
             }
             self.report.last_position = Some(pos);
+            self.report.last_snapshot_at = Some(now);
         }
     }
 }

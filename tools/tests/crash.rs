@@ -1,0 +1,138 @@
+//! Crash recovery with a real child process: `warpcore` runs as a child on ephemeral
+//! ports, bots fly, the child is killed with SIGKILL mid-flight, and the file must hold
+//! every acknowledged account and world state no older than about one flush interval.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use warpcore_persistence::sqlite::SqliteStore;
+use warpcore_persistence::Store;
+use warpcore_tools::swarm::{self, SwarmConfig};
+
+const BOTS: usize = 20;
+const FLUSH_INTERVAL_MS: u64 = 100;
+
+/// Kills the child when the test ends, however it ends.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `warpcore` on ephemeral ports and reads the addresses from its banner line.
+fn spawn_server(db: &std::path::Path) -> (ChildGuard, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warpcore"))
+        .args(["--udp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .arg("--database")
+        .arg(db)
+        .args(["--flush-interval-ms", &FLUSH_INTERVAL_MS.to_string()])
+        .args(["--argon2-m-kib", "1024", "--argon2-t", "1", "--log", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn warpcore");
+    let stdout = child.stdout.take().expect("stdout");
+    let guard = ChildGuard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("warpcore listening: ") {
+                let _ = tx.send(rest.to_string());
+            }
+        }
+    });
+    let banner = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("warpcore printed its listening line");
+    // "UDP 127.0.0.1:p | HTTP http://127.0.0.1:q | database ..."
+    let http = banner
+        .split(" | ")
+        .find_map(|part| part.strip_prefix("HTTP http://"))
+        .expect("HTTP address in banner")
+        .parse()
+        .expect("HTTP address parses");
+    (guard, http)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_flight_loses_at_most_about_one_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.db");
+    let (mut child, http) = spawn_server(&db);
+
+    let flight = tokio::spawn(swarm::run(SwarmConfig {
+        http_base: format!("http://{http}"),
+        clients: BOTS,
+        flight: Duration::from_secs(4),
+        threads: 1,
+        username_prefix: "crash_bot_".into(),
+        password: "correct horse battery".into(),
+        setup_concurrency: 4,
+        seed: 11,
+        connect_timeout: Duration::from_secs(15),
+    }));
+
+    // Kill once every bot has seen its ship move: mid-flight, with writes in the air.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let killed_at = Instant::now();
+    child.0.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
+    child.0.wait().expect("reap");
+    let report = flight.await.unwrap().expect("swarm set-up succeeded");
+
+    let path = db.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+        .await
+        .unwrap()
+        .expect("the file opens after a crash");
+    let world = store.load_world().await.expect("load world");
+
+    let mut worst_gap_m = 0.0f64;
+    for bot in &report.bots {
+        // Acknowledged registrations survive.
+        let account = store.account_by_username(&bot.username).await.unwrap();
+        assert!(
+            account.is_some(),
+            "account {} lost in the crash",
+            bot.username
+        );
+        assert!(
+            bot.connected && bot.saw_own_ship_move,
+            "{} did not fly before the kill",
+            bot.username
+        );
+        let seen_at = bot.last_snapshot_at.expect("saw a snapshot");
+        assert!(
+            seen_at <= killed_at + Duration::from_millis(50),
+            "{} saw snapshots after the kill",
+            bot.username
+        );
+
+        // World state: no older than one flush interval before the last snapshot the bot
+        // saw, plus the scheduling slack of a busy two-core machine. Ships fly at most
+        // about 400 m/s, so 1 s of slack is 400 m.
+        let row = world
+            .iter()
+            .find(|s| s.ship_id as u64 == bot.ship_id)
+            .unwrap_or_else(|| panic!("ship {} missing after the crash", bot.ship_id));
+        let (x, y) = bot.last_position.unwrap();
+        let gap_m = (row.state.x_m - x).hypot(row.state.y_m - y);
+        worst_gap_m = worst_gap_m.max(gap_m);
+        let slack_s = (FLUSH_INTERVAL_MS as f64 / 1000.0) + 1.0;
+        assert!(
+            gap_m <= 400.0 * slack_s,
+            "ship {} in the file is {gap_m:.1} m from where its pilot last saw it",
+            bot.ship_id
+        );
+        assert!(
+            row.state.tick > 0,
+            "ship {} never flushed after spawn",
+            bot.ship_id
+        );
+    }
+    println!("largest gap between a pilot's last snapshot and the file: {worst_gap_m:.1} m");
+}
