@@ -1,9 +1,12 @@
 //! The ECS components of a ship inside a sector's `hecs::World`, the commands sectors
-//! receive, and the value that carries a whole ship from one sector to another.
-//! Plain data only: the systems that read and write these live in `sector`.
+//! receive, and the values that carry a ship or a shot from one sector to another.
+//! Plain data only: the systems that read and write these live in `sector` and `combat`.
+//!
+//! Every ship has every component (one archetype per world), so iteration is one dense
+//! pass and flipping a state (warping, AI control) never moves an entity between tables.
 
 use crate::sector_id::SectorId;
-use crate::ship::ShipStats;
+use crate::ship::{ShipStats, WeaponStats};
 
 /// Position in metres.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,6 +42,45 @@ pub(crate) struct Ship {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Dirty(pub(crate) bool);
 
+/// Hit points left (the maximum is `ShipStats::hit_points`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Health {
+    pub(crate) hp: f64,
+}
+
+/// The ship's weapon battery and what it is shooting at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Weapons {
+    pub(crate) stats: WeaponStats,
+    /// Game seconds until the battery may fire again.
+    pub(crate) cooldown_left_s: f64,
+    /// Entity under fire, 0 for none.
+    pub(crate) target: u64,
+}
+
+/// Warp drive state: idle, or spooling up toward a destination point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Warp {
+    /// Game seconds of spool-up left; meaningful only with a destination.
+    pub(crate) spool_left_s: f64,
+    /// Arrival point of the jump in progress.
+    pub(crate) destination: Option<(f64, f64)>,
+}
+
+/// Who flies the ship.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pilot {
+    /// A connected player steers it.
+    Player,
+    /// The player is gone: the AI holds position and shoots back at whoever hit it
+    /// last, for `ticks_left` more ticks, then just holds position.
+    Ai { ticks_left: u64 },
+}
+
+/// Last entity that damaged this ship (0 for none), for the defensive AI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LastAttacker(pub(crate) u64);
+
 /// Everything one ship is: spawned into a world as one bundle, taken out whole when it
 /// leaves for another sector.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,29 +90,132 @@ pub(crate) struct ShipState {
     pub(crate) velocity: Velocity,
     pub(crate) desired: DesiredVelocity,
     pub(crate) dirty: Dirty,
+    pub(crate) health: Health,
+    pub(crate) weapons: Weapons,
+    pub(crate) warp: Warp,
+    pub(crate) pilot: Pilot,
+    pub(crate) last_attacker: LastAttacker,
 }
 
+/// The component tuple a ship is stored as.
+pub(crate) type ShipBundle = (
+    Ship,
+    Position,
+    Velocity,
+    DesiredVelocity,
+    Dirty,
+    Health,
+    Weapons,
+    Warp,
+    Pilot,
+    LastAttacker,
+);
+
 impl ShipState {
-    pub(crate) fn into_bundle(self) -> (Ship, Position, Velocity, DesiredVelocity, Dirty) {
+    pub(crate) fn into_bundle(self) -> ShipBundle {
         (
             self.ship,
             self.position,
             self.velocity,
             self.desired,
             self.dirty,
+            self.health,
+            self.weapons,
+            self.warp,
+            self.pilot,
+            self.last_attacker,
         )
+    }
+
+    pub(crate) fn from_refs(
+        (ship, position, velocity, desired, dirty, health, weapons, warp, pilot, last_attacker): (
+            &Ship,
+            &Position,
+            &Velocity,
+            &DesiredVelocity,
+            &Dirty,
+            &Health,
+            &Weapons,
+            &Warp,
+            &Pilot,
+            &LastAttacker,
+        ),
+    ) -> ShipState {
+        ShipState {
+            ship: *ship,
+            position: *position,
+            velocity: *velocity,
+            desired: *desired,
+            dirty: *dirty,
+            health: *health,
+            weapons: *weapons,
+            warp: *warp,
+            pilot: *pilot,
+            last_attacker: *last_attacker,
+        }
     }
 }
 
-/// A validated command waiting in a sector inbox.
+/// How urgently a command is applied (the MMORPG documents' priority queues). Under
+/// load each sector applies every critical and high command every tick, while medium and
+/// low commands share a per-tick budget, medium first; what does not fit waits, in
+/// order, for the next tick. Nothing is dropped once accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CommandClass {
+    /// Security and control hand-over (server stops a ship, AI takeover).
+    Critical = 0,
+    /// Combat (targeting).
+    High = 1,
+    /// Movement and navigation.
+    Medium = 2,
+    /// Statistics (client telemetry).
+    Low = 3,
+}
+
+/// Number of [`CommandClass`]es.
+pub(crate) const COMMAND_CLASSES: usize = 4;
+
+/// A validated command waiting in a sector inbox. `account` is the commanding player,
+/// for per-player anti-cheat counts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Command {
-    /// Set the desired velocity (clamped to the ship's max speed when applied).
+    /// Set the desired velocity; refused if faster than the ship can go.
     Move {
         entity_id: u64,
+        account: u64,
         vx_mps: f64,
         vy_mps: f64,
     },
+    /// The client's predicted state, adopted if reachable from the server's state.
+    State {
+        entity_id: u64,
+        account: u64,
+        x_m: f64,
+        y_m: f64,
+        vx_mps: f64,
+        vy_mps: f64,
+    },
+    /// Start spooling the warp drive toward a point (a star system's arrival point).
+    Warp { entity_id: u64, x_m: f64, y_m: f64 },
+    /// Fire at `target` (0 ceases fire).
+    Attack { entity_id: u64, target: u64 },
+    /// Hand the ship to the player or to the AI.
+    Control { entity_id: u64, pilot: Pilot },
+    /// Client telemetry sample (statistics).
+    Telemetry { rtt_ms: u16, fps: u16 },
+}
+
+impl Command {
+    pub(crate) fn class(&self) -> CommandClass {
+        match self {
+            Command::Control { .. } => CommandClass::Critical,
+            Command::Attack { .. } => CommandClass::High,
+            Command::Move { .. } | Command::State { .. } | Command::Warp { .. } => {
+                CommandClass::Medium
+            }
+            Command::Telemetry { .. } => CommandClass::Low,
+        }
+    }
 }
 
 /// A ship that left its sector during the simulate phase, on its way to `destination`.
@@ -78,4 +223,15 @@ pub(crate) enum Command {
 pub(crate) struct Migrant {
     pub(crate) destination: SectorId,
     pub(crate) state: ShipState,
+}
+
+/// A shot fired during the simulate phase, resolved in the serial exchange (the target
+/// may be in another sector).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Shot {
+    pub(crate) shooter: u64,
+    pub(crate) target: u64,
+    pub(crate) from_x_m: f64,
+    pub(crate) from_y_m: f64,
+    pub(crate) weapon: WeaponStats,
 }

@@ -32,6 +32,23 @@ pub struct EngineConfig {
     pub inbox_commands_max: usize,
     /// Most bytes of one encoded snapshot message (the transport's MTU decides it).
     pub snapshot_bytes_max: usize,
+    /// Pin each worker thread to its own core (thread-per-core); off where the process
+    /// shares its cores with other heavy work.
+    pub pin_workers: bool,
+    /// Fewest entities worth a parallel batch: sectors are handed to workers in
+    /// contiguous runs of about this many entities, and a world smaller than this is
+    /// simulated on the calling thread without waking the pool.
+    pub batch_entities_min: usize,
+    /// Most medium and low priority commands one sector applies per tick; the rest
+    /// wait (critical and high are never held back).
+    pub deferrable_commands_per_sector_tick: usize,
+    /// Game seconds a warp drive spools before the jump.
+    pub warp_spool_s: f64,
+    /// Game seconds the AI defends a ship after its pilot disconnects; after that it
+    /// only holds position.
+    pub ai_defend_s: f64,
+    /// Ships with a target in one sector that make it a `MassiveBattle`.
+    pub massive_battle_participants: u64,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +59,12 @@ impl Default for EngineConfig {
             worker_threads: 0,
             inbox_commands_max: 4096,
             snapshot_bytes_max: 1100,
+            pin_workers: true,
+            batch_entities_min: 4096,
+            deferrable_commands_per_sector_tick: 1024,
+            warp_spool_s: 5.0,
+            ai_defend_s: 300.0,
+            massive_battle_participants: 100,
         }
     }
 }
@@ -77,9 +100,33 @@ impl EngineConfig {
                 "snapshot_bytes_max must hold the header and one entity (61 bytes)",
             ));
         }
+        if self.batch_entities_min == 0 {
+            return Err(EngineError::InvalidConfig(
+                "batch_entities_min must be at least 1",
+            ));
+        }
+        if self.deferrable_commands_per_sector_tick == 0 {
+            return Err(EngineError::InvalidConfig(
+                "deferrable_commands_per_sector_tick must be at least 1",
+            ));
+        }
+        let seconds_ok = |s: f64| s.is_finite() && (0.0..=GAME_SECONDS_MAX).contains(&s);
+        if !seconds_ok(self.warp_spool_s) || !seconds_ok(self.ai_defend_s) {
+            return Err(EngineError::InvalidConfig(
+                "warp_spool_s and ai_defend_s must be in 0..=86400 seconds",
+            ));
+        }
+        if self.massive_battle_participants == 0 {
+            return Err(EngineError::InvalidConfig(
+                "massive_battle_participants must be at least 1",
+            ));
+        }
         Ok(())
     }
 }
+
+/// Longest accepted duration setting (warp spool, AI defence), game seconds.
+pub const GAME_SECONDS_MAX: f64 = 86_400.0;
 
 /// Why an engine call that the server makes failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -104,6 +151,23 @@ pub enum EngineError {
         /// The account that asked.
         account_id: u64,
     },
+    /// Too many star systems, or one with a non-finite position or a duplicate id.
+    #[error("invalid star systems: {0}")]
+    InvalidStarSystems(&'static str),
+    /// Weapon stats with a field out of bounds.
+    #[error("invalid weapons for entity {entity_id}: {reason}")]
+    InvalidWeapons {
+        /// The ship.
+        entity_id: u64,
+        /// Which field is wrong.
+        reason: &'static str,
+    },
+    /// Recording must start on an empty engine at tick 0, so a replay sees every input.
+    #[error("input recording must start before any entity is spawned or tick is run")]
+    RecordingNotAtStart,
+    /// Writing the recording header failed.
+    #[error("cannot write the input recording: {0}")]
+    Recording(String),
     /// The ship to spawn has an invalid field.
     #[error("invalid ship {entity_id}: {reason}")]
     InvalidShip {
@@ -154,6 +218,18 @@ pub enum CommandError {
     UnknownEntity {
         /// The entity asked for.
         entity_id: u64,
+    },
+    /// A warp to a star system the engine does not know.
+    #[error("unknown star system {system_id}")]
+    UnknownSystem {
+        /// The system asked for.
+        system_id: u32,
+    },
+    /// Spectators watch; they command nothing.
+    #[error("client {client} is a spectator")]
+    Spectator {
+        /// The client.
+        client: u64,
     },
 }
 

@@ -9,27 +9,44 @@
 //! owner for command routing and attach. Sectors are created when a ship enters them and
 //! dropped when they empty; up to [`SPARE_SECTORS_MAX`] dropped sectors are kept to be
 //! reused, so ships hovering on a border do not churn allocations.
+//!
+//! The simulate phase hands sectors to the workers in contiguous runs of at least
+//! `batch_entities_min` entities (waking the pool costs 0.1–0.4 ms, so one task per tiny
+//! sector would cost more than it saves), and a world smaller than one batch runs on the
+//! calling thread. Shots, hand-overs and destruction are applied in the serial exchange,
+//! in sector order then entity order. Every input can be recorded (see `recording`).
 
 use std::collections::{BTreeMap, HashMap};
 
 use rayon::prelude::*;
 
 use crate::components::{
-    Command, DesiredVelocity, Dirty, Migrant, Position, Ship, ShipState, Velocity,
+    Command, DesiredVelocity, Dirty, Health, LastAttacker, Migrant, Pilot, Position, Ship,
+    ShipState, Shot, Velocity, Warp, Weapons,
 };
 use crate::config::{CommandError, EngineConfig, EngineError};
 use crate::hash::Fnv1a64;
+use crate::recording::{Input, Recorder};
 use crate::replicate::SnapshotWriter;
-use crate::report::{EngineStats, RejectCounts, TickReport};
-use crate::sector::{clamp_magnitude, find_sector, Sector, StepParams};
+use crate::report::{EngineStats, RejectCounts, TickReport, Violation, ViolationCounts};
+use crate::sector::{clamp_magnitude, find_sector, Sector, ShotOutcome, StepParams};
 use crate::sector_id::SectorId;
-use crate::ship::{EntityRecord, ShipSpawn, POSITION_ABS_MAX_M};
-use crate::wire::{ClientMsg, SnapshotHeader};
+use crate::ship::{
+    EntityRecord, ShipSpawn, ShipStats, StarSystem, WeaponStats, POSITION_ABS_MAX_M,
+};
+use crate::wire::{write_event, ClientMsg, GameEvent, SnapshotHeader};
 
 /// Most emptied sectors kept for reuse.
 pub const SPARE_SECTORS_MAX: usize = 64;
 /// Slowest game time the engine accepts, as a fraction of real time.
 pub const TIME_DILATION_MIN: f64 = 0.1;
+/// Most star systems the engine navigates between.
+pub const STAR_SYSTEMS_MAX: usize = 65_536;
+/// Most game events one tick keeps for delivery; more are counted and dropped.
+pub const EVENTS_PER_TICK_MAX: usize = 4096;
+/// Warp arrivals scatter within ±this many metres of the system centre on each axis
+/// (chosen from the entity id), so a fleet does not arrive stacked on one point.
+pub const WARP_ARRIVAL_SCATTER_M: u64 = 1000;
 
 /// Where an entity is and who owns it.
 #[derive(Debug, Clone, Copy)]
@@ -38,12 +55,26 @@ struct Location {
     owner_account: u64,
 }
 
-/// A connected client and the ship it controls.
+/// A connected client: a pilot with a ship, or a spectator watching a sector.
 #[derive(Debug, Clone, Copy)]
-struct Client {
-    entity_id: u64,
-    /// Newest Move sequence number accepted, if any.
-    newest_seq: Option<u32>,
+enum Client {
+    Pilot {
+        entity_id: u64,
+        account: u64,
+        /// Newest command sequence number accepted, if any.
+        newest_seq: Option<u32>,
+    },
+    Spectator {
+        sector: SectorId,
+    },
+}
+
+/// A game event waiting for delivery: where it happened and who is involved.
+#[derive(Debug, Clone, Copy)]
+struct PendingEvent {
+    sector: SectorId,
+    involved: [u64; 2],
+    event: GameEvent,
 }
 
 /// The sharded world and its tick. See the module docs.
@@ -71,6 +102,18 @@ pub struct Engine {
     commands_applied: u64,
     rejected: RejectCounts,
     handovers: u64,
+    threads: usize,
+    /// Known star systems, sorted by id.
+    star_systems: Vec<StarSystem>,
+    /// Anti-cheat violations per account.
+    violations: HashMap<u64, ViolationCounts>,
+    /// Events of the last tick, for `write_events`.
+    events: Vec<PendingEvent>,
+    /// Ships destroyed since the last `drain_destroyed`, for persistence.
+    destroyed: Vec<u64>,
+    event_buf: Vec<u8>,
+    totals: EngineStats,
+    recorder: Option<Recorder>,
 }
 
 impl Engine {
@@ -88,9 +131,24 @@ impl Engine {
         } else {
             config.worker_threads
         };
+        let cores = if config.pin_workers {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("warpcore-sector-{i}"))
+            .start_handler(move |i| {
+                // Thread-per-core: worker i on core i (wrapping when there are more
+                // workers than cores). Pinning can fail in a restricted container; the
+                // worker then runs unpinned, which is slower but correct.
+                if let Some(core) = cores.get(i % cores.len().max(1)) {
+                    if !core_affinity::set_for_current(*core) {
+                        tracing::warn!(worker = i, "could not pin worker thread to its core");
+                    }
+                }
+            })
             .build()
             .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
         Ok(Engine {
@@ -108,7 +166,123 @@ impl Engine {
             commands_applied: 0,
             rejected: RejectCounts::default(),
             handovers: 0,
+            threads,
+            star_systems: Vec::new(),
+            violations: HashMap::new(),
+            events: Vec::new(),
+            destroyed: Vec::new(),
+            event_buf: Vec::new(),
+            totals: EngineStats::default(),
+            recorder: None,
         })
+    }
+
+    /// Records every input from now on (spawns, attachments, client messages, settings,
+    /// ticks) to `sink`, in the `recording` format, so [`crate::replay`] can re-run the
+    /// session and compare state hashes. Call it right after [`Engine::new`]. A write
+    /// error later stops the recording and is logged; the game goes on.
+    ///
+    /// # Errors
+    /// [`EngineError::RecordingNotAtStart`] if an entity exists or a tick has run;
+    /// [`EngineError::Recording`] if the header cannot be written.
+    pub fn record_inputs(
+        &mut self,
+        sink: Box<dyn std::io::Write + Send>,
+    ) -> Result<(), EngineError> {
+        if !self.locations.is_empty() || self.tick != 0 {
+            return Err(EngineError::RecordingNotAtStart);
+        }
+        let recorder = Recorder::start(sink, &self.config)
+            .map_err(|e| EngineError::Recording(e.to_string()))?;
+        self.recorder = Some(recorder);
+        Ok(())
+    }
+
+    /// Flushes the input recording, if any (call on shutdown).
+    ///
+    /// # Errors
+    /// The I/O error of the flush.
+    pub fn flush_recording(&mut self) -> std::io::Result<()> {
+        match &mut self.recorder {
+            Some(recorder) => recorder.flush(),
+            None => Ok(()),
+        }
+    }
+
+    fn record_input(&mut self, input: Input<'_>) {
+        if let Some(recorder) = &mut self.recorder {
+            if let Err(e) = recorder.write(&input) {
+                tracing::error!(error = %e, "input recording failed; recording stopped");
+                self.recorder = None;
+            }
+        }
+    }
+
+    /// Sets the star systems warp can reach (between ticks; the server passes them from
+    /// the store). Replaces the previous list.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidStarSystems`] for more than [`STAR_SYSTEMS_MAX`], a duplicate
+    /// id, or a centre that is not finite or outside the world bounds.
+    pub fn set_star_systems(&mut self, systems: &[StarSystem]) -> Result<(), EngineError> {
+        if systems.len() > STAR_SYSTEMS_MAX {
+            return Err(EngineError::InvalidStarSystems(
+                "more than STAR_SYSTEMS_MAX",
+            ));
+        }
+        let limit = POSITION_ABS_MAX_M - WARP_ARRIVAL_SCATTER_M as f64;
+        let in_world = |v: f64| v.is_finite() && v.abs() <= limit;
+        if !systems.iter().all(|s| in_world(s.x_m) && in_world(s.y_m)) {
+            return Err(EngineError::InvalidStarSystems(
+                "centre not finite or outside the world bounds",
+            ));
+        }
+        let mut sorted = systems.to_vec();
+        sorted.sort_unstable_by_key(|s| s.system_id);
+        if sorted.windows(2).any(|w| w[0].system_id == w[1].system_id) {
+            return Err(EngineError::InvalidStarSystems("duplicate system id"));
+        }
+        self.record_input(Input::StarSystems(systems));
+        self.star_systems = sorted;
+        Ok(())
+    }
+
+    /// Sets a ship's weapon battery (between ticks; when its fitting changes).
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownEntity`], or [`EngineError::InvalidWeapons`] for a field
+    /// outside [`WeaponStats::check`].
+    pub fn set_weapons(&mut self, entity_id: u64, weapons: WeaponStats) -> Result<(), EngineError> {
+        weapons
+            .check()
+            .map_err(|reason| EngineError::InvalidWeapons { entity_id, reason })?;
+        let index = self.sector_of(entity_id)?;
+        self.record_input(Input::Weapons { entity_id, weapons });
+        self.sectors[index].refit(entity_id, None, Some(weapons));
+        Ok(())
+    }
+
+    /// Replaces a ship's flight stats (between ticks; the gateway changed its fitting).
+    /// Damage taken is kept; the desired velocity is clamped to the new max speed.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownEntity`], or [`EngineError::InvalidShip`] for stats outside
+    /// [`ShipStats::check`].
+    pub fn refit_ship(&mut self, entity_id: u64, stats: ShipStats) -> Result<(), EngineError> {
+        stats
+            .check()
+            .map_err(|reason| EngineError::InvalidShip { entity_id, reason })?;
+        let index = self.sector_of(entity_id)?;
+        self.record_input(Input::Refit { entity_id, stats });
+        self.sectors[index].refit(entity_id, Some(stats), None);
+        Ok(())
+    }
+
+    fn sector_of(&self, entity_id: u64) -> Result<usize, EngineError> {
+        self.locations
+            .get(&entity_id)
+            .and_then(|location| find_sector(&self.sectors, location.sector).ok())
+            .ok_or(EngineError::UnknownEntity(entity_id))
     }
 
     /// The configuration the engine runs with.
@@ -142,6 +316,7 @@ impl Engine {
         if !(ship.vx_mps.is_finite() && ship.vy_mps.is_finite()) {
             return Err(invalid("velocity not finite"));
         }
+        self.record_input(Input::Spawn(ship));
         let (x_mps, y_mps) = clamp_magnitude(ship.vx_mps, ship.vy_mps, ship.stats.max_speed_mps);
         let sector = SectorId::of_point(ship.x_m, ship.y_m, 0, self.config.sector_size_m);
         let index = self.sector_index_or_insert(sector);
@@ -158,6 +333,21 @@ impl Engine {
             velocity: Velocity { x_mps, y_mps },
             desired: DesiredVelocity { x_mps, y_mps },
             dirty: Dirty(true),
+            health: Health {
+                hp: ship.stats.hit_points,
+            },
+            weapons: Weapons {
+                stats: WeaponStats::UNARMED,
+                cooldown_left_s: 0.0,
+                target: 0,
+            },
+            warp: Warp {
+                spool_left_s: 0.0,
+                destination: None,
+            },
+            // Coasts on its stored velocity until a pilot or the AI takes over.
+            pilot: Pilot::Player,
+            last_attacker: LastAttacker(0),
         });
         self.locations.insert(
             entity_id,
@@ -188,8 +378,28 @@ impl Engine {
         self.sectors[index].record(entity_id, self.tick)
     }
 
+    /// Hit points left of one ship.
+    pub fn hit_points(&self, entity_id: u64) -> Option<f64> {
+        let index = self.sector_of(entity_id).ok()?;
+        self.sectors[index].state(entity_id).map(|s| s.health.hp)
+    }
+
+    /// Whether a ship's warp drive is spooling up.
+    pub fn is_warping(&self, entity_id: u64) -> Option<bool> {
+        let index = self.sector_of(entity_id).ok()?;
+        self.sectors[index]
+            .state(entity_id)
+            .map(|s| s.warp.destination.is_some())
+    }
+
+    /// Commands accepted and not yet applied, all sectors and classes.
+    pub fn commands_waiting(&self) -> usize {
+        self.sectors.iter().map(|s| s.inbox_len()).sum()
+    }
+
     /// Lets `client` control `entity_id` from now on (replacing any earlier attachment
-    /// of the same client and resetting its command sequence).
+    /// of the same client and resetting its command sequence). The player takes the ship
+    /// back from the AI.
     ///
     /// # Errors
     /// [`EngineError::UnknownEntity`] if there is no such entity,
@@ -210,36 +420,74 @@ impl Engine {
                 account_id,
             });
         }
+        self.record_input(Input::Attach {
+            client,
+            account_id,
+            entity_id,
+        });
         self.clients.insert(
             client,
-            Client {
+            Client::Pilot {
                 entity_id,
+                account: account_id,
                 newest_seq: None,
             },
         );
+        self.push_control(entity_id, Pilot::Player);
         Ok(())
     }
 
-    /// Forgets a client; its ship stays in the world. Unknown clients are ignored.
+    /// Lets `client` watch `sector` (scale 0) without owning an entity: it gets a
+    /// snapshot of that sector and its neighbours every tick (`controlled_entity` 0),
+    /// and the events there. Its messages are refused. Replaces any earlier attachment.
+    pub fn attach_spectator(&mut self, client: u64, sector: SectorId) {
+        self.record_input(Input::Spectate { client, sector });
+        self.clients.insert(client, Client::Spectator { sector });
+    }
+
+    /// Forgets a client. A pilot's ship stays in the world under AI control: it holds
+    /// position and shoots back at its last attacker for `ai_defend_s` game seconds,
+    /// then only holds position, until a pilot attaches again. Unknown clients are
+    /// ignored.
     pub fn detach_client(&mut self, client: u64) {
-        self.clients.remove(&client);
+        self.record_input(Input::Detach { client });
+        if let Some(Client::Pilot { entity_id, .. }) = self.clients.remove(&client) {
+            let ticks_left = (self.config.ai_defend_s * f64::from(self.config.tick_hz)) as u64;
+            self.push_control(entity_id, Pilot::Ai { ticks_left });
+        }
+    }
+
+    /// Queues a critical control hand-over for the ship, if it exists. Critical commands
+    /// are applied before anything else; if even that class is full the hand-over is
+    /// counted as an inbox refusal.
+    fn push_control(&mut self, entity_id: u64, pilot: Pilot) {
+        if let Ok(index) = self.sector_of(entity_id) {
+            let command = Command::Control { entity_id, pilot };
+            if self.sectors[index].push_command(command).is_err() {
+                self.rejected.inbox_full += 1;
+            }
+        }
     }
 
     /// Decodes one client payload, checks it, and queues it in the inbox of the sector
-    /// that holds the commanded entity; it takes effect at the next [`Engine::tick`].
+    /// that holds the commanded entity; it takes effect at the next [`Engine::tick`]
+    /// (or later for medium and low priority commands when a sector is under load).
     ///
-    /// A Move whose `seq` is older (wrapping) than the newest accepted from this client
-    /// is refused as stale; equal or newer is accepted.
+    /// A command whose `seq` is older (wrapping) than the newest accepted from this
+    /// client is refused as stale; equal or newer is accepted. Movement beyond the ship's
+    /// limits is refused when applied, and counted per player ([`Engine::violations`]).
     ///
     /// # Errors
     /// One [`CommandError`] per refusal reason; each refusal is counted in
     /// [`EngineStats::commands_rejected`]. No input makes this panic or allocate beyond
-    /// the bounded inbox.
+    /// the bounded inbox. A [`ClientMsg::MoveBatch`] is refused with the first order's
+    /// error, after queueing every valid order.
     pub fn handle_client_message(
         &mut self,
         client: u64,
         payload: &[u8],
     ) -> Result<(), CommandError> {
+        self.record_input(Input::Message { client, payload });
         let message = match ClientMsg::decode(payload) {
             Ok(message) => message,
             Err(e) => {
@@ -247,97 +495,273 @@ impl Engine {
                 return Err(CommandError::Decode(e));
             }
         };
-        match message {
-            ClientMsg::Move {
-                entity_id,
-                seq,
-                vx_mps,
-                vy_mps,
-            } => {
-                let command = Command::Move {
-                    entity_id,
-                    vx_mps: f64::from(vx_mps),
-                    vy_mps: f64::from(vy_mps),
-                };
-                self.route_command(client, entity_id, seq, command)
+        let (entity_id, account, seq) = match self.clients.get(&client) {
+            None => {
+                self.rejected.not_attached += 1;
+                return Err(CommandError::NotAttached { client });
             }
-        }
-    }
-
-    fn route_command(
-        &mut self,
-        client: u64,
-        entity_id: u64,
-        seq: u32,
-        command: Command,
-    ) -> Result<(), CommandError> {
-        let rejected = &mut self.rejected;
-        let Some(state) = self.clients.get_mut(&client) else {
-            rejected.not_attached += 1;
-            return Err(CommandError::NotAttached { client });
+            Some(Client::Spectator { .. }) => {
+                self.rejected.spectator += 1;
+                return Err(CommandError::Spectator { client });
+            }
+            Some(Client::Pilot {
+                entity_id,
+                account,
+                newest_seq,
+            }) => (*entity_id, *account, *newest_seq),
         };
-        if state.entity_id != entity_id {
-            rejected.not_owner += 1;
-            return Err(CommandError::NotOwner { client, entity_id });
-        }
-        if let Some(newest_seq) = state.newest_seq {
+        let message_seq = match message {
+            ClientMsg::Move { seq, .. }
+            | ClientMsg::State { seq, .. }
+            | ClientMsg::Warp { seq, .. }
+            | ClientMsg::Attack { seq, .. } => Some(seq),
+            ClientMsg::MoveBatch(ref batch) => Some(batch.seq),
+            ClientMsg::Telemetry { .. } => None,
+        };
+        if let (Some(seq), Some(newest_seq)) = (message_seq, seq) {
             // Serial-number order: older means "behind by less than half the range".
             if (seq.wrapping_sub(newest_seq) as i32) < 0 {
-                rejected.stale += 1;
+                self.rejected.stale += 1;
                 return Err(CommandError::Stale { seq, newest_seq });
             }
         }
-        let sector_index = self
-            .locations
-            .get(&entity_id)
-            .and_then(|location| find_sector(&self.sectors, location.sector).ok());
-        let Some(sector_index) = sector_index else {
-            rejected.unknown_entity += 1;
+        let controlled = |id: u64| {
+            if id == entity_id {
+                Ok(())
+            } else {
+                Err(id)
+            }
+        };
+        let result = match message {
+            ClientMsg::Move {
+                entity_id: id,
+                vx_mps,
+                vy_mps,
+                ..
+            } => controlled(id).map(|()| Command::Move {
+                entity_id: id,
+                account,
+                vx_mps: f64::from(vx_mps),
+                vy_mps: f64::from(vy_mps),
+            }),
+            ClientMsg::State {
+                entity_id: id,
+                x_m,
+                y_m,
+                vx_mps,
+                vy_mps,
+                ..
+            } => controlled(id).map(|()| Command::State {
+                entity_id: id,
+                account,
+                x_m,
+                y_m,
+                vx_mps: f64::from(vx_mps),
+                vy_mps: f64::from(vy_mps),
+            }),
+            ClientMsg::Attack {
+                entity_id: id,
+                target_id,
+                ..
+            } => controlled(id).map(|()| Command::Attack {
+                entity_id: id,
+                target: target_id,
+            }),
+            ClientMsg::Warp {
+                entity_id: id,
+                system_id,
+                ..
+            } => match controlled(id) {
+                Err(id) => Err(id),
+                Ok(()) => match self.warp_destination(id, system_id) {
+                    Some((x_m, y_m)) => Ok(Command::Warp {
+                        entity_id: id,
+                        x_m,
+                        y_m,
+                    }),
+                    None => {
+                        self.rejected.unknown_system += 1;
+                        return Err(CommandError::UnknownSystem { system_id });
+                    }
+                },
+            },
+            ClientMsg::Telemetry { rtt_ms, fps } => Ok(Command::Telemetry { rtt_ms, fps }),
+            ClientMsg::MoveBatch(batch) => {
+                let result = self.route_batch(client, account, &batch);
+                if result.is_ok() {
+                    self.set_newest_seq(client, batch.seq);
+                }
+                return result;
+            }
+        };
+        let command = match result {
+            Ok(command) => command,
+            Err(id) => {
+                self.not_owner(account);
+                return Err(CommandError::NotOwner {
+                    client,
+                    entity_id: id,
+                });
+            }
+        };
+        // Telemetry has no entity: it goes to the sender's ship's sector.
+        self.queue(entity_id, command)?;
+        if let Some(seq) = message_seq {
+            self.set_newest_seq(client, seq);
+        }
+        Ok(())
+    }
+
+    fn set_newest_seq(&mut self, client: u64, seq: u32) {
+        if let Some(Client::Pilot { newest_seq, .. }) = self.clients.get_mut(&client) {
+            *newest_seq = Some(seq);
+        }
+    }
+
+    fn not_owner(&mut self, account: u64) {
+        self.rejected.not_owner += 1;
+        self.violations
+            .entry(account)
+            .or_default()
+            .add(Violation::NotOwner);
+    }
+
+    /// Queues every order of a batch whose unit the account owns.
+    fn route_batch(
+        &mut self,
+        client: u64,
+        account: u64,
+        batch: &crate::wire::MoveBatch,
+    ) -> Result<(), CommandError> {
+        let mut first_error = None;
+        for order in batch.orders() {
+            let owned = self
+                .locations
+                .get(&order.entity_id)
+                .is_some_and(|location| location.owner_account == account);
+            let result = if owned {
+                self.queue(
+                    order.entity_id,
+                    Command::Move {
+                        entity_id: order.entity_id,
+                        account,
+                        vx_mps: f64::from(order.vx_mps),
+                        vy_mps: f64::from(order.vy_mps),
+                    },
+                )
+            } else {
+                self.not_owner(account);
+                Err(CommandError::NotOwner {
+                    client,
+                    entity_id: order.entity_id,
+                })
+            };
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Where a warp of `entity_id` to `system_id` arrives, if the system is known.
+    fn warp_destination(&self, entity_id: u64, system_id: u32) -> Option<(f64, f64)> {
+        let index = self
+            .star_systems
+            .binary_search_by_key(&system_id, |s| s.system_id)
+            .ok()?;
+        let system = self.star_systems[index];
+        // A fixed scatter from the entity id (splitmix64), no trigonometry: the same on
+        // every machine.
+        let h = crate::combat::splitmix64(entity_id);
+        let span = 2 * WARP_ARRIVAL_SCATTER_M + 1;
+        let dx = (h % span) as f64 - WARP_ARRIVAL_SCATTER_M as f64;
+        let dy = ((h >> 32) % span) as f64 - WARP_ARRIVAL_SCATTER_M as f64;
+        Some((system.x_m + dx, system.y_m + dy))
+    }
+
+    fn queue(&mut self, entity_id: u64, command: Command) -> Result<(), CommandError> {
+        let Ok(sector_index) = self.sector_of(entity_id) else {
+            self.rejected.unknown_entity += 1;
             return Err(CommandError::UnknownEntity { entity_id });
         };
-        let sector = &self.sectors[sector_index];
+        let sector = &mut self.sectors[sector_index];
         if sector.push_command(command).is_err() {
-            rejected.inbox_full += 1;
+            self.rejected.inbox_full += 1;
             return Err(CommandError::InboxFull {
                 sector: sector.id(),
             });
         }
-        state.newest_seq = Some(seq);
         Ok(())
     }
 
+    /// Anti-cheat violations counted for `account` (zero if none).
+    pub fn violations(&self, account: u64) -> ViolationCounts {
+        self.violations.get(&account).copied().unwrap_or_default()
+    }
+
     /// Runs one fixed step of `time_dilation / tick_hz` game seconds: every sector
-    /// applies its commands and moves its ships in parallel, then ships that crossed a
-    /// border are moved to their new sectors in a fixed order (source sector id, then
-    /// entity id), so the outcome does not depend on the thread count.
+    /// applies its commands (by priority class) and runs its systems in parallel, then
+    /// the serial exchange moves ships that crossed a border and resolves shots, in a
+    /// fixed order (source sector id, then entity id), so the outcome does not depend on
+    /// the thread count. The steady-state tick allocates nothing.
     pub fn tick(&mut self) -> TickReport {
+        self.record_input(Input::Tick);
+        self.events.clear();
         let step = StepParams {
             dt_s: self.time_dilation / f64::from(self.config.tick_hz),
             sector_size_m: self.config.sector_size_m,
+            deferrable_commands_max: self.config.deferrable_commands_per_sector_tick,
+            warp_spool_s: self.config.warp_spool_s,
         };
-        let sectors = &mut self.sectors;
-        self.pool.install(|| {
-            sectors
-                .par_iter_mut()
-                .for_each(|sector| sector.simulate(&step))
-        });
+        let batches = self.simulate(&step);
 
-        let mut report = TickReport::default();
-        for sector in &mut self.sectors {
+        let mut report = TickReport {
+            batches,
+            ..TickReport::default()
+        };
+        let threshold = self.config.massive_battle_participants;
+        for i in 0..self.sectors.len() {
+            let sector = &mut self.sectors[i];
             let counters = sector.counters();
             report.commands_applied += counters.commands_applied;
+            report.commands_deferred += counters.commands_deferred;
             report.entities_moved += counters.entities_moved;
+            report.warps_completed += counters.warps_completed;
+            report.shots += sector.shots.len() as u64;
             self.rejected.unknown_entity += counters.commands_unknown_entity;
+            self.totals.telemetry_samples += counters.telemetry_samples;
             // Sectors are sorted and each outbox is sorted by entity id: appending in
             // this order is the fixed exchange order.
             self.migrants.append(&mut sector.outbox);
+            let battle = counters.combatants >= threshold;
+            let starts = battle && !sector.in_massive_battle;
+            sector.in_massive_battle = battle;
+            for &(account, violation) in &sector.violations {
+                self.rejected.movement_invalid += 1;
+                self.violations.entry(account).or_default().add(violation);
+            }
+            if starts {
+                let event = GameEvent::MassiveBattle {
+                    sector: sector.id(),
+                    participants: u32::try_from(counters.combatants).unwrap_or(u32::MAX),
+                };
+                let sector_id = sector.id();
+                self.push_event(sector_id, [0, 0], event);
+            }
         }
         report.handovers = self.migrants.len() as u64;
         self.exchange();
+        let (hits, destroyed) = self.resolve_shots();
+        report.hits = hits;
+        report.destroyed = destroyed;
+        self.drop_empty_sectors();
 
         self.tick += 1;
         self.commands_applied += report.commands_applied;
         self.handovers += report.handovers;
+        self.totals.shots += report.shots;
+        self.totals.destroyed += report.destroyed;
+        self.totals.warps_completed += report.warps_completed;
         report.tick = self.tick;
         report.entities = self.locations.len();
         report.sectors = self.sectors.len();
@@ -352,8 +776,47 @@ impl Engine {
         report
     }
 
-    /// The serial exchange phase: spawn each migrant in its destination sector, update
-    /// the location index, drop sectors left empty.
+    /// The parallel phase. Returns how many batches the sectors were split into.
+    fn simulate(&mut self, step: &StepParams) -> usize {
+        let entities = self.locations.len();
+        let batch_min = self.config.batch_entities_min;
+        if self.threads <= 1 || entities <= batch_min || self.sectors.len() <= 1 {
+            // Not worth waking the pool: one batch on the calling thread.
+            self.sectors
+                .iter_mut()
+                .for_each(|sector| sector.simulate(step));
+            return 1;
+        }
+        // Contiguous runs of about `batch_min` entities, but never fewer runs than
+        // workers when the world is big enough to feed them all.
+        let per_sector = entities.div_ceil(self.sectors.len()).max(1);
+        let by_size = batch_min.div_ceil(per_sector);
+        let by_workers = self.sectors.len().div_ceil(self.threads);
+        let min_len = by_size.min(by_workers).max(1);
+        let sectors = &mut self.sectors;
+        self.pool.install(|| {
+            sectors
+                .par_iter_mut()
+                .with_min_len(min_len)
+                .for_each(|sector| sector.simulate(step))
+        });
+        sectors.len().div_ceil(min_len)
+    }
+
+    fn push_event(&mut self, sector: SectorId, involved: [u64; 2], event: GameEvent) {
+        if self.events.len() >= EVENTS_PER_TICK_MAX {
+            self.totals.events_dropped += 1;
+            return;
+        }
+        self.events.push(PendingEvent {
+            sector,
+            involved,
+            event,
+        });
+    }
+
+    /// The serial exchange phase: spawn each migrant in its destination sector and
+    /// update the location index.
     fn exchange(&mut self) {
         for i in 0..self.migrants.len() {
             let migrant = self.migrants[i];
@@ -369,7 +832,44 @@ impl Engine {
             }
         }
         self.migrants.clear();
-        self.drop_empty_sectors();
+    }
+
+    /// Applies every shot of this tick in sector order, then shooter order: range
+    /// check, hit / miss / critical from a deterministic RNG seeded by tick and
+    /// entities, damage, destruction. Returns (hits, destroyed).
+    fn resolve_shots(&mut self) -> (u64, u64) {
+        let mut hits = 0;
+        let mut destroyed = 0;
+        for source in 0..self.sectors.len() {
+            for i in 0..self.sectors[source].shots.len() {
+                let shot: Shot = self.sectors[source].shots[i];
+                let Some(location) = self.locations.get(&shot.target).copied() else {
+                    continue;
+                };
+                let Ok(target_index) = find_sector(&self.sectors, location.sector) else {
+                    continue;
+                };
+                let (roll, critical_roll) =
+                    crate::combat::rolls(self.tick, shot.shooter, shot.target);
+                let outcome = self.sectors[target_index].take_shot(&shot, roll, critical_roll);
+                match outcome {
+                    Some(ShotOutcome::Hit | ShotOutcome::Critical) => hits += 1,
+                    Some(ShotOutcome::Destroyed) => {
+                        hits += 1;
+                        destroyed += 1;
+                        self.locations.remove(&shot.target);
+                        self.destroyed.push(shot.target);
+                        let event = GameEvent::UnitDestroyed {
+                            entity_id: shot.target,
+                            destroyed_by: shot.shooter,
+                        };
+                        self.push_event(location.sector, [shot.target, shot.shooter], event);
+                    }
+                    Some(ShotOutcome::Miss | ShotOutcome::OutOfRange) | None => {}
+                }
+            }
+        }
+        (hits, destroyed)
     }
 
     fn sector_index_or_insert(&mut self, id: SectorId) -> usize {
@@ -424,21 +924,67 @@ impl Engine {
             controlled_entity: 0,
         };
         for (&client, state) in &self.clients {
-            let own_sector = self
-                .locations
-                .get(&state.entity_id)
-                .map(|location| location.sector);
-            let bytes = self.snapshots.write(
-                &self.sectors,
-                SnapshotHeader {
-                    controlled_entity: state.entity_id,
-                    ..header
-                },
-                own_sector,
-                self.config.snapshot_bytes_max,
-            );
+            let bytes = match *state {
+                Client::Pilot { entity_id, .. } => {
+                    let own_sector = self.locations.get(&entity_id).map(|l| l.sector);
+                    self.snapshots.write(
+                        &self.sectors,
+                        SnapshotHeader {
+                            controlled_entity: entity_id,
+                            ..header
+                        },
+                        own_sector,
+                        self.config.snapshot_bytes_max,
+                    )
+                }
+                Client::Spectator { sector } => self.snapshots.write_spectator(
+                    &self.sectors,
+                    header,
+                    sector,
+                    self.config.sector_size_m,
+                    self.config.snapshot_bytes_max,
+                ),
+            };
             out(client, bytes);
         }
+    }
+
+    /// Writes the game events of the last tick to the clients that take part, by
+    /// calling `out(client, bytes)` with one encoded [`crate::wire::ServerMsg::Event`]
+    /// each (to be sent on the reliable channel). A client takes part when its ship is
+    /// involved, or its ship's sector (a spectator's sector) is the event's sector or a
+    /// neighbour of it. Clients in id order, events in the order they happened.
+    pub fn write_events(&mut self, out: &mut dyn FnMut(u64, &[u8])) {
+        if self.events.is_empty() {
+            return;
+        }
+        for (&client, state) in &self.clients {
+            let (own_entity, watched) = match *state {
+                Client::Pilot { entity_id, .. } => {
+                    (entity_id, self.locations.get(&entity_id).map(|l| l.sector))
+                }
+                Client::Spectator { sector } => (0, Some(sector)),
+            };
+            for pending in &self.events {
+                let near = watched.is_some_and(|w| {
+                    w.scale == pending.sector.scale
+                        && w.x.abs_diff(pending.sector.x) <= 1
+                        && w.y.abs_diff(pending.sector.y) <= 1
+                });
+                let involved = own_entity != 0 && pending.involved.contains(&own_entity);
+                if near || involved {
+                    self.event_buf.clear();
+                    write_event(&mut self.event_buf, self.tick, &pending.event);
+                    out(client, &self.event_buf);
+                }
+            }
+        }
+    }
+
+    /// Appends the ids of ships destroyed since the last call (for the server to delete
+    /// them from storage), in the order they were destroyed.
+    pub fn drain_destroyed(&mut self, out: &mut Vec<u64>) {
+        out.append(&mut self.destroyed);
     }
 
     /// Appends the state of every entity whose position or velocity changed (or that
@@ -488,6 +1034,24 @@ impl Engine {
             hasher.write_f64(state.velocity.y_mps);
             hasher.write_f64(state.desired.x_mps);
             hasher.write_f64(state.desired.y_mps);
+            hasher.write_f64(state.health.hp);
+            let weapons = &state.weapons;
+            hasher.write_f64(weapons.stats.damage);
+            hasher.write_f64(weapons.stats.range_m);
+            hasher.write_f64(weapons.stats.cooldown_s);
+            hasher.write_f64(weapons.stats.hit_chance);
+            hasher.write_f64(weapons.stats.critical_chance);
+            hasher.write_f64(weapons.cooldown_left_s);
+            hasher.write_u64(weapons.target);
+            hasher.write_f64(state.warp.spool_left_s);
+            let (dx, dy) = state.warp.destination.unwrap_or((f64::NAN, f64::NAN));
+            hasher.write_f64(dx);
+            hasher.write_f64(dy);
+            hasher.write_u64(match state.pilot {
+                Pilot::Player => u64::MAX,
+                Pilot::Ai { ticks_left } => ticks_left,
+            });
+            hasher.write_u64(state.last_attacker.0);
         }
         hasher.finish()
     }
@@ -503,6 +1067,8 @@ impl Engine {
             commands_rejected: self.rejected,
             handovers: self.handovers,
             time_dilation: self.time_dilation,
+            players_flagged: self.violations.len(),
+            ..self.totals
         }
     }
 
@@ -514,6 +1080,7 @@ impl Engine {
     /// Sets the tick counter, so a server restarted from storage continues the tick
     /// numbering of the records it loaded (records carry the tick they are from).
     pub fn resume_from_tick(&mut self, tick: u64) {
+        self.record_input(Input::ResumeFromTick(tick));
         self.tick = tick;
     }
 
@@ -526,6 +1093,7 @@ impl Engine {
     /// [`TIME_DILATION_MIN`]`..=1.0` (non-finite means 1.0). Clients see it in every
     /// snapshot. The control loop that decides it belongs to the caller.
     pub fn set_time_dilation(&mut self, factor: f64) {
+        self.record_input(Input::TimeDilation(factor));
         self.time_dilation = if factor.is_finite() {
             factor.clamp(TIME_DILATION_MIN, 1.0)
         } else {

@@ -1,61 +1,64 @@
-//! A sector's bounded, lock-free command inbox: any thread may push, the sector's own
-//! simulate step pops. It is not a general queue: it holds at most `capacity` commands
-//! and refuses the rest, so a flood of input costs a known amount of memory and work.
+//! A sector's bounded command inbox with one FIFO per [`CommandClass`]. The engine pushes
+//! (between ticks, from `&mut Engine`), the sector's own simulate step pops. It holds at
+//! most `capacity` commands per class and refuses the rest, so a flood of input costs a
+//! known amount of memory and work.
 //!
-//! Built on crossbeam's `SegQueue` plus an atomic length rather than `ArrayQueue`:
-//! `ArrayQueue` allocates its full capacity up front, which for thousands of sectors
-//! times `inbox_commands_max` would reserve memory that idle sectors never use. The
-//! `SegQueue` allocates a 31-slot block per 31 queued commands and frees it when drained.
+//! Plain ring buffers rather than a lock-free queue: every push happens on the thread
+//! that owns the `Engine` (`handle_client_message` takes `&mut self`), so there is no
+//! concurrent producer to synchronise with. A `VecDeque` keeps its capacity after being
+//! drained, so the steady-state tick neither allocates nor frees here; it grows lazily,
+//! so an idle sector costs no inbox memory.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
 
-use crossbeam_queue::SegQueue;
+use crate::components::{Command, CommandClass, COMMAND_CLASSES};
 
-use crate::components::Command;
-
-/// The inbox already holds its maximum number of commands.
+/// The inbox already holds its maximum number of commands of this class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct InboxFull;
 
 pub(crate) struct Inbox {
-    queue: SegQueue<Command>,
-    /// Commands pushed and not yet popped; never above `capacity` once a push returns.
-    len: AtomicUsize,
+    queues: [VecDeque<Command>; COMMAND_CLASSES],
+    /// Most commands held per class.
     capacity: usize,
 }
 
 impl Inbox {
     pub(crate) fn new(capacity: usize) -> Inbox {
         Inbox {
-            queue: SegQueue::new(),
-            len: AtomicUsize::new(0),
+            queues: Default::default(),
             capacity,
         }
     }
 
-    /// Queues `command`, or refuses it when the inbox is full.
-    pub(crate) fn push(&self, command: Command) -> Result<(), InboxFull> {
-        // Reserve a slot first so concurrent pushers can never overshoot the capacity.
-        if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-            self.len.fetch_sub(1, Ordering::AcqRel);
+    /// Queues `command` in its class, or refuses it when that class is full.
+    pub(crate) fn push(&mut self, command: Command) -> Result<(), InboxFull> {
+        let queue = &mut self.queues[command.class() as usize];
+        if queue.len() >= self.capacity {
             return Err(InboxFull);
         }
-        self.queue.push(command);
+        queue.push_back(command);
         Ok(())
     }
 
-    pub(crate) fn pop(&self) -> Option<Command> {
-        let command = self.queue.pop()?;
-        self.len.fetch_sub(1, Ordering::AcqRel);
-        Some(command)
+    /// The oldest command of `class`.
+    pub(crate) fn pop(&mut self, class: CommandClass) -> Option<Command> {
+        self.queues[class as usize].pop_front()
     }
 
+    /// Commands waiting, all classes.
     pub(crate) fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
+        self.queues.iter().map(VecDeque::len).sum()
     }
 
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
+    /// Commands of `class` waiting.
+    #[cfg(test)]
+    pub(crate) fn len_of(&self, class: CommandClass) -> usize {
+        self.queues[class as usize].len()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.queues.iter_mut().for_each(VecDeque::clear);
     }
 }
 
@@ -66,46 +69,35 @@ mod tests {
     fn command(entity_id: u64) -> Command {
         Command::Move {
             entity_id,
+            account: 1,
             vx_mps: 0.0,
             vy_mps: 0.0,
         }
     }
 
     #[test]
-    fn bounded_and_fifo() {
-        let inbox = Inbox::new(3);
+    fn bounded_per_class_and_fifo() {
+        let mut inbox = Inbox::new(3);
         for id in 1..=3 {
             assert_eq!(inbox.push(command(id)), Ok(()));
         }
         assert_eq!(inbox.push(command(4)), Err(InboxFull));
-        assert_eq!(inbox.len(), 3);
-        assert_eq!(inbox.pop(), Some(command(1)));
+        // Another class has its own room.
+        let attack = Command::Attack {
+            entity_id: 1,
+            target: 2,
+        };
+        assert_eq!(inbox.push(attack), Ok(()));
+        assert_eq!(inbox.len(), 4);
+        assert_eq!(inbox.len_of(CommandClass::Medium), 3);
+        assert_eq!(inbox.pop(CommandClass::Medium), Some(command(1)));
         assert_eq!(inbox.push(command(5)), Ok(()));
-        assert_eq!(inbox.pop(), Some(command(2)));
-        assert_eq!(inbox.pop(), Some(command(3)));
-        assert_eq!(inbox.pop(), Some(command(5)));
-        assert_eq!(inbox.pop(), None);
+        assert_eq!(inbox.pop(CommandClass::High), Some(attack));
+        assert_eq!(inbox.pop(CommandClass::High), None);
+        assert_eq!(inbox.pop(CommandClass::Medium), Some(command(2)));
+        assert_eq!(inbox.pop(CommandClass::Medium), Some(command(3)));
+        assert_eq!(inbox.pop(CommandClass::Medium), Some(command(5)));
+        assert_eq!(inbox.pop(CommandClass::Medium), None);
         assert_eq!(inbox.len(), 0);
-    }
-
-    #[test]
-    fn concurrent_pushers_never_overshoot() {
-        let inbox = Inbox::new(100);
-        std::thread::scope(|scope| {
-            for t in 0..4u64 {
-                let inbox = &inbox;
-                scope.spawn(move || {
-                    for i in 0..1000 {
-                        let _ = inbox.push(command(t * 1000 + i));
-                    }
-                });
-            }
-        });
-        assert_eq!(inbox.len(), 100);
-        let mut popped = 0;
-        while inbox.pop().is_some() {
-            popped += 1;
-        }
-        assert_eq!(popped, 100);
     }
 }

@@ -6,11 +6,14 @@
 //! The server calls [`Engine`] from its fixed-rate loop and wires it to the network and
 //! the database; the same calls always produce the same [`Engine::state_hash`].
 
+mod combat;
 mod components;
 pub mod config;
+pub mod dilation;
 pub mod engine;
 mod hash;
 mod inbox;
+pub mod recording;
 mod replicate;
 pub mod report;
 mod sector;
@@ -18,8 +21,13 @@ pub mod sector_id;
 pub mod ship;
 pub mod wire;
 
+pub use components::CommandClass;
 pub use config::{CommandError, EngineConfig, EngineError};
+pub use dilation::TimeDilationController;
 pub use engine::Engine;
-pub use report::{EngineStats, RejectCounts, TickReport};
+pub use recording::{replay, InputReader, RecordingError, ReplaySummary, REPLAY_HASH_EVERY_TICKS};
+pub use report::{EngineStats, RejectCounts, TickReport, Violation, ViolationCounts};
 pub use sector_id::SectorId;
-pub use ship::{EntityRecord, HullInput, ModuleInput, ShipSpawn, ShipStats};
+pub use ship::{
+    EntityRecord, HullInput, ModuleInput, ShipSpawn, ShipStats, StarSystem, WeaponStats,
+};

@@ -73,6 +73,48 @@ impl SnapshotWriter {
     }
 }
 
+impl SnapshotWriter {
+    /// Encodes a spectator's snapshot: no own ship (`controlled_entity` 0), the
+    /// entities of `sector` and its neighbours nearest to the sector's centre first.
+    pub(crate) fn write_spectator(
+        &mut self,
+        sectors: &[Box<Sector>],
+        header: SnapshotHeader,
+        sector: SectorId,
+        sector_size_m: f64,
+        bytes_max: usize,
+    ) -> &[u8] {
+        self.buf.clear();
+        self.candidates.clear();
+        let header = SnapshotHeader {
+            controlled_entity: 0,
+            ..header
+        };
+        let Ok(mut encoder) = SnapshotEncoder::new(&mut self.buf, &header, bytes_max) else {
+            debug_assert!(false, "snapshot budget {bytes_max} below the header size");
+            return &self.buf;
+        };
+        let (x0, y0) = sector.min_corner_m(sector_size_m);
+        let half = SectorId::cell_width_m(sector.scale, sector_size_m) / 2.0;
+        let centre = EntityView {
+            entity_id: 0,
+            owner_account: 0,
+            x_m: x0 + half,
+            y_m: y0 + half,
+            vx_mps: 0.0,
+            vy_mps: 0.0,
+        };
+        gather(sectors, sector, &centre, &mut self.candidates);
+        keep_nearest(&mut self.candidates, snapshot_entities_fitting(bytes_max));
+        for candidate in &self.candidates {
+            if encoder.push(&candidate.view).is_err() {
+                break;
+            }
+        }
+        &self.buf
+    }
+}
+
 /// Collects every entity of `center` and its neighbours except `own` into `out`.
 fn gather(sectors: &[Box<Sector>], center: SectorId, own: &EntityView, out: &mut Vec<Candidate>) {
     let neighbours = center.neighbours();

@@ -17,6 +17,12 @@ pub struct RejectCounts {
     pub inbox_full: u64,
     /// Commands whose entity was not where the engine expected it.
     pub unknown_entity: u64,
+    /// Movement refused by anti-cheat validation (speed, acceleration, teleport).
+    pub movement_invalid: u64,
+    /// Warp to a star system the engine does not know.
+    pub unknown_system: u64,
+    /// Messages from spectators, who command nothing.
+    pub spectator: u64,
 }
 
 impl RejectCounts {
@@ -28,6 +34,9 @@ impl RejectCounts {
             + self.stale
             + self.inbox_full
             + self.unknown_entity
+            + self.movement_invalid
+            + self.unknown_system
+            + self.spectator
     }
 }
 
@@ -46,6 +55,18 @@ pub struct TickReport {
     pub entities: usize,
     /// Sectors holding at least one entity after the tick.
     pub sectors: usize,
+    /// Medium and low commands still waiting after the tick (load shedding by class).
+    pub commands_deferred: u64,
+    /// Shots fired.
+    pub shots: u64,
+    /// Shots that hit (critical ones included).
+    pub hits: u64,
+    /// Ships destroyed.
+    pub destroyed: u64,
+    /// Warp jumps completed.
+    pub warps_completed: u64,
+    /// Simulate batches the sectors were split into (1 = ran on the calling thread).
+    pub batches: usize,
 }
 
 /// Running state and totals of the engine.
@@ -67,4 +88,60 @@ pub struct EngineStats {
     pub handovers: u64,
     /// Game seconds per real second (1.0 = real time).
     pub time_dilation: f64,
+    /// Shots fired since start.
+    pub shots: u64,
+    /// Ships destroyed since start.
+    pub destroyed: u64,
+    /// Warp jumps completed since start.
+    pub warps_completed: u64,
+    /// Client telemetry samples applied since start (low-priority statistics).
+    pub telemetry_samples: u64,
+    /// Game events dropped because a tick produced more than `EVENTS_PER_TICK_MAX`.
+    pub events_dropped: u64,
+    /// Players with at least one anti-cheat violation on record.
+    pub players_flagged: usize,
+}
+
+/// One kind of anti-cheat violation (the Galaxy RTS document's movement validation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Violation {
+    /// A commanded or reported speed above the ship's maximum.
+    SpeedLimit,
+    /// A reported velocity change faster than the ship's acceleration allows.
+    AccelerationLimit,
+    /// A reported position the ship could not have reached.
+    Teleport,
+    /// A command for an entity the player does not own or control.
+    NotOwner,
+}
+
+/// A player's anti-cheat violations (running totals).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ViolationCounts {
+    /// Speed above the ship's maximum.
+    pub speed_limit: u64,
+    /// Velocity changes beyond the ship's acceleration.
+    pub acceleration_limit: u64,
+    /// Impossible position jumps.
+    pub teleport: u64,
+    /// Commands for entities the player does not control.
+    pub not_owner: u64,
+}
+
+impl ViolationCounts {
+    /// Counts one more `violation`.
+    pub fn add(&mut self, violation: Violation) {
+        let counter = match violation {
+            Violation::SpeedLimit => &mut self.speed_limit,
+            Violation::AccelerationLimit => &mut self.acceleration_limit,
+            Violation::Teleport => &mut self.teleport,
+            Violation::NotOwner => &mut self.not_owner,
+        };
+        *counter += 1;
+    }
+
+    /// Sum over all kinds.
+    pub fn total(&self) -> u64 {
+        self.speed_limit + self.acceleration_limit + self.teleport + self.not_owner
+    }
 }

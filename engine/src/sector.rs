@@ -1,20 +1,35 @@
-//! One sector at run time: its `hecs::World`, its command inbox, and the simulate step
-//! that runs on a rayon worker with no locks and no shared mutable state. A ship that
-//! flies out of the sector is despawned through the sector's reused `CommandBuffer` and
-//! written to the outbox; the engine moves it to its new sector in the serial exchange
-//! phase. It is not the tick orchestration (that is `engine`) nor replication.
+//! One sector at run time: its `hecs::World`, its prioritised command inbox, and the
+//! simulate step that runs on a rayon worker with no locks and no shared mutable state.
+//! The step applies commands (validating movement: anti-cheat), runs the AI, warp,
+//! movement and weapon systems in one pass over the world, despawns leavers through the
+//! sector's reused `CommandBuffer` into the outbox, and writes shots into the shot list;
+//! the engine resolves both in the serial exchange phase. It is not the tick
+//! orchestration (that is `engine`) nor replication.
 
 use std::collections::HashMap;
 
 use hecs::{CommandBuffer, Entity, World};
 
 use crate::components::{
-    Command, DesiredVelocity, Dirty, Migrant, Position, Ship, ShipState, Velocity,
+    Command, CommandClass, DesiredVelocity, Dirty, Health, LastAttacker, Migrant, Pilot, Position,
+    Ship, ShipState, Shot, Velocity, Warp, Weapons,
 };
 use crate::inbox::{Inbox, InboxFull};
+use crate::report::Violation;
 use crate::sector_id::SectorId;
 use crate::ship::{EntityRecord, ShipStats, POSITION_ABS_MAX_M};
 use crate::wire::EntityView;
+
+/// A Move or State may claim up to this factor of the ship's max speed (f32 rounding on
+/// the wire, client float error) before it counts as a speed violation.
+pub const SPEED_TOLERANCE: f64 = 1.01;
+/// A client's predicted State may be this many ticks of motion ahead of or behind the
+/// server (latency jitter) before it counts as a teleport or acceleration violation.
+pub const STATE_WINDOW_TICKS: f64 = 3.0;
+/// Extra distance a predicted position may be off, metres (rounding, tiny drift).
+pub const STATE_POSITION_SLACK_M: f64 = 1.0;
+/// Extra velocity change a predicted State may claim, m/s.
+pub const STATE_VELOCITY_SLACK_MPS: f64 = 0.5;
 
 /// Inputs of one simulate step, identical for every sector.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +38,10 @@ pub(crate) struct StepParams {
     pub(crate) dt_s: f64,
     /// Width of a scale-0 sector, metres.
     pub(crate) sector_size_m: f64,
+    /// Medium plus low commands a sector applies per tick at most.
+    pub(crate) deferrable_commands_max: usize,
+    /// Game seconds a warp drive spools before the jump.
+    pub(crate) warp_spool_s: f64,
 }
 
 /// What one sector did in its last simulate step; summed by the engine at the barrier.
@@ -32,7 +51,14 @@ pub(crate) struct SectorTickCounters {
     /// Commands for an entity that is not in this sector (an engine invariant says this
     /// does not happen; counted rather than trusted).
     pub(crate) commands_unknown_entity: u64,
+    /// Medium and low commands left waiting for a later tick (the budget ran out).
+    pub(crate) commands_deferred: u64,
     pub(crate) entities_moved: u64,
+    /// Ships with a target this tick (battle size, for `MassiveBattle`).
+    pub(crate) combatants: u64,
+    pub(crate) warps_completed: u64,
+    pub(crate) telemetry_samples: u64,
+    pub(crate) telemetry_rtt_ms_sum: u64,
 }
 
 pub(crate) struct Sector {
@@ -44,16 +70,59 @@ pub(crate) struct Sector {
     inbox: Inbox,
     /// Ships that left during the last simulate step, sorted by entity id.
     pub(crate) outbox: Vec<Migrant>,
+    /// Shots fired during the last simulate step, sorted by shooter id.
+    pub(crate) shots: Vec<Shot>,
+    /// Movement commands refused during the last step: (account, what).
+    pub(crate) violations: Vec<(u64, Violation)>,
     /// Despawns recorded during iteration, applied after it; reused every tick.
     despawns: CommandBuffer,
     /// Replication cache: this sector's entities as clients see them, sorted by id.
     views: Vec<EntityView>,
     counters: SectorTickCounters,
+    /// Whether the sector was above the massive-battle threshold last tick.
+    pub(crate) in_massive_battle: bool,
 }
 
 /// Index of sector `id` in a slice sorted by id, or where it would be inserted.
 pub(crate) fn find_sector(sectors: &[Box<Sector>], id: SectorId) -> Result<usize, usize> {
     sectors.binary_search_by_key(&id, |sector| sector.id)
+}
+
+type ShipQueryMut<'a> = (
+    &'a Ship,
+    &'a mut Position,
+    &'a mut Velocity,
+    &'a mut DesiredVelocity,
+    &'a mut Dirty,
+    &'a Health,
+    &'a mut Weapons,
+    &'a mut Warp,
+    &'a mut Pilot,
+    &'a LastAttacker,
+);
+
+type ShipQuery<'a> = (
+    &'a Ship,
+    &'a Position,
+    &'a Velocity,
+    &'a DesiredVelocity,
+    &'a Dirty,
+    &'a Health,
+    &'a Weapons,
+    &'a Warp,
+    &'a Pilot,
+    &'a LastAttacker,
+);
+
+/// What a shot did to its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShotOutcome {
+    OutOfRange,
+    Miss,
+    Hit,
+    Critical,
+    /// The hit destroyed the target (it is despawned already).
+    Destroyed,
 }
 
 impl Sector {
@@ -64,24 +133,29 @@ impl Sector {
             entities: HashMap::new(),
             inbox: Inbox::new(inbox_commands_max),
             outbox: Vec::new(),
+            shots: Vec::new(),
+            violations: Vec::new(),
             despawns: CommandBuffer::new(),
             views: Vec::new(),
             counters: SectorTickCounters::default(),
+            in_massive_battle: false,
         }
     }
 
     /// Readies an emptied sector for another cell, keeping its allocations.
     pub(crate) fn reuse(&mut self, id: SectorId) {
         debug_assert!(self.is_empty() && self.outbox.is_empty());
-        // Only entities that are here get commands, and the inbox is drained before any
-        // entity leaves, so an empty sector has an empty inbox; drain it regardless.
-        debug_assert_eq!(self.inbox.len(), 0);
-        while self.inbox.pop().is_some() {}
+        // Only entities that are here get commands; commands for ships that left or died
+        // are void, so drop whatever is left.
+        self.inbox.clear();
         self.world.clear();
         self.entities.clear();
         self.outbox.clear();
+        self.shots.clear();
+        self.violations.clear();
         self.views.clear();
         self.counters = SectorTickCounters::default();
+        self.in_massive_battle = false;
         self.id = id;
     }
 
@@ -101,6 +175,11 @@ impl Sector {
         self.counters
     }
 
+    /// Commands waiting in the inbox.
+    pub(crate) fn inbox_len(&self) -> usize {
+        self.inbox.len()
+    }
+
     /// Puts a whole ship into this sector.
     pub(crate) fn spawn(&mut self, state: ShipState) {
         let entity_id = state.ship.entity_id;
@@ -109,69 +188,130 @@ impl Sector {
         debug_assert!(previous.is_none(), "entity {entity_id} spawned twice");
     }
 
+    /// Takes a ship out of this sector (destroyed), returning whether it was here.
+    pub(crate) fn despawn(&mut self, entity_id: u64) -> bool {
+        let Some(entity) = self.entities.remove(&entity_id) else {
+            return false;
+        };
+        self.world.despawn(entity).is_ok()
+    }
+
     /// Queues a command for the next simulate step.
-    pub(crate) fn push_command(&self, command: Command) -> Result<(), InboxFull> {
+    pub(crate) fn push_command(&mut self, command: Command) -> Result<(), InboxFull> {
         self.inbox.push(command)
     }
 
-    /// One tick of this sector: apply commands, steer and move ships, hand leavers to
-    /// the outbox. Touches only this sector.
+    /// One tick of this sector: apply commands, run AI, warp, steering, movement and
+    /// weapons, hand leavers to the outbox and shots to the shot list. Touches only this
+    /// sector.
     pub(crate) fn simulate(&mut self, step: &StepParams) {
         self.counters = SectorTickCounters::default();
-        self.apply_commands();
-        self.integrate(step);
+        self.shots.clear();
+        self.violations.clear();
+        self.apply_commands(step);
+        self.run_systems(step);
         self.despawns.run_on(&mut self.world);
         self.outbox
             .sort_unstable_by_key(|migrant| migrant.state.ship.entity_id);
+        self.shots.sort_unstable_by_key(|shot| shot.shooter);
     }
 
-    fn apply_commands(&mut self) {
-        // Bounded by the inbox capacity even if producers keep pushing meanwhile.
-        for _ in 0..self.inbox.capacity() {
-            let Some(command) = self.inbox.pop() else {
-                break;
-            };
-            match command {
-                Command::Move {
-                    entity_id,
-                    vx_mps,
-                    vy_mps,
-                } => self.apply_move(entity_id, vx_mps, vy_mps),
+    fn apply_commands(&mut self, step: &StepParams) {
+        // Critical and high commands never wait: all of them, each class bounded by the
+        // inbox capacity.
+        for class in [CommandClass::Critical, CommandClass::High] {
+            while let Some(command) = self.inbox.pop(class) {
+                self.apply(command, step);
             }
         }
+        // Medium then low share the budget; the rest waits, in order, for the next tick.
+        let mut budget = step.deferrable_commands_max;
+        for class in [CommandClass::Medium, CommandClass::Low] {
+            while budget > 0 {
+                let Some(command) = self.inbox.pop(class) else {
+                    break;
+                };
+                budget -= 1;
+                self.apply(command, step);
+            }
+        }
+        self.counters.commands_deferred = self.inbox.len() as u64;
     }
 
-    fn apply_move(&mut self, entity_id: u64, vx_mps: f64, vy_mps: f64) {
+    fn apply(&mut self, command: Command, step: &StepParams) {
+        let entity_id = match command {
+            Command::Telemetry { rtt_ms, fps: _ } => {
+                self.counters.telemetry_samples += 1;
+                self.counters.telemetry_rtt_ms_sum += u64::from(rtt_ms);
+                self.counters.commands_applied += 1;
+                return;
+            }
+            Command::Move { entity_id, .. }
+            | Command::State { entity_id, .. }
+            | Command::Warp { entity_id, .. }
+            | Command::Attack { entity_id, .. }
+            | Command::Control { entity_id, .. } => entity_id,
+        };
         let Some(&entity) = self.entities.get(&entity_id) else {
+            // The ship left this sector or was destroyed after the command was queued.
             self.counters.commands_unknown_entity += 1;
             return;
         };
-        match self
-            .world
-            .query_one_mut::<(&Ship, &mut DesiredVelocity)>(entity)
-        {
-            Ok((ship, desired)) => {
-                let (x_mps, y_mps) = clamp_magnitude(vx_mps, vy_mps, ship.stats.max_speed_mps);
-                *desired = DesiredVelocity { x_mps, y_mps };
-                self.counters.commands_applied += 1;
-            }
-            Err(_) => {
-                tracing::error!(entity_id, sector = ?self.id, "sector index points at a missing entity");
-                debug_assert!(false, "sector index points at a missing entity {entity_id}");
-                self.counters.commands_unknown_entity += 1;
-            }
+        let Ok(ship) = self.world.query_one_mut::<ShipQueryMut>(entity) else {
+            tracing::error!(entity_id, sector = ?self.id, "sector index points at a missing entity");
+            debug_assert!(false, "sector index points at a missing entity {entity_id}");
+            self.counters.commands_unknown_entity += 1;
+            return;
+        };
+        // Control hand-overs are the engine's own, not a client's: not counted.
+        let counted = !matches!(command, Command::Control { .. });
+        match apply_to_ship(command, ship, step) {
+            Ok(()) => self.counters.commands_applied += u64::from(counted),
+            Err((account, violation)) => self.violations.push((account, violation)),
         }
     }
 
-    fn integrate(&mut self, step: &StepParams) {
-        let query = self.world.query_mut::<(
-            &Ship,
-            &mut Position,
-            &mut Velocity,
-            &DesiredVelocity,
-            &mut Dirty,
-        )>();
-        for (entity, (ship, position, velocity, desired, dirty)) in query {
+    fn run_systems(&mut self, step: &StepParams) {
+        let query = self.world.query_mut::<ShipQueryMut>();
+        for (
+            entity,
+            (ship, position, velocity, desired, dirty, health, weapons, warp, pilot, last_attacker),
+        ) in query
+        {
+            if let Pilot::Ai { ticks_left } = pilot {
+                // Hold position; shoot back at the last attacker while the AI is on duty.
+                *desired = DesiredVelocity {
+                    x_mps: 0.0,
+                    y_mps: 0.0,
+                };
+                if *ticks_left > 0 {
+                    *ticks_left -= 1;
+                    if last_attacker.0 != 0 {
+                        weapons.target = last_attacker.0;
+                    }
+                } else {
+                    weapons.target = 0;
+                }
+            }
+            if let Some((x_m, y_m)) = warp.destination {
+                // Spooling: the ship brakes while the drive charges, then jumps.
+                *desired = DesiredVelocity {
+                    x_mps: 0.0,
+                    y_mps: 0.0,
+                };
+                warp.spool_left_s -= step.dt_s;
+                if warp.spool_left_s <= 0.0 {
+                    *position = Position { x_m, y_m };
+                    *velocity = Velocity {
+                        x_mps: 0.0,
+                        y_mps: 0.0,
+                    };
+                    warp.destination = None;
+                    warp.spool_left_s = 0.0;
+                    dirty.0 = true;
+                    self.counters.warps_completed += 1;
+                }
+            }
             let new_velocity = steer(*velocity, *desired, &ship.stats, step.dt_s);
             let new_position = advance(*position, new_velocity, step.dt_s);
             if new_velocity != *velocity || new_position != *position {
@@ -180,6 +320,10 @@ impl Sector {
             }
             *velocity = new_velocity;
             *position = new_position;
+            fire(ship, position, weapons, step.dt_s, &mut self.shots);
+            if weapons.target != 0 {
+                self.counters.combatants += 1;
+            }
             let destination =
                 SectorId::of_point(new_position.x_m, new_position.y_m, 0, step.sector_size_m);
             if destination != self.id {
@@ -193,10 +337,90 @@ impl Sector {
                         velocity: new_velocity,
                         desired: *desired,
                         dirty: *dirty,
+                        health: *health,
+                        weapons: *weapons,
+                        warp: *warp,
+                        pilot: *pilot,
+                        last_attacker: *last_attacker,
                     },
                 });
             }
         }
+    }
+
+    /// Applies one resolved shot to `target` (called in the serial exchange). `roll` is
+    /// a deterministic random value in `[0, 1)` for the hit, `critical_roll` for the
+    /// critical. Despawns the target when its hit points reach zero.
+    pub(crate) fn take_shot(
+        &mut self,
+        shot: &Shot,
+        roll: f64,
+        critical_roll: f64,
+    ) -> Option<ShotOutcome> {
+        let &entity = self.entities.get(&shot.target)?;
+        let (position, health, dirty, last_attacker) = self
+            .world
+            .query_one_mut::<(&Position, &mut Health, &mut Dirty, &mut LastAttacker)>(entity)
+            .ok()?;
+        let dx = position.x_m - shot.from_x_m;
+        let dy = position.y_m - shot.from_y_m;
+        let range_m = shot.weapon.range_m;
+        if dx * dx + dy * dy > range_m * range_m {
+            return Some(ShotOutcome::OutOfRange);
+        }
+        if roll >= shot.weapon.hit_chance {
+            return Some(ShotOutcome::Miss);
+        }
+        let critical = critical_roll < shot.weapon.critical_chance;
+        let damage = if critical {
+            shot.weapon.damage * crate::ship::CRITICAL_MULTIPLIER
+        } else {
+            shot.weapon.damage
+        };
+        health.hp -= damage;
+        dirty.0 = true;
+        last_attacker.0 = shot.shooter;
+        if health.hp <= 0.0 {
+            self.despawn(shot.target);
+            return Some(ShotOutcome::Destroyed);
+        }
+        Some(if critical {
+            ShotOutcome::Critical
+        } else {
+            ShotOutcome::Hit
+        })
+    }
+
+    /// Sets the weapons and stats of one ship (between ticks); false if it is not here.
+    pub(crate) fn refit(
+        &mut self,
+        entity_id: u64,
+        stats: Option<ShipStats>,
+        weapons: Option<crate::ship::WeaponStats>,
+    ) -> bool {
+        let Some(&entity) = self.entities.get(&entity_id) else {
+            return false;
+        };
+        let Ok((ship, health, battery, desired)) =
+            self.world
+                .query_one_mut::<(&mut Ship, &mut Health, &mut Weapons, &mut DesiredVelocity)>(
+                    entity,
+                )
+        else {
+            return false;
+        };
+        if let Some(stats) = stats {
+            // Keep the damage taken: the hull's missing hit points stay missing.
+            let damage = ship.stats.hit_points - health.hp;
+            ship.stats = stats;
+            health.hp = (stats.hit_points - damage).clamp(f64::MIN_POSITIVE, stats.hit_points);
+            let (x_mps, y_mps) = clamp_magnitude(desired.x_mps, desired.y_mps, stats.max_speed_mps);
+            *desired = DesiredVelocity { x_mps, y_mps };
+        }
+        if let Some(weapons) = weapons {
+            battery.stats = weapons;
+        }
+        true
     }
 
     /// Appends the durable state of every dirty entity and clears the marks.
@@ -232,19 +456,18 @@ impl Sector {
             .map(|(ship, position, velocity)| record(ship, position, velocity, tick))
     }
 
+    /// The full state of one entity, if it is in this sector.
+    pub(crate) fn state(&self, entity_id: u64) -> Option<ShipState> {
+        let &entity = self.entities.get(&entity_id)?;
+        let mut query = self.world.query_one::<ShipQuery>(entity).ok()?;
+        query.get().map(ShipState::from_refs)
+    }
+
     /// Appends the full state of every entity (for the state hash).
     pub(crate) fn states(&self, out: &mut Vec<ShipState>) {
-        let mut query = self
-            .world
-            .query::<(&Ship, &Position, &Velocity, &DesiredVelocity, &Dirty)>();
-        for (_, (ship, position, velocity, desired, dirty)) in query.iter() {
-            out.push(ShipState {
-                ship: *ship,
-                position: *position,
-                velocity: *velocity,
-                desired: *desired,
-                dirty: *dirty,
-            });
+        let mut query = self.world.query::<ShipQuery>();
+        for (_, refs) in query.iter() {
+            out.push(ShipState::from_refs(refs));
         }
     }
 
@@ -279,6 +502,100 @@ impl Sector {
             .ok()?;
         self.views.get(index)
     }
+}
+
+/// Applies one command to one ship, or says which anti-cheat rule it broke.
+fn apply_to_ship(
+    command: Command,
+    (ship, position, velocity, desired, dirty, _, weapons, warp, pilot, _): ShipQueryMut,
+    step: &StepParams,
+) -> Result<(), (u64, Violation)> {
+    let max_speed_mps = ship.stats.max_speed_mps;
+    let too_fast = |x: f64, y: f64| (x * x + y * y).sqrt() > max_speed_mps * SPEED_TOLERANCE;
+    match command {
+        Command::Move {
+            account,
+            vx_mps,
+            vy_mps,
+            ..
+        } => {
+            if too_fast(vx_mps, vy_mps) {
+                return Err((account, Violation::SpeedLimit));
+            }
+            let (x_mps, y_mps) = clamp_magnitude(vx_mps, vy_mps, max_speed_mps);
+            *desired = DesiredVelocity { x_mps, y_mps };
+        }
+        Command::State {
+            account,
+            x_m,
+            y_m,
+            vx_mps,
+            vy_mps,
+            ..
+        } => {
+            if too_fast(vx_mps, vy_mps) {
+                return Err((account, Violation::SpeedLimit));
+            }
+            let window_s = STATE_WINDOW_TICKS * step.dt_s;
+            let dvx = vx_mps - velocity.x_mps;
+            let dvy = vy_mps - velocity.y_mps;
+            let dv_max = ship.stats.accel_mps2 * window_s + STATE_VELOCITY_SLACK_MPS;
+            if (dvx * dvx + dvy * dvy).sqrt() > dv_max {
+                return Err((account, Violation::AccelerationLimit));
+            }
+            let dx = x_m - position.x_m;
+            let dy = y_m - position.y_m;
+            let reach_m = max_speed_mps * window_s + STATE_POSITION_SLACK_M;
+            if (dx * dx + dy * dy).sqrt() > reach_m || warp.destination.is_some() {
+                return Err((account, Violation::Teleport));
+            }
+            let (x_mps, y_mps) = clamp_magnitude(vx_mps, vy_mps, max_speed_mps);
+            *position = Position { x_m, y_m };
+            *velocity = Velocity { x_mps, y_mps };
+            *desired = DesiredVelocity { x_mps, y_mps };
+            dirty.0 = true;
+        }
+        Command::Warp { x_m, y_m, .. } => {
+            if warp.destination.is_none() {
+                warp.destination = Some((x_m, y_m));
+                warp.spool_left_s = step.warp_spool_s;
+            }
+        }
+        Command::Attack { target, .. } => {
+            weapons.target = if target == ship.entity_id { 0 } else { target };
+        }
+        Command::Control {
+            pilot: new_pilot, ..
+        } => {
+            *pilot = new_pilot;
+            if matches!(new_pilot, Pilot::Ai { .. }) {
+                *desired = DesiredVelocity {
+                    x_mps: 0.0,
+                    y_mps: 0.0,
+                };
+            }
+        }
+        Command::Telemetry { .. } => {}
+    }
+    Ok(())
+}
+
+/// Counts the weapon cooldown down and fires one shot at the target when it is ready.
+fn fire(ship: &Ship, position: &Position, weapons: &mut Weapons, dt_s: f64, shots: &mut Vec<Shot>) {
+    if weapons.cooldown_left_s > 0.0 {
+        weapons.cooldown_left_s -= dt_s;
+    }
+    if weapons.target == 0 || !weapons.stats.is_armed() || weapons.cooldown_left_s > 0.0 {
+        return;
+    }
+    weapons.cooldown_left_s += weapons.stats.cooldown_s;
+    shots.push(Shot {
+        shooter: ship.entity_id,
+        target: weapons.target,
+        from_x_m: position.x_m,
+        from_y_m: position.y_m,
+        weapon: weapons.stats,
+    });
 }
 
 fn record(ship: &Ship, position: &Position, velocity: &Velocity, tick: u64) -> EntityRecord {

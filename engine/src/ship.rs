@@ -171,6 +171,87 @@ fn bonus_multiplier(bonus_pct: f64) -> f64 {
     }
 }
 
+/// Longest weapon range the simulation accepts, metres.
+pub const WEAPON_RANGE_MAX_M: f64 = 1.0e6;
+/// Most damage one shot may deal.
+pub const WEAPON_DAMAGE_MAX: f64 = 1.0e9;
+/// Shortest weapon cooldown, game seconds (keeps shots per tick bounded).
+pub const WEAPON_COOLDOWN_MIN_S: f64 = 0.01;
+/// Longest weapon cooldown, game seconds.
+pub const WEAPON_COOLDOWN_MAX_S: f64 = 3600.0;
+/// A critical hit deals this many times the shot's damage.
+pub const CRITICAL_MULTIPLIER: f64 = 2.0;
+
+/// A ship's weapon battery, summed over its fitted weapon modules by the caller (the
+/// store knows module types; the engine gets numbers). One battery fires one shot per
+/// cooldown at the ship's target.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WeaponStats {
+    /// Damage of one hit, hit points (0 = unarmed).
+    pub damage: f64,
+    /// Largest distance to the target at which a shot can hit, metres.
+    pub range_m: f64,
+    /// Game seconds between shots.
+    pub cooldown_s: f64,
+    /// Chance in `0.0..=1.0` that a shot in range hits.
+    pub hit_chance: f64,
+    /// Chance in `0.0..=1.0` that a hit is critical ([`CRITICAL_MULTIPLIER`] damage).
+    pub critical_chance: f64,
+}
+
+impl WeaponStats {
+    /// No weapons: the ship never fires.
+    pub const UNARMED: WeaponStats = WeaponStats {
+        damage: 0.0,
+        range_m: 0.0,
+        cooldown_s: 1.0,
+        hit_chance: 0.0,
+        critical_chance: 0.0,
+    };
+
+    /// Checks every field is finite and within its bounds; names the first that is not.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let in_range = |v: f64, min: f64, max: f64| v.is_finite() && v >= min && v <= max;
+        if !in_range(self.damage, 0.0, WEAPON_DAMAGE_MAX) {
+            return Err("damage out of range");
+        }
+        if !in_range(self.range_m, 0.0, WEAPON_RANGE_MAX_M) {
+            return Err("range_m out of range");
+        }
+        if !in_range(
+            self.cooldown_s,
+            WEAPON_COOLDOWN_MIN_S,
+            WEAPON_COOLDOWN_MAX_S,
+        ) {
+            return Err("cooldown_s out of range");
+        }
+        if !in_range(self.hit_chance, 0.0, 1.0) {
+            return Err("hit_chance out of range");
+        }
+        if !in_range(self.critical_chance, 0.0, 1.0) {
+            return Err("critical_chance out of range");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_armed(&self) -> bool {
+        self.damage > 0.0 && self.range_m > 0.0
+    }
+}
+
+/// A star system as navigation sees it: an id and its position in the galactic plane
+/// (see ARCHITECTURE.md: systems sit tens to hundreds of km apart in one plane). Warp
+/// arrives near this point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StarSystem {
+    /// The system's id, as in the store.
+    pub system_id: u32,
+    /// Galaxy x of the system's centre, metres.
+    pub x_m: f64,
+    /// Galaxy y of the system's centre, metres.
+    pub y_m: f64,
+}
+
 /// What the server hands the engine to put a ship into the world.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ShipSpawn {

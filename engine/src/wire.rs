@@ -63,6 +63,36 @@ use thiserror::Error;
 
 /// Type byte of [`ClientMsg::Move`].
 pub const TYPE_MOVE: u8 = 0x01;
+/// Type byte of [`ClientMsg::State`].
+pub const TYPE_STATE: u8 = 0x02;
+/// Type byte of [`ClientMsg::MoveBatch`].
+pub const TYPE_MOVE_BATCH: u8 = 0x03;
+/// Type byte of [`ClientMsg::Warp`].
+pub const TYPE_WARP: u8 = 0x04;
+/// Type byte of [`ClientMsg::Attack`].
+pub const TYPE_ATTACK: u8 = 0x05;
+/// Type byte of [`ClientMsg::Telemetry`].
+pub const TYPE_TELEMETRY: u8 = 0x06;
+/// Type byte of [`ServerMsg::Event`].
+pub const TYPE_EVENT: u8 = 0x82;
+/// Encoded size of [`ClientMsg::State`].
+pub const STATE_BYTES: usize = 37;
+/// Encoded size of a [`ClientMsg::MoveBatch`] without its orders.
+pub const MOVE_BATCH_HEADER_BYTES: usize = 6;
+/// Encoded size of one [`MoveOrder`].
+pub const MOVE_ORDER_BYTES: usize = 16;
+/// Most orders in one [`ClientMsg::MoveBatch`].
+pub const MOVE_BATCH_ORDERS_MAX: usize = 32;
+/// Encoded size of [`ClientMsg::Warp`].
+pub const WARP_BYTES: usize = 17;
+/// Encoded size of [`ClientMsg::Attack`].
+pub const ATTACK_BYTES: usize = 21;
+/// Encoded size of [`ClientMsg::Telemetry`].
+pub const TELEMETRY_BYTES: usize = 5;
+/// Encoded size of [`ServerMsg::Event`] carrying [`GameEvent::UnitDestroyed`].
+pub const EVENT_UNIT_DESTROYED_BYTES: usize = 26;
+/// Encoded size of [`ServerMsg::Event`] carrying [`GameEvent::MassiveBattle`].
+pub const EVENT_MASSIVE_BATTLE_BYTES: usize = 31;
 /// Type byte of [`ServerMsg::Snapshot`].
 pub const TYPE_SNAPSHOT: u8 = 0x81;
 /// Encoded size of [`ClientMsg::Move`], type byte included.
@@ -116,6 +146,12 @@ pub enum DecodeError {
         /// Name of the offending field.
         field: &'static str,
     },
+    /// A count or kind field has a value the format does not allow.
+    #[error("field {field} has an invalid value")]
+    InvalidValue {
+        /// Name of the offending field.
+        field: &'static str,
+    },
 }
 
 /// Why a server message could not be encoded. The output is left as it was.
@@ -141,6 +177,9 @@ pub enum EncodeError {
 }
 
 /// A message from a game client to the server.
+// MoveBatch keeps its orders inline (about 520 bytes) on purpose: decoding a client
+// message never allocates, and messages live on the stack for one call only.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ClientMsg {
     /// Steer a ship: set its desired velocity.
@@ -154,6 +193,94 @@ pub enum ClientMsg {
         /// Desired velocity y, metres per second.
         vy_mps: f32,
     },
+    /// The client's predicted state of its ship; the server adopts it when the ship
+    /// could have reached it, and counts an anti-cheat violation otherwise.
+    State {
+        /// The ship (must be the one the client controls).
+        entity_id: u64,
+        /// Shares the sequence of Move.
+        seq: u32,
+        /// Position x, metres.
+        x_m: f64,
+        /// Position y, metres.
+        y_m: f64,
+        /// Velocity x, metres per second.
+        vx_mps: f32,
+        /// Velocity y, metres per second.
+        vy_mps: f32,
+    },
+    /// One message steering many units (each must be owned by the client's account).
+    MoveBatch(MoveBatch),
+    /// Spool up the warp drive toward a star system.
+    Warp {
+        /// The ship (must be the one the client controls).
+        entity_id: u64,
+        /// Shares the sequence of Move.
+        seq: u32,
+        /// Destination star system id.
+        system_id: u32,
+    },
+    /// Fire the ship's weapons at a target (0 ceases fire).
+    Attack {
+        /// The ship (must be the one the client controls).
+        entity_id: u64,
+        /// Shares the sequence of Move.
+        seq: u32,
+        /// Entity to shoot at, 0 for none.
+        target_id: u64,
+    },
+    /// Client statistics (lowest priority).
+    Telemetry {
+        /// Round-trip time the client measured, milliseconds.
+        rtt_ms: u16,
+        /// Client frame rate.
+        fps: u16,
+    },
+}
+
+/// One unit's order inside a [`ClientMsg::MoveBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MoveOrder {
+    /// The unit.
+    pub entity_id: u64,
+    /// Desired velocity x, metres per second.
+    pub vx_mps: f32,
+    /// Desired velocity y, metres per second.
+    pub vy_mps: f32,
+}
+
+/// Up to [`MOVE_BATCH_ORDERS_MAX`] orders, stored inline (decoding allocates nothing).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MoveBatch {
+    /// Shares the sequence of Move.
+    pub seq: u32,
+    len: u8,
+    orders: [MoveOrder; MOVE_BATCH_ORDERS_MAX],
+}
+
+impl MoveBatch {
+    /// A batch of `orders`.
+    ///
+    /// # Errors
+    /// [`DecodeError::InvalidValue`] if `orders` is empty or longer than
+    /// [`MOVE_BATCH_ORDERS_MAX`].
+    pub fn new(seq: u32, orders: &[MoveOrder]) -> Result<MoveBatch, DecodeError> {
+        if orders.is_empty() || orders.len() > MOVE_BATCH_ORDERS_MAX {
+            return Err(DecodeError::InvalidValue { field: "n_orders" });
+        }
+        let mut batch = MoveBatch {
+            seq,
+            len: orders.len() as u8,
+            orders: [MoveOrder::default(); MOVE_BATCH_ORDERS_MAX],
+        };
+        batch.orders[..orders.len()].copy_from_slice(orders);
+        Ok(batch)
+    }
+
+    /// The orders, in message order.
+    pub fn orders(&self) -> &[MoveOrder] {
+        &self.orders[..usize::from(self.len)]
+    }
 }
 
 impl ClientMsg {
@@ -161,6 +288,13 @@ impl ClientMsg {
     pub fn encoded_len(&self) -> usize {
         match self {
             ClientMsg::Move { .. } => MOVE_BYTES,
+            ClientMsg::State { .. } => STATE_BYTES,
+            ClientMsg::MoveBatch(batch) => {
+                MOVE_BATCH_HEADER_BYTES + MOVE_ORDER_BYTES * batch.orders().len()
+            }
+            ClientMsg::Warp { .. } => WARP_BYTES,
+            ClientMsg::Attack { .. } => ATTACK_BYTES,
+            ClientMsg::Telemetry { .. } => TELEMETRY_BYTES,
         }
     }
 
@@ -181,6 +315,57 @@ impl ClientMsg {
                 out.extend_from_slice(&seq.to_le_bytes());
                 out.extend_from_slice(&vx_mps.to_le_bytes());
                 out.extend_from_slice(&vy_mps.to_le_bytes());
+            }
+            ClientMsg::State {
+                entity_id,
+                seq,
+                x_m,
+                y_m,
+                vx_mps,
+                vy_mps,
+            } => {
+                out.push(TYPE_STATE);
+                out.extend_from_slice(&entity_id.to_le_bytes());
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.extend_from_slice(&x_m.to_le_bytes());
+                out.extend_from_slice(&y_m.to_le_bytes());
+                out.extend_from_slice(&vx_mps.to_le_bytes());
+                out.extend_from_slice(&vy_mps.to_le_bytes());
+            }
+            ClientMsg::MoveBatch(ref batch) => {
+                out.push(TYPE_MOVE_BATCH);
+                out.extend_from_slice(&batch.seq.to_le_bytes());
+                out.push(batch.len);
+                for order in batch.orders() {
+                    out.extend_from_slice(&order.entity_id.to_le_bytes());
+                    out.extend_from_slice(&order.vx_mps.to_le_bytes());
+                    out.extend_from_slice(&order.vy_mps.to_le_bytes());
+                }
+            }
+            ClientMsg::Warp {
+                entity_id,
+                seq,
+                system_id,
+            } => {
+                out.push(TYPE_WARP);
+                out.extend_from_slice(&entity_id.to_le_bytes());
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.extend_from_slice(&system_id.to_le_bytes());
+            }
+            ClientMsg::Attack {
+                entity_id,
+                seq,
+                target_id,
+            } => {
+                out.push(TYPE_ATTACK);
+                out.extend_from_slice(&entity_id.to_le_bytes());
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.extend_from_slice(&target_id.to_le_bytes());
+            }
+            ClientMsg::Telemetry { rtt_ms, fps } => {
+                out.push(TYPE_TELEMETRY);
+                out.extend_from_slice(&rtt_ms.to_le_bytes());
+                out.extend_from_slice(&fps.to_le_bytes());
             }
         }
     }
@@ -203,6 +388,61 @@ impl ClientMsg {
                     seq,
                     vx_mps,
                     vy_mps,
+                })
+            }
+            TYPE_STATE => {
+                r.expect_len(STATE_BYTES)?;
+                Ok(ClientMsg::State {
+                    entity_id: r.u64()?,
+                    seq: r.u32()?,
+                    x_m: finite_f64(r.f64()?, "x_m")?,
+                    y_m: finite_f64(r.f64()?, "y_m")?,
+                    vx_mps: finite_f32(r.f32()?, "vx_mps")?,
+                    vy_mps: finite_f32(r.f32()?, "vy_mps")?,
+                })
+            }
+            TYPE_MOVE_BATCH => {
+                let seq = r.u32()?;
+                let n = usize::from(r.u8()?);
+                if n == 0 || n > MOVE_BATCH_ORDERS_MAX {
+                    return Err(DecodeError::InvalidValue { field: "n_orders" });
+                }
+                r.expect_len(MOVE_BATCH_HEADER_BYTES + n * MOVE_ORDER_BYTES)?;
+                let mut orders = [MoveOrder::default(); MOVE_BATCH_ORDERS_MAX];
+                for order in &mut orders[..n] {
+                    *order = MoveOrder {
+                        entity_id: r.u64()?,
+                        vx_mps: finite_f32(r.f32()?, "vx_mps")?,
+                        vy_mps: finite_f32(r.f32()?, "vy_mps")?,
+                    };
+                }
+                Ok(ClientMsg::MoveBatch(MoveBatch {
+                    seq,
+                    len: n as u8,
+                    orders,
+                }))
+            }
+            TYPE_WARP => {
+                r.expect_len(WARP_BYTES)?;
+                Ok(ClientMsg::Warp {
+                    entity_id: r.u64()?,
+                    seq: r.u32()?,
+                    system_id: r.u32()?,
+                })
+            }
+            TYPE_ATTACK => {
+                r.expect_len(ATTACK_BYTES)?;
+                Ok(ClientMsg::Attack {
+                    entity_id: r.u64()?,
+                    seq: r.u32()?,
+                    target_id: r.u64()?,
+                })
+            }
+            TYPE_TELEMETRY => {
+                r.expect_len(TELEMETRY_BYTES)?;
+                Ok(ClientMsg::Telemetry {
+                    rtt_ms: r.u16()?,
+                    fps: r.u16()?,
                 })
             }
             type_byte => Err(DecodeError::UnknownType { type_byte }),
@@ -299,6 +539,94 @@ pub struct Snapshot {
 pub enum ServerMsg {
     /// The state around the client's ship.
     Snapshot(Snapshot),
+    /// Something happened that the client takes part in (sent on the reliable channel).
+    Event {
+        /// The tick it happened in.
+        tick: u64,
+        /// What happened.
+        event: GameEvent,
+    },
+}
+
+/// A game event delivered to its participants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GameEvent {
+    /// A unit was destroyed.
+    UnitDestroyed {
+        /// The unit destroyed.
+        entity_id: u64,
+        /// The entity whose shot destroyed it.
+        destroyed_by: u64,
+    },
+    /// A sector passed the massive-battle participant threshold.
+    MassiveBattle {
+        /// The sector.
+        sector: crate::SectorId,
+        /// Ships with a target in that sector.
+        participants: u32,
+    },
+}
+
+const EVENT_KIND_UNIT_DESTROYED: u8 = 1;
+const EVENT_KIND_MASSIVE_BATTLE: u8 = 2;
+
+fn encode_event(out: &mut Vec<u8>, tick: u64, event: &GameEvent) {
+    out.push(TYPE_EVENT);
+    out.extend_from_slice(&tick.to_le_bytes());
+    match *event {
+        GameEvent::UnitDestroyed {
+            entity_id,
+            destroyed_by,
+        } => {
+            out.push(EVENT_KIND_UNIT_DESTROYED);
+            out.extend_from_slice(&entity_id.to_le_bytes());
+            out.extend_from_slice(&destroyed_by.to_le_bytes());
+        }
+        GameEvent::MassiveBattle {
+            sector,
+            participants,
+        } => {
+            out.push(EVENT_KIND_MASSIVE_BATTLE);
+            out.extend_from_slice(&sector.x.to_le_bytes());
+            out.extend_from_slice(&sector.y.to_le_bytes());
+            out.push(sector.scale);
+            out.extend_from_slice(&participants.to_le_bytes());
+        }
+    }
+}
+
+fn decode_event(bytes: &[u8]) -> Result<ServerMsg, DecodeError> {
+    let mut r = Reader::new(bytes);
+    r.u8()?;
+    let tick = r.u64()?;
+    let event = match r.u8()? {
+        EVENT_KIND_UNIT_DESTROYED => {
+            r.expect_len(EVENT_UNIT_DESTROYED_BYTES)?;
+            GameEvent::UnitDestroyed {
+                entity_id: r.u64()?,
+                destroyed_by: r.u64()?,
+            }
+        }
+        EVENT_KIND_MASSIVE_BATTLE => {
+            r.expect_len(EVENT_MASSIVE_BATTLE_BYTES)?;
+            let x = r.u64()? as i64;
+            let y = r.u64()? as i64;
+            let scale = r.u8()?;
+            if scale > crate::sector_id::SCALE_MAX {
+                return Err(DecodeError::InvalidValue { field: "scale" });
+            }
+            GameEvent::MassiveBattle {
+                sector: crate::SectorId::new(x, y, scale),
+                participants: r.u32()?,
+            }
+        }
+        _ => {
+            return Err(DecodeError::InvalidValue {
+                field: "event_kind",
+            })
+        }
+    };
+    Ok(ServerMsg::Event { tick, event })
 }
 
 impl ServerMsg {
@@ -318,6 +646,10 @@ impl ServerMsg {
                 }
                 result
             }
+            ServerMsg::Event { tick, event } => {
+                encode_event(out, *tick, event);
+                Ok(())
+            }
         }
     }
 
@@ -327,6 +659,9 @@ impl ServerMsg {
     /// # Errors
     /// Any malformed input: see [`DecodeError`].
     pub fn decode(bytes: &[u8]) -> Result<ServerMsg, DecodeError> {
+        if bytes.first() == Some(&TYPE_EVENT) {
+            return decode_event(bytes);
+        }
         let view = SnapshotView::parse(bytes)?;
         let header = view.header();
         // The length was checked against the input, so this allocation is bounded by it.
@@ -505,6 +840,19 @@ impl Iterator for EntityViews<'_> {
 }
 
 impl ExactSizeIterator for EntityViews<'_> {}
+
+fn finite_f64(value: f64, field: &'static str) -> Result<f64, DecodeError> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(DecodeError::NonFinite { field })
+    }
+}
+
+/// Encodes one event message into `out` (appending), as the engine sends it.
+pub(crate) fn write_event(out: &mut Vec<u8>, tick: u64, event: &GameEvent) {
+    encode_event(out, tick, event);
+}
 
 fn finite_f32(value: f32, field: &'static str) -> Result<f32, DecodeError> {
     if value.is_finite() {

@@ -264,6 +264,9 @@ struct Bot {
 
 /// How often a bot repeats its move command (commands ride the unreliable channel in v0).
 const COMMAND_INTERVAL: Duration = Duration::from_millis(100);
+/// Fastest a bot asks to fly: below the starter hull's 300 m/s (persistence's demo
+/// content), so honest bots never trip the engine's speed check.
+const BOT_SPEED_MAX_MPS: f32 = 250.0;
 /// A ship counts as moved once it is this far from where it was first seen.
 const MOVED_EPSILON_M: f64 = 1.0;
 
@@ -345,10 +348,10 @@ impl Bot {
         }
         if self.report.connected && self.report.ship_id != 0 && now >= self.next_command_at {
             if now >= self.next_turn_at {
-                // A new heading every 1–3 s; some speeds beyond the hull's limit, so the
-                // server's clamp is exercised.
+                // A new heading every 1–3 s, at a speed every starter hull can fly: the
+                // server refuses (and counts as cheating) a Move above the ship's limit.
                 let angle = rng.gen_range(0.0..std::f32::consts::TAU);
-                let speed = rng.gen_range(50.0..600.0f32);
+                let speed = rng.gen_range(50.0..BOT_SPEED_MAX_MPS);
                 self.desired = (angle.cos() * speed, angle.sin() * speed);
                 self.next_turn_at = now + Duration::from_millis(rng.gen_range(1000..3000));
             }

@@ -1,0 +1,157 @@
+//! Latency histograms in microseconds: the shared one a registry renders, and the
+//! thread-local recorder that feeds it without locks on the hot path.
+
+use std::sync::{Arc, Mutex};
+
+use hdrhistogram::Histogram;
+
+/// Highest recordable value: 60 s in microseconds. Larger values saturate.
+pub const HISTOGRAM_MAX_US: u64 = 60_000_000;
+
+/// A histogram of microseconds from 1 µs to 60 s at 3 significant figures.
+pub fn micros() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3).expect("static histogram bounds are valid")
+}
+
+/// Records `value_us`, saturating at the histogram's bounds instead of failing.
+pub fn record(h: &mut Histogram<u64>, value_us: u64) {
+    h.saturating_record(value_us.clamp(1, HISTOGRAM_MAX_US));
+}
+
+/// One line: `name  n=…  p50=…  p90=…  p99=…  p99.9=…  max=…`, values in ms.
+pub fn percentile_line(name: &str, h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return format!("{name:<28} n=0");
+    }
+    let ms = |v: u64| v as f64 / 1000.0;
+    format!(
+        "{name:<28} n={:<8} p50={:>8.3}ms p90={:>8.3}ms p99={:>8.3}ms p99.9={:>8.3}ms max={:>8.3}ms",
+        h.len(),
+        ms(h.value_at_quantile(0.50)),
+        ms(h.value_at_quantile(0.90)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max()),
+    )
+}
+
+/// A histogram shared between the thread that publishes into it and the readers
+/// (`/metrics`, the shutdown table). Cumulative since the process started.
+#[derive(Clone)]
+pub struct SharedHistogram(Arc<Mutex<Histogram<u64>>>);
+
+impl SharedHistogram {
+    pub(crate) fn new() -> Self {
+        SharedHistogram(Arc::new(Mutex::new(micros())))
+    }
+
+    /// Records one value directly (takes the lock: for paths that are not hot, such
+    /// as an HTTP request).
+    pub fn record(&self, value_us: u64) {
+        record(&mut self.lock(), value_us);
+    }
+
+    /// A copy of the current distribution.
+    pub fn snapshot(&self) -> Histogram<u64> {
+        self.lock().clone()
+    }
+
+    /// A recorder for one thread's hot path, publishing into this histogram.
+    pub fn local(&self) -> LocalHistogram {
+        LocalHistogram {
+            local: micros(),
+            shared: self.clone(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Histogram<u64>> {
+        // A panic while holding this lock cannot leave a histogram half-updated in a
+        // way that matters for metrics: keep serving it.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A thread's own recorder: [`Self::record`] touches only thread-owned memory;
+/// [`Self::publish`] adds everything recorded since the last publish to the shared
+/// histogram and starts over. Neither allocates.
+pub struct LocalHistogram {
+    local: Histogram<u64>,
+    shared: SharedHistogram,
+}
+
+impl LocalHistogram {
+    /// Records one value in microseconds (saturating at 60 s).
+    pub fn record(&mut self, value_us: u64) {
+        record(&mut self.local, value_us);
+    }
+
+    /// Folds what was recorded into the shared histogram.
+    pub fn publish(&mut self) {
+        if self.local.is_empty() {
+            return;
+        }
+        // Same bounds on both sides: `add` cannot fail and does not allocate.
+        let _ = self.shared.lock().add(&self.local);
+        self.local.reset();
+    }
+}
+
+impl Drop for LocalHistogram {
+    fn drop(&mut self) {
+        self.publish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_recordings_reach_the_shared_histogram_only_on_publish() {
+        let shared = SharedHistogram::new();
+        let mut local = shared.local();
+        for v in [10, 20, 30, 5_000] {
+            local.record(v);
+        }
+        assert_eq!(shared.snapshot().len(), 0);
+        local.publish();
+        let h = shared.snapshot();
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.max(), h.highest_equivalent(5_000));
+        local.record(7);
+        drop(local);
+        assert_eq!(
+            shared.snapshot().len(),
+            5,
+            "dropping a recorder publishes it"
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_saturate() {
+        let shared = SharedHistogram::new();
+        shared.record(0);
+        shared.record(u64::MAX);
+        let h = shared.snapshot();
+        assert_eq!(h.len(), 2);
+        assert!(h.max() >= HISTOGRAM_MAX_US);
+    }
+
+    #[test]
+    fn percentile_line_names_every_quantile() {
+        let mut h = micros();
+        for v in 1..=1000 {
+            record(&mut h, v);
+        }
+        let line = percentile_line("tick", &h);
+        for part in ["n=1000", "p50=", "p90=", "p99=", "p99.9=", "max="] {
+            assert!(line.contains(part), "{line}");
+        }
+        assert_eq!(
+            percentile_line("empty", &micros()).trim_end(),
+            "empty                        n=0"
+        );
+    }
+}
