@@ -4,12 +4,17 @@
 //! The only crate that knows SQL. The durability contract is in `README.md`.
 
 pub mod demo;
+pub mod economy;
 pub mod migrations;
+pub mod open;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 pub mod write_behind;
 
-pub use sqlite::SqliteStore;
+pub use open::open;
+pub use postgres::{PgFlushMethod, PgStore};
+pub use sqlite::{SqliteFlushMethod, SqliteStore};
 pub use store::{
     Account, AccountId, CharacterId, EntityState, HullStats, ModuleType, NewAccount, Registered,
     ShipId, ShipRecord, StarSystem, Station, Store, StoreError,

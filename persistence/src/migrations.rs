@@ -145,6 +145,44 @@ CREATE TABLE world_entities (
 );
 ",
     },
+    Migration {
+        version: 3,
+        name: "inventory_audit_dead_letters",
+        sql: "
+-- A stack of identical items owned by a character, in exactly one place: a station
+-- hangar or a ship's cargo. Item types are module types for now.
+CREATE TABLE item_stacks (
+    id @ID_PK@,
+    character_id BIGINT NOT NULL REFERENCES characters (id),
+    item_type_id BIGINT NOT NULL REFERENCES module_types (id),
+    quantity BIGINT NOT NULL CHECK (quantity > 0),
+    station_id BIGINT REFERENCES stations (id),
+    ship_id BIGINT REFERENCES ships (id),
+    CHECK ((station_id IS NULL AND ship_id IS NOT NULL)
+        OR (station_id IS NOT NULL AND ship_id IS NULL))
+);
+CREATE INDEX item_stacks_character_id ON item_stacks (character_id);
+CREATE INDEX item_stacks_station_id ON item_stacks (station_id);
+CREATE INDEX item_stacks_ship_id ON item_stacks (ship_id);
+-- Security and economy events, appended in the transaction of the change they describe.
+CREATE TABLE audit_log (
+    id @ID_PK@,
+    at_unix_ms BIGINT NOT NULL,
+    account_id BIGINT,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_log_account_id ON audit_log (account_id);
+-- World states the write-behind queue could never write, with the error.
+CREATE TABLE dead_letters (
+    id @ID_PK@,
+    entity_id BIGINT NOT NULL,
+    payload TEXT NOT NULL,
+    error TEXT NOT NULL,
+    failed_at_unix_ms BIGINT NOT NULL
+);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

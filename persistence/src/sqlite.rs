@@ -26,9 +26,13 @@ use rusqlite::{ffi, params, Connection, ErrorCode, OptionalExtension, Transactio
 use crate::demo;
 use crate::migrations::{self, Dialect};
 use crate::store::{
-    Account, AccountId, EntityState, HullStats, ModuleType, NewAccount, Registered, ShipRecord,
-    StarSystem, Station, Store, StoreError,
+    Account, AccountId, AuditEntry, AuditEvent, CharacterId, DeadLetter, EntityState, FitModule,
+    FittedModule, GrantItems, HullStats, ItemStack, ItemStackId, ItemTransfer, ModuleType,
+    NewAccount, Registered, ShipId, ShipRecord, StarSystem, Station, Store, StoreError,
+    StoredDeadLetter, UnfitModule,
 };
+
+mod economy;
 
 /// How long a statement waits for another connection's lock before `Unavailable`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,6 +41,19 @@ pub const STATEMENT_CACHE_CAPACITY: usize = 64;
 
 /// SQLite's clock as Unix milliseconds, for audit columns only.
 const SQL_NOW_UNIX_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
+/// How [`SqliteStore::write_entity_states_with`] writes a batch. Only `Batched` is
+/// what a flush uses; the other two exist for the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqliteFlushMethod {
+    /// One prepared upsert per row inside one `BEGIN IMMEDIATE` transaction.
+    Batched,
+    /// The same upsert, each row its own transaction (the naive baseline).
+    NaivePerRow,
+    /// Plain `INSERT`s (no conflict handling) into `world_entities_raw_insert`,
+    /// created on demand and emptied first, in one transaction: the floor.
+    RawInsert,
+}
 
 /// The SQLite [`Store`]. Cheap to clone: clones share the connection.
 #[derive(Clone)]
@@ -121,6 +138,30 @@ impl SqliteStore {
                 .query_map([], |row| entity_state_at(row, 0))
                 .map_err(map_err)?;
             rows.map(|r| r.map_err(map_err)).collect()
+        })
+        .await
+    }
+
+    /// Writes a batch of entity states with the given method (see
+    /// [`SqliteFlushMethod`]). [`Store::write_entity_states`] is `Batched`.
+    ///
+    /// # Errors
+    /// As [`Store::write_entity_states`].
+    pub async fn write_entity_states_with(
+        &self,
+        method: SqliteFlushMethod,
+        states: &[EntityState],
+    ) -> Result<(), StoreError> {
+        let states = states.to_vec();
+        self.run(move |conn| match method {
+            SqliteFlushMethod::Batched => write_entity_states(conn, &states),
+            SqliteFlushMethod::NaivePerRow => {
+                for s in &states {
+                    write_entity_states(conn, std::slice::from_ref(s))?;
+                }
+                Ok(())
+            }
+            SqliteFlushMethod::RawInsert => raw_insert(conn, &states),
         })
         .await
     }
@@ -371,6 +412,19 @@ fn register_account(conn: &mut Connection, new: NewAccount) -> Result<Registered
     .and_then(|mut s| s.execute(params![ship_id, station_x_m + dx_m, station_y_m + dy_m]))
     .map_err(map_err)?;
 
+    tx.prepare_cached(
+        "INSERT INTO audit_log (at_unix_ms, account_id, kind, detail)
+         VALUES (?1, ?2, 'account.register', ?3)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            new.created_at_unix_ms,
+            account_id,
+            format!("character={character_id} ship={ship_id}")
+        ])
+    })
+    .map_err(map_err)?;
+
     tx.commit().map_err(map_err)?;
     Ok(Registered {
         account_id,
@@ -596,6 +650,37 @@ fn write_entity_states(conn: &mut Connection, states: &[EntityState]) -> Result<
     tx.commit().map_err(map_err)
 }
 
+fn raw_insert(conn: &mut Connection, states: &[EntityState]) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS world_entities_raw_insert (
+            entity_id BIGINT NOT NULL, x_m DOUBLE PRECISION NOT NULL,
+            y_m DOUBLE PRECISION NOT NULL, vx_mps DOUBLE PRECISION NOT NULL,
+            vy_mps DOUBLE PRECISION NOT NULL, tick BIGINT NOT NULL)",
+    )
+    .map_err(map_err)?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    tx.execute("DELETE FROM world_entities_raw_insert", [])
+        .map_err(map_err)?;
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO world_entities_raw_insert (entity_id, x_m, y_m, vx_mps, vy_mps, tick)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(map_err)?;
+        for s in states {
+            let tick = i64::try_from(s.tick)
+                .map_err(|_| StoreError::Backend(format!("tick {} does not fit", s.tick)))?;
+            insert
+                .execute(params![s.entity_id, s.x_m, s.y_m, s.vx_mps, s.vy_mps, tick])
+                .map_err(map_err)?;
+        }
+    }
+    tx.commit().map_err(map_err)
+}
+
 fn star_systems(conn: &Connection) -> Result<Vec<StarSystem>, StoreError> {
     let mut stmt = conn
         .prepare_cached("SELECT id, name, x_m, y_m FROM star_systems ORDER BY id")
@@ -693,6 +778,67 @@ impl Store for SqliteStore {
 
     async fn stations(&self) -> Result<Vec<Station>, StoreError> {
         self.run(|conn| stations(conn)).await
+    }
+
+    async fn schema_version(&self) -> Result<i64, StoreError> {
+        SqliteStore::schema_version(self).await
+    }
+
+    async fn entity_states(&self) -> Result<Vec<EntityState>, StoreError> {
+        SqliteStore::entity_states(self).await
+    }
+
+    async fn write_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), StoreError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let letters = letters.to_vec();
+        self.run(move |conn| economy::write_dead_letters(conn, &letters))
+            .await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        self.run(move |conn| economy::dead_letters(conn, limit))
+            .await
+    }
+
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.run(move |conn| economy::record_audit(conn, &event))
+            .await
+    }
+
+    async fn audit_log(&self, after_id: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.run(move |conn| economy::audit_log(conn, after_id, limit))
+            .await
+    }
+
+    async fn grant_items(&self, grant: GrantItems) -> Result<ItemStackId, StoreError> {
+        self.run(move |conn| economy::grant_items(conn, &grant))
+            .await
+    }
+
+    async fn inventory(&self, character_id: CharacterId) -> Result<Vec<ItemStack>, StoreError> {
+        self.run(move |conn| economy::inventory(conn, character_id))
+            .await
+    }
+
+    async fn transfer_items(&self, transfer: ItemTransfer) -> Result<ItemStackId, StoreError> {
+        self.run(move |conn| economy::transfer_items(conn, &transfer))
+            .await
+    }
+
+    async fn fit_module(&self, fit: FitModule) -> Result<(), StoreError> {
+        self.run(move |conn| economy::fit_module(conn, &fit)).await
+    }
+
+    async fn unfit_module(&self, unfit: UnfitModule) -> Result<ItemStackId, StoreError> {
+        self.run(move |conn| economy::unfit_module(conn, &unfit))
+            .await
+    }
+
+    async fn ship_fitting(&self, ship_id: ShipId) -> Result<Vec<FittedModule>, StoreError> {
+        self.run(move |conn| economy::ship_fitting(conn, ship_id))
+            .await
     }
 }
 

@@ -1,7 +1,14 @@
 //! The `Store` trait: every durable read and write warpcore makes, as one async
-//! interface that both backends (SQLite now, PostgreSQL later) implement.
+//! interface that both backends (SQLite and PostgreSQL) implement.
 //!
-//! Why async: the PostgreSQL backend will be `tokio-postgres`, which is async. The
+//! Two kinds of writes go through it. World state (`write_entity_states`) is written
+//! behind the simulation by the write-behind queue, which may lose the last flush
+//! interval in a crash. Everything else (accounts, refresh tokens, inventory, fitting,
+//! the audit log) is a transaction committed before the call returns: once a call
+//! answers `Ok`, a process crash cannot undo it, and concurrent conflicting calls
+//! cannot duplicate or lose an item (the loser gets `Conflict` or `NotFound`).
+//!
+//! Why async: the PostgreSQL backend is `tokio-postgres`, which is async. The
 //! SQLite backend fits the same trait by running each call on tokio's blocking pool
 //! (`spawn_blocking`), so callers (the gateway's handlers, the write-behind task,
 //! the server's start-up) never block a runtime worker on disk I/O. The trait is
@@ -39,6 +46,23 @@ pub enum StoreError {
     /// Any other backend error (bad SQL, constraint, corrupt data): not worth retrying.
     #[error("database error: {0}")]
     Backend(String),
+    /// The request breaks a game rule whatever the database state (a quantity of 0, a
+    /// slot index out of range, a transfer to where the items already are).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// This `Store` implementation (a test double or a wrapper) does not implement the
+    /// named call. Both real backends implement every call.
+    #[error("{0} is not supported by this store")]
+    Unsupported(&'static str),
+}
+
+impl StoreError {
+    /// Whether trying the same call again later can succeed (the database was
+    /// unreachable, busy or locked). Every other error is a property of the request
+    /// and the data: retrying it gives the same answer.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 /// A new account to create, with its password already hashed (argon2id PHC string).
@@ -125,6 +149,132 @@ pub struct EntityState {
     pub tick: u64,
 }
 
+/// Item stack primary key.
+pub type ItemStackId = i64;
+
+/// Most module slots a ship has; slot indexes are `0..SHIP_SLOTS_MAX`.
+pub const SHIP_SLOTS_MAX: i64 = 8;
+/// Most rows one `audit_log` read returns.
+pub const AUDIT_READ_ROWS_MAX: usize = 10_000;
+/// Most rows one `dead_letters` read returns.
+pub const DEAD_LETTER_READ_ROWS_MAX: usize = 10_000;
+
+/// Where a stack of items is: in a station's hangar or in a ship's cargo hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ItemLocation {
+    Station(i64),
+    ShipCargo(ShipId),
+}
+
+/// A stack of identical items owned by one character. The item catalogue today is the
+/// module catalogue, so `item_type_id` is a [`ModuleType`] id. Quantities are > 0: an
+/// emptied stack is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemStack {
+    pub id: ItemStackId,
+    pub character_id: CharacterId,
+    pub item_type_id: i64,
+    pub quantity: i64,
+    pub location: ItemLocation,
+}
+
+/// Creates a new stack (loot, a purchase, an admin grant, crafting output).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantItems {
+    pub character_id: CharacterId,
+    pub item_type_id: i64,
+    pub quantity: i64,
+    pub location: ItemLocation,
+    /// Why, for the audit log.
+    pub reason: String,
+    pub at_unix_ms: i64,
+}
+
+/// Moves `quantity` items of one stack from `from` to `to`. Moving the whole stack
+/// keeps its id; moving part of it splits off a new stack at `to`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ItemTransfer {
+    pub character_id: CharacterId,
+    pub stack_id: ItemStackId,
+    pub quantity: i64,
+    /// Where the caller believes the stack is: a stale view is a `Conflict`.
+    pub from: ItemLocation,
+    pub to: ItemLocation,
+    pub at_unix_ms: i64,
+}
+
+/// Fits one module taken from a stack (in the ship's cargo or a station hangar of
+/// the same character) into an empty slot of the character's ship.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitModule {
+    pub character_id: CharacterId,
+    pub ship_id: ShipId,
+    pub slot_index: i64,
+    pub stack_id: ItemStackId,
+    pub at_unix_ms: i64,
+}
+
+/// Takes the module out of a slot of the character's ship into the ship's cargo.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnfitModule {
+    pub character_id: CharacterId,
+    pub ship_id: ShipId,
+    pub slot_index: i64,
+    pub at_unix_ms: i64,
+}
+
+/// A module in a slot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FittedModule {
+    pub slot_index: i64,
+    pub module: ModuleType,
+}
+
+/// A security or economy event to append to the audit log (`kind` like
+/// `"auth.login_failed"`, `"inventory.transfer"`; `detail` free text, no secrets).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    pub at_unix_ms: i64,
+    pub account_id: Option<AccountId>,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// An audit log row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub event: AuditEvent,
+}
+
+/// A world state the write-behind queue could never write, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub state: EntityState,
+    pub error: String,
+}
+
+/// A `dead_letters` row. The state is kept as text: the reason it could not be
+/// written may be that one of its values does not fit a column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDeadLetter {
+    pub id: i64,
+    pub entity_id: i64,
+    pub payload: String,
+    pub error: String,
+}
+
+impl DeadLetter {
+    /// The state as the text stored in `dead_letters.payload`.
+    pub fn payload(&self) -> String {
+        let s = &self.state;
+        format!(
+            "entity_id={} tick={} x_m={:?} y_m={:?} vx_mps={:?} vy_mps={:?}",
+            s.entity_id, s.tick, s.x_m, s.y_m, s.vx_mps, s.vy_mps
+        )
+    }
+}
+
 /// Everything the engine needs to put a ship in the world.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShipRecord {
@@ -182,4 +332,126 @@ pub trait Store: Send + Sync + 'static {
 
     /// All stations, ordered by id.
     async fn stations(&self) -> Result<Vec<Station>, StoreError>;
+
+    // Every call below has a default answer of `Unsupported`, so that wrappers and test
+    // doubles written before it existed keep compiling; both backends implement all.
+
+    /// The highest migration version applied to this database.
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn schema_version(&self) -> Result<i64, StoreError> {
+        Err(StoreError::Unsupported("schema_version"))
+    }
+
+    /// Every `world_entities` row, ordered by entity id (tests and diagnostics; the
+    /// engine loads ships through [`Store::load_world`]).
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn entity_states(&self) -> Result<Vec<EntityState>, StoreError> {
+        Err(StoreError::Unsupported("entity_states"))
+    }
+
+    /// Appends world states that can never be written to `dead_letters`, with their
+    /// errors, in one transaction.
+    ///
+    /// # Errors
+    /// As any store write.
+    async fn write_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), StoreError> {
+        let _ = letters;
+        Err(StoreError::Unsupported("write_dead_letters"))
+    }
+
+    /// The first `limit` (at most [`DEAD_LETTER_READ_ROWS_MAX`]) dead letters, by id.
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let _ = limit;
+        Err(StoreError::Unsupported("dead_letters"))
+    }
+
+    /// Appends one event to the audit log, committed before returning.
+    ///
+    /// # Errors
+    /// As any store write.
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let _ = event;
+        Err(StoreError::Unsupported("record_audit"))
+    }
+
+    /// Audit rows with `id > after_id`, oldest first, at most `limit` (capped at
+    /// [`AUDIT_READ_ROWS_MAX`]).
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn audit_log(&self, after_id: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let _ = (after_id, limit);
+        Err(StoreError::Unsupported("audit_log"))
+    }
+
+    /// Creates a stack, audited, committed before returning. Returns its id.
+    ///
+    /// # Errors
+    /// `Invalid` for a quantity <= 0; `NotFound` for an unknown character, item type,
+    /// station, or a ship the character does not own.
+    async fn grant_items(&self, grant: GrantItems) -> Result<ItemStackId, StoreError> {
+        let _ = grant;
+        Err(StoreError::Unsupported("grant_items"))
+    }
+
+    /// Every stack the character owns, ordered by id.
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn inventory(&self, character_id: CharacterId) -> Result<Vec<ItemStack>, StoreError> {
+        let _ = character_id;
+        Err(StoreError::Unsupported("inventory"))
+    }
+
+    /// Moves items (see [`ItemTransfer`]), audited, committed before returning.
+    /// Returns the id of the stack that now holds the moved items. Of two concurrent
+    /// transfers that cannot both happen, exactly one succeeds.
+    ///
+    /// # Errors
+    /// `Invalid` for a quantity <= 0 or `from == to`; `NotFound` if the stack is not the
+    /// character's, or the destination does not exist or is not the character's ship;
+    /// `Conflict` if the stack is no longer at `from` or holds fewer than `quantity`.
+    async fn transfer_items(&self, transfer: ItemTransfer) -> Result<ItemStackId, StoreError> {
+        let _ = transfer;
+        Err(StoreError::Unsupported("transfer_items"))
+    }
+
+    /// Fits a module (see [`FitModule`]), audited, committed before returning. Of two
+    /// concurrent fits into one slot, or of one last item, exactly one succeeds.
+    ///
+    /// # Errors
+    /// `Invalid` for a slot index outside `0..SHIP_SLOTS_MAX`; `NotFound` if the ship or
+    /// the stack is not the character's; `Conflict` if the slot is taken or the stack
+    /// was emptied meanwhile.
+    async fn fit_module(&self, fit: FitModule) -> Result<(), StoreError> {
+        let _ = fit;
+        Err(StoreError::Unsupported("fit_module"))
+    }
+
+    /// Unfits a module into a new stack of 1 in the ship's cargo, audited, committed
+    /// before returning. Returns that stack's id.
+    ///
+    /// # Errors
+    /// `Invalid` for a slot index out of range; `NotFound` if the ship is not the
+    /// character's or the slot is empty (also for the loser of two concurrent unfits).
+    async fn unfit_module(&self, unfit: UnfitModule) -> Result<ItemStackId, StoreError> {
+        let _ = unfit;
+        Err(StoreError::Unsupported("unfit_module"))
+    }
+
+    /// The modules fitted to a ship, in slot order.
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn ship_fitting(&self, ship_id: ShipId) -> Result<Vec<FittedModule>, StoreError> {
+        let _ = ship_id;
+        Err(StoreError::Unsupported("ship_fitting"))
+    }
 }

@@ -1,95 +1,66 @@
-//! The SQLite store against real files in temporary directories: migrations, demo
-//! seeding, registration, reads, entity upserts across reopen, and a seeded model test
-//! of random operations with close-and-reopen steps.
+//! The `Store` on both backends (SQLite files in temporary directories, PostgreSQL
+//! databases created per test): migrations, demo seeding, registration, reads, entity
+//! upserts across reopen, and a seeded model test of random operations with
+//! close-and-reopen steps.
 //!
-//! Not for: the write-behind queue (`tests/write_behind.rs`).
+//! Not for: the write-behind queue (`tests/write_behind.rs`) or the economy
+//! (`tests/economy.rs`).
+
+mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
+use common::{new_account, TestDb};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use warpcore_persistence::demo;
-use warpcore_persistence::migrations::{latest_version, MIGRATIONS};
-use warpcore_persistence::{EntityState, NewAccount, SqliteStore, Store, StoreError};
+use warpcore_persistence::migrations::latest_version;
+use warpcore_persistence::{EntityState, SqliteStore, StoreError};
 
-fn new_account(username: &str) -> NewAccount {
-    NewAccount {
-        username: username.to_owned(),
-        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$fake${username}"),
-        created_at_unix_ms: 1_700_000_000_000,
-    }
+async fn migrates_and_reopen_is_a_no_op(mut db: TestDb) {
+    assert_eq!(db.store.schema_version().await.unwrap(), latest_version());
+    db.store.health().await.unwrap();
+    let stamped = db
+        .query_i64("SELECT MIN(applied_at_unix_ms) FROM schema_migrations")
+        .await;
+    assert!(
+        stamped > 1_600_000_000_000,
+        "stamped by the database's clock"
+    );
+    let rows = db.query_i64("SELECT COUNT(*) FROM schema_migrations").await;
+    db.reopen().await;
+    assert_eq!(db.store.schema_version().await.unwrap(), latest_version());
+    assert_eq!(
+        db.query_i64("SELECT COUNT(*) FROM schema_migrations").await,
+        rows,
+        "reopening applied nothing"
+    );
 }
+both_backends!(
+    fresh_database_migrates_and_reopen_is_a_no_op,
+    migrates_and_reopen_is_a_no_op
+);
 
-fn migration_rows(path: &Path) -> Vec<(i64, String, i64)> {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT version, name, applied_at_unix_ms FROM schema_migrations ORDER BY version")
-        .unwrap();
-    let rows = stmt
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-        .unwrap();
-    rows.collect::<Result<_, _>>().unwrap()
-}
-
-#[tokio::test]
-async fn fresh_file_migrates_and_reopen_is_a_no_op() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("warpcore.sqlite");
-    let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), latest_version());
-    store.health().await.unwrap();
-    drop(store);
-
-    let first = migration_rows(&path);
-    assert_eq!(first.len(), MIGRATIONS.len());
-    for ((version, name, applied_at_unix_ms), m) in first.iter().zip(MIGRATIONS) {
-        assert_eq!((*version, name.as_str()), (m.version, m.name));
-        assert!(
-            *applied_at_unix_ms > 1_600_000_000_000,
-            "stamped by SQLite's clock"
-        );
-    }
-
-    let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), latest_version());
-    drop(store);
-    assert_eq!(migration_rows(&path), first, "reopening applied nothing");
-
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
-        .unwrap();
-    assert_eq!(mode, "wal");
-}
-
-#[tokio::test]
-async fn a_newer_schema_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("warpcore.sqlite");
-    drop(SqliteStore::open(&path).unwrap());
+async fn newer_schema_is_refused(db: TestDb) {
     let future = latest_version() + 1;
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute(
-        "INSERT INTO schema_migrations (version, name, applied_at_unix_ms) VALUES (?1, 'from_the_future', 0)",
-        [future],
-    )
-    .unwrap();
-    drop(conn);
-
-    match SqliteStore::open(&path) {
+    db.exec_raw(&format!(
+        "INSERT INTO schema_migrations (version, name, applied_at_unix_ms) \
+         VALUES ({future}, 'from_the_future', 0)"
+    ))
+    .await;
+    match db.open_again().await {
         Err(e @ StoreError::SchemaTooNew { found, supported }) => {
             assert_eq!((found, supported), (future, latest_version()));
             assert!(e.to_string().contains("upgrade warpcore"), "{e}");
         }
-        other => panic!("expected SchemaTooNew, got {other:?}"),
+        Err(other) => panic!("expected SchemaTooNew, got {other:?}"),
+        Ok(_) => panic!("expected SchemaTooNew, got a store"),
     }
 }
+both_backends!(a_newer_schema_is_refused, newer_schema_is_refused);
 
-#[tokio::test]
-async fn seeding_is_idempotent_and_registration_needs_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("w.sqlite")).unwrap();
+async fn seeding_is_idempotent(db: TestDb) {
+    let store = &db.store;
     match store.register_account(new_account("early")).await {
         Err(StoreError::NotFound(msg)) => assert!(msg.contains("not seeded"), "{msg}"),
         other => panic!("expected NotFound, got {other:?}"),
@@ -98,7 +69,6 @@ async fn seeding_is_idempotent_and_registration_needs_it() {
         store.account_by_username("early").await.unwrap().is_none(),
         "the failed registration rolled back"
     );
-
     assert!(store.seed_demo_content().await.unwrap());
     assert!(!store.seed_demo_content().await.unwrap());
     let systems = store.star_systems().await.unwrap();
@@ -113,14 +83,14 @@ async fn seeding_is_idempotent_and_registration_needs_it() {
         assert!(d_m < 5_000.0, "{} is {d_m} m from its system", station.name);
     }
 }
+both_backends!(
+    seeding_is_idempotent_and_registration_needs_it,
+    seeding_is_idempotent
+);
 
-#[tokio::test]
-async fn register_creates_everything_and_duplicates_conflict() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("w.sqlite");
-    let store = SqliteStore::open(&path).unwrap();
+async fn register_creates_everything(db: TestDb) {
+    let store = &db.store;
     store.seed_demo_content().await.unwrap();
-
     let reg = store.register_account(new_account("alice")).await.unwrap();
     let account = store.account_by_username("alice").await.unwrap().unwrap();
     assert_eq!(account.id, reg.account_id);
@@ -128,7 +98,6 @@ async fn register_creates_everything_and_duplicates_conflict() {
     assert_eq!(account.password_hash, new_account("alice").password_hash);
     assert_eq!(account.created_at_unix_ms, 1_700_000_000_000);
     assert!(store.account_by_username("bob").await.unwrap().is_none());
-
     match store.register_account(new_account("alice")).await {
         Err(StoreError::Conflict(msg)) => assert_eq!(msg, "username taken"),
         other => panic!("expected Conflict, got {other:?}"),
@@ -141,34 +110,38 @@ async fn register_creates_everything_and_duplicates_conflict() {
     assert_eq!(ship.hull, demo::starter_hull());
     let module_names: Vec<&str> = ship.modules.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(module_names, demo::STARTER_MODULES);
+    let fitting = store.ship_fitting(reg.ship_id).await.unwrap();
+    let slots: Vec<i64> = fitting.iter().map(|f| f.slot_index).collect();
+    assert_eq!(
+        slots,
+        (0..demo::STARTER_MODULES.len() as i64).collect::<Vec<_>>()
+    );
     assert_eq!(ship.state.entity_id, reg.ship_id);
     assert_eq!(
         (ship.state.vx_mps, ship.state.vy_mps, ship.state.tick),
         (0.0, 0.0, 0)
     );
 
-    // The ship spawned on the ring around its home station.
     let stations = store.stations().await.unwrap();
     let home = &stations[demo::home_station_idx(reg.account_id, stations.len())];
     let d_m = (ship.state.x_m - home.x_m).hypot(ship.state.y_m - home.y_m);
     assert!((demo::SPAWN_RADIUS_MIN_M - 1e-6..=demo::SPAWN_RADIUS_MAX_M + 1e-6).contains(&d_m));
-
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    let (name, home_station_id, active_ship_id): (String, i64, i64) = conn
-        .query_row(
-            "SELECT name, home_station_id, active_ship_id FROM characters WHERE id = ?1",
-            [reg.character_id],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
-        .unwrap();
+    let home_station_id = db
+        .query_i64(&format!(
+            "SELECT home_station_id FROM characters WHERE id = {}",
+            reg.character_id
+        ))
+        .await;
+    assert_eq!(home_station_id, home.id);
     assert_eq!(
-        (name.as_str(), home_station_id, active_ship_id),
-        ("alice", home.id, reg.ship_id)
+        db.query_i64("SELECT COUNT(*) FROM accounts").await,
+        1,
+        "the duplicate left no row"
     );
-    let n_accounts: i64 = conn
-        .query_row("SELECT COUNT(*) FROM accounts", [], |row| row.get(0))
-        .unwrap();
-    assert_eq!(n_accounts, 1, "the duplicate left no row behind");
+    let audit = store.audit_log(0, 100).await.unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].event.kind, "account.register");
+    assert_eq!(audit[0].event.account_id, Some(reg.account_id));
 
     assert!(store
         .active_ship(reg.account_id + 100)
@@ -177,15 +150,15 @@ async fn register_creates_everything_and_duplicates_conflict() {
         .is_none());
     assert_eq!(store.load_world().await.unwrap(), vec![ship]);
 }
+both_backends!(
+    register_creates_everything_and_duplicates_conflict,
+    register_creates_everything
+);
 
-#[tokio::test]
-async fn refresh_tokens_are_stored_as_hex_and_checked() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("w.sqlite");
-    let store = SqliteStore::open(&path).unwrap();
+async fn refresh_tokens(db: TestDb) {
+    let store = &db.store;
     store.seed_demo_content().await.unwrap();
     let reg = store.register_account(new_account("carol")).await.unwrap();
-
     let mut hash = [0u8; 32];
     hash[0] = 0xAB;
     hash[31] = 0x01;
@@ -203,27 +176,23 @@ async fn refresh_tokens_are_stored_as_hex_and_checked() {
             .await,
         Err(StoreError::NotFound(_))
     ));
-
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    let (hex, revoked): (String, bool) = conn
-        .query_row(
-            "SELECT token_sha256_hex, revoked FROM refresh_tokens WHERE account_id = ?1",
-            [reg.account_id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!(hex, format!("ab{}01", "00".repeat(30)));
-    assert!(!revoked);
+    let n = db
+        .query_i64(&format!(
+            "SELECT COUNT(*) FROM refresh_tokens WHERE token_sha256_hex = 'ab{}01' AND NOT revoked",
+            "00".repeat(30)
+        ))
+        .await;
+    assert_eq!(n, 1);
 }
+both_backends!(refresh_tokens_are_stored_as_hex_and_checked, refresh_tokens);
 
-#[tokio::test]
-async fn entity_states_upsert_and_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("w.sqlite");
-    let store = SqliteStore::open(&path).unwrap();
-    store.seed_demo_content().await.unwrap();
-    let reg = store.register_account(new_account("dave")).await.unwrap();
-
+async fn upserts_survive_reopen(mut db: TestDb) {
+    db.store.seed_demo_content().await.unwrap();
+    let reg = db
+        .store
+        .register_account(new_account("dave"))
+        .await
+        .unwrap();
     let moved = EntityState {
         entity_id: reg.ship_id,
         x_m: 12_345.5,
@@ -240,22 +209,31 @@ async fn entity_states_upsert_and_survive_reopen() {
         vy_mps: 4.0,
         tick: 7,
     };
-    store.write_entity_states(&[moved, other]).await.unwrap();
+    db.store.write_entity_states(&[moved, other]).await.unwrap();
     let moved_again = EntityState {
         tick: 43,
         x_m: 12_355.5,
         ..moved
     };
-    store.write_entity_states(&[moved_again]).await.unwrap();
-    store.write_entity_states(&[]).await.unwrap();
-    drop(store);
-
-    let store = SqliteStore::open(&path).unwrap();
+    db.store.write_entity_states(&[moved_again]).await.unwrap();
+    db.store.write_entity_states(&[]).await.unwrap();
+    // Two states of one entity in one call: the last one wins on both backends.
+    let twice = [
+        EntityState { tick: 8, ..other },
+        EntityState {
+            tick: 9,
+            x_m: 5.0,
+            ..other
+        },
+    ];
+    db.store.write_entity_states(&twice).await.unwrap();
+    let other = twice[1];
+    db.reopen().await;
     assert_eq!(
-        store.entity_states().await.unwrap(),
+        db.store.entity_states().await.unwrap(),
         vec![moved_again, other]
     );
-    let world = store.load_world().await.unwrap();
+    let world = db.store.load_world().await.unwrap();
     assert_eq!(world.len(), 1, "entity 9000 is not a ship");
     assert_eq!(world[0].state, moved_again);
     assert_eq!(world[0].modules.len(), demo::STARTER_MODULES.len());
@@ -265,17 +243,20 @@ async fn entity_states_upsert_and_survive_reopen() {
         ..other
     };
     assert!(matches!(
-        store.write_entity_states(&[other, too_big]).await,
+        db.store.write_entity_states(&[other, too_big]).await,
         Err(StoreError::Backend(_))
     ));
     assert_eq!(
-        store.entity_states().await.unwrap(),
+        db.store.entity_states().await.unwrap(),
         vec![moved_again, other],
         "a failed batch writes nothing"
     );
 }
+both_backends!(
+    entity_states_upsert_and_survive_reopen,
+    upserts_survive_reopen
+);
 
-/// What the store should hold, kept by the test.
 #[derive(Default)]
 struct Model {
     /// username -> ship id.
@@ -284,26 +265,21 @@ struct Model {
     ships: BTreeMap<i64, EntityState>,
 }
 
-#[tokio::test]
-async fn random_operations_with_reopen_match_a_model() {
+async fn random_operations(mut db: TestDb) {
     let seed = 0x5EED_0001_u64;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("model.sqlite");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut model = Model::default();
-    let mut store = SqliteStore::open(&path).unwrap();
-    store.seed_demo_content().await.unwrap();
+    db.store.seed_demo_content().await.unwrap();
     let mut tick = 0u64;
-
-    for step in 0..300 {
+    for step in 0..200 {
         match rng.gen_range(0..10) {
             0..=3 => {
                 let username = format!("pilot{}", rng.gen_range(0..40));
-                let result = store.register_account(new_account(&username)).await;
+                let result = db.store.register_account(new_account(&username)).await;
                 match (model.accounts.contains_key(&username), result) {
                     (true, Err(StoreError::Conflict(_))) => {}
                     (false, Ok(reg)) => {
-                        let ship = store.active_ship(reg.account_id).await.unwrap().unwrap();
+                        let ship = db.store.active_ship(reg.account_id).await.unwrap().unwrap();
                         model.accounts.insert(username, reg.ship_id);
                         model.ships.insert(reg.ship_id, ship.state);
                     }
@@ -329,27 +305,67 @@ async fn random_operations_with_reopen_match_a_model() {
                         tick,
                     })
                     .collect();
-                store.write_entity_states(&batch).await.unwrap();
+                db.store.write_entity_states(&batch).await.unwrap();
                 for s in batch {
                     model.ships.insert(s.entity_id, s);
                 }
             }
             _ => {
-                drop(store);
-                store = SqliteStore::open(&path).unwrap();
-                assert!(!store.seed_demo_content().await.unwrap());
+                db.reopen().await;
+                assert!(!db.store.seed_demo_content().await.unwrap());
             }
         }
     }
-
-    drop(store);
-    let store = SqliteStore::open(&path).unwrap();
-    let world = store.load_world().await.unwrap();
+    db.reopen().await;
+    let world = db.store.load_world().await.unwrap();
     let got: BTreeMap<i64, EntityState> = world.iter().map(|s| (s.ship_id, s.state)).collect();
     assert_eq!(got, model.ships, "seed {seed:#x}");
     for (username, ship_id) in &model.accounts {
-        let account = store.account_by_username(username).await.unwrap().unwrap();
-        let ship = store.active_ship(account.id).await.unwrap().unwrap();
+        let account = db
+            .store
+            .account_by_username(username)
+            .await
+            .unwrap()
+            .unwrap();
+        let ship = db.store.active_ship(account.id).await.unwrap().unwrap();
         assert_eq!(ship.ship_id, *ship_id, "seed {seed:#x}");
     }
+}
+both_backends!(
+    random_operations_with_reopen_match_a_model,
+    random_operations
+);
+
+#[tokio::test]
+async fn sqlite_files_are_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.sqlite");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn open_picks_the_backend_from_the_database_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("picked.sqlite");
+    let store = warpcore_persistence::open(path.to_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), latest_version());
+    assert!(path.exists());
+    if let Some(pg) = common::PgDatabase::create().await {
+        let store = warpcore_persistence::open(&pg.url()).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), latest_version());
+    }
+    // An unreachable server is `Unavailable`, the error worth retrying.
+    let refused = warpcore_persistence::open("postgres://postgres@127.0.0.1:1/none").await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{:?}",
+        refused.err()
+    );
 }

@@ -1,0 +1,1036 @@
+//! The PostgreSQL backend of [`Store`]: `tokio-postgres` behind a `deadpool-postgres`
+//! connection pool, natively async (no blocking pool), with cached prepared statements
+//! per connection.
+//!
+//! It runs the same versioned migrations as SQLite (`migrations.rs`, rendered for
+//! [`Dialect::Postgres`]), each in its own transaction under a transaction-scoped
+//! advisory lock, so two servers starting against one database do not both apply a
+//! migration, and a database migrated by a newer build is refused (`SchemaTooNew`).
+//!
+//! Errors map onto [`StoreError`] as in SQLite: connection failures, pool timeouts,
+//! serialization failures, deadlocks and "the server is shutting down" are
+//! `Unavailable` (retry); unique violations `Conflict`; foreign-key violations
+//! `NotFound`; any other SQL error (a CHECK constraint, a bad value) `Backend`.
+//!
+//! Consistency of the economy calls (`postgres/economy.rs`): READ COMMITTED
+//! transactions that lock the rows they read (`SELECT ... FOR UPDATE`) and rely on the
+//! unique index of `ship_modules` for slots, so the loser of two conflicting requests
+//! waits for the winner, then sees its result.
+//!
+//! World-state flushes (`write_entity_states`) send one batch as column arrays and upsert
+//! it with `INSERT ... SELECT FROM UNNEST(...) ON CONFLICT DO UPDATE` in one statement;
+//! `BENCHMARKS.md` has the measurement against `COPY` into a staging table and naive
+//! per-row upserts that chose it. Both are kept ([`PgFlushMethod`]) for the bench.
+//!
+//! Not for: deciding which migrations apply (`migrations.rs`) or the economy rules
+//! (`economy.rs`). Audit columns (`applied_at_unix_ms`, `updated_at_unix_ms`,
+//! `failed_at_unix_ms`) are stamped by the server's clock, never read back by the game.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{
+    Config, ManagerConfig, Object, Pool, PoolConfig, PoolError, RecyclingMethod, Runtime, Timeouts,
+};
+use futures_util::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{NoTls, Row};
+
+use crate::demo;
+use crate::migrations::{self, Dialect};
+use crate::store::{
+    Account, AccountId, AuditEntry, AuditEvent, CharacterId, DeadLetter, EntityState, FitModule,
+    FittedModule, GrantItems, HullStats, ItemStack, ItemStackId, ItemTransfer, ModuleType,
+    NewAccount, Registered, ShipId, ShipRecord, StarSystem, Station, Store, StoreError,
+    StoredDeadLetter, UnfitModule,
+};
+
+mod economy;
+
+/// The server's clock as Unix milliseconds, for audit columns only.
+const SQL_NOW_UNIX_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+/// Key of the advisory lock that serializes migrations and seeding across servers.
+const MIGRATION_LOCK_KEY: i64 = 0x5741_5250_4D49_4752; // "WARPMIGR"
+
+/// Pool and timeout settings of a [`PgStore`].
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// Connections the pool opens at most.
+    pub pool_size_max: usize,
+    /// Longest wait for a new TCP connection and its start-up.
+    pub connect_timeout: Duration,
+    /// Longest wait for a free pooled connection before `Unavailable`.
+    pub pool_wait_timeout: Duration,
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        PgConfig {
+            pool_size_max: 16,
+            connect_timeout: Duration::from_secs(5),
+            pool_wait_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How [`PgStore::write_entity_states_with`] writes a batch. Only `Unnest` and
+/// `CopyStaging` are what a flush may use; the other two exist for the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgFlushMethod {
+    /// One `INSERT ... SELECT FROM UNNEST($1..$6) ON CONFLICT DO UPDATE` (the default).
+    Unnest,
+    /// Binary `COPY` into a temporary staging table, then one
+    /// `INSERT ... SELECT ... ON CONFLICT DO UPDATE` from it, in one transaction.
+    CopyStaging,
+    /// One upsert statement per row, each its own transaction (the naive baseline).
+    NaivePerRow,
+    /// Binary `COPY` into `world_entities_raw_copy` (created on demand, emptied first),
+    /// no upsert: the reference for how fast rows can reach the server at all.
+    RawCopy,
+}
+
+/// The PostgreSQL [`Store`]. Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("status", &self.pool.status())
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/dbname`), runs pending migrations
+    /// and returns the store, with [`PgConfig::default`].
+    ///
+    /// # Errors
+    /// `SchemaTooNew` if the database was migrated by a newer build; `Unavailable` if the
+    /// server cannot be reached; `Backend` for a malformed URL or anything else.
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        PgStore::open_with(url, &PgConfig::default()).await
+    }
+
+    /// As [`PgStore::open`], with explicit pool settings.
+    ///
+    /// # Errors
+    /// As [`PgStore::open`].
+    pub async fn open_with(url: &str, config: &PgConfig) -> Result<PgStore, StoreError> {
+        let mut cfg = Config::new();
+        cfg.url = Some(url.to_owned());
+        cfg.connect_timeout = Some(config.connect_timeout);
+        cfg.keepalives = Some(true);
+        cfg.manager = Some(ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        });
+        let mut pool_config = PoolConfig::new(config.pool_size_max.max(1));
+        pool_config.timeouts = Timeouts {
+            wait: Some(config.pool_wait_timeout),
+            create: Some(config.connect_timeout),
+            recycle: Some(config.connect_timeout),
+        };
+        cfg.pool = Some(pool_config);
+        let pool = cfg
+            .create_pool(Some(Runtime::Tokio1), NoTls)
+            .map_err(|e| StoreError::Backend(format!("postgres pool: {e}")))?;
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(map_pool_err)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        loop {
+            let tx = client.transaction().await.map_err(map_err)?;
+            // Inside the lock: a second server starting now waits here.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+                .await
+                .map_err(map_err)?;
+            tx.batch_execute(migrations::SCHEMA_MIGRATIONS_DDL)
+                .await
+                .map_err(map_err)?;
+            let applied: Vec<(i64, String)> = tx
+                .query(
+                    "SELECT version, name FROM schema_migrations ORDER BY version",
+                    &[],
+                )
+                .await
+                .map_err(map_err)?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_, tokio_postgres::Error>>()
+                .map_err(map_err)?;
+            let Some(next) = migrations::pending(&applied)?.first() else {
+                tx.commit().await.map_err(map_err)?;
+                return Ok(());
+            };
+            tx.batch_execute(&next.render(Dialect::Postgres))
+                .await
+                .map_err(map_err)?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO schema_migrations (version, name, applied_at_unix_ms)
+                     VALUES ($1, $2, {SQL_NOW_UNIX_MS})"
+                ),
+                &[&next.version, &next.name],
+            )
+            .await
+            .map_err(map_err)?;
+            tx.commit().await.map_err(map_err)?;
+            tracing::info!(
+                version = next.version,
+                name = next.name,
+                "applied migration (postgres)"
+            );
+        }
+    }
+
+    /// Writes a batch of entity states with the given method (see [`PgFlushMethod`]).
+    /// [`Store::write_entity_states`] is `Unnest`.
+    ///
+    /// # Errors
+    /// As [`Store::write_entity_states`].
+    pub async fn write_entity_states_with(
+        &self,
+        method: PgFlushMethod,
+        states: &[EntityState],
+    ) -> Result<(), StoreError> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let states = dedup_latest(states);
+        let cols = Columns::new(&states)?;
+        let mut client = self.client().await?;
+        match method {
+            PgFlushMethod::Unnest => flush_unnest(&client, &cols).await,
+            PgFlushMethod::CopyStaging => flush_copy_staging(&mut client, &cols).await,
+            PgFlushMethod::NaivePerRow => flush_naive(&client, &cols).await,
+            PgFlushMethod::RawCopy => flush_raw_copy(&mut client, &cols).await,
+        }
+    }
+
+    /// Closes the pool: pooled connections are dropped, new `get`s fail.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+/// Maps a `tokio-postgres` error onto the store's error kinds (see the module docs).
+fn map_err(e: tokio_postgres::Error) -> StoreError {
+    let Some(db) = e.as_db_error() else {
+        // No SQLSTATE: the connection broke, timed out or could not be made. A value
+        // that does not convert would also land here; the backend converts every value
+        // itself before binding, so what is left is I/O.
+        return StoreError::Unavailable(e.to_string());
+    };
+    let code = db.code();
+    if *code == SqlState::UNIQUE_VIOLATION {
+        return StoreError::Conflict(e.to_string());
+    }
+    if *code == SqlState::FOREIGN_KEY_VIOLATION {
+        return StoreError::NotFound(e.to_string());
+    }
+    let class = &code.code()[..2];
+    let retryable = matches!(class, "08" | "53" | "57" | "58")
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::LOCK_NOT_AVAILABLE;
+    if retryable {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+fn map_pool_err(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => map_err(e),
+        PoolError::Timeout(kind) => {
+            StoreError::Unavailable(format!("postgres pool timed out ({kind:?})"))
+        }
+        PoolError::Closed => StoreError::Unavailable("postgres pool closed".to_owned()),
+        other => StoreError::Backend(format!("postgres pool: {other}")),
+    }
+}
+
+fn to_i64_tick(s: &EntityState) -> Result<i64, StoreError> {
+    i64::try_from(s.tick).map_err(|_| {
+        StoreError::Backend(format!(
+            "entity {}: tick {} does not fit a BIGINT",
+            s.entity_id, s.tick
+        ))
+    })
+}
+
+fn from_i64_tick(tick: i64) -> Result<u64, StoreError> {
+    u64::try_from(tick).map_err(|_| StoreError::Backend(format!("negative tick {tick}")))
+}
+
+/// The batch with at most one state per entity (the last one given), in entity order:
+/// one `ON CONFLICT DO UPDATE` statement cannot touch a row twice. The write-behind
+/// queue already sends one sorted state per entity, which is checked in one pass.
+fn dedup_latest(states: &[EntityState]) -> Vec<EntityState> {
+    if states.windows(2).all(|w| w[0].entity_id < w[1].entity_id) {
+        return states.to_vec();
+    }
+    let mut indexed: Vec<(usize, EntityState)> = states.iter().copied().enumerate().collect();
+    indexed.sort_by_key(|(i, s)| (s.entity_id, std::cmp::Reverse(*i)));
+    indexed.dedup_by_key(|(_, s)| s.entity_id);
+    indexed.into_iter().map(|(_, s)| s).collect()
+}
+
+/// A batch as column arrays (the shape both `UNNEST` and `COPY` want).
+struct Columns {
+    entity_id: Vec<i64>,
+    x_m: Vec<f64>,
+    y_m: Vec<f64>,
+    vx_mps: Vec<f64>,
+    vy_mps: Vec<f64>,
+    tick: Vec<i64>,
+}
+
+impl Columns {
+    fn new(states: &[EntityState]) -> Result<Columns, StoreError> {
+        let n = states.len();
+        let mut c = Columns {
+            entity_id: Vec::with_capacity(n),
+            x_m: Vec::with_capacity(n),
+            y_m: Vec::with_capacity(n),
+            vx_mps: Vec::with_capacity(n),
+            vy_mps: Vec::with_capacity(n),
+            tick: Vec::with_capacity(n),
+        };
+        for s in states {
+            c.tick.push(to_i64_tick(s)?);
+            c.entity_id.push(s.entity_id);
+            c.x_m.push(s.x_m);
+            c.y_m.push(s.y_m);
+            c.vx_mps.push(s.vx_mps);
+            c.vy_mps.push(s.vy_mps);
+        }
+        Ok(c)
+    }
+
+    fn len(&self) -> usize {
+        self.entity_id.len()
+    }
+}
+
+const UPSERT_SET: &str = "ON CONFLICT (entity_id) DO UPDATE SET
+    x_m = EXCLUDED.x_m, y_m = EXCLUDED.y_m, vx_mps = EXCLUDED.vx_mps,
+    vy_mps = EXCLUDED.vy_mps, tick = EXCLUDED.tick,
+    updated_at_unix_ms = EXCLUDED.updated_at_unix_ms";
+
+const STAGING_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS world_entities_staging (
+    entity_id BIGINT NOT NULL, x_m DOUBLE PRECISION NOT NULL, y_m DOUBLE PRECISION NOT NULL,
+    vx_mps DOUBLE PRECISION NOT NULL, vy_mps DOUBLE PRECISION NOT NULL, tick BIGINT NOT NULL
+) ON COMMIT DELETE ROWS";
+
+const COPY_TYPES: [Type; 6] = [
+    Type::INT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::INT8,
+];
+
+async fn flush_unnest(client: &Object, c: &Columns) -> Result<(), StoreError> {
+    // One statement is its own transaction: all rows or none.
+    let stmt = client
+        .prepare_cached(&format!(
+            "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
+                 updated_at_unix_ms)
+             SELECT u.entity_id, 'ship', u.x_m, u.y_m, u.vx_mps, u.vy_mps, u.tick,
+                 {SQL_NOW_UNIX_MS}
+             FROM UNNEST($1::BIGINT[], $2::FLOAT8[], $3::FLOAT8[], $4::FLOAT8[],
+                 $5::FLOAT8[], $6::BIGINT[]) AS u(entity_id, x_m, y_m, vx_mps, vy_mps, tick)
+             {UPSERT_SET}"
+        ))
+        .await
+        .map_err(map_err)?;
+    client
+        .execute(
+            &stmt,
+            &[&c.entity_id, &c.x_m, &c.y_m, &c.vx_mps, &c.vy_mps, &c.tick],
+        )
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
+/// Binary-COPYs the columns into `table` inside the transaction `tx`.
+async fn copy_into(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    c: &Columns,
+) -> Result<(), StoreError> {
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {table} (entity_id, x_m, y_m, vx_mps, vy_mps, tick) FROM STDIN (FORMAT binary)"
+        ))
+        .await
+        .map_err(map_err)?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    pin_mut!(writer);
+    for i in 0..c.len() {
+        let row: [&(dyn ToSql + Sync); 6] = [
+            &c.entity_id[i],
+            &c.x_m[i],
+            &c.y_m[i],
+            &c.vx_mps[i],
+            &c.vy_mps[i],
+            &c.tick[i],
+        ];
+        writer.as_mut().write(&row).await.map_err(map_err)?;
+    }
+    writer.finish().await.map_err(map_err)?;
+    Ok(())
+}
+
+async fn flush_copy_staging(client: &mut Object, c: &Columns) -> Result<(), StoreError> {
+    client.batch_execute(STAGING_DDL).await.map_err(map_err)?;
+    let tx = client.transaction().await.map_err(map_err)?;
+    copy_into(&tx, "world_entities_staging", c).await?;
+    tx.execute(
+        &format!(
+            "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
+                 updated_at_unix_ms)
+             SELECT entity_id, 'ship', x_m, y_m, vx_mps, vy_mps, tick, {SQL_NOW_UNIX_MS}
+             FROM world_entities_staging
+             {UPSERT_SET}"
+        ),
+        &[],
+    )
+    .await
+    .map_err(map_err)?;
+    tx.commit().await.map_err(map_err)
+}
+
+async fn flush_naive(client: &Object, c: &Columns) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
+                 updated_at_unix_ms)
+             VALUES ($1, 'ship', $2, $3, $4, $5, $6, {SQL_NOW_UNIX_MS})
+             {UPSERT_SET}"
+        ))
+        .await
+        .map_err(map_err)?;
+    for i in 0..c.len() {
+        client
+            .execute(
+                &stmt,
+                &[
+                    &c.entity_id[i],
+                    &c.x_m[i],
+                    &c.y_m[i],
+                    &c.vx_mps[i],
+                    &c.vy_mps[i],
+                    &c.tick[i],
+                ],
+            )
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+async fn flush_raw_copy(client: &mut Object, c: &Columns) -> Result<(), StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS world_entities_raw_copy (
+                entity_id BIGINT NOT NULL, x_m DOUBLE PRECISION NOT NULL,
+                y_m DOUBLE PRECISION NOT NULL, vx_mps DOUBLE PRECISION NOT NULL,
+                vy_mps DOUBLE PRECISION NOT NULL, tick BIGINT NOT NULL)",
+        )
+        .await
+        .map_err(map_err)?;
+    let tx = client.transaction().await.map_err(map_err)?;
+    tx.batch_execute("TRUNCATE world_entities_raw_copy")
+        .await
+        .map_err(map_err)?;
+    copy_into(&tx, "world_entities_raw_copy", c).await?;
+    tx.commit().await.map_err(map_err)
+}
+
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    idx: usize,
+) -> Result<T, StoreError> {
+    row.try_get(idx)
+        .map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+/// Reads `entity_id, x_m, y_m, vx_mps, vy_mps, tick` starting at column `first`.
+fn entity_state_at(row: &Row, first: usize) -> Result<EntityState, StoreError> {
+    Ok(EntityState {
+        entity_id: get(row, first)?,
+        x_m: get(row, first + 1)?,
+        y_m: get(row, first + 2)?,
+        vx_mps: get(row, first + 3)?,
+        vy_mps: get(row, first + 4)?,
+        tick: from_i64_tick(get(row, first + 5)?)?,
+    })
+}
+
+const SHIP_SELECT: &str = "SELECT s.id, c.account_id, c.id, s.name, s.hull_name, s.mass_kg,
+        s.max_speed_mps, s.accel_mps2, s.hit_points,
+        w.entity_id, w.x_m, w.y_m, w.vx_mps, w.vy_mps, w.tick
+    FROM ships s
+    JOIN characters c ON c.id = s.character_id
+    JOIN world_entities w ON w.entity_id = s.id";
+
+fn ship_record_at(row: &Row) -> Result<ShipRecord, StoreError> {
+    Ok(ShipRecord {
+        ship_id: get(row, 0)?,
+        account_id: get(row, 1)?,
+        character_id: get(row, 2)?,
+        name: get(row, 3)?,
+        hull: HullStats {
+            hull_name: get(row, 4)?,
+            mass_kg: get(row, 5)?,
+            max_speed_mps: get(row, 6)?,
+            accel_mps2: get(row, 7)?,
+            hit_points: get(row, 8)?,
+        },
+        modules: Vec::new(),
+        state: entity_state_at(row, 9)?,
+    })
+}
+
+const MODULE_SELECT: &str = "SELECT sm.ship_id, m.id, m.name, m.slot_kind, m.mass_kg,
+        m.max_speed_bonus_pct, m.accel_bonus_pct, m.hit_points_bonus, sm.slot_index
+    FROM ship_modules sm
+    JOIN module_types m ON m.id = sm.module_type_id";
+
+/// `(ship_id, slot_index, module)` from a [`MODULE_SELECT`] row.
+fn module_at(row: &Row) -> Result<(i64, i64, ModuleType), StoreError> {
+    let slot_index: i32 = get(row, 8)?;
+    Ok((
+        get(row, 0)?,
+        i64::from(slot_index),
+        ModuleType {
+            id: get(row, 1)?,
+            name: get(row, 2)?,
+            slot_kind: get(row, 3)?,
+            mass_kg: get(row, 4)?,
+            max_speed_bonus_pct: get(row, 5)?,
+            accel_bonus_pct: get(row, 6)?,
+            hit_points_bonus: get(row, 7)?,
+        },
+    ))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0F)]));
+    }
+    out
+}
+
+impl PgStore {
+    async fn seed(&self) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await
+            .map_err(map_err)?;
+        let n_systems: i64 = get(
+            &tx.query_one("SELECT COUNT(*) FROM star_systems", &[])
+                .await
+                .map_err(map_err)?,
+            0,
+        )?;
+        if n_systems > 0 {
+            return Ok(false);
+        }
+        let insert_system = tx
+            .prepare_cached(
+                "INSERT INTO star_systems (name, x_m, y_m, security) VALUES ($1, $2, $3, $4)
+                 RETURNING id",
+            )
+            .await
+            .map_err(map_err)?;
+        let insert_station = tx
+            .prepare_cached(
+                "INSERT INTO stations (system_id, name, x_m, y_m) VALUES ($1, $2, $3, $4)",
+            )
+            .await
+            .map_err(map_err)?;
+        for system in demo::DEMO_SYSTEMS {
+            let system_id: i64 = get(
+                &tx.query_one(
+                    &insert_system,
+                    &[&system.name, &system.x_m, &system.y_m, &system.security],
+                )
+                .await
+                .map_err(map_err)?,
+                0,
+            )?;
+            for station in system.stations {
+                tx.execute(
+                    &insert_station,
+                    &[
+                        &system_id,
+                        &station.name,
+                        &(system.x_m + station.offset_x_m),
+                        &(system.y_m + station.offset_y_m),
+                    ],
+                )
+                .await
+                .map_err(map_err)?;
+            }
+        }
+        let insert_module = tx
+            .prepare_cached(
+                "INSERT INTO module_types (name, slot_kind, mass_kg, max_speed_bonus_pct,
+                     accel_bonus_pct, hit_points_bonus)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .await
+            .map_err(map_err)?;
+        for m in demo::DEMO_MODULE_TYPES {
+            tx.execute(
+                &insert_module,
+                &[
+                    &m.name,
+                    &m.slot_kind,
+                    &m.mass_kg,
+                    &m.max_speed_bonus_pct,
+                    &m.accel_bonus_pct,
+                    &m.hit_points_bonus,
+                ],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn register(&self, new: NewAccount) -> Result<Registered, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        let account_id: i64 = get(
+            &tx.query_one(
+                "INSERT INTO accounts (username, password_hash, role, created_at_unix_ms)
+                 VALUES ($1, $2, 'player', $3) RETURNING id",
+                &[&new.username, &new.password_hash, &new.created_at_unix_ms],
+            )
+            .await
+            .map_err(|e| match map_err(e) {
+                StoreError::Conflict(_) => StoreError::Conflict("username taken".to_owned()),
+                other => other,
+            })?,
+            0,
+        )?;
+        let stations: Vec<(i64, f64, f64)> = tx
+            .query("SELECT id, x_m, y_m FROM stations ORDER BY id", &[])
+            .await
+            .map_err(map_err)?
+            .iter()
+            .map(|r| Ok((get(r, 0)?, get(r, 1)?, get(r, 2)?)))
+            .collect::<Result<_, StoreError>>()?;
+        if stations.is_empty() {
+            return Err(StoreError::NotFound(
+                "no stations: the demo universe is not seeded (the server seeds it at start)"
+                    .to_owned(),
+            ));
+        }
+        let (station_id, station_x_m, station_y_m) =
+            stations[demo::home_station_idx(account_id, stations.len())];
+        let character_id: i64 = get(
+            &tx.query_one(
+                "INSERT INTO characters (account_id, name, home_station_id)
+                 VALUES ($1, $2, $3) RETURNING id",
+                &[&account_id, &new.username, &station_id],
+            )
+            .await
+            .map_err(map_err)?,
+            0,
+        )?;
+        let hull = demo::starter_hull();
+        let ship_id: i64 = get(
+            &tx.query_one(
+                "INSERT INTO ships (character_id, name, hull_name, mass_kg, max_speed_mps,
+                     accel_mps2, hit_points)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                &[
+                    &character_id,
+                    &format!("{}'s {}", new.username, hull.hull_name),
+                    &hull.hull_name,
+                    &hull.mass_kg,
+                    &hull.max_speed_mps,
+                    &hull.accel_mps2,
+                    &hull.hit_points,
+                ],
+            )
+            .await
+            .map_err(map_err)?,
+            0,
+        )?;
+        for (slot_index, name) in demo::STARTER_MODULES.iter().enumerate() {
+            let row = tx
+                .query_opt("SELECT id FROM module_types WHERE name = $1", &[name])
+                .await
+                .map_err(map_err)?
+                .ok_or_else(|| {
+                    StoreError::NotFound(format!(
+                        "module type {name:?}: the demo universe is not seeded"
+                    ))
+                })?;
+            let module_type_id: i64 = get(&row, 0)?;
+            let slot_index = i32::try_from(slot_index).unwrap_or(i32::MAX);
+            tx.execute(
+                "INSERT INTO ship_modules (ship_id, slot_index, module_type_id)
+                 VALUES ($1, $2, $3)",
+                &[&ship_id, &slot_index, &module_type_id],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+        tx.execute(
+            "UPDATE characters SET active_ship_id = $1 WHERE id = $2",
+            &[&ship_id, &character_id],
+        )
+        .await
+        .map_err(map_err)?;
+        let (dx_m, dy_m) = demo::spawn_offset_m(account_id);
+        tx.execute(
+            &format!(
+                "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
+                     updated_at_unix_ms)
+                 VALUES ($1, 'ship', $2, $3, 0.0, 0.0, 0, {SQL_NOW_UNIX_MS})"
+            ),
+            &[&ship_id, &(station_x_m + dx_m), &(station_y_m + dy_m)],
+        )
+        .await
+        .map_err(map_err)?;
+        tx.execute(
+            "INSERT INTO audit_log (at_unix_ms, account_id, kind, detail)
+             VALUES ($1, $2, 'account.register', $3)",
+            &[
+                &new.created_at_unix_ms,
+                &account_id,
+                &format!("character={character_id} ship={ship_id}"),
+            ],
+        )
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Registered {
+            account_id,
+            character_id,
+            ship_id,
+        })
+    }
+
+    async fn modules_of(
+        client: &Object,
+        ship_id: Option<ShipId>,
+    ) -> Result<Vec<(i64, i64, ModuleType)>, StoreError> {
+        let rows = match ship_id {
+            Some(id) => {
+                client
+                    .query(
+                        &format!("{MODULE_SELECT} WHERE sm.ship_id = $1 ORDER BY sm.slot_index"),
+                        &[&id],
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .query(
+                        &format!("{MODULE_SELECT} ORDER BY sm.ship_id, sm.slot_index"),
+                        &[],
+                    )
+                    .await
+            }
+        }
+        .map_err(map_err)?;
+        rows.iter().map(module_at).collect()
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn health(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn seed_demo_content(&self) -> Result<bool, StoreError> {
+        self.seed().await
+    }
+
+    async fn register_account(&self, new: NewAccount) -> Result<Registered, StoreError> {
+        self.register(new).await
+    }
+
+    async fn account_by_username(&self, username: &str) -> Result<Option<Account>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, username, password_hash, role, created_at_unix_ms
+                 FROM accounts WHERE username = $1",
+            )
+            .await
+            .map_err(map_err)?;
+        let Some(row) = client
+            .query_opt(&stmt, &[&username])
+            .await
+            .map_err(map_err)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Account {
+            id: get(&row, 0)?,
+            username: get(&row, 1)?,
+            password_hash: get(&row, 2)?,
+            role: get(&row, 3)?,
+            created_at_unix_ms: get(&row, 4)?,
+        }))
+    }
+
+    async fn insert_refresh_token(
+        &self,
+        account_id: AccountId,
+        token_sha256: [u8; 32],
+        expires_at_unix_ms: i64,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO refresh_tokens (account_id, token_sha256_hex, expires_at_unix_ms)
+                 VALUES ($1, $2, $3)",
+                &[&account_id, &hex_lower(&token_sha256), &expires_at_unix_ms],
+            )
+            .await
+            .map_err(|e| match map_err(e) {
+                StoreError::NotFound(_) => StoreError::NotFound(format!("account {account_id}")),
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict("refresh token hash already stored".to_owned())
+                }
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    async fn active_ship(&self, account_id: AccountId) -> Result<Option<ShipRecord>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "{SHIP_SELECT} WHERE c.account_id = $1 AND s.id = c.active_ship_id
+                     ORDER BY c.id LIMIT 1"
+                ),
+                &[&account_id],
+            )
+            .await
+            .map_err(map_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut ship = ship_record_at(&row)?;
+        ship.modules = PgStore::modules_of(&client, Some(ship.ship_id))
+            .await?
+            .into_iter()
+            .map(|(_, _, m)| m)
+            .collect();
+        Ok(Some(ship))
+    }
+
+    async fn load_world(&self) -> Result<Vec<ShipRecord>, StoreError> {
+        let client = self.client().await?;
+        let mut ships: Vec<ShipRecord> = client
+            .query(&format!("{SHIP_SELECT} ORDER BY s.id"), &[])
+            .await
+            .map_err(map_err)?
+            .iter()
+            .map(ship_record_at)
+            .collect::<Result<_, _>>()?;
+        let mut ship_idx = 0;
+        for (ship_id, _, module) in PgStore::modules_of(&client, None).await? {
+            while ship_idx < ships.len() && ships[ship_idx].ship_id < ship_id {
+                ship_idx += 1;
+            }
+            if let Some(ship) = ships.get_mut(ship_idx).filter(|s| s.ship_id == ship_id) {
+                ship.modules.push(module);
+            }
+        }
+        Ok(ships)
+    }
+
+    async fn write_entity_states(&self, states: &[EntityState]) -> Result<(), StoreError> {
+        self.write_entity_states_with(PgFlushMethod::Unnest, states)
+            .await
+    }
+
+    async fn star_systems(&self) -> Result<Vec<StarSystem>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, name, x_m, y_m FROM star_systems ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StarSystem {
+                    id: get(r, 0)?,
+                    name: get(r, 1)?,
+                    x_m: get(r, 2)?,
+                    y_m: get(r, 3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn stations(&self) -> Result<Vec<Station>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, system_id, name, x_m, y_m FROM stations ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Station {
+                    id: get(r, 0)?,
+                    system_id: get(r, 1)?,
+                    name: get(r, 2)?,
+                    x_m: get(r, 3)?,
+                    y_m: get(r, 4)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn schema_version(&self) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+                &[],
+            )
+            .await
+            .map_err(map_err)?;
+        get(&row, 0)
+    }
+
+    async fn entity_states(&self) -> Result<Vec<EntityState>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT entity_id, x_m, y_m, vx_mps, vy_mps, tick
+                 FROM world_entities ORDER BY entity_id",
+                &[],
+            )
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(|r| entity_state_at(r, 0)).collect()
+    }
+
+    async fn write_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), StoreError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        economy::write_dead_letters(&mut client, letters).await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let client = self.client().await?;
+        economy::dead_letters(&client, limit).await
+    }
+
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        economy::insert_audit(&**client, &event).await
+    }
+
+    async fn audit_log(&self, after_id: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let client = self.client().await?;
+        economy::audit_log(&client, after_id, limit).await
+    }
+
+    async fn grant_items(&self, grant: GrantItems) -> Result<ItemStackId, StoreError> {
+        let mut client = self.client().await?;
+        economy::grant_items(&mut client, &grant).await
+    }
+
+    async fn inventory(&self, character_id: CharacterId) -> Result<Vec<ItemStack>, StoreError> {
+        let client = self.client().await?;
+        economy::inventory(&client, character_id).await
+    }
+
+    async fn transfer_items(&self, transfer: ItemTransfer) -> Result<ItemStackId, StoreError> {
+        let mut client = self.client().await?;
+        economy::transfer_items(&mut client, &transfer).await
+    }
+
+    async fn fit_module(&self, fit: FitModule) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        economy::fit_module(&mut client, &fit).await
+    }
+
+    async fn unfit_module(&self, unfit: UnfitModule) -> Result<ItemStackId, StoreError> {
+        let mut client = self.client().await?;
+        economy::unfit_module(&mut client, &unfit).await
+    }
+
+    async fn ship_fitting(&self, ship_id: ShipId) -> Result<Vec<FittedModule>, StoreError> {
+        let client = self.client().await?;
+        Ok(PgStore::modules_of(&client, Some(ship_id))
+            .await?
+            .into_iter()
+            .map(|(_, slot_index, module)| FittedModule { slot_index, module })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(entity_id: i64, tick: u64) -> EntityState {
+        EntityState {
+            entity_id,
+            x_m: tick as f64,
+            y_m: 0.0,
+            vx_mps: 0.0,
+            vy_mps: 0.0,
+            tick,
+        }
+    }
+
+    #[test]
+    fn dedup_keeps_the_last_state_per_entity_in_entity_order() {
+        let sorted = vec![state(1, 1), state(2, 1)];
+        assert_eq!(dedup_latest(&sorted), sorted);
+        let messy = vec![state(3, 1), state(1, 1), state(3, 2), state(1, 0)];
+        assert_eq!(dedup_latest(&messy), vec![state(1, 0), state(3, 2)]);
+    }
+
+    #[test]
+    fn hex_lower_encodes_every_nibble() {
+        assert_eq!(hex_lower(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
+}

@@ -1,0 +1,251 @@
+//! The backend factory every persistence test runs through: each test is written once,
+//! as an async function of a [`TestDb`], and [`both_backends!`] turns it into one test
+//! per backend. A SQLite database is a file in a temporary directory; a PostgreSQL
+//! database is created per test with a unique name (`warpcore_test_<pid>_<n>`) on the
+//! server at `WARPCORE_TEST_PG` (default `postgres://postgres@127.0.0.1:5432`) and
+//! dropped afterwards, even when the test fails.
+//!
+//! When PostgreSQL cannot be reached, a test fails under `CI=true` and is skipped with
+//! a printed reason elsewhere.
+
+#![allow(dead_code)] // Each test file uses a different part of this module.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use warpcore_persistence::{NewAccount, PgStore, SqliteStore, Store};
+
+/// Which backend a [`TestDb`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+static DB_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The PostgreSQL server tests use, without a database name.
+pub fn pg_base_url() -> String {
+    std::env::var("WARPCORE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+async fn pg_admin() -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("{}/postgres", pg_base_url()),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A uniquely named PostgreSQL database, dropped (with its connections) on drop.
+pub struct PgDatabase {
+    pub name: String,
+}
+
+impl PgDatabase {
+    /// Creates the database; `None` (after printing why) when the server is out of
+    /// reach outside CI.
+    ///
+    /// # Panics
+    /// When the server is out of reach and `CI=true`.
+    pub async fn create() -> Option<PgDatabase> {
+        let name = format!(
+            "warpcore_test_{}_{}",
+            std::process::id(),
+            DB_SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let admin = match pg_admin().await {
+            Ok(admin) => admin,
+            Err(e) => {
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    panic!(
+                        "CI=true and PostgreSQL at {} is unreachable: {e}",
+                        pg_base_url()
+                    );
+                }
+                eprintln!(
+                    "SKIPPED: PostgreSQL at {} is unreachable: {e}",
+                    pg_base_url()
+                );
+                return None;
+            }
+        };
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .expect("drop stale test database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        Some(PgDatabase { name })
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", pg_base_url(), self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // A fresh runtime on its own thread: this may run inside (or after) the test's.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let admin = pg_admin().await?;
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// One test database on one backend, and a store opened on it.
+pub struct TestDb {
+    pub backend: Backend,
+    pub store: Arc<dyn Store>,
+    pub sqlite_path: Option<PathBuf>,
+    pub pg: Option<PgDatabase>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// A fresh, migrated database; `None` if the backend is unavailable (see module docs).
+    pub async fn open(backend: Backend) -> Option<TestDb> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let path = dir.path().join("warpcore.sqlite");
+                let store = SqliteStore::open(&path).expect("open sqlite");
+                Some(TestDb {
+                    backend,
+                    store: Arc::new(store),
+                    sqlite_path: Some(path),
+                    pg: None,
+                    _dir: Some(dir),
+                })
+            }
+            Backend::Postgres => {
+                let pg = PgDatabase::create().await?;
+                let store = PgStore::open(&pg.url()).await.expect("open postgres");
+                Some(TestDb {
+                    backend,
+                    store: Arc::new(store),
+                    sqlite_path: None,
+                    pg: Some(pg),
+                    _dir: None,
+                })
+            }
+        }
+    }
+
+    /// Opens the same database again as a new store (a restart).
+    pub async fn open_again(&self) -> Result<Arc<dyn Store>, warpcore_persistence::StoreError> {
+        match self.backend {
+            Backend::Sqlite => Ok(Arc::new(SqliteStore::open(
+                self.sqlite_path.as_ref().expect("sqlite path"),
+            )?)),
+            Backend::Postgres => Ok(Arc::new(
+                PgStore::open(&self.pg.as_ref().expect("pg database").url()).await?,
+            )),
+        }
+    }
+
+    /// Replaces the store with a freshly opened one on the same database.
+    pub async fn reopen(&mut self) {
+        self.store = self.open_again().await.expect("reopen");
+    }
+
+    /// Runs raw SQL statements on the database, outside the store.
+    pub async fn exec_raw(&self, sql: &str) {
+        match self.backend {
+            Backend::Sqlite => {
+                let conn = rusqlite::Connection::open(self.sqlite_path.as_ref().unwrap()).unwrap();
+                conn.execute_batch(sql).unwrap();
+            }
+            Backend::Postgres => {
+                let (client, conn) = tokio_postgres::connect(
+                    &self.pg.as_ref().unwrap().url(),
+                    tokio_postgres::NoTls,
+                )
+                .await
+                .unwrap();
+                let driver = tokio::spawn(conn);
+                client.batch_execute(sql).await.unwrap();
+                drop(client);
+                let _ = driver.await;
+            }
+        }
+    }
+
+    /// Runs one query returning a single BIGINT.
+    pub async fn query_i64(&self, sql: &str) -> i64 {
+        match self.backend {
+            Backend::Sqlite => {
+                let conn = rusqlite::Connection::open(self.sqlite_path.as_ref().unwrap()).unwrap();
+                conn.query_row(sql, [], |row| row.get(0)).unwrap()
+            }
+            Backend::Postgres => {
+                let (client, conn) = tokio_postgres::connect(
+                    &self.pg.as_ref().unwrap().url(),
+                    tokio_postgres::NoTls,
+                )
+                .await
+                .unwrap();
+                let driver = tokio::spawn(conn);
+                let v: i64 = client.query_one(sql, &[]).await.unwrap().get(0);
+                drop(client);
+                let _ = driver.await;
+                v
+            }
+        }
+    }
+}
+
+pub fn new_account(username: &str) -> NewAccount {
+    NewAccount {
+        username: username.to_owned(),
+        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$fake${username}"),
+        created_at_unix_ms: 1_700_000_000_000,
+    }
+}
+
+/// `both_backends!(name, case)` defines `name::sqlite` and `name::postgres`, each
+/// running `case(TestDb)` on a multi-threaded runtime (so concurrent calls really
+/// overlap).
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $case:path) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db = common::TestDb::open(common::Backend::Sqlite).await.unwrap();
+                $case(db).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = common::TestDb::open(common::Backend::Postgres).await {
+                    $case(db).await;
+                }
+            }
+        }
+    };
+}

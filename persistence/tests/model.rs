@@ -1,0 +1,257 @@
+//! The model-based test of the write-behind contract, on both backends: a seeded
+//! random sequence of entity updates, explicit flushes, database outages (a store
+//! wrapper that fails on command), rows that can never be written, and crash-restarts
+//! (the queue's task is aborted, the store reopened), checked against an in-memory
+//! model: after each restart the store equals the model as of the last completed flush,
+//! and every poisoned row is in the dead-letter table. A failing run prints its seed.
+//!
+//! Not for: a real network outage (`tests/pg_outage.rs`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::TestDb;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use warpcore_persistence::store::{DeadLetter, StoredDeadLetter};
+use warpcore_persistence::{
+    spawn_write_behind, Account, AccountId, EntityState, NewAccount, Registered, ShipRecord,
+    StarSystem, Station, Store, StoreError, SubmitError, WriteBehindConfig,
+};
+
+const STEPS: usize = 400;
+const ENTITIES: i64 = 30;
+
+/// A store whose entity and dead-letter writes fail while `down` is set.
+struct SwitchStore {
+    inner: Arc<dyn Store>,
+    down: AtomicBool,
+}
+
+impl SwitchStore {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("injected outage".to_owned()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SwitchStore {
+    async fn health(&self) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.health().await
+    }
+    async fn seed_demo_content(&self) -> Result<bool, StoreError> {
+        self.inner.seed_demo_content().await
+    }
+    async fn register_account(&self, new: NewAccount) -> Result<Registered, StoreError> {
+        self.inner.register_account(new).await
+    }
+    async fn account_by_username(&self, username: &str) -> Result<Option<Account>, StoreError> {
+        self.inner.account_by_username(username).await
+    }
+    async fn insert_refresh_token(
+        &self,
+        a: AccountId,
+        h: [u8; 32],
+        e: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.insert_refresh_token(a, h, e).await
+    }
+    async fn active_ship(&self, account_id: AccountId) -> Result<Option<ShipRecord>, StoreError> {
+        self.inner.active_ship(account_id).await
+    }
+    async fn load_world(&self) -> Result<Vec<ShipRecord>, StoreError> {
+        self.inner.load_world().await
+    }
+    async fn write_entity_states(&self, states: &[EntityState]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.write_entity_states(states).await
+    }
+    async fn star_systems(&self) -> Result<Vec<StarSystem>, StoreError> {
+        self.inner.star_systems().await
+    }
+    async fn stations(&self) -> Result<Vec<Station>, StoreError> {
+        self.inner.stations().await
+    }
+    async fn write_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.write_dead_letters(letters).await
+    }
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        self.inner.dead_letters(limit).await
+    }
+}
+
+/// What the queue holds and what the store should hold, by the contract.
+#[derive(Default)]
+struct Model {
+    /// Accepted, not yet written (the queue's coalescing rule: highest tick wins).
+    pending: BTreeMap<i64, EntityState>,
+    /// Written by completed flushes.
+    committed: BTreeMap<i64, EntityState>,
+    /// Poisoned states written to the dead-letter table.
+    dead: usize,
+}
+
+impl Model {
+    fn submit(&mut self, s: EntityState) {
+        match self.pending.get(&s.entity_id) {
+            Some(p) if p.tick > s.tick => {}
+            _ => {
+                self.pending.insert(s.entity_id, s);
+            }
+        }
+    }
+
+    fn flushed(&mut self) {
+        for (id, s) in std::mem::take(&mut self.pending) {
+            if s.tick == u64::MAX {
+                self.dead += 1;
+            } else {
+                self.committed.insert(id, s);
+            }
+        }
+    }
+}
+
+fn config() -> WriteBehindConfig {
+    WriteBehindConfig {
+        // Only explicit flushes: the test decides when a flush completes.
+        flush_interval: Duration::from_secs(3600),
+        batches_in_flight_max: 1024,
+        retry_backoff_initial: Duration::from_millis(1),
+        retry_backoff_max: Duration::from_millis(2),
+        ..WriteBehindConfig::default()
+    }
+}
+
+async fn check_store(store: &dyn Store, model: &Model, seed: u64, step: usize) {
+    let got: BTreeMap<i64, EntityState> = store
+        .entity_states()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.entity_id, s))
+        .collect();
+    assert_eq!(got, model.committed, "seed {seed:#x} step {step}");
+    let dead = store.dead_letters(10_000).await.unwrap();
+    assert_eq!(dead.len(), model.dead, "seed {seed:#x} step {step}");
+}
+
+async fn run_model(db: TestDb) {
+    let seed: u64 = std::env::var("WARPCORE_MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x0DE1_5EED);
+    eprintln!("model seed {seed:#x} ({:?})", db.backend);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut model = Model::default();
+    let mut switch = Arc::new(SwitchStore {
+        inner: db.store.clone(),
+        down: AtomicBool::new(false),
+    });
+    let (mut sender, mut queue) = spawn_write_behind(switch.clone(), config());
+    let mut tick = 0u64;
+    let (mut n_crashes, mut n_outage_flushes) = (0, 0);
+
+    for step in 0..STEPS {
+        match rng.gen_range(0..100) {
+            0..=59 => {
+                tick += 1;
+                let batch: Vec<EntityState> = (0..rng.gen_range(1..10))
+                    .map(|_| {
+                        let poisoned = rng.gen_bool(0.02);
+                        EntityState {
+                            entity_id: rng.gen_range(1..=ENTITIES),
+                            x_m: rng.gen_range(-1e6..1e6),
+                            y_m: rng.gen_range(-1e6..1e6),
+                            vx_mps: rng.gen_range(-300.0..300.0),
+                            vy_mps: rng.gen_range(-300.0..300.0),
+                            tick: if poisoned { u64::MAX } else { tick },
+                        }
+                    })
+                    .collect();
+                for s in &batch {
+                    model.submit(*s);
+                }
+                if std::env::var("WARPCORE_MODEL_TRACE").is_ok() {
+                    eprintln!(
+                        "{step}: submit {:?}",
+                        batch
+                            .iter()
+                            .map(|s| (s.entity_id, s.tick))
+                            .collect::<Vec<_>>()
+                    );
+                }
+                match sender.try_submit(batch) {
+                    Ok(()) => {}
+                    Err(SubmitError::Full(_) | SubmitError::Closed) => {
+                        panic!("seed {seed:#x} step {step}: refused")
+                    }
+                }
+            }
+            60..=79 => {
+                let result = queue.flush().await;
+                if std::env::var("WARPCORE_MODEL_TRACE").is_ok() {
+                    eprintln!("{step}: flush {result:?}");
+                }
+                let down = switch.down.load(Ordering::SeqCst);
+                match (down, result) {
+                    (false, Ok(())) => model.flushed(),
+                    (true, Err(StoreError::Unavailable(_))) => n_outage_flushes += 1,
+                    (down, other) => panic!("seed {seed:#x} step {step}: down={down} {other:?}"),
+                }
+                if !down {
+                    check_store(db.store.as_ref(), &model, seed, step).await;
+                }
+            }
+            80..=91 => {
+                let down = !switch.down.load(Ordering::SeqCst);
+                if std::env::var("WARPCORE_MODEL_TRACE").is_ok() {
+                    eprintln!("{step}: down={down}");
+                }
+                switch.down.store(down, Ordering::SeqCst);
+            }
+            _ => {
+                // Crash: the queue dies without flushing; the server restarts on a
+                // freshly opened store.
+                if std::env::var("WARPCORE_MODEL_TRACE").is_ok() {
+                    eprintln!("{step}: crash");
+                }
+                queue.abort().await;
+                n_crashes += 1;
+                model.pending.clear();
+                let reopened = db.open_again().await.unwrap();
+                check_store(reopened.as_ref(), &model, seed, step).await;
+                switch = Arc::new(SwitchStore {
+                    inner: reopened,
+                    down: AtomicBool::new(false),
+                });
+                (sender, queue) = spawn_write_behind(switch.clone(), config());
+            }
+        }
+    }
+    switch.down.store(false, Ordering::SeqCst);
+    let stats = queue.shutdown().await.unwrap();
+    assert_eq!(stats.pending_entities, 0);
+    model.flushed();
+    let reopened = db.open_again().await.unwrap();
+    check_store(reopened.as_ref(), &model, seed, STEPS).await;
+    assert!(
+        n_crashes > 0 && n_outage_flushes > 0 && model.dead > 0,
+        "the seed exercised every step kind"
+    );
+}
+both_backends!(
+    random_updates_flushes_outages_and_crashes_match_a_model,
+    run_model
+);
