@@ -8,7 +8,9 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use warpcore_metrics::Registry;
 use warpcore_net::token::TokenKey;
 
 /// Lifetime of a JWT access token unless configured otherwise: 15 minutes.
@@ -35,6 +37,15 @@ pub const JWT_SECRET_BYTES_MIN: usize = 32;
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_unix_ms(&self) -> i64;
+
+    /// A monotonic reading in microseconds, for measuring request latency. The default
+    /// derives it from [`Clock::now_unix_ms`] (millisecond resolution); the server's
+    /// clock overrides it with a monotonic microsecond source.
+    fn monotonic_us(&self) -> u64 {
+        u64::try_from(self.now_unix_ms())
+            .unwrap_or(0)
+            .saturating_mul(1000)
+    }
 }
 
 /// Argon2id cost parameters for password hashing.
@@ -85,6 +96,9 @@ pub struct GatewayConfig {
     pub hash_concurrency_max: usize,
     /// Requests that may wait for an argon2 slot; past it, 503 with `Retry-After`.
     pub hash_queue_max: usize,
+    /// Where request latencies are recorded and what `GET /metrics` renders; the
+    /// server passes its process-wide registry.
+    pub metrics: Arc<Registry>,
 }
 
 /// Why a [`GatewayConfig`] cannot be used.
@@ -119,6 +133,7 @@ impl GatewayConfig {
             body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT,
             hash_concurrency_max: HASH_CONCURRENCY_MAX_DEFAULT,
             hash_queue_max: HASH_QUEUE_MAX_DEFAULT,
+            metrics: Arc::new(Registry::new()),
         }
     }
 

@@ -22,6 +22,7 @@ pub(crate) struct Shared {
     pub jwt: JwtKeys,
     pub refresh_token_ttl_s: u64,
     pub connect: ConnectTokenConfig,
+    pub metrics: Arc<warpcore_metrics::Registry>,
 }
 
 /// What connect tokens are issued with.
@@ -40,7 +41,9 @@ impl Shared {
         clock: Arc<dyn Clock>,
     ) -> Result<Shared, ConfigError> {
         config.validate()?;
+        let metrics = Arc::clone(&config.metrics);
         Ok(Shared {
+            metrics,
             store,
             clock,
             passwords: Passwords::new(

@@ -536,3 +536,45 @@ async fn health_with_the_database_down_is_503() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_per_route_latency() {
+    let gw = start().await;
+    let (status, _) = gw.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = gw.get("/no/such/route").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let response = gw
+        .client
+        .get(format!("{}/metrics", gw.base_url))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().expect("ascii")),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = response.text().await.expect("body");
+    for line in [
+        "# TYPE warpcore_http_request_seconds summary",
+        "warpcore_http_request_seconds_count{route=\"/health\"} 1",
+        "warpcore_http_responses_total{route=\"/health\",status=\"200\"} 1",
+        // A path that matched no route is counted under one label, not its own.
+        "warpcore_http_responses_total{route=\"unmatched\",status=\"404\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("/no/such/route"),
+        "raw paths never become labels"
+    );
+    gw.stop().await;
+}

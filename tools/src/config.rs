@@ -27,9 +27,11 @@ pub struct ServerArgs {
     #[arg(long, env = "WARPCORE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
 
-    /// Database: a SQLite file path (created and migrated on first start).
+    /// Database: a SQLite file path (created and migrated on first start), or a
+    /// PostgreSQL URL (`postgres://user@host:5432/dbname`; the database must exist,
+    /// its schema is migrated on start).
     #[arg(long, env = "WARPCORE_DATABASE", default_value = "./warpcore.db")]
-    pub database: PathBuf,
+    pub database: String,
 
     /// Simulation ticks per second.
     #[arg(long, env = "WARPCORE_TICK_HZ", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=240))]
@@ -77,9 +79,36 @@ pub struct ServerArgs {
     #[arg(long, env = "WARPCORE_ARGON2_T", default_value_t = 2)]
     pub argon2_t: u32,
 
+    /// Record every engine input to FILE, for `warpcore replay FILE`; the server then
+    /// also logs `tick hash` every 100 ticks (target `warpcore::hash`) to compare with it.
+    #[arg(long, env = "WARPCORE_RECORD_INPUTS", value_name = "FILE")]
+    pub record_inputs: Option<PathBuf>,
+
+    /// On clean shutdown, write every latency histogram as an HdrHistogram `.hgrm`
+    /// percentile-distribution file into DIR.
+    #[arg(long, env = "WARPCORE_HGRM_DIR", value_name = "DIR")]
+    pub hgrm_dir: Option<PathBuf>,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `warpcore=debug`.
     #[arg(long, env = "WARPCORE_LOG", default_value = "info")]
     pub log: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to run instead of the server.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Re-run an input recording and print `tick hash` every 100 ticks.
+    Replay {
+        /// A file written by `--record-inputs`.
+        file: PathBuf,
+        /// Engine worker threads for the replay (0 = one per core); the hashes do not
+        /// depend on it.
+        #[arg(long, default_value_t = 0)]
+        worker_threads: usize,
+    },
 }
 
 impl ServerArgs {

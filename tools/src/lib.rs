@@ -8,6 +8,6 @@
 
 pub mod clock;
 pub mod config;
-pub mod histogram;
+pub mod replay;
 pub mod server;
 pub mod swarm;

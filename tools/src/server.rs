@@ -16,19 +16,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use hdrhistogram::Histogram;
 use rand::RngCore;
 use tokio::sync::{mpsc, watch};
 
 use warpcore_engine::{
-    Engine, EngineConfig, EntityRecord, HullInput, ModuleInput, ShipSpawn, ShipStats,
+    Engine, EngineConfig, EntityRecord, HullInput, ModuleInput, ShipSpawn, ShipStats, StarSystem,
+    TimeDilationController, REPLAY_HASH_EVERY_TICKS,
 };
 use warpcore_gateway::{Argon2Params, GatewayConfig};
+use warpcore_metrics::{Counter, Gauge, LocalHistogram, Registry};
 use warpcore_net::driver::{spawn_server, ServerConfig, ServerEvent, ServerHandle};
 use warpcore_net::proto::MESSAGE_BYTES_MAX;
 use warpcore_net::token::TokenKey;
 use warpcore_net::{Channel, ClientId};
-use warpcore_persistence::sqlite::SqliteStore;
 use warpcore_persistence::write_behind::{
     spawn_write_behind, SubmitError, WriteBehindConfig, WriteBehindSender, WriteBehindStats,
 };
@@ -36,7 +36,6 @@ use warpcore_persistence::{EntityState, ShipRecord, Store};
 
 use crate::clock::SystemClock;
 use crate::config::ServerArgs;
-use crate::histogram;
 
 /// Most connect-time ship look-ups waiting for the store at once; past it a new
 /// client is disconnected (and counted) rather than queued without bound.
@@ -56,28 +55,30 @@ pub struct RunningServer {
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
     attach_task: tokio::task::JoinHandle<()>,
     write_behind: warpcore_persistence::write_behind::WriteBehind,
+    registry: Arc<Registry>,
+    hgrm_dir: Option<std::path::PathBuf>,
 }
 
 /// What a clean shutdown reports.
 pub struct ShutdownReport {
     /// Every entity's state at the last tick, as written by the final flush. Sorted by id.
     pub final_records: Vec<EntityRecord>,
-    /// Ticks run and their durations.
-    pub tick_us: Histogram<u64>,
+    /// The engine's state hash after the last tick (what a replay of the input
+    /// recording ends with).
+    pub final_state_hash: u64,
     /// The write-behind queue's final counters.
     pub write_behind: WriteBehindStats,
-    /// Snapshot messages the transport refused (queue full, client gone).
-    pub snapshots_refused: u64,
+    /// Every metric of the run (tick and phase histograms, gateway latency, counters).
+    pub registry: Arc<Registry>,
 }
 
 impl ShutdownReport {
     /// The percentile table printed on shutdown.
     pub fn summary(&self) -> String {
         format!(
-            "{}\nentities={} snapshots_refused={} write_behind: flushes={} rows_written={} flush_errors={}",
-            histogram::percentile_line("tick", &self.tick_us),
+            "{}entities={} write_behind: flushes={} rows_written={} flush_errors={}",
+            self.registry.percentile_table(),
             self.final_records.len(),
-            self.snapshots_refused,
             self.write_behind.flushes,
             self.write_behind.rows_written,
             self.write_behind.flush_errors,
@@ -90,16 +91,14 @@ impl ShutdownReport {
 /// # Errors
 /// The database cannot be opened or migrated, a key is malformed, or an address is taken.
 pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
-    let path = args.database.clone();
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || SqliteStore::open(&path))
-            .await?
-            .with_context(|| format!("opening database {}", args.database.display()))?,
-    );
+    let store = warpcore_persistence::open(&args.database)
+        .await
+        .with_context(|| format!("opening database {}", redact_url(&args.database)))?;
     if store.seed_demo_content().await? {
-        tracing::info!("seeded demo universe into {}", args.database.display());
+        tracing::info!("seeded demo universe into {}", redact_url(&args.database));
     }
 
+    let registry = Arc::new(Registry::new());
     let mut engine = Engine::new(EngineConfig {
         tick_hz: args.tick_hz,
         sector_size_m: args.sector_size_m,
@@ -108,11 +107,33 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         snapshot_bytes_max: MESSAGE_BYTES_MAX,
         ..EngineConfig::default()
     })?;
+    if let Some(path) = &args.record_inputs {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("creating input recording {}", path.display()))?;
+        engine.record_inputs(Box::new(std::io::BufWriter::new(file)))?;
+        tracing::info!("recording every engine input to {}", path.display());
+    }
+    let systems: Vec<StarSystem> = store
+        .star_systems()
+        .await?
+        .iter()
+        .map(|s| StarSystem {
+            system_id: s.id as u32,
+            x_m: s.x_m,
+            y_m: s.y_m,
+        })
+        .collect();
+    engine.set_star_systems(&systems)?;
     for ship in store.load_world().await? {
         engine.spawn_ship(ship_spawn(&ship))?;
     }
     let mut loaded = Vec::new();
     engine.all_records(&mut loaded);
+    // Ticks keep counting across restarts, so every stored state stays older than
+    // any state this run produces.
+    if let Some(last) = loaded.iter().map(|r| r.tick).max() {
+        engine.resume_from_tick(last);
+    }
     tracing::info!(entities = loaded.len(), "world loaded");
 
     let token_key = token_key(args.token_key.as_deref())?;
@@ -145,6 +166,7 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         udp_public_addr,
     );
     gateway_config.udp_timeout_s = args.udp_timeout_s;
+    gateway_config.metrics = registry.clone();
     gateway_config.argon2 = Argon2Params {
         m_kib: args.argon2_m_kib,
         t: args.argon2_t,
@@ -172,6 +194,9 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         ready_rx,
         stop: stop_tick.clone(),
         tick_period: Duration::from_secs(1) / args.tick_hz,
+        dilation: TimeDilationController::for_tick_hz(args.tick_hz),
+        metrics: TickMetrics::new(&registry),
+        log_hashes: args.record_inputs.is_some(),
     };
     let tick_thread = std::thread::Builder::new()
         .name("warpcore-tick".into())
@@ -187,6 +212,8 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         http_task,
         attach_task,
         write_behind,
+        registry,
+        hgrm_dir: args.hgrm_dir.clone(),
     })
 }
 
@@ -214,13 +241,45 @@ impl RunningServer {
             .shutdown()
             .await
             .context("final write-behind flush")?;
+        if let Some(dir) = &self.hgrm_dir {
+            write_hgrm_files(&self.registry, dir)?;
+        }
         Ok(ShutdownReport {
             final_records: end.final_records,
-            tick_us: end.tick_us,
+            final_state_hash: end.final_state_hash,
             write_behind,
-            snapshots_refused: end.snapshots_refused,
+            registry: self.registry,
         })
     }
+
+    /// The process-wide metrics (what `GET /metrics` renders).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+}
+
+/// One `.hgrm` percentile-distribution file per histogram, named after the metric and
+/// its labels (`warpcore_tick_phase_seconds_phase-simulate.hgrm`).
+fn write_hgrm_files(registry: &Registry, dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, histogram) in registry.histograms() {
+        let file_name: String = name
+            .chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' => c,
+                '=' => '-',
+                _ => '_',
+            })
+            .collect();
+        let path = dir.join(format!("{}.hgrm", file_name.trim_end_matches('_')));
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        warpcore_metrics::write_hgrm(&histogram, &mut file)
+            .and_then(|()| std::io::Write::flush(&mut file))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The engine's view of a ship record from the store.
@@ -324,66 +383,217 @@ struct TickLoop {
     ready_rx: crossbeam_channel::Receiver<AttachReady>,
     stop: Arc<AtomicBool>,
     tick_period: Duration,
+    dilation: TimeDilationController,
+    metrics: TickMetrics,
+    /// Log `tick hash` every [`REPLAY_HASH_EVERY_TICKS`], to compare with a replay.
+    log_hashes: bool,
 }
 
 /// What the tick thread hands back when it stops.
 struct TickLoopEnd {
     net: ServerHandle,
     final_records: Vec<EntityRecord>,
-    tick_us: Histogram<u64>,
-    snapshots_refused: u64,
+    final_state_hash: u64,
+}
+
+/// Publish the tick thread's histograms and gauges every this many ticks (about a
+/// second at 30 Hz): recording stays thread-local in between.
+const METRICS_PUBLISH_EVERY_TICKS: u64 = 30;
+
+/// The tick thread's own recorders (no lock, no allocation per tick) and the shared
+/// gauges and counters it refreshes when it publishes.
+struct TickMetrics {
+    tick_us: LocalHistogram,
+    ingress_us: LocalHistogram,
+    simulate_us: LocalHistogram,
+    replicate_us: LocalHistogram,
+    persist_us: LocalHistogram,
+    time_dilation: Gauge,
+    connected_clients: Gauge,
+    entities: Gauge,
+    sectors: Gauge,
+    commands_applied: Counter,
+    commands_rejected: Counter,
+    messages_refused: Counter,
+    ships_destroyed: Counter,
+}
+
+impl TickMetrics {
+    fn new(registry: &Registry) -> TickMetrics {
+        let phase = |name: &str| {
+            registry
+                .histogram(
+                    "warpcore_tick_phase_seconds",
+                    "Time per tick phase on the tick thread.",
+                    &[("phase", name)],
+                )
+                .local()
+        };
+        TickMetrics {
+            tick_us: registry
+                .histogram(
+                    "warpcore_tick_seconds",
+                    "Whole tick: ingress, simulate, replicate, persist hand-off.",
+                    &[],
+                )
+                .local(),
+            ingress_us: phase("ingress"),
+            simulate_us: phase("simulate"),
+            replicate_us: phase("replicate"),
+            persist_us: phase("persist"),
+            time_dilation: registry.gauge(
+                "warpcore_time_dilation",
+                "Game time per real time (1 = real time).",
+                &[],
+            ),
+            connected_clients: registry.gauge(
+                "warpcore_connected_clients",
+                "Clients attached to the engine.",
+                &[],
+            ),
+            entities: registry.gauge("warpcore_entities", "Entities in the world.", &[]),
+            sectors: registry.gauge("warpcore_sectors", "Sectors with entities.", &[]),
+            commands_applied: registry.counter(
+                "warpcore_commands_applied_total",
+                "Client commands the engine applied.",
+                &[],
+            ),
+            commands_rejected: registry.counter(
+                "warpcore_commands_rejected_total",
+                "Client commands the engine refused.",
+                &[],
+            ),
+            messages_refused: registry.counter(
+                "warpcore_server_messages_refused_total",
+                "Snapshots and events the transport refused (queue full or client gone).",
+                &[],
+            ),
+            ships_destroyed: registry.counter(
+                "warpcore_ships_destroyed_total",
+                "Ships destroyed in combat.",
+                &[],
+            ),
+        }
+    }
+
+    fn publish(&mut self, engine: &Engine) {
+        for h in [
+            &mut self.tick_us,
+            &mut self.ingress_us,
+            &mut self.simulate_us,
+            &mut self.replicate_us,
+            &mut self.persist_us,
+        ] {
+            h.publish();
+        }
+        let stats = engine.stats();
+        self.time_dilation.set(engine.time_dilation());
+        self.connected_clients.set(stats.clients as f64);
+        self.entities.set(stats.entities as f64);
+        self.sectors.set(stats.sectors as f64);
+        self.commands_applied.set_total(stats.commands_applied);
+        self.commands_rejected
+            .set_total(stats.commands_rejected.total());
+    }
+}
+
+/// Microseconds since `since`, saturating.
+fn elapsed_us(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 impl TickLoop {
     fn run(mut self) -> TickLoopEnd {
-        let mut tick_us = histogram::micros();
         let mut live_clients: HashSet<ClientId> = HashSet::new();
         let mut dirty: Vec<EntityRecord> = Vec::new();
+        let mut destroyed: Vec<u64> = Vec::new();
         // States the write-behind queue refused (full): kept, coalesced by entity,
         // and offered again next tick, so nothing is lost while the queue is busy.
         let mut unsent: HashMap<i64, EntityState> = HashMap::new();
-        let mut snapshots_refused = 0u64;
         let mut deadline = Instant::now();
 
         while !self.stop.load(Ordering::Acquire) {
             let started = Instant::now();
             self.ingress(&mut live_clients);
             self.attach_ready(&live_clients);
-            self.engine.tick();
-            let net = &self.net;
-            self.engine.write_snapshots(&mut |client, bytes| {
-                if net
-                    .send(ClientId(client), Channel::Unreliable, bytes.to_vec())
-                    .is_err()
-                {
-                    snapshots_refused += 1;
-                }
-            });
+            self.metrics.ingress_us.record(elapsed_us(started));
+
+            let phase = Instant::now();
+            let report = self.engine.tick();
+            self.metrics.simulate_us.record(elapsed_us(phase));
+            if self.log_hashes && report.tick % REPLAY_HASH_EVERY_TICKS == 0 {
+                // The same line `warpcore replay` prints, for a line-by-line comparison.
+                tracing::info!(target: "warpcore::hash", "{} {:016x}", report.tick, self.engine.state_hash());
+            }
+
+            let phase = Instant::now();
+            self.replicate();
+            self.metrics.replicate_us.record(elapsed_us(phase));
+
+            let phase = Instant::now();
+            self.engine.drain_destroyed(&mut destroyed);
+            self.metrics.ships_destroyed.add(destroyed.len() as u64);
+            destroyed.clear();
             self.engine.drain_dirty(&mut dirty);
             self.persist(&mut dirty, &mut unsent);
-            histogram::record(&mut tick_us, started.elapsed().as_micros() as u64);
+            self.metrics.persist_us.record(elapsed_us(phase));
+
+            let tick_us = elapsed_us(started);
+            self.metrics.tick_us.record(tick_us);
+            // Overload slows game time instead of dropping input or bursting ticks.
+            let factor = self.dilation.observe(tick_us as f64);
+            self.engine.set_time_dilation(factor);
+            if report.tick % METRICS_PUBLISH_EVERY_TICKS == 0 {
+                self.metrics.publish(&self.engine);
+            }
 
             deadline += self.tick_period;
             let now = Instant::now();
             if deadline > now {
                 std::thread::sleep(deadline - now);
-            } else if now - deadline > self.tick_period * 4 {
-                // Far behind: start counting again from now instead of bursting
-                // ticks to catch up (time dilation replaces this in a later issue).
+            } else {
+                // Behind schedule: the next tick starts now, with no catch-up burst;
+                // time dilation has already slowed game time to match.
                 deadline = now;
             }
         }
 
+        self.metrics.publish(&self.engine);
+        if let Err(e) = self.engine.flush_recording() {
+            tracing::error!("flushing the input recording failed: {e}");
+        }
         let mut final_records = Vec::new();
         self.engine.all_records(&mut final_records);
         let mut all: Vec<EntityRecord> = final_records.clone();
         self.persist_final(&mut all, &mut unsent);
         TickLoopEnd {
+            final_state_hash: self.engine.state_hash(),
             net: self.net,
             final_records,
-            tick_us,
-            snapshots_refused,
         }
+    }
+
+    /// Each client's snapshot on the unreliable channel (newest wins), game events on
+    /// the reliable one.
+    fn replicate(&mut self) {
+        let net = &self.net;
+        let refused = &self.metrics.messages_refused;
+        self.engine.write_snapshots(&mut |client, bytes| {
+            if net
+                .send(ClientId(client), Channel::Unreliable, bytes.to_vec())
+                .is_err()
+            {
+                refused.add(1);
+            }
+        });
+        self.engine.write_events(&mut |client, bytes| {
+            if net
+                .send(ClientId(client), Channel::Reliable, bytes.to_vec())
+                .is_err()
+            {
+                refused.add(1);
+            }
+        });
     }
 
     /// Drains the transport's events into the engine.
@@ -511,13 +721,11 @@ impl TickLoop {
 /// # Errors
 /// Start-up failed, or the final flush did.
 pub async fn run_until_signal(args: ServerArgs) -> anyhow::Result<()> {
-    let database = args.database.clone();
+    let database = redact_url(&args.database);
     let server = start(args).await?;
     println!(
         "warpcore listening: UDP {} | HTTP http://{} | database {}",
-        server.udp_addr,
-        server.http_addr,
-        database.display()
+        server.udp_addr, server.http_addr, database
     );
     shutdown_signal().await?;
     println!("shutting down: flushing world state...");
@@ -543,6 +751,25 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     }
 }
 
+/// The database setting with any password in a URL replaced, for logs and banners.
+fn redact_url(database: &str) -> String {
+    match (database.find("://"), database.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &database[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &database[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &database[at..]
+                ),
+                None => database.to_owned(),
+            }
+        }
+        _ => database.to_owned(),
+    }
+}
+
 /// Fails if a setting combination cannot work.
 pub fn validate(args: &ServerArgs) -> anyhow::Result<()> {
     if !(args.sector_size_m.is_finite() && args.sector_size_m >= 1.0) {
@@ -552,4 +779,22 @@ pub fn validate(args: &ServerArgs) -> anyhow::Result<()> {
         bail!("--max-clients must be at least 1");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_in_database_urls_are_not_printed() {
+        assert_eq!(
+            redact_url("postgres://warp:s3cret@db:5432/warpcore"),
+            "postgres://warp:***@db:5432/warpcore"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/w"),
+            "postgres://postgres@127.0.0.1/w"
+        );
+        assert_eq!(redact_url("./warpcore.db"), "./warpcore.db");
+    }
 }

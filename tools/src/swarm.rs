@@ -21,7 +21,7 @@ use warpcore_net::client::{ClientEvent, UdpClient};
 use warpcore_net::token::ConnectToken;
 use warpcore_net::Channel;
 
-use crate::histogram;
+use warpcore_metrics as histogram;
 
 /// How a swarm run is shaped.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ fn server_args(dir: &tempfile::TempDir) -> ServerArgs {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     args.udp_addr = any;
     args.http_addr = any;
-    args.database = dir.path().join("warpcore.db");
+    args.database = dir.path().join("warpcore.db").display().to_string();
     args.flush_interval_ms = 50;
     // Cheap hashes: this test is about the data path, not argon2's cost.
     args.argon2_m_kib = 1024;
@@ -95,7 +95,7 @@ async fn bots_fly_and_every_ship_survives_a_restart() {
     }
 
     // The file holds exactly the final state: the clean stop flushed everything.
-    let path = args.database.clone();
+    let path = std::path::PathBuf::from(&args.database);
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
         .await
         .unwrap()
@@ -139,4 +139,64 @@ async fn bots_fly_and_every_ship_survives_a_restart() {
     ship_ids_again.sort_unstable();
     assert_eq!(ship_ids_again, ship_ids, "bots got their own ships back");
     running.stop().await.expect("second clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_live_run_replays_to_the_same_state_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("inputs.wcrec");
+    let hgrm_dir = dir.path().join("hgrm");
+    let mut args = server_args(&dir);
+    args.record_inputs = Some(recording.clone());
+    args.hgrm_dir = Some(hgrm_dir.clone());
+
+    let running = server::start(args).await.expect("server starts");
+    let http = running.http_addr;
+    let mut config = swarm_config(http, Duration::from_secs(2));
+    config.clients = 10;
+    config.username_prefix = "replay_bot_".into();
+    let report = swarm::run(config).await.expect("swarm runs");
+    assert!(report.all_ok(), "{}", report.summary());
+
+    // The gateway's /metrics shows the tick and the requests the bots made.
+    let metrics = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    for needle in [
+        "warpcore_tick_seconds_count ",
+        "warpcore_tick_phase_seconds{phase=\"simulate\",quantile=\"0.99\"}",
+        "warpcore_time_dilation ",
+        "warpcore_connected_clients ",
+        "warpcore_http_responses_total{route=\"/api/auth/login\",status=\"200\"} 10",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle:?} in\n{metrics}");
+    }
+
+    let shutdown = running.stop().await.expect("clean stop");
+    let file = std::fs::File::open(&recording).expect("recording exists");
+    let mut hashes = 0;
+    let summary =
+        warpcore_engine::replay(std::io::BufReader::new(file), 1, &mut |_, _| hashes += 1)
+            .expect("the recording replays");
+    assert!(
+        summary.last_tick >= 60,
+        "ran at least 2 s of ticks: {}",
+        summary.last_tick
+    );
+    assert!(hashes >= summary.last_tick / 100, "a hash every 100 ticks");
+    assert_eq!(
+        summary.final_hash, shutdown.final_state_hash,
+        "the replay ends in the live run's state"
+    );
+
+    // Every histogram was written as an .hgrm file.
+    let tick_hgrm =
+        std::fs::read_to_string(hgrm_dir.join("warpcore_tick_seconds.hgrm")).expect("tick .hgrm");
+    assert!(tick_hgrm.contains("Percentile") && tick_hgrm.contains("#[Max"));
+    assert!(hgrm_dir
+        .join("warpcore_tick_phase_seconds_phase-simulate.hgrm")
+        .exists());
 }

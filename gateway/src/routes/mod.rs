@@ -6,6 +6,7 @@
 
 mod auth;
 mod health;
+mod metrics;
 mod session;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::state::Shared;
 /// problems as an error and should be called first).
 pub fn router(store: Arc<dyn Store>, config: GatewayConfig, clock: Arc<dyn Clock>) -> Router {
     let body_limit_bytes = config.body_limit_bytes;
+    let registry = Arc::clone(&config.metrics);
     let shared = match Shared::new(store, config, Arc::clone(&clock)) {
         Ok(shared) => shared,
         Err(error) => panic!("invalid gateway configuration: {error}"),
@@ -36,9 +38,14 @@ pub fn router(store: Arc<dyn Store>, config: GatewayConfig, clock: Arc<dyn Clock
         .route("/api/auth/login", post(auth::login))
         .route("/api/session/connect-token", post(session::connect_token))
         .route("/health", get(health::health))
+        .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .with_state(Arc::new(shared))
         .layer(DefaultBodyLimit::max(body_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            (registry, Arc::clone(&clock)),
+            metrics::track,
+        ))
         .layer(middleware::map_response_with_state(clock, envelope::render))
 }
 

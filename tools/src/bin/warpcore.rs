@@ -1,14 +1,22 @@
 //! `warpcore`: the authoritative server. `cargo run --release` starts it with
 //! SQLite at ./warpcore.db, UDP on 127.0.0.1:7777 and HTTP on 127.0.0.1:8080.
+//! `warpcore replay FILE` re-runs an input recording instead.
 
 use clap::Parser;
-use warpcore_tools::config::ServerArgs;
+use warpcore_tools::config::{Command, ServerArgs};
 
 fn main() -> anyhow::Result<()> {
     let args = ServerArgs::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
         .init();
+    if let Some(Command::Replay {
+        file,
+        worker_threads,
+    }) = &args.command
+    {
+        return warpcore_tools::replay::run(file, *worker_threads);
+    }
     warpcore_tools::server::validate(&args)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
