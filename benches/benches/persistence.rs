@@ -2,7 +2,8 @@
 //! absorbs from the engine (producer side: `try_submit` plus the queue's coalescing,
 //! no flushing), and flush throughput per backend and method, measured in one run so
 //! the ratios are like for like: the batched flush (SQLite: one prepared upsert in one
-//! transaction; PostgreSQL: `UNNEST` arrays, and `COPY` into a staging table) against
+//! transaction; PostgreSQL: `COPY` into a staging table + `UPDATE ... FROM` (the
+//! flush's method), `UNNEST` arrays + upsert, `COPY` to staging + upsert) against
 //! naive one-statement-per-row upserts and against a raw insert / `COPY` with no upsert.
 //!
 //! PostgreSQL benches use `WARPCORE_TEST_PG` (default
@@ -174,6 +175,7 @@ fn flush_postgres(c: &mut Criterion) {
     group.sample_size(10);
     let mut tick = 0u64;
     for (label, method, rows) in [
+        ("copy_update", PgFlushMethod::CopyUpdate, FLUSH_ROWS),
         ("unnest_upsert", PgFlushMethod::Unnest, FLUSH_ROWS),
         (
             "copy_staging_upsert",

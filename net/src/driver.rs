@@ -14,7 +14,7 @@
 //! so the backlog stays bounded (by that mark plus `max_clients` disconnects) and lifecycle
 //! events are never lost. The net thread never blocks on the application.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,8 +29,9 @@ use rand::SeedableRng;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::proto::{
-    Channel, Client, ClientEvent, ClientId, ClientState, ClientStats, EndpointConfig,
-    EndpointStats, SendError, Server, MESSAGE_BYTES_MAX, MTU_BYTES,
+    Channel, Client, ClientEvent, ClientId, ClientState, ClientStats, ConnStats, EndpointConfig,
+    EndpointStats, RateLimits, ReconnectPolicy, SendError, Server, MESSAGE_BYTES_MAX, MTU_BYTES,
+    RELIABLE_MESSAGE_BYTES_MAX,
 };
 use crate::token::{ConnectToken, TokenKey};
 
@@ -58,6 +59,8 @@ const RECV_BUFFER_BYTES: usize = 2048;
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Longest the server waits for disconnect packets to drain on shutdown.
 const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_millis(200);
+/// How often the net thread publishes per-connection statistics to the handle.
+pub const CONN_STATS_PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 
 const SOCKET_TOKEN: Token = Token(0);
 const WAKE_TOKEN: Token = Token(1);
@@ -77,6 +80,8 @@ pub struct ServerConfig {
     pub events_max: usize,
     /// Capacity of the send-command channel.
     pub commands_max: usize,
+    /// Per-connection and per-source rate limits.
+    pub limits: RateLimits,
 }
 
 impl ServerConfig {
@@ -91,6 +96,7 @@ impl ServerConfig {
             timeout_s: 10,
             events_max: EVENTS_MAX_DEFAULT,
             commands_max: COMMANDS_MAX_DEFAULT,
+            limits: RateLimits::default(),
         }
     }
 }
@@ -101,7 +107,8 @@ pub enum DriverError {
     /// The command channel into the net thread is full (counted); retry later.
     #[error("net thread command queue full")]
     QueueFull,
-    /// The message is bigger than one packet (fragmentation is a later issue).
+    /// The message is bigger than its channel allows (one packet unreliable, 64 KiB
+    /// reliable).
     #[error("message of {len} bytes exceeds the {max}-byte maximum")]
     TooLarge { len: usize, max: usize },
     /// The net thread has stopped.
@@ -137,6 +144,8 @@ enum Command {
 
 struct Shared {
     stats: Mutex<ServerStats>,
+    /// Per-connection statistics, republished every [`CONN_STATS_PUBLISH_INTERVAL`].
+    conn_stats: Mutex<HashMap<ClientId, ConnStats>>,
     stop: AtomicBool,
     wake_pending: AtomicBool,
     commands_rejected: AtomicU64,
@@ -178,6 +187,7 @@ pub fn spawn_server(config: ServerConfig) -> io::Result<ServerHandle> {
     let (disconnects_tx, disconnects_rx) = crossbeam_channel::bounded(DISCONNECT_COMMANDS_MAX);
     let shared = Arc::new(Shared {
         stats: Mutex::new(ServerStats::default()),
+        conn_stats: Mutex::new(HashMap::new()),
         stop: AtomicBool::new(false),
         wake_pending: AtomicBool::new(false),
         commands_rejected: AtomicU64::new(0),
@@ -194,6 +204,7 @@ pub fn spawn_server(config: ServerConfig) -> io::Result<ServerHandle> {
         public_addr: config.public_addr.unwrap_or(local_addr),
         max_clients: config.max_clients,
         timeout_s: config.timeout_s,
+        limits: config.limits,
     };
     let server = Server::new(endpoint, now, now_unix_s, StdRng::from_entropy());
     let net = NetThread {
@@ -209,6 +220,7 @@ pub fn spawn_server(config: ServerConfig) -> io::Result<ServerHandle> {
         rx_buf: Box::new([0u8; RECV_BUFFER_BYTES]),
         tx_buf: Box::new([0u8; MTU_BYTES]),
         stalled: None,
+        next_conn_stats: now,
     };
     let thread = std::thread::Builder::new()
         .name("warpcore-net".into())
@@ -271,11 +283,15 @@ impl ServerHandle {
         }
     }
 
-    fn check_size(payload: &[u8]) -> Result<(), DriverError> {
-        if payload.len() > MESSAGE_BYTES_MAX {
+    fn check_size(channel: Channel, payload: &[u8]) -> Result<(), DriverError> {
+        let max = match channel {
+            Channel::Unreliable => MESSAGE_BYTES_MAX,
+            Channel::Reliable => RELIABLE_MESSAGE_BYTES_MAX,
+        };
+        if payload.len() > max {
             return Err(DriverError::TooLarge {
                 len: payload.len(),
-                max: MESSAGE_BYTES_MAX,
+                max,
             });
         }
         Ok(())
@@ -293,7 +309,7 @@ impl ServerHandle {
         channel: Channel,
         payload: Vec<u8>,
     ) -> Result<(), DriverError> {
-        Self::check_size(&payload)?;
+        Self::check_size(channel, &payload)?;
         self.push(Command::Send(client_id, channel, payload))
     }
 
@@ -302,8 +318,8 @@ impl ServerHandle {
     /// # Errors
     /// As [`Self::send`]; `TooLarge` if any message is too large (nothing is queued).
     pub fn send_batch(&self, batch: Vec<(ClientId, Channel, Vec<u8>)>) -> Result<(), DriverError> {
-        for (_, _, payload) in &batch {
-            Self::check_size(payload)?;
+        for (_, channel, payload) in &batch {
+            Self::check_size(*channel, payload)?;
         }
         if batch.is_empty() {
             return Ok(());
@@ -333,6 +349,25 @@ impl ServerHandle {
         s.commands_rejected = self.shared.commands_rejected.load(Ordering::Relaxed);
         s.disconnects_dropped = self.shared.disconnects_dropped.load(Ordering::Relaxed);
         s
+    }
+
+    /// RTT (smoothed, variance), loss and traffic counters of one connection, as of the net
+    /// thread's last publication (at most [`CONN_STATS_PUBLISH_INTERVAL`] old).
+    pub fn conn_stats(&self, client_id: ClientId) -> Option<ConnStats> {
+        let map = match self.shared.conn_stats.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.get(&client_id).copied()
+    }
+
+    /// [`Self::conn_stats`] of every open connection (for metrics).
+    pub fn all_conn_stats(&self) -> Vec<(ClientId, ConnStats)> {
+        let map = match self.shared.conn_stats.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.iter().map(|(id, s)| (*id, *s)).collect()
     }
 
     /// Sends disconnect packets to every client, stops the net thread and joins it.
@@ -371,6 +406,7 @@ struct NetThread {
     tx_buf: Box<[u8; MTU_BYTES]>,
     /// A datagram the socket refused with WouldBlock, retried when writable.
     stalled: Option<(SocketAddr, usize)>,
+    next_conn_stats: Instant,
 }
 
 impl NetThread {
@@ -401,6 +437,10 @@ impl NetThread {
             self.forward_events();
             more_work |= self.transmit(now);
             self.publish_stats();
+            if now >= self.next_conn_stats {
+                self.next_conn_stats = now + CONN_STATS_PUBLISH_INTERVAL;
+                self.publish_conn_stats();
+            }
         }
     }
 
@@ -527,6 +567,16 @@ impl NetThread {
         }
     }
 
+    /// Replaces the published per-connection statistics (the map's memory is reused).
+    fn publish_conn_stats(&mut self) {
+        if let Ok(mut map) = self.shared.conn_stats.lock() {
+            map.clear();
+            self.server.for_each_conn_stats(|id, s| {
+                map.insert(id, s);
+            });
+        }
+    }
+
     /// Disconnects everyone and drains the disconnect packets (bounded in time).
     fn shutdown(&mut self) {
         let start = Instant::now();
@@ -548,6 +598,10 @@ impl NetThread {
     }
 }
 
+/// Supplies a fresh connect token for reconnection attempt `n` (1-based), or `None` if it
+/// has none yet.
+pub type TokenSource = Box<dyn FnMut(u32) -> Option<ConnectToken> + Send>;
+
 /// Bound on datagrams read per [`UdpClient::pump`].
 const CLIENT_RECV_BATCH_MAX: usize = 256;
 
@@ -565,6 +619,7 @@ pub struct UdpClientStats {
 /// kernel filters other sources). The caller pumps it; nothing here blocks or spawns.
 pub struct UdpClient {
     client: Client,
+    token_source: Option<TokenSource>,
     socket: UdpSocket,
     buf: Box<[u8; RECV_BUFFER_BYTES]>,
     recv_errors: u64,
@@ -594,6 +649,7 @@ impl UdpClient {
         let client = Client::new(token, server_addr, Instant::now(), rng_seed);
         Ok(Self {
             client,
+            token_source: None,
             socket,
             buf: Box::new([0u8; RECV_BUFFER_BYTES]),
             recv_errors: 0,
@@ -606,7 +662,26 @@ impl UdpClient {
         self.socket.local_addr()
     }
 
-    /// Receives everything available, services timers, sends everything due.
+    /// Turns automatic reconnection on with `policy`; `source` is asked for a fresh connect
+    /// token (single-use) once per attempt, with the attempt number, and may answer `None`
+    /// while it is still fetching one (it is asked again on the next pump).
+    pub fn set_reconnect(&mut self, policy: ReconnectPolicy, source: TokenSource) {
+        self.client.set_reconnect(Some(policy));
+        self.token_source = Some(source);
+    }
+
+    /// Hands over a fresh token by hand (see [`Client::reconnect`]).
+    pub fn reconnect(&mut self, token: ConnectToken) -> bool {
+        self.client.reconnect(Instant::now(), token)
+    }
+
+    /// RTT (smoothed, variance), loss and traffic counters of the current session.
+    pub fn conn_stats(&self) -> ConnStats {
+        self.client.stats().conn
+    }
+
+    /// Receives everything available, services timers, asks for a reconnection token when
+    /// one is wanted, sends everything due.
     pub fn pump(&mut self, now: Instant) {
         for _ in 0..CLIENT_RECV_BATCH_MAX {
             match self.socket.recv(&mut self.buf[..]) {
@@ -619,6 +694,12 @@ impl UdpClient {
         }
         if self.client.poll_timeout().is_some_and(|t| t <= now) {
             self.client.handle_timeout(now);
+        }
+        if let (Some(attempt), Some(source)) = (self.client.token_wanted(), &mut self.token_source)
+        {
+            if let Some(token) = source(attempt) {
+                self.client.reconnect(now, token);
+            }
         }
         while let Some(len) = self.client.poll_transmit(now, &mut self.buf[..]) {
             match self.socket.send(&self.buf[..len]) {

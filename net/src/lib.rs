@@ -16,10 +16,11 @@ pub mod token;
 mod wire;
 
 pub use driver::{
-    spawn_server, DriverError, ServerConfig, ServerHandle, ServerStats, UdpClient, UdpClientStats,
+    spawn_server, DriverError, ServerConfig, ServerHandle, ServerStats, TokenSource, UdpClient,
+    UdpClientStats,
 };
 pub use proto::{
-    Channel, Client, ClientEvent, ClientId, ClientState, DisconnectReason, EndpointConfig,
-    EndpointStats, SendError, Server, ServerEvent,
+    Channel, Client, ClientEvent, ClientId, ClientState, ConnStats, DisconnectReason,
+    EndpointConfig, EndpointStats, RateLimits, ReconnectPolicy, SendError, Server, ServerEvent,
 };
 pub use token::{issue, ConnectToken, TokenError, TokenKey, TokenParams};

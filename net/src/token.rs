@@ -18,8 +18,8 @@ use rand::{CryptoRng, RngCore};
 
 use crate::wire::{self, Reader, Writer, ADDR_BYTES, TAG_BYTES};
 
-/// Version string that starts every token and connection request ("WARPCORE-NET-V0" + NUL).
-pub const VERSION_INFO: [u8; 16] = *b"WARPCORE-NET-V0\0";
+/// Version string that starts every token and connection request ("WARPCORE-NET-V1" + NUL).
+pub const VERSION_INFO: [u8; 16] = *b"WARPCORE-NET-V1\0";
 
 /// Maximum number of server addresses in one token.
 pub const SERVER_ADDRS_MAX: usize = 8;
@@ -245,10 +245,7 @@ pub fn issue(
         server_to_client_key: s2c,
         user_data: params.user_data,
     };
-    let mut sealed = [0u8; PRIVATE_TOKEN_SEALED_BYTES];
-    encode_private(&private, &mut sealed[..PRIVATE_TOKEN_PLAINTEXT_BYTES]);
-    let aad = private_aad(params.protocol_id, expire_unix_s);
-    wire::seal_token(key.as_bytes(), &nonce, &aad, &mut sealed);
+    let sealed = seal_private(key, params.protocol_id, &nonce, &private);
 
     Ok(ConnectToken {
         protocol_id: params.protocol_id,
@@ -261,6 +258,21 @@ pub fn issue(
         nonce,
         private_sealed: sealed,
     })
+}
+
+/// Encodes and seals a private token under `key` with `nonce` (the deterministic half of
+/// [`issue`]; test vectors use it with fixed inputs).
+pub(crate) fn seal_private(
+    key: &TokenKey,
+    protocol_id: u64,
+    nonce: &[u8; 24],
+    private: &PrivateToken,
+) -> [u8; PRIVATE_TOKEN_SEALED_BYTES] {
+    let mut sealed = [0u8; PRIVATE_TOKEN_SEALED_BYTES];
+    encode_private(private, &mut sealed[..PRIVATE_TOKEN_PLAINTEXT_BYTES]);
+    let aad = private_aad(protocol_id, private.expire_unix_s);
+    wire::seal_token(key.as_bytes(), nonce, &aad, &mut sealed);
+    sealed
 }
 
 /// Opens a sealed private token. `protocol_id` and `expire_unix_s` are the values from the

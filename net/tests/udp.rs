@@ -139,10 +139,18 @@ fn udp_clients_connect_exchange_disconnect_and_shutdown() {
     }
 
     assert_eq!(
-        handle.send(id_of(1), Channel::Reliable, vec![0u8; 5000]),
+        handle.send(id_of(1), Channel::Unreliable, vec![0u8; 5000]),
         Err(DriverError::TooLarge {
             len: 5000,
             max: warpcore_net::proto::MESSAGE_BYTES_MAX
+        })
+    );
+    let over = warpcore_net::proto::RELIABLE_MESSAGE_BYTES_MAX + 1;
+    assert_eq!(
+        handle.send(id_of(1), Channel::Reliable, vec![0u8; over]),
+        Err(DriverError::TooLarge {
+            len: over,
+            max: warpcore_net::proto::RELIABLE_MESSAGE_BYTES_MAX
         })
     );
 

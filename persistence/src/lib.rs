@@ -10,6 +10,8 @@ pub mod open;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod write_behind;
 
 pub use open::open;

@@ -1,14 +1,18 @@
 //! One established connection, seen from either end: session keys and sequence numbers,
-//! replay window and acks, the two channels' send queues and receive state, keepalive
-//! timing, ping/pong RTT and the silence timeout. Shared by `server` and `client`, which own
-//! the handshake and addressing. Not for sockets or clocks: `now` is always passed in.
+//! replay window and acks, the two channels' send queues and receive state, fragmentation
+//! and reassembly of large reliable messages, LZ4 compression of payload bodies, keepalive
+//! timing, ping/pong RTT (smoothed, with variance), packet loss from acks, per-connection
+//! counters and the silence timeout. Shared by `server` and `client`, which own the
+//! handshake and addressing. Not for sockets or clocks: `now` is always passed in.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::packet::{
-    self, Acks, KeepaliveBody, MessageIter, PacketError, PacketHeader, PacketType, HEADER_BYTES,
-    MESSAGE_BYTES_MAX, MTU_BYTES,
+    self, Acks, KeepaliveBody, MessageIter, PacketError, PacketHeader, PacketType, FRAGMENTS_MAX,
+    FRAGMENT_DATA_BYTES, FRAGMENT_HEADER_BYTES, HEADER_BYTES, KIND_FRAGMENT, KIND_RELIABLE,
+    KIND_UNRELIABLE, MESSAGE_BYTES_MAX, MTU_BYTES, PAYLOAD_BODY_BYTES_MAX,
+    RELIABLE_MESSAGE_BYTES_MAX,
 };
 use super::reliable::{self, ReceiveOutcome, ReliableReceiver, ReliableSender};
 use super::replay::ReplayWindow;
@@ -26,6 +30,14 @@ pub const KEEPALIVE_INTERVAL_MAX: Duration = Duration::from_secs(1);
 pub const UNRELIABLE_QUEUE_MAX: usize = 1024;
 /// Unreliable bytes queued per connection; past it `send` is refused.
 pub const UNRELIABLE_QUEUE_BYTES_MAX: usize = 256 * 1024;
+/// Bytes of one reliable message being reassembled from fragments, per connection (one
+/// message at a time: fragments arrive in order). Past it the message is dropped (counted).
+pub const REASSEMBLY_BYTES_MAX: usize = RELIABLE_MESSAGE_BYTES_MAX;
+/// Sent packets whose ack is tracked for loss accounting (a ring bitmap).
+const LOSS_WINDOW: u64 = 256;
+/// A sent packet is resolved (acked or lost) once the peer acked one this many packets
+/// newer: the ack bitfield reaches 32 back, so no later header can acknowledge it.
+const LOSS_HORIZON: u64 = 33;
 
 /// A message a received payload packet delivered, for the owner to turn into its events.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,6 +53,115 @@ pub struct ConnDrops {
     pub stale_unreliable: u64,
     pub reliable_duplicate: u64,
     pub reliable_dropped: u64,
+    /// Fragments out of sequence or a reassembled message over the limit.
+    pub fragment_errors: u64,
+}
+
+/// Per-connection network statistics (the Galaxy RTS document's NetworkStats).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Smoothed round-trip time (RFC 6298 SRTT, weight 1/8), from keepalive pings.
+    pub rtt_smoothed_us: Option<u64>,
+    /// Round-trip time variation (RFC 6298 RTTVAR, weight 1/4).
+    pub rtt_var_us: Option<u64>,
+    /// The newest RTT sample.
+    pub rtt_last_us: Option<u64>,
+    /// Authenticated packets received and their datagram bytes.
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// Packets sealed and their datagram bytes.
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// Sent packets the peer acknowledged / never acknowledged (resolved 33 packets later).
+    pub packets_acked: u64,
+    pub packets_lost: u64,
+    /// Payload bodies sent LZ4-compressed, and the bytes compression saved.
+    pub packets_compressed: u64,
+    pub bytes_saved_by_compression: u64,
+}
+
+impl ConnStats {
+    /// Fraction of resolved sent packets that were lost, 0.0 ..= 1.0 (0.0 before any).
+    pub fn loss_fraction(&self) -> f64 {
+        let resolved = self.packets_acked + self.packets_lost;
+        if resolved == 0 {
+            0.0
+        } else {
+            self.packets_lost as f64 / resolved as f64
+        }
+    }
+}
+
+/// Which of the last [`LOSS_WINDOW`] sent packets are still unacknowledged.
+#[derive(Default)]
+struct LossTracker {
+    unacked: [u64; (LOSS_WINDOW / 64) as usize],
+    /// Every sequence below this is resolved (counted acked or lost).
+    resolved_to: u64,
+}
+
+impl LossTracker {
+    fn flip(&mut self, seq: u64, on: bool) -> bool {
+        let slot = seq % LOSS_WINDOW;
+        let word = &mut self.unacked[(slot / 64) as usize];
+        let bit = 1u64 << (slot % 64);
+        let was = *word & bit != 0;
+        if on {
+            *word |= bit;
+        } else {
+            *word &= !bit;
+        }
+        was
+    }
+
+    /// Records packet `seq` as sent (sequences only grow, from the connection's first).
+    fn on_sent(&mut self, seq: u64, stats: &mut ConnStats) {
+        // The slot's previous occupant can no longer be acked: resolve it first.
+        if let Some(old) = seq.checked_sub(LOSS_WINDOW) {
+            self.resolve_to(old + 1, stats);
+        }
+        self.flip(seq, true);
+    }
+
+    /// Applies a received ack (full sequence) and its bitfield.
+    fn on_ack(&mut self, ack: u64, ack_bits: u32, next_send: u64, stats: &mut ConnStats) {
+        let oldest_tracked = next_send.saturating_sub(LOSS_WINDOW).max(self.resolved_to);
+        let mut ack_one = |seq: u64, this: &mut Self| {
+            if seq >= oldest_tracked && seq < next_send && this.flip(seq, false) {
+                stats.packets_acked += 1;
+            }
+        };
+        ack_one(ack, self);
+        for i in 0..32u64 {
+            if ack_bits & (1 << i) != 0 {
+                if let Some(seq) = ack.checked_sub(1 + i) {
+                    ack_one(seq, self);
+                }
+            }
+        }
+        self.resolve_to(ack.saturating_sub(LOSS_HORIZON), stats);
+    }
+
+    /// Counts every still-unacked packet below `end` as lost (bounded by the window).
+    fn resolve_to(&mut self, end: u64, stats: &mut ConnStats) {
+        if end <= self.resolved_to {
+            return;
+        }
+        let start = self.resolved_to.max(end.saturating_sub(LOSS_WINDOW));
+        for seq in start..end {
+            if self.flip(seq, false) {
+                stats.packets_lost += 1;
+            }
+        }
+        self.resolved_to = end;
+    }
+}
+
+/// A reliable message being rebuilt from its fragments.
+struct Reassembly {
+    count: u8,
+    next_index: u8,
+    bytes: Vec<u8>,
 }
 
 pub struct Conn {
@@ -62,13 +183,14 @@ pub struct Conn {
     unreliable_newest_recv: Option<u16>,
     reliable_tx: ReliableSender,
     reliable_rx: ReliableReceiver,
+    reassembly: Option<Reassembly>,
     /// Newest ping from the peer and when it arrived, echoed in our next keepalive.
     echo: Option<(u64, Instant)>,
     /// Send a keepalive on the next poll regardless of timers (e.g. to confirm a connect).
     keepalive_asap: bool,
     last_packet_keepalive: bool,
-    rtt_last_us: Option<u64>,
-    rtt_smoothed_us: Option<u64>,
+    loss: LossTracker,
+    stats: ConnStats,
     pub drops: ConnDrops,
 }
 
@@ -101,11 +223,15 @@ impl Conn {
             unreliable_newest_recv: None,
             reliable_tx: ReliableSender::default(),
             reliable_rx: ReliableReceiver::default(),
+            reassembly: None,
             echo: None,
             keepalive_asap: false,
             last_packet_keepalive: false,
-            rtt_last_us: None,
-            rtt_smoothed_us: None,
+            loss: LossTracker {
+                unacked: [0; (LOSS_WINDOW / 64) as usize],
+                resolved_to: first_send_seq,
+            },
+            stats: ConnStats::default(),
             drops: ConnDrops::default(),
         }
     }
@@ -119,11 +245,16 @@ impl Conn {
     }
 
     pub fn rtt_smoothed_us(&self) -> Option<u64> {
-        self.rtt_smoothed_us
+        self.stats.rtt_smoothed_us
     }
 
     pub fn rtt_last_us(&self) -> Option<u64> {
-        self.rtt_last_us
+        self.stats.rtt_last_us
+    }
+
+    /// RTT, loss and traffic counters of this connection.
+    pub fn stats(&self) -> ConnStats {
+        self.stats
     }
 
     pub fn request_keepalive(&mut self) {
@@ -160,14 +291,21 @@ impl Conn {
         packet::open_sealed(bytes, header, &self.recv_key, self.protocol_id, scratch)
     }
 
-    /// Records an authenticated packet: replay window, silence timer, acks.
-    pub fn on_authenticated(&mut self, now: Instant, header: &PacketHeader) {
+    /// Records an authenticated packet of `datagram_bytes`: replay window, silence timer,
+    /// counters, acks (reliable delivery and loss).
+    pub fn on_authenticated(&mut self, now: Instant, header: &PacketHeader, datagram_bytes: usize) {
         self.replay.mark(header.sequence.get());
         self.touch(now);
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += datagram_bytes as u64;
         if header.flags & packet::FLAG_ACK_VALID != 0 {
             let newest_sent = self.next_send_seq.checked_sub(1);
-            self.reliable_tx
-                .on_acks(header.ack.get(), header.ack_bits.get(), newest_sent);
+            let (ack, ack_bits) = (header.ack.get(), header.ack_bits.get());
+            self.reliable_tx.on_acks(ack, ack_bits, newest_sent);
+            if let Some(full) = newest_sent.and_then(|n| reliable::widen(ack, n)) {
+                self.loss
+                    .on_ack(full, ack_bits, self.next_send_seq, &mut self.stats);
+            }
         }
     }
 
@@ -189,35 +327,53 @@ impl Conn {
             return None;
         }
         let rtt_us = (now_us - sent_us).saturating_sub(u64::from(body.echo_delay_us.get()));
-        self.rtt_last_us = Some(rtt_us);
-        self.rtt_smoothed_us = Some(match self.rtt_smoothed_us {
-            None => rtt_us,
-            // Exponential average with weight 1/8, as TCP's SRTT.
-            Some(s) => s - s / 8 + rtt_us / 8,
-        });
+        self.on_rtt_sample(rtt_us);
         Some(rtt_us)
     }
 
-    /// Handles a decrypted payload body. The whole body is validated before anything is
-    /// delivered, so a malformed packet delivers nothing.
+    /// RFC 6298 estimator: SRTT weight 1/8, RTTVAR weight 1/4.
+    fn on_rtt_sample(&mut self, rtt_us: u64) {
+        let s = &mut self.stats;
+        s.rtt_last_us = Some(rtt_us);
+        match (s.rtt_smoothed_us, s.rtt_var_us) {
+            (Some(srtt), Some(var)) => {
+                let err = srtt.abs_diff(rtt_us);
+                s.rtt_var_us = Some(var - var / 4 + err / 4);
+                s.rtt_smoothed_us = Some(srtt - srtt / 8 + rtt_us / 8);
+            }
+            _ => {
+                s.rtt_smoothed_us = Some(rtt_us);
+                s.rtt_var_us = Some(rtt_us / 2);
+            }
+        }
+    }
+
+    /// Handles a decrypted payload body (LZ4-decompressed first if `header_flags` says so).
+    /// The whole body is validated before anything is delivered, so a malformed packet
+    /// delivers nothing.
     ///
     /// # Errors
     /// [`PacketError::MalformedBody`] or [`PacketError::UnknownChannel`] (counted).
     pub fn on_payload(
         &mut self,
+        header_flags: u8,
         body: &[u8],
         mut deliver: impl FnMut(Delivered),
     ) -> Result<(), PacketError> {
-        for message in MessageIter::new(body) {
-            let message = message.inspect_err(|_| self.drops.malformed_body += 1)?;
-            if Channel::from_id(message.channel).is_none() {
-                self.drops.malformed_body += 1;
-                return Err(PacketError::UnknownChannel);
-            }
+        let mut plain = [0u8; PAYLOAD_BODY_BYTES_MAX];
+        let body = if header_flags & packet::FLAG_COMPRESSED != 0 {
+            packet::decompress_body(body, &mut plain)
+                .inspect_err(|_| self.drops.malformed_body += 1)?
+        } else {
+            body
+        };
+        if let Err(e) = validate_messages(body) {
+            self.drops.malformed_body += 1;
+            return Err(e);
         }
         for message in MessageIter::new(body).flatten() {
-            match Channel::from_id(message.channel) {
-                Some(Channel::Unreliable) => {
+            match message.channel {
+                KIND_UNRELIABLE => {
                     let id = message.message_id;
                     let newer = self
                         .unreliable_newest_recv
@@ -232,41 +388,42 @@ impl Conn {
                         self.drops.stale_unreliable += 1;
                     }
                 }
-                Some(Channel::Reliable) => {
-                    let outcome =
-                        self.reliable_rx
-                            .receive(message.message_id, message.bytes, |p| {
-                                deliver(Delivered {
-                                    channel: Channel::Reliable,
-                                    payload: p,
-                                })
-                            });
+                kind => {
+                    let reassembly = &mut self.reassembly;
+                    let drops = &mut self.drops;
+                    let outcome = self.reliable_rx.receive(
+                        message.message_id,
+                        kind,
+                        message.bytes,
+                        |kind, bytes| on_reliable(reassembly, drops, kind, bytes, &mut deliver),
+                    );
                     match outcome {
                         ReceiveOutcome::Accepted => {}
                         ReceiveOutcome::Duplicate => self.drops.reliable_duplicate += 1,
                         ReceiveOutcome::Dropped => self.drops.reliable_dropped += 1,
                     }
                 }
-                None => {}
             }
         }
         Ok(())
     }
 
-    /// Queues a message for sending.
+    /// Queues a message for sending. Reliable messages above [`MESSAGE_BYTES_MAX`] are split
+    /// into fragments (all or nothing).
     ///
     /// # Errors
-    /// [`SendError::TooLarge`] above [`MESSAGE_BYTES_MAX`]; [`SendError::QueueFull`] when
-    /// the channel's queue is at its maximum.
+    /// [`SendError::TooLarge`] above [`MESSAGE_BYTES_MAX`] (unreliable) or
+    /// [`RELIABLE_MESSAGE_BYTES_MAX`] (reliable); [`SendError::QueueFull`] when the channel's
+    /// queue has no room for the whole message.
     pub fn queue(&mut self, channel: Channel, payload: Vec<u8>) -> Result<(), SendError> {
-        if payload.len() > MESSAGE_BYTES_MAX {
-            return Err(SendError::TooLarge {
-                len: payload.len(),
-                max: MESSAGE_BYTES_MAX,
-            });
-        }
         match channel {
             Channel::Unreliable => {
+                if payload.len() > MESSAGE_BYTES_MAX {
+                    return Err(SendError::TooLarge {
+                        len: payload.len(),
+                        max: MESSAGE_BYTES_MAX,
+                    });
+                }
                 if self.unreliable.len() >= UNRELIABLE_QUEUE_MAX
                     || self.unreliable_bytes + payload.len() > UNRELIABLE_QUEUE_BYTES_MAX
                 {
@@ -277,18 +434,40 @@ impl Conn {
                     .push_back((self.unreliable_next_id, payload));
                 self.unreliable_next_id = self.unreliable_next_id.wrapping_add(1);
             }
-            Channel::Reliable => {
+            Channel::Reliable if payload.len() <= MESSAGE_BYTES_MAX => {
                 if self.reliable_tx.is_full() {
                     return Err(SendError::QueueFull);
                 }
-                self.reliable_tx.push(payload);
+                self.reliable_tx.push(KIND_RELIABLE, payload);
+            }
+            Channel::Reliable => {
+                if payload.len() > RELIABLE_MESSAGE_BYTES_MAX {
+                    return Err(SendError::TooLarge {
+                        len: payload.len(),
+                        max: RELIABLE_MESSAGE_BYTES_MAX,
+                    });
+                }
+                let chunks = payload.chunks(FRAGMENT_DATA_BYTES);
+                let count = chunks.len();
+                if self.reliable_tx.free_slots() < count {
+                    return Err(SendError::QueueFull);
+                }
+                debug_assert!((2..=FRAGMENTS_MAX).contains(&count));
+                for (index, chunk) in chunks.enumerate() {
+                    let mut fragment = Vec::with_capacity(FRAGMENT_HEADER_BYTES + chunk.len());
+                    // Both fit a u8: count <= FRAGMENTS_MAX (57).
+                    fragment.extend_from_slice(&[index as u8, count as u8]);
+                    fragment.extend_from_slice(chunk);
+                    self.reliable_tx.push(KIND_FRAGMENT, fragment);
+                }
             }
         }
         Ok(())
     }
 
     fn resend_interval(&self) -> Duration {
-        reliable::resend_interval(self.rtt_smoothed_us)
+        let rtt = self.stats.rtt_smoothed_us.zip(self.stats.rtt_var_us);
+        reliable::resend_interval(rtt)
     }
 
     fn keepalive_due(&self, now: Instant) -> bool {
@@ -336,19 +515,35 @@ impl Conn {
         packet_type: PacketType,
         write_body: impl FnOnce(&mut [u8]) -> usize,
     ) -> usize {
+        self.seal_flags(now, buf, packet_type, 0, write_body)
+    }
+
+    fn seal_flags(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        packet_type: PacketType,
+        extra_flags: u8,
+        write_body: impl FnOnce(&mut [u8]) -> usize,
+    ) -> usize {
         let seq = self.take_sequence();
         let acks = self.acks();
         self.last_send = now;
         self.last_packet_keepalive = packet_type == PacketType::Keepalive;
-        packet::write_sealed(
+        let len = packet::write_sealed_flags(
             buf,
             packet_type,
             acks,
+            extra_flags,
             seq,
             &self.send_key,
             self.protocol_id,
             write_body,
-        )
+        );
+        self.loss.on_sent(seq, &mut self.stats);
+        self.stats.packets_out += 1;
+        self.stats.bytes_out += len as u64;
+        len
     }
 
     /// Builds the next packet this connection should send (keepalive or payload), if any.
@@ -397,12 +592,12 @@ impl Conn {
         let room = buf.len().min(MTU_BYTES) - HEADER_BYTES - TAG_BYTES;
         let body = &mut buf[HEADER_BYTES..HEADER_BYTES + room];
         let mut pos = 0;
-        let n_reliable = self.reliable_tx.fill(now, resend, seq, |id, bytes| {
-            packet::push_message(body, &mut pos, Channel::Reliable.id(), id, bytes)
+        let n_reliable = self.reliable_tx.fill(now, resend, seq, |kind, id, bytes| {
+            packet::push_message(body, &mut pos, kind, id, bytes)
         });
         let mut n_unreliable = 0;
         while let Some((id, bytes)) = self.unreliable.front() {
-            if !packet::push_message(body, &mut pos, Channel::Unreliable.id(), *id, bytes) {
+            if !packet::push_message(body, &mut pos, KIND_UNRELIABLE, *id, bytes) {
                 break;
             }
             self.unreliable_bytes -= bytes.len();
@@ -412,7 +607,15 @@ impl Conn {
         if n_reliable + n_unreliable == 0 {
             return None;
         }
-        let len = self.seal(now, buf, PacketType::Payload, |_| pos);
+        let (flags, body_len) = match packet::compress_body(body, pos) {
+            Some(n) => {
+                self.stats.packets_compressed += 1;
+                self.stats.bytes_saved_by_compression += (pos - n) as u64;
+                (packet::FLAG_COMPRESSED, n)
+            }
+            None => (0, pos),
+        };
+        let len = self.seal_flags(now, buf, PacketType::Payload, flags, |_| body_len);
         debug_assert_eq!(self.next_send_seq, seq + 1);
         Some(len)
     }
@@ -425,5 +628,82 @@ impl Conn {
     /// Seals a disconnect packet (empty body).
     pub fn write_disconnect(&mut self, now: Instant, buf: &mut [u8]) -> usize {
         self.seal(now, buf, PacketType::Disconnect, |_| 0)
+    }
+}
+
+/// Checks every message of a (decompressed) payload body: bounds, kind, fragment header.
+fn validate_messages(body: &[u8]) -> Result<(), PacketError> {
+    for message in MessageIter::new(body) {
+        let message = message?;
+        match message.channel {
+            KIND_UNRELIABLE | KIND_RELIABLE => {}
+            KIND_FRAGMENT => {
+                let [index, count, ..] = *message.bytes else {
+                    return Err(PacketError::MalformedBody);
+                };
+                let count = usize::from(count);
+                if !(2..=FRAGMENTS_MAX).contains(&count) || usize::from(index) >= count {
+                    return Err(PacketError::MalformedBody);
+                }
+            }
+            _ => return Err(PacketError::UnknownChannel),
+        }
+    }
+    Ok(())
+}
+
+/// Handles one reliable message delivered in order: whole messages go straight out,
+/// fragments are appended to the reassembly and the message goes out with its last one.
+fn on_reliable(
+    reassembly: &mut Option<Reassembly>,
+    drops: &mut ConnDrops,
+    kind: u8,
+    bytes: Vec<u8>,
+    deliver: &mut impl FnMut(Delivered),
+) {
+    if kind != KIND_FRAGMENT {
+        if reassembly.take().is_some() {
+            // A whole message in the middle of a fragmented one: the peer is broken.
+            drops.fragment_errors += 1;
+        }
+        deliver(Delivered {
+            channel: Channel::Reliable,
+            payload: bytes,
+        });
+        return;
+    }
+    // validate_messages checked the two header bytes.
+    let (index, count, data) = (bytes[0], bytes[1], &bytes[FRAGMENT_HEADER_BYTES..]);
+    if index == 0 {
+        if reassembly.is_some() {
+            drops.fragment_errors += 1;
+        }
+        *reassembly = Some(Reassembly {
+            count,
+            next_index: 0,
+            bytes: Vec::new(),
+        });
+    }
+    let Some(r) = reassembly.as_mut() else {
+        drops.fragment_errors += 1;
+        return;
+    };
+    if r.count != count
+        || r.next_index != index
+        || r.bytes.len() + data.len() > REASSEMBLY_BYTES_MAX
+    {
+        *reassembly = None;
+        drops.fragment_errors += 1;
+        return;
+    }
+    r.bytes.extend_from_slice(data);
+    r.next_index += 1;
+    if r.next_index == r.count {
+        if let Some(done) = reassembly.take() {
+            deliver(Delivered {
+                channel: Channel::Reliable,
+                payload: done.bytes,
+            });
+        }
     }
 }

@@ -6,22 +6,29 @@
 //! caller, so tests join both ends in memory with a virtual clock. Not for I/O (`driver`)
 //! nor for game messages (payloads are opaque bytes).
 //!
-//! Submodules: `packet` (wire layouts and AEAD), `replay` (replay window and acks),
-//! `reliable` (reliable-ordered channel), `conn` (an established connection, either end),
-//! `server` and `client` (handshake, addressing and event queues).
+//! Submodules: `packet` (wire layouts, AEAD, LZ4), `replay` (replay window and acks),
+//! `reliable` (reliable-ordered channel), `limit` (rate limits), `conn` (an established
+//! connection, either end: fragmentation, RTT, loss, stats), `server` and `client`
+//! (handshake, addressing, reconnection and event queues).
 
 mod client;
 mod conn;
+mod limit;
 pub mod packet;
 mod reliable;
 mod replay;
 mod server;
 
-pub use client::{Client, ClientEvent, ClientState, ClientStats, CLIENT_EVENTS_MAX};
-pub use conn::{
-    KEEPALIVE_INTERVAL, KEEPALIVE_INTERVAL_MAX, UNRELIABLE_QUEUE_BYTES_MAX, UNRELIABLE_QUEUE_MAX,
+pub use client::{
+    Client, ClientEvent, ClientState, ClientStats, ReconnectPolicy, CLIENT_EVENTS_MAX,
+    HANDSHAKE_RETRY_INTERVAL,
 };
-pub use packet::{MESSAGE_BYTES_MAX, MTU_BYTES};
+pub use conn::{
+    ConnStats, KEEPALIVE_INTERVAL, KEEPALIVE_INTERVAL_MAX, REASSEMBLY_BYTES_MAX,
+    UNRELIABLE_QUEUE_BYTES_MAX, UNRELIABLE_QUEUE_MAX,
+};
+pub use limit::{RateLimits, SOURCE_BUCKETS};
+pub use packet::{MESSAGE_BYTES_MAX, MTU_BYTES, RELIABLE_MESSAGE_BYTES_MAX};
 pub use reliable::{RELIABLE_QUEUE_MAX, RELIABLE_RECV_BUFFER_BYTES_MAX};
 pub use replay::REPLAY_WINDOW;
 pub use server::{
@@ -90,7 +97,8 @@ pub enum DisconnectReason {
 /// Why a message was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// Bigger than one packet can carry (fragmentation is a later protocol issue).
+    /// Bigger than the channel allows: one packet ([`MESSAGE_BYTES_MAX`]) on the
+    /// unreliable channel, [`RELIABLE_MESSAGE_BYTES_MAX`] (fragmented) on the reliable one.
     #[error("message of {len} bytes exceeds the {max}-byte maximum")]
     TooLarge { len: usize, max: usize },
     /// The channel's send queue is at its maximum; try again after some transmits/acks.
@@ -103,3 +111,5 @@ pub enum SendError {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vectors;

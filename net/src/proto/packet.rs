@@ -37,6 +37,29 @@ const AAD_BYTES: usize = 16 + 8 + HEADER_BYTES;
 
 /// Header flag: the ack and ack_bits fields are valid.
 pub const FLAG_ACK_VALID: u8 = 0x01;
+/// Header flag (payload packets only): the body is one LZ4 block (no size prefix) whose
+/// decompressed form is the message list; it decompresses to at most
+/// [`PAYLOAD_BODY_BYTES_MAX`] bytes, or the packet is dropped.
+pub const FLAG_COMPRESSED: u8 = 0x02;
+/// Payload bodies at least this long are LZ4-compressed when that makes them smaller.
+pub const COMPRESSION_THRESHOLD_BYTES: usize = 256;
+
+/// Message kind byte on the wire: unreliable-sequenced message.
+pub const KIND_UNRELIABLE: u8 = 0;
+/// Message kind byte on the wire: a whole reliable-ordered message.
+pub const KIND_RELIABLE: u8 = 1;
+/// Message kind byte on the wire: one fragment of a reliable-ordered message too large for
+/// one packet. Fragments use consecutive reliable message ids; their data starts with
+/// `fragment index (u8) || fragment count (u8)`.
+pub const KIND_FRAGMENT: u8 = 2;
+/// Fragment header inside a fragment message: index, count.
+pub const FRAGMENT_HEADER_BYTES: usize = 2;
+/// Largest reliable message (fragmented above [`MESSAGE_BYTES_MAX`]): 64 KiB.
+pub const RELIABLE_MESSAGE_BYTES_MAX: usize = 64 * 1024;
+/// Message data carried by one fragment (all fragments but the last are exactly this long).
+pub const FRAGMENT_DATA_BYTES: usize = MESSAGE_BYTES_MAX - FRAGMENT_HEADER_BYTES;
+/// Fragments of the largest reliable message.
+pub const FRAGMENTS_MAX: usize = RELIABLE_MESSAGE_BYTES_MAX.div_ceil(FRAGMENT_DATA_BYTES);
 
 /// The packet type in the first byte of every datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,17 +244,45 @@ pub fn write_sealed(
     protocol_id: u64,
     write_body: impl FnOnce(&mut [u8]) -> usize,
 ) -> usize {
+    write_sealed_flags(
+        buf,
+        packet_type,
+        acks,
+        0,
+        sequence,
+        key,
+        protocol_id,
+        write_body,
+    )
+}
+
+/// [`write_sealed`] with extra header flags (e.g. [`FLAG_COMPRESSED`]) or'ed in.
+///
+/// # Panics
+/// As [`write_sealed`].
+#[allow(clippy::too_many_arguments)]
+pub fn write_sealed_flags(
+    buf: &mut [u8],
+    packet_type: PacketType,
+    acks: Acks,
+    extra_flags: u8,
+    sequence: u64,
+    key: &[u8; 32],
+    protocol_id: u64,
+    write_body: impl FnOnce(&mut [u8]) -> usize,
+) -> usize {
     debug_assert!(packet_type != PacketType::ConnectionRequest);
     let body_room = buf.len().min(MTU_BYTES) - HEADER_BYTES - TAG_BYTES;
     let body_len = write_body(&mut buf[HEADER_BYTES..HEADER_BYTES + body_room]);
     assert!(body_len <= body_room, "body overflowed its buffer");
     let header = PacketHeader {
         prefix: packet_type as u8,
-        flags: if acks.ack.is_some() {
-            FLAG_ACK_VALID
-        } else {
-            0
-        },
+        flags: extra_flags
+            | if acks.ack.is_some() {
+                FLAG_ACK_VALID
+            } else {
+                0
+            },
         // Only the low 16 bits travel; the receiver reconstructs the rest.
         ack: U16::new(acks.ack.unwrap_or(0) as u16),
         ack_bits: U32::new(acks.ack_bits),
@@ -389,6 +440,41 @@ pub fn push_message(
     body[*pos + MESSAGE_HEADER_BYTES..*pos + need].copy_from_slice(bytes);
     *pos += need;
     true
+}
+
+/// Compresses `body[..len]` in place with LZ4 if it is at least
+/// [`COMPRESSION_THRESHOLD_BYTES`] long and the result is smaller; returns the new length,
+/// or `None` (body untouched) when compression does not pay.
+pub fn compress_body(body: &mut [u8], len: usize) -> Option<usize> {
+    if len < COMPRESSION_THRESHOLD_BYTES {
+        return None;
+    }
+    // LZ4's worst case is larger than its input; the encoder refuses a smaller buffer.
+    let mut out = [0u8; COMPRESS_SCRATCH_BYTES];
+    debug_assert!(lz4_flex::block::get_maximum_output_size(len) <= COMPRESS_SCRATCH_BYTES);
+    let n = lz4_flex::block::compress_into(&body[..len], &mut out).ok()?;
+    if n >= len {
+        return None;
+    }
+    body[..n].copy_from_slice(&out[..n]);
+    Some(n)
+}
+
+/// Scratch for the compressor: above LZ4's worst case for a full payload body.
+const COMPRESS_SCRATCH_BYTES: usize = 1536;
+
+/// Decompresses an LZ4 body into `out`; the output can never exceed `out`'s
+/// [`PAYLOAD_BODY_BYTES_MAX`] bytes (a bomb is an error, not an allocation).
+///
+/// # Errors
+/// [`PacketError::MalformedBody`] if the block is corrupt or decompresses past the cap.
+pub fn decompress_body<'o>(
+    compressed: &[u8],
+    out: &'o mut [u8; PAYLOAD_BODY_BYTES_MAX],
+) -> Result<&'o [u8], PacketError> {
+    let n = lz4_flex::block::decompress_into(compressed, out)
+        .map_err(|_| PacketError::MalformedBody)?;
+    Ok(&out[..n])
 }
 
 // Layout guards: these sizes are part of the v0 wire format.

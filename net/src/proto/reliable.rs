@@ -1,9 +1,10 @@
-//! The reliable-ordered channel, simplest correct form: the sender keeps every message until
-//! a packet that carried it is acked (packet acks from the header's ack + ack_bits) and
-//! resends it after a resend interval; the receiver buffers out-of-order messages inside a
-//! 256-message window (bounded in bytes too) and delivers them in order exactly once.
-//! Not for congestion control or bandwidth budgets (later issue) nor for fragmentation:
-//! every message fits one packet.
+//! The reliable-ordered channel: the sender keeps every message until a packet that carried
+//! it is acked (packet acks from the header's ack + ack_bits) and resends it after a
+//! retransmission timeout computed from the measured RTT and its variance (RFC 6298); the
+//! receiver buffers out-of-order messages inside a 256-message window (bounded in bytes too)
+//! and delivers them in order exactly once. Each message carries its wire kind (whole message
+//! or fragment); fragments are reassembled above this layer (`conn`), which is simple because
+//! they arrive here in order. Not for congestion control or bandwidth budgets (later issue).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -13,9 +14,12 @@ use std::time::{Duration, Instant};
 pub const RELIABLE_QUEUE_MAX: usize = 256;
 /// Receive window in message ids.
 pub const RELIABLE_WINDOW: u16 = 256;
-/// Bytes of out-of-order messages a receiver buffers per connection; past it they are
-/// dropped (and resent by the peer later).
-pub const RELIABLE_RECV_BUFFER_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of out-of-order messages a receiver buffers per connection. The sender never has
+/// more than this many bytes in flight counted from its oldest unacknowledged message, so a
+/// conforming peer never overflows it: a receiver must not drop a message whose packet it
+/// acks (the sender would never resend it). Twice the largest fragmented message, so a
+/// 64 KiB message and its neighbours fit.
+pub const RELIABLE_RECV_BUFFER_BYTES_MAX: usize = 128 * 1024;
 /// Reliable messages carried by one packet (bounds the sent-packet record).
 pub const RELIABLE_PER_PACKET_MAX: usize = 16;
 /// Sent packets remembered for ack matching (acks reach 33 packets back).
@@ -27,6 +31,7 @@ const RESEND_INTERVAL_MAX: Duration = Duration::from_millis(1000);
 
 struct Outgoing {
     id: u16,
+    kind: u8,
     payload: Vec<u8>,
     last_sent: Option<Instant>,
     acked: bool,
@@ -59,16 +64,23 @@ impl ReliableSender {
         self.queue.len() >= RELIABLE_QUEUE_MAX
     }
 
+    /// Messages that can still be queued.
+    pub fn free_slots(&self) -> usize {
+        RELIABLE_QUEUE_MAX.saturating_sub(self.queue.len())
+    }
+
     #[cfg(test)]
     pub fn n_queued(&self) -> usize {
         self.queue.len()
     }
 
-    /// Queues a message. The caller checked [`Self::is_full`] and the size limit.
-    pub fn push(&mut self, payload: Vec<u8>) {
+    /// Queues a message of wire kind `kind`. The caller checked [`Self::free_slots`] and
+    /// the size limit.
+    pub fn push(&mut self, kind: u8, payload: Vec<u8>) {
         debug_assert!(!self.is_full());
         self.queue.push_back(Outgoing {
             id: self.next_id,
+            kind,
             payload,
             last_sent: None,
             acked: false,
@@ -96,25 +108,33 @@ impl ReliableSender {
             .min()
     }
 
-    /// Writes due messages into a packet body via `push` (which returns `false` when the
-    /// message does not fit) and records them as carried by packet `sequence`.
+    /// Writes due messages into a packet body via `push(kind, id, bytes)` (which returns
+    /// `false` when the message does not fit) and records them as carried by packet
+    /// `sequence`.
     pub fn fill(
         &mut self,
         now: Instant,
         resend: Duration,
         sequence: u64,
-        mut push: impl FnMut(u16, &[u8]) -> bool,
+        mut push: impl FnMut(u8, u16, &[u8]) -> bool,
     ) -> usize {
         let mut record = NO_PACKET;
         record.sequence = sequence;
+        // Bytes from the oldest unacked message through this one: what the receiver may
+        // have to buffer if everything before it is lost.
+        let mut window_bytes = 0usize;
         for m in self.queue.iter_mut() {
             if usize::from(record.n_ids) == RELIABLE_PER_PACKET_MAX {
+                break;
+            }
+            window_bytes += m.payload.len();
+            if window_bytes > RELIABLE_RECV_BUFFER_BYTES_MAX {
                 break;
             }
             if !Self::is_due(m, now, resend) {
                 continue;
             }
-            if !push(m.id, &m.payload) {
+            if !push(m.kind, m.id, &m.payload) {
                 // Keep order simple: stop at the first message that does not fit.
                 break;
             }
@@ -175,7 +195,7 @@ impl ReliableSender {
 
 /// Widens a 16-bit ack to the full sequence, given the newest sequence sent (an ack is never
 /// newer than that). `None` if it cannot refer to anything we sent.
-fn widen(ack: u16, newest_sent: u64) -> Option<u64> {
+pub(super) fn widen(ack: u16, newest_sent: u64) -> Option<u64> {
     let candidate = (newest_sent & !0xFFFF) | u64::from(ack);
     if candidate <= newest_sent {
         Some(candidate)
@@ -184,12 +204,15 @@ fn widen(ack: u16, newest_sent: u64) -> Option<u64> {
     }
 }
 
-/// Resend interval from the smoothed RTT: 1.5 x RTT, clamped.
-pub fn resend_interval(rtt_smoothed_us: Option<u64>) -> Duration {
-    match rtt_smoothed_us {
+/// Retransmission timeout from the RTT estimate (RFC 6298): `srtt + max(4 x rttvar, 1 ms)`,
+/// clamped to 20..=1000 ms; [`RESEND_INTERVAL_DEFAULT`] before the first sample.
+pub fn resend_interval(rtt: Option<(u64, u64)>) -> Duration {
+    match rtt {
         None => RESEND_INTERVAL_DEFAULT,
-        Some(rtt) => Duration::from_micros(rtt.saturating_mul(3) / 2)
-            .clamp(RESEND_INTERVAL_MIN, RESEND_INTERVAL_MAX),
+        Some((srtt_us, rttvar_us)) => {
+            let rto_us = srtt_us.saturating_add(rttvar_us.saturating_mul(4).max(1000));
+            Duration::from_micros(rto_us).clamp(RESEND_INTERVAL_MIN, RESEND_INTERVAL_MAX)
+        }
     }
 }
 
@@ -200,7 +223,8 @@ pub enum ReceiveOutcome {
     Accepted,
     /// Already delivered or already buffered.
     Duplicate,
-    /// Outside the window or over the byte budget: dropped, the sender will resend.
+    /// Outside the window or over the byte budget: dropped. Only a non-conforming sender
+    /// gets here (a conforming one keeps its in-flight bytes under the budget).
     Dropped,
 }
 
@@ -208,18 +232,21 @@ pub enum ReceiveOutcome {
 #[derive(Default)]
 pub struct ReliableReceiver {
     next_id: u16,
-    /// `buffer[i]` holds message `next_id + i` if it arrived early (slot 0 is always empty).
-    buffer: VecDeque<Option<Vec<u8>>>,
+    /// `buffer[i]` holds message `next_id + i` (kind, bytes) if it arrived early (slot 0 is
+    /// always empty).
+    buffer: VecDeque<Option<(u8, Vec<u8>)>>,
     buffered_bytes: usize,
 }
 
 impl ReliableReceiver {
-    /// Handles message `id`, calling `deliver` for every message that is now in order.
+    /// Handles message `id` of wire kind `kind`, calling `deliver(kind, bytes)` for every
+    /// message that is now in order.
     pub fn receive(
         &mut self,
         id: u16,
+        kind: u8,
         payload: &[u8],
-        mut deliver: impl FnMut(Vec<u8>),
+        mut deliver: impl FnMut(u8, Vec<u8>),
     ) -> ReceiveOutcome {
         let distance = id.wrapping_sub(self.next_id);
         if distance >= 0x8000 {
@@ -229,7 +256,7 @@ impl ReliableReceiver {
             return ReceiveOutcome::Dropped;
         }
         if distance == 0 {
-            deliver(payload.to_vec());
+            deliver(kind, payload.to_vec());
             self.next_id = self.next_id.wrapping_add(1);
             // The front slot belonged to the message just delivered.
             self.buffer.pop_front();
@@ -246,17 +273,17 @@ impl ReliableReceiver {
         if self.buffer.len() <= idx {
             self.buffer.resize(idx + 1, None);
         }
-        self.buffer[idx] = Some(payload.to_vec());
+        self.buffer[idx] = Some((kind, payload.to_vec()));
         self.buffered_bytes += payload.len();
         ReceiveOutcome::Accepted
     }
 
     /// Delivers the run of buffered messages that starts at `next_id`.
-    fn drain_in_order(&mut self, deliver: &mut impl FnMut(Vec<u8>)) {
+    fn drain_in_order(&mut self, deliver: &mut impl FnMut(u8, Vec<u8>)) {
         while let Some(Some(_)) = self.buffer.front() {
-            if let Some(Some(payload)) = self.buffer.pop_front() {
+            if let Some(Some((kind, payload))) = self.buffer.pop_front() {
                 self.buffered_bytes -= payload.len();
-                deliver(payload);
+                deliver(kind, payload);
                 self.next_id = self.next_id.wrapping_add(1);
             }
         }
@@ -281,29 +308,29 @@ mod tests {
         let mut rx = ReliableReceiver::default();
         let mut got = Vec::new();
         assert_eq!(
-            rx.receive(2, b"c", |p| got.push(p)),
+            rx.receive(2, 1, b"c", |_, p| got.push(p)),
             ReceiveOutcome::Accepted
         );
         assert_eq!(
-            rx.receive(2, b"c", |p| got.push(p)),
+            rx.receive(2, 1, b"c", |_, p| got.push(p)),
             ReceiveOutcome::Duplicate
         );
         assert_eq!(
-            rx.receive(1, b"b", |p| got.push(p)),
+            rx.receive(1, 1, b"b", |_, p| got.push(p)),
             ReceiveOutcome::Accepted
         );
         assert!(got.is_empty());
         assert_eq!(
-            rx.receive(0, b"a", |p| got.push(p)),
+            rx.receive(0, 1, b"a", |_, p| got.push(p)),
             ReceiveOutcome::Accepted
         );
         assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
         assert_eq!(
-            rx.receive(1, b"b", |p| got.push(p)),
+            rx.receive(1, 1, b"b", |_, p| got.push(p)),
             ReceiveOutcome::Duplicate
         );
         assert_eq!(
-            rx.receive(3 + 256, b"x", |p| got.push(p)),
+            rx.receive(3 + 256, 1, b"x", |_, p| got.push(p)),
             ReceiveOutcome::Dropped
         );
         assert_eq!(rx.buffered_bytes, 0);
@@ -315,14 +342,17 @@ mod tests {
         let big = vec![0u8; 1100];
         let mut accepted = 0;
         for id in 1..RELIABLE_WINDOW {
-            if rx.receive(id, &big, |_| {}) == ReceiveOutcome::Accepted {
+            if rx.receive(id, 1, &big, |_, _| {}) == ReceiveOutcome::Accepted {
                 accepted += 1;
             }
         }
         assert_eq!(accepted, RELIABLE_RECV_BUFFER_BYTES_MAX / 1100);
         assert!(rx.buffered_bytes <= RELIABLE_RECV_BUFFER_BYTES_MAX);
         let mut n = 0;
-        assert_eq!(rx.receive(0, b"", |_| n += 1), ReceiveOutcome::Accepted);
+        assert_eq!(
+            rx.receive(0, 1, b"", |_, _| n += 1),
+            ReceiveOutcome::Accepted
+        );
         assert_eq!(n, 1 + accepted);
         assert_eq!(rx.buffered_bytes, 0);
     }
@@ -332,11 +362,11 @@ mod tests {
         let t0 = Instant::now();
         let resend = Duration::from_millis(100);
         let mut tx = ReliableSender::default();
-        tx.push(b"one".to_vec());
-        tx.push(b"two".to_vec());
+        tx.push(1, b"one".to_vec());
+        tx.push(1, b"two".to_vec());
         let mut carried = Vec::new();
         assert_eq!(
-            tx.fill(t0, resend, 0, |id, _| {
+            tx.fill(t0, resend, 0, |_, id, _| {
                 carried.push(id);
                 true
             }),
@@ -347,7 +377,7 @@ mod tests {
         // Packet 0 lost; at t0+100ms both are resent in packet 1.
         let t1 = t0 + resend;
         assert!(tx.has_due(t1, resend));
-        assert_eq!(tx.fill(t1, resend, 1, |_, _| true), 2);
+        assert_eq!(tx.fill(t1, resend, 1, |_, _, _| true), 2);
         // The peer acks packet 1 only: both messages are done.
         tx.on_acks(1, 0, Some(1));
         assert_eq!(tx.n_queued(), 0);
@@ -360,10 +390,10 @@ mod tests {
         let t0 = Instant::now();
         let mut tx = ReliableSender::default();
         for i in 0..3u8 {
-            tx.push(vec![i; 10]);
+            tx.push(1, vec![i; 10]);
         }
         let mut room = 25usize;
-        let n = tx.fill(t0, RESEND_INTERVAL_DEFAULT, 0, |_, p| {
+        let n = tx.fill(t0, RESEND_INTERVAL_DEFAULT, 0, |_, _, p| {
             if p.len() > room {
                 return false;
             }
@@ -374,6 +404,22 @@ mod tests {
         assert!(
             tx.has_due(t0, RESEND_INTERVAL_DEFAULT),
             "third message still unsent"
+        );
+    }
+
+    #[test]
+    fn resend_interval_follows_rtt_and_variance() {
+        assert_eq!(resend_interval(None), RESEND_INTERVAL_DEFAULT);
+        // 50 ms smoothed, 5 ms variance: 50 + 4 x 5 = 70 ms.
+        assert_eq!(
+            resend_interval(Some((50_000, 5_000))),
+            Duration::from_millis(70)
+        );
+        // Tiny RTTs clamp up, huge ones clamp down; no overflow.
+        assert_eq!(resend_interval(Some((100, 0))), RESEND_INTERVAL_MIN);
+        assert_eq!(
+            resend_interval(Some((u64::MAX, u64::MAX))),
+            RESEND_INTERVAL_MAX
         );
     }
 }

@@ -5,12 +5,15 @@
 //! (`driver` feeds it) nor for anything a connection does once established (`conn`).
 //!
 //! Before allocating any per-client state the server checks, in this order: exact request
-//! size, version, protocol id, token expiry, that the token opens with the key, that this
+//! size, version, protocol id, token expiry, the per-source request rate (a fixed table of
+//! buckets: a flood costs a counter), that the token opens with the key, that this
 //! server's public address is in it, that the address and the account are not already
 //! connected, that the token is not in use by another address or already used, and capacity
 //! (full => a denied packet). Only then does it keep a bounded "pending" entry (the session
 //! keys, needed to open the response) and answer with a challenge; the connection is
 //! allocated when the response echoes the challenge. No reply is larger than the request.
+//! Every datagram from a connected address is charged to that connection's packet and byte
+//! budgets before it is decrypted.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -21,7 +24,8 @@ use rand::RngCore;
 use zerocopy::little_endian::U64;
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::conn::{Conn, ConnDrops, Delivered};
+use super::conn::{Conn, ConnDrops, ConnStats, Delivered};
+use super::limit::{self, ConnLimiter, RateLimits, SourceLimiter};
 use super::packet::{
     self, Acks, ChallengeBody, PacketError, PacketHeader, PacketType,
     CHALLENGE_TOKEN_PLAINTEXT_BYTES, MTU_BYTES,
@@ -64,6 +68,22 @@ pub struct EndpointConfig {
     /// Upper bound on the connection timeout: the effective timeout is
     /// `min(token.timeout_s, timeout_s)`.
     pub timeout_s: u32,
+    /// Per-connection and per-source rate limits.
+    pub limits: RateLimits,
+}
+
+impl EndpointConfig {
+    /// Defaults: 1024 clients, 10 s timeout, [`RateLimits::default`].
+    pub fn new(protocol_id: u64, token_key: TokenKey, public_addr: SocketAddr) -> Self {
+        Self {
+            protocol_id,
+            token_key,
+            public_addr,
+            max_clients: 1024,
+            timeout_s: 10,
+            limits: RateLimits::default(),
+        }
+    }
 }
 
 /// What happened on the server.
@@ -133,6 +153,12 @@ pub struct EndpointStats {
     pub dropped_stale_unreliable: u64,
     pub dropped_reliable_duplicate: u64,
     pub dropped_reliable_window: u64,
+    /// Fragments out of sequence or reassembled messages over the limit.
+    pub dropped_fragment_errors: u64,
+    /// Datagrams from a connected address over its packets/s or bytes/s budget.
+    pub dropped_rate_limited: u64,
+    /// Connection requests over their source IP's requests/s budget.
+    pub rejected_source_rate: u64,
 }
 
 /// A handshake between challenge and response.
@@ -220,6 +246,7 @@ struct ServerConn {
     addr: SocketAddr,
     account_id: u64,
     conn: Conn,
+    limiter: ConnLimiter,
     in_ready: bool,
     /// The client has sent an authenticated packet after the handshake, so it knows its id.
     confirmed: bool,
@@ -242,6 +269,7 @@ enum Refusal {
     UnknownPeer,
     Auth,
     Challenge,
+    SourceRate,
 }
 
 /// The sans-IO server endpoint.
@@ -267,6 +295,7 @@ pub struct Server {
     scratch: Box<[u8; MTU_BYTES]>,
     stats: EndpointStats,
     retired_drops: ConnDrops,
+    source_limiter: SourceLimiter,
 }
 
 impl Server {
@@ -280,6 +309,8 @@ impl Server {
         assert!(config.timeout_s > 0, "timeout_s must be > 0");
         let mut challenge_key = [0u8; 32];
         rng.fill_bytes(&mut challenge_key);
+        let source_key = [rng.next_u64(), rng.next_u64()];
+        let source_limiter = SourceLimiter::new(source_key, &config.limits);
         let pending_max = (config.max_clients * PENDING_PER_CLIENT).max(PENDING_MIN);
         let used_tokens_max = (config.max_clients * USED_TOKENS_PER_CLIENT).max(USED_TOKENS_MIN);
         Self {
@@ -307,6 +338,7 @@ impl Server {
             scratch: Box::new([0u8; MTU_BYTES]),
             stats: EndpointStats::default(),
             retired_drops: ConnDrops::default(),
+            source_limiter,
         }
     }
 
@@ -335,6 +367,24 @@ impl Server {
         self.conns.get(&client_id)?.conn.rtt_smoothed_us()
     }
 
+    /// RTT (smoothed and variance), loss and traffic counters of one connection.
+    pub fn conn_stats(&self, client_id: ClientId) -> Option<ConnStats> {
+        Some(self.conns.get(&client_id)?.conn.stats())
+    }
+
+    /// Calls `f` with the statistics of every open connection (no allocation).
+    pub fn for_each_conn_stats(&self, mut f: impl FnMut(ClientId, ConnStats)) {
+        for (&id, c) in &self.conns {
+            if c.closing_sends_left.is_none() {
+                f(id, c.conn.stats());
+            }
+        }
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        limit::millis_since(self.unix_anchor.0, now)
+    }
+
     /// Counters, with gauges filled in.
     pub fn stats(&self) -> EndpointStats {
         let mut s = self.stats;
@@ -348,6 +398,7 @@ impl Server {
         s.dropped_stale_unreliable = drops.stale_unreliable;
         s.dropped_reliable_duplicate = drops.reliable_duplicate;
         s.dropped_reliable_window = drops.reliable_dropped;
+        s.dropped_fragment_errors = drops.fragment_errors;
         s
     }
 
@@ -394,6 +445,7 @@ impl Server {
             Refusal::UnknownPeer => &mut s.dropped_unknown_peer,
             Refusal::Auth => &mut s.dropped_auth,
             Refusal::Challenge => &mut s.rejected_challenge,
+            Refusal::SourceRate => &mut s.rejected_source_rate,
         };
         *counter += 1;
     }
@@ -414,6 +466,10 @@ impl Server {
         let expire_unix_s = request.expire_unix_s.get();
         if expire_unix_s <= self.unix_now_s(now) {
             return Err(Refusal::Expired);
+        }
+        let now_ms = self.now_ms(now);
+        if !self.source_limiter.allow(&self.config.limits, now_ms, from) {
+            return Err(Refusal::SourceRate);
         }
         let private = token::open_private(
             &self.config.token_key,
@@ -566,7 +622,7 @@ impl Server {
         };
         self.used_tokens
             .insert(pending.token_nonce, pending.token_expire_unix_s);
-        self.accept(now, from, &header, pending);
+        self.accept(now, from, &header, bytes.len(), pending);
         Ok(())
     }
 
@@ -580,7 +636,15 @@ impl Server {
         self.used_tokens.len() < self.used_tokens_max
     }
 
-    fn accept(&mut self, now: Instant, addr: SocketAddr, header: &PacketHeader, p: Pending) {
+    fn accept(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        header: &PacketHeader,
+        datagram_bytes: usize,
+        p: Pending,
+    ) {
+        let limiter = ConnLimiter::new(&self.config.limits, self.now_ms(now));
         let client_id = ClientId(self.next_client_id);
         self.next_client_id += 1;
         let mut conn = Conn::new(
@@ -592,7 +656,7 @@ impl Server {
             now,
         );
         conn.set_client_id(client_id.0);
-        conn.on_authenticated(now, header);
+        conn.on_authenticated(now, header, datagram_bytes);
         conn.request_keepalive();
         self.conns.insert(
             client_id,
@@ -600,6 +664,7 @@ impl Server {
                 addr,
                 account_id: p.account_id,
                 conn,
+                limiter,
                 in_ready: true,
                 confirmed: false,
                 closing_sends_left: None,
@@ -623,6 +688,11 @@ impl Server {
             return;
         };
         if c.closing_sends_left.is_some() {
+            return;
+        }
+        let now_ms = limit::millis_since(self.unix_anchor.0, now);
+        if !c.limiter.allow(&self.config.limits, now_ms, bytes.len()) {
+            self.stats.dropped_rate_limited += 1;
             return;
         }
         let (header, packet_type) = match packet::read_header(bytes) {
@@ -655,7 +725,7 @@ impl Server {
                 return;
             }
         };
-        c.conn.on_authenticated(now, &header);
+        c.conn.on_authenticated(now, &header, bytes.len());
         match packet_type {
             PacketType::Keepalive => {
                 c.confirmed = true;
@@ -666,17 +736,20 @@ impl Server {
                 let events = &mut self.events;
                 let stats = &mut self.stats;
                 // A malformed body is counted inside the connection.
-                let _ = c.conn.on_payload(body, |Delivered { channel, payload }| {
-                    if events.len() >= SERVER_EVENTS_MAX {
-                        stats.dropped_events_full += 1;
-                    } else {
-                        events.push_back(ServerEvent::Message {
-                            client_id,
-                            channel,
-                            payload,
-                        });
-                    }
-                });
+                let flags = header.flags;
+                let _ = c
+                    .conn
+                    .on_payload(flags, body, |Delivered { channel, payload }| {
+                        if events.len() >= SERVER_EVENTS_MAX {
+                            stats.dropped_events_full += 1;
+                        } else {
+                            events.push_back(ServerEvent::Message {
+                                client_id,
+                                channel,
+                                payload,
+                            });
+                        }
+                    });
             }
             PacketType::ConnectionResponse => {
                 // The client has not seen our keepalive yet: send one now.
@@ -940,4 +1013,5 @@ fn add_drops(total: &mut ConnDrops, d: &ConnDrops) {
     total.stale_unreliable += d.stale_unreliable;
     total.reliable_duplicate += d.reliable_duplicate;
     total.reliable_dropped += d.reliable_dropped;
+    total.fragment_errors += d.fragment_errors;
 }

@@ -70,6 +70,7 @@ fn server(now: Instant, max_clients: usize) -> Server {
         public_addr: server_addr(),
         max_clients,
         timeout_s: 30,
+        limits: RateLimits::default(),
     };
     Server::new(config, now, UNIX0, StdRng::seed_from_u64(99))
 }
@@ -469,7 +470,7 @@ fn message_size_limits_and_packing() {
     let (i, id) = connect_one(&mut sim, 3);
     let too_big = vec![0u8; MESSAGE_BYTES_MAX + 1];
     assert_eq!(
-        sim.clients[i].client.send(Channel::Reliable, &too_big),
+        sim.clients[i].client.send(Channel::Unreliable, &too_big),
         Err(SendError::TooLarge {
             len: MESSAGE_BYTES_MAX + 1,
             max: MESSAGE_BYTES_MAX
@@ -477,6 +478,19 @@ fn message_size_limits_and_packing() {
     );
     assert!(matches!(
         sim.server.send(id, Channel::Unreliable, &too_big),
+        Err(SendError::TooLarge { .. })
+    ));
+    // Reliable messages are fragmented up to 64 KiB; one byte more is a typed error.
+    let over = vec![0u8; RELIABLE_MESSAGE_BYTES_MAX + 1];
+    assert_eq!(
+        sim.clients[i].client.send(Channel::Reliable, &over),
+        Err(SendError::TooLarge {
+            len: RELIABLE_MESSAGE_BYTES_MAX + 1,
+            max: RELIABLE_MESSAGE_BYTES_MAX
+        })
+    );
+    assert!(matches!(
+        sim.server.send(id, Channel::Reliable, &over),
         Err(SendError::TooLarge { .. })
     ));
     let max = vec![7u8; MESSAGE_BYTES_MAX];
@@ -499,6 +513,80 @@ fn message_size_limits_and_packing() {
         .unwrap();
     assert_eq!(len, HEADER_BYTES + 10 * (MESSAGE_HEADER_BYTES + 20) + 16);
     assert_eq!(sim.clients[i].client.poll_transmit(sim.now, &mut buf), None);
+}
+
+/// Pseudo-random bytes that LZ4 cannot shrink much (so fragments stay near the MTU).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen()).collect()
+}
+
+#[test]
+fn large_reliable_messages_are_fragmented_and_reassembled_under_loss() {
+    for seed in [21u64, 22] {
+        let mut sim = Sim::new(seed, 8);
+        let (i, id) = connect_one(&mut sim, 3);
+        sim.loss = 0.1;
+        sim.duplicate = 0.05;
+        let big = noise(seed, RELIABLE_MESSAGE_BYTES_MAX);
+        let mid = noise(seed + 1, 3 * MESSAGE_BYTES_MAX + 17);
+        let small = b"between".to_vec();
+        // Compressible, so it also crosses the LZ4 path in fragments.
+        let text = b"warpcore ".repeat(2000);
+        for m in [&big, &small, &mid, &text] {
+            sim.clients[i].client.send(Channel::Reliable, m).unwrap();
+        }
+        sim.server.send(id, Channel::Reliable, &big).unwrap();
+        let want = vec![big.clone(), small.clone(), mid.clone(), text.clone()];
+        let done = sim.run_until(Duration::from_secs(30), |s| {
+            s.server_messages(id, Channel::Reliable).len() == 4
+                && s.client_messages(i, Channel::Reliable).len() == 1
+        });
+        assert!(
+            done,
+            "seed {seed}: fragmented delivery incomplete: server got {:?}, client got {}, {:?} {:?}",
+            sim.server_messages(id, Channel::Reliable)
+                .iter()
+                .map(Vec::len)
+                .collect::<Vec<_>>(),
+            sim.client_messages(i, Channel::Reliable).len(),
+            sim.server.stats(),
+            sim.clients[i].client.stats()
+        );
+        sim.run(Duration::from_millis(300));
+        assert_eq!(
+            sim.server_messages(id, Channel::Reliable),
+            want,
+            "seed {seed}"
+        );
+        assert_eq!(sim.client_messages(i, Channel::Reliable), vec![big]);
+        assert_eq!(sim.server.stats().dropped_fragment_errors, 0);
+        assert!(sim.clients[i].client.stats().conn.packets_compressed > 0);
+    }
+}
+
+#[test]
+fn fragmented_send_is_all_or_nothing_when_the_queue_is_short() {
+    let mut sim = Sim::new(23, 8);
+    let (i, _) = connect_one(&mut sim, 3);
+    for _ in 0..RELIABLE_QUEUE_MAX - 10 {
+        sim.clients[i].client.send(Channel::Reliable, b"x").unwrap();
+    }
+    let big = noise(1, 20 * MESSAGE_BYTES_MAX);
+    assert_eq!(
+        sim.clients[i].client.send(Channel::Reliable, &big),
+        Err(SendError::QueueFull)
+    );
+    // Ten slots left: a ten-fragment message still fits.
+    let fits = noise(2, 10 * packet::FRAGMENT_DATA_BYTES);
+    sim.clients[i]
+        .client
+        .send(Channel::Reliable, &fits)
+        .unwrap();
+    assert_eq!(
+        sim.clients[i].client.send(Channel::Reliable, b"y"),
+        Err(SendError::QueueFull)
+    );
 }
 
 #[test]
@@ -1057,4 +1145,286 @@ fn fuzz_decoders_and_endpoints_never_panic() {
     // Mutated copies of the valid packets were dropped, not delivered twice.
     assert!(stats.dropped_replay > 0);
     assert_eq!(sim.clients[i].client.state(), ClientState::Connected);
+}
+
+// ---- rate limits, check order, stats, reconnection ------------------------------------
+
+fn server_with_limits(now: Instant, limits: RateLimits) -> Server {
+    let mut config = EndpointConfig::new(PROTOCOL_ID, key(), server_addr());
+    config.max_clients = 8;
+    config.timeout_s = 30;
+    config.limits = limits;
+    Server::new(config, now, UNIX0, StdRng::seed_from_u64(99))
+}
+
+#[test]
+fn connection_request_flood_costs_a_counter_not_memory() {
+    let t0 = Instant::now();
+    let limits = RateLimits {
+        source_requests_per_s: 10,
+        source_requests_burst: 20,
+        ..RateLimits::default()
+    };
+    let mut s = server_with_limits(t0, limits);
+    let mut buf = vec![0u8; MTU_BYTES];
+    // 10 000 well-formed requests with forged tokens from one IP, many ports, in one second:
+    // only the burst plus the refill reaches the (expensive) token open.
+    let mut forged = token(1, 60, 5, 1);
+    for n in 0..10_000u32 {
+        forged.private_sealed[0] = n as u8;
+        forged.private_sealed[1] = (n >> 8) as u8;
+        let from = SocketAddr::new([192, 0, 2, 7].into(), 1024 + (n % 60_000) as u16);
+        let now = t0 + Duration::from_micros(u64::from(n) * 100);
+        s.handle_datagram(now, from, &request_bytes(&forged));
+        assert_eq!(s.poll_transmit(now, &mut buf), None);
+    }
+    let stats = s.stats();
+    assert_eq!(
+        stats.rejected_source_rate + stats.rejected_token_invalid,
+        10_000
+    );
+    // Burst of 20 plus 10/s for one second.
+    assert!(
+        (20..=31).contains(&stats.rejected_token_invalid),
+        "{}",
+        stats.rejected_token_invalid
+    );
+    assert_eq!(s.n_pending(), 0, "nothing kept");
+    // A legitimate client on another IP is unaffected.
+    let good = request_bytes(&token(2, 60, 5, 2));
+    s.handle_datagram(t0 + Duration::from_secs(1), client_addr(3), &good);
+    assert_eq!(s.n_pending(), 1);
+}
+
+#[test]
+fn connected_flood_is_dropped_before_decryption() {
+    let mut sim = Sim::new(30, 8);
+    let (i, id) = connect_one(&mut sim, 4);
+    sim.run(Duration::from_millis(200));
+    let mut buf = vec![0u8; MTU_BYTES];
+    sim.clients[i]
+        .client
+        .send(Channel::Unreliable, &[1u8; 1000])
+        .unwrap();
+    let len = sim.clients[i]
+        .client
+        .poll_transmit(sim.now, &mut buf)
+        .unwrap();
+    let from = client_addr(i);
+    // 5000 copies in the same millisecond: far over 1000 packets and 1 MiB of burst.
+    for _ in 0..5000 {
+        sim.server.handle_datagram(sim.now, from, &buf[..len]);
+    }
+    let stats = sim.server.stats();
+    assert!(stats.dropped_rate_limited >= 4000, "{stats:?}");
+    assert!(stats.dropped_replay > 0, "copies within budget are replays");
+    assert_eq!(stats.dropped_auth, 0, "limited copies were never decrypted");
+    // The budget refills: the connection survives the flood.
+    sim.run(Duration::from_secs(2));
+    assert_eq!(sim.clients[i].client.state(), ClientState::Connected);
+    assert!(sim.server.conn_stats(id).is_some());
+}
+
+#[test]
+fn request_checks_run_in_the_documented_order() {
+    let zero = Duration::ZERO;
+    // Version before protocol.
+    let mut t = token(1, 30, 5, 1);
+    t.protocol_id += 1;
+    let mut both = request_bytes(&t);
+    both[5] ^= 1;
+    assert_refused(&both, |s| s.rejected_version, zero);
+    // Protocol before expiry.
+    assert_refused(
+        &request_bytes(&t),
+        |s| s.rejected_protocol,
+        Duration::from_secs(60),
+    );
+    // Expiry before opening the token.
+    let mut forged = token(1, 30, 5, 1);
+    forged.private_sealed[0] ^= 1;
+    assert_refused(
+        &request_bytes(&forged),
+        |s| s.rejected_expired,
+        Duration::from_secs(60),
+    );
+    // Token validity before the server address.
+    let mut elsewhere = token_with(&key(), 1, 30, 5, vec!["10.9.9.9:1".parse().unwrap()], 1);
+    elsewhere.private_sealed[0] ^= 1;
+    assert_refused(
+        &request_bytes(&elsewhere),
+        |s| s.rejected_token_invalid,
+        zero,
+    );
+    // Server address before "already connected" and "token reused".
+    let mut sim = Sim::new(31, 8);
+    let t = token(5, 60, 5, 5);
+    let i = sim.add_client(t.clone());
+    assert!(
+        sim.run_until(Duration::from_secs(1), |s| s.clients[i].client.state()
+            == ClientState::Connected)
+    );
+    let wrong = token_with(&key(), 5, 60, 5, vec!["10.9.9.9:1".parse().unwrap()], 9);
+    sim.server
+        .handle_datagram(sim.now, client_addr(40), &request_bytes(&wrong));
+    assert_eq!(sim.server.stats().rejected_wrong_server, 1);
+    // Account connected before token reuse: the same token from a second address.
+    sim.server
+        .handle_datagram(sim.now, client_addr(41), &request_bytes(&t));
+    assert_eq!(sim.server.stats().rejected_already_connected, 1);
+    assert_eq!(sim.server.stats().rejected_token_reused, 0);
+}
+
+#[test]
+fn connection_stats_measure_rtt_variance_loss_and_traffic() {
+    let mut sim = Sim::new(32, 8);
+    sim.latency = Duration::from_millis(25);
+    let (i, id) = connect_one(&mut sim, 6);
+    sim.loss = 0.1;
+    for k in 0..500u32 {
+        sim.server
+            .send(id, Channel::Unreliable, &k.to_le_bytes())
+            .unwrap();
+        sim.clients[i]
+            .client
+            .send(Channel::Unreliable, &k.to_le_bytes())
+            .unwrap();
+        sim.step(Duration::from_millis(10));
+    }
+    sim.run(Duration::from_secs(1));
+    let server = sim.server.conn_stats(id).unwrap();
+    let client = sim.clients[i].client.stats().conn;
+    for s in [server, client] {
+        let rtt = s.rtt_smoothed_us.unwrap();
+        // 2 x 25 ms, plus up to a few 1 ms simulation steps of queueing.
+        assert!((50_000..=57_000).contains(&rtt), "{s:?}");
+        assert!(s.rtt_var_us.unwrap() < 10_000, "{s:?}");
+        assert!(s.packets_in > 0 && s.packets_out > 0 && s.bytes_in > s.packets_in);
+        // 10% loss each way; a packet counts as lost if it or every later ack was lost.
+        let loss = s.loss_fraction();
+        assert!((0.04..=0.2).contains(&loss), "loss {loss}: {s:?}");
+    }
+    assert!(server.packets_out >= 500);
+    // The server authenticated at most what the client sent, and about 90% of it.
+    assert!(server.packets_in <= client.packets_out);
+    assert!(server.packets_in * 10 >= client.packets_out * 8);
+}
+
+#[test]
+fn backoff_doubles_with_jitter_up_to_the_cap() {
+    let policy = ReconnectPolicy {
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(2),
+        attempts_max: 20,
+    };
+    let mut rng = StdRng::seed_from_u64(5);
+    for attempt in 1..=20u32 {
+        let base = (Duration::from_millis(100) * 2u32.pow((attempt - 1).min(10)))
+            .min(Duration::from_secs(2));
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            let d = policy.backoff(attempt, &mut rng);
+            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?}");
+            seen.push(d);
+        }
+        seen.sort();
+        seen.dedup();
+        assert!(seen.len() > 50, "jittered");
+    }
+    assert!(ReconnectPolicy::retries(DisconnectReason::TimedOut));
+    assert!(!ReconnectPolicy::retries(DisconnectReason::ClosedByPeer));
+    assert!(!ReconnectPolicy::retries(DisconnectReason::ClosedLocally));
+}
+
+#[test]
+fn client_reconnects_with_a_fresh_token_after_a_timeout() {
+    let mut sim = Sim::new(33, 8);
+    let (i, first_id) = connect_one(&mut sim, 8);
+    let policy = ReconnectPolicy {
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(1),
+        attempts_max: 5,
+    };
+    sim.clients[i].client.set_reconnect(Some(policy));
+    sim.cut = true;
+    sim.run(Duration::from_millis(5100));
+    assert_eq!(
+        sim.clients[i].client.state(),
+        ClientState::WaitingToReconnect { attempt: 1 }
+    );
+    assert!(sim.clients[i].events.contains(&ClientEvent::Disconnected {
+        reason: DisconnectReason::TimedOut
+    }));
+    assert_eq!(sim.clients[i].client.token_wanted(), Some(1));
+    assert_eq!(
+        sim.clients[i].client.poll_timeout(),
+        None,
+        "waits for a token"
+    );
+    // The old token is spent; the caller supplies a new one (same account).
+    let fresh = token(8, 60, 5, 808);
+    assert!(sim.clients[i].client.reconnect(sim.now, fresh));
+    sim.cut = false;
+    assert!(
+        sim.run_until(Duration::from_secs(3), |s| s.clients[i].client.state()
+            == ClientState::Connected)
+    );
+    let second_id = sim.client_id(i);
+    assert!(second_id.0 > first_id.0);
+    assert_eq!(sim.clients[i].client.stats().reconnects, 1);
+    // Reliable traffic works on the new session.
+    sim.clients[i]
+        .client
+        .send(Channel::Reliable, b"again")
+        .unwrap();
+    sim.run(Duration::from_millis(100));
+    assert_eq!(
+        sim.server_messages(second_id, Channel::Reliable),
+        vec![b"again".to_vec()]
+    );
+}
+
+#[test]
+fn reconnect_attempts_back_off_and_give_up() {
+    let mut sim = Sim::new(34, 8);
+    sim.cut = true;
+    let i = sim.add_client(token(9, 60, 1, 9));
+    let policy = ReconnectPolicy {
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(400),
+        attempts_max: 3,
+    };
+    sim.clients[i].client.set_reconnect(Some(policy));
+    let mut waits = Vec::new();
+    let mut seed = 900;
+    for attempt in 1..=3u32 {
+        assert!(sim.run_until(Duration::from_secs(3), |s| s.clients[i]
+            .client
+            .token_wanted()
+            == Some(attempt)));
+        seed += 1;
+        let asked_at = sim.now;
+        sim.clients[i]
+            .client
+            .reconnect(sim.now, token(9, 60, 1, seed));
+        assert!(
+            sim.run_until(Duration::from_secs(3), |s| s.clients[i].client.state()
+                == ClientState::SendingRequest)
+        );
+        waits.push(sim.now - asked_at);
+    }
+    // Each wait is within [base/2, base] of 100, 200, 400 ms (plus the 1 ms step).
+    for (w, base) in waits.iter().zip([100u64, 200, 400]) {
+        let base = Duration::from_millis(base);
+        assert!(
+            *w >= base / 2 && *w <= base + Duration::from_millis(2),
+            "{waits:?}"
+        );
+    }
+    sim.run(Duration::from_secs(2));
+    assert_eq!(
+        sim.clients[i].client.state(),
+        ClientState::Disconnected(DisconnectReason::HandshakeTimedOut)
+    );
+    assert_eq!(sim.clients[i].client.token_wanted(), None);
 }
