@@ -57,6 +57,20 @@ pub struct ServerArgs {
     #[arg(long, env = "WARPCORE_UDP_TIMEOUT_S", default_value_t = 10)]
     pub udp_timeout_s: u32,
 
+    /// Packets per second one UDP connection may send before the excess is dropped
+    /// (and counted); one second of burst on top.
+    #[arg(long, env = "WARPCORE_UDP_CONN_PACKETS_PER_S", default_value_t = 1000)]
+    pub udp_conn_packets_per_s: u32,
+
+    /// Connection requests per second accepted from one source IP (bots on one machine
+    /// share an IP: raise it for large swarms); twice that as burst.
+    #[arg(
+        long,
+        env = "WARPCORE_UDP_SOURCE_REQUESTS_PER_S",
+        default_value_t = 1000
+    )]
+    pub udp_source_requests_per_s: u32,
+
     /// Protocol id carried by tokens and packets.
     #[arg(long, env = "WARPCORE_PROTOCOL_ID", default_value_t = PROTOCOL_ID_DEFAULT)]
     pub protocol_id: u64,

@@ -26,7 +26,7 @@ use warpcore_engine::{
 use warpcore_gateway::{Argon2Params, GatewayConfig};
 use warpcore_metrics::{Counter, Gauge, LocalHistogram, Registry};
 use warpcore_net::driver::{spawn_server, ServerConfig, ServerEvent, ServerHandle};
-use warpcore_net::proto::MESSAGE_BYTES_MAX;
+use warpcore_net::proto::{RateLimits, MESSAGE_BYTES_MAX};
 use warpcore_net::token::TokenKey;
 use warpcore_net::{Channel, ClientId};
 use warpcore_persistence::write_behind::{
@@ -137,8 +137,16 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
     tracing::info!(entities = loaded.len(), "world loaded");
 
     let token_key = token_key(args.token_key.as_deref())?;
+    let limits = RateLimits {
+        conn_packets_per_s: args.udp_conn_packets_per_s,
+        conn_packets_burst: args.udp_conn_packets_per_s,
+        source_requests_per_s: args.udp_source_requests_per_s,
+        source_requests_burst: args.udp_source_requests_per_s.saturating_mul(2),
+        ..RateLimits::default()
+    };
     let net = spawn_server(ServerConfig {
         public_addr: args.udp_public_addr,
+        limits,
         max_clients: args.max_clients,
         timeout_s: args.udp_timeout_s,
         ..ServerConfig::new(args.udp_addr, args.protocol_id, token_key.clone())

@@ -1,14 +1,14 @@
 //! Crash recovery with a real child process: `warpcore` runs as a child on ephemeral
-//! ports, bots fly, the child is killed with SIGKILL mid-flight, and the file must hold
-//! every acknowledged account and world state no older than about one flush interval.
+//! ports, bots fly, the child is killed with SIGKILL mid-flight, and the database must
+//! hold every acknowledged account and world state no older than about one flush
+//! interval. Once on SQLite, once on a real PostgreSQL (its own database, dropped after).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use warpcore_persistence::sqlite::SqliteStore;
-use warpcore_persistence::Store;
+use warpcore_persistence::test_util::PgDatabase;
 use warpcore_tools::swarm::{self, SwarmConfig};
 
 const BOTS: usize = 20;
@@ -25,11 +25,10 @@ impl Drop for ChildGuard {
 }
 
 /// Starts `warpcore` on ephemeral ports and reads the addresses from its banner line.
-fn spawn_server(db: &std::path::Path) -> (ChildGuard, SocketAddr) {
+fn spawn_server(database: &str) -> (ChildGuard, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_warpcore"))
         .args(["--udp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .arg("--database")
-        .arg(db)
+        .args(["--database", database])
         .args(["--flush-interval-ms", &FLUSH_INTERVAL_MS.to_string()])
         .args(["--argon2-m-kib", "1024", "--argon2-t", "1", "--log", "warn"])
         .stdout(Stdio::piped())
@@ -60,10 +59,22 @@ fn spawn_server(db: &std::path::Path) -> (ChildGuard, SocketAddr) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_flight_loses_at_most_about_one_flush() {
+async fn kill_9_mid_flight_on_sqlite_loses_at_most_about_one_flush() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crash.db");
-    let (mut child, http) = spawn_server(&db);
+    let db = dir.path().join("crash.db").display().to_string();
+    kill_9_mid_flight(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_flight_on_postgres_loses_at_most_about_one_flush() {
+    let Some(pg) = PgDatabase::create("crash").await else {
+        return; // printed why; only outside CI
+    };
+    kill_9_mid_flight(&pg.url()).await;
+}
+
+async fn kill_9_mid_flight(database: &str) {
+    let (mut child, http) = spawn_server(database);
 
     let flight = tokio::spawn(swarm::run(SwarmConfig {
         http_base: format!("http://{http}"),
@@ -84,11 +95,9 @@ async fn kill_9_mid_flight_loses_at_most_about_one_flush() {
     child.0.wait().expect("reap");
     let report = flight.await.unwrap().expect("swarm set-up succeeded");
 
-    let path = db.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+    let store = warpcore_persistence::open(database)
         .await
-        .unwrap()
-        .expect("the file opens after a crash");
+        .expect("the database opens after a crash");
     let world = store.load_world().await.expect("load world");
 
     let mut worst_gap_m = 0.0f64;
