@@ -86,6 +86,7 @@ async fn kill_9_mid_flight(database: &str) {
         setup_concurrency: 4,
         seed: 11,
         connect_timeout: Duration::from_secs(15),
+        ..SwarmConfig::new(String::new(), 0, Duration::ZERO)
     }));
 
     // Kill once every bot has seen its ship move: mid-flight, with writes in the air.

@@ -37,6 +37,7 @@ fn swarm_config(http_addr: SocketAddr, flight: Duration) -> SwarmConfig {
         setup_concurrency: 8,
         seed: 7,
         connect_timeout: Duration::from_secs(15),
+        ..SwarmConfig::new(String::new(), 0, Duration::ZERO)
     }
 }
 
@@ -199,4 +200,46 @@ async fn a_recorded_live_run_replays_to_the_same_state_hash() {
     assert!(hgrm_dir
         .join("warpcore_tick_phase_seconds_phase-simulate.hgrm")
         .exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_behind_a_lossy_slow_link_stay_connected_and_fly() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(server_args(&dir))
+        .await
+        .expect("server starts");
+    let mut config = swarm_config(running.http_addr, Duration::from_secs(3));
+    config.clients = 20;
+    config.username_prefix = "lossy_bot_".into();
+    config.behaviour = warpcore_tools::swarm::Behaviour::Battle;
+    config.impairment = warpcore_tools::swarm::impair::Impairment {
+        loss: 0.10,
+        duplicate: 0.05,
+        latency: Duration::from_millis(20),
+        jitter: Duration::from_millis(10),
+    };
+    let report = swarm::run(config).await.expect("swarm runs");
+    println!("{}", report.summary());
+    assert!(
+        report.all_ok(),
+        "every bot connects and moves through the impairment"
+    );
+    assert_eq!(
+        report.disconnects(),
+        0,
+        "10% loss is no reason to drop a connection"
+    );
+    assert!(
+        report.lost_by_impairment > 0,
+        "the impairment really dropped datagrams"
+    );
+    // 20 ms each way: no round trip can be shorter than 40 ms.
+    assert!(
+        report.rtt_us.min() >= 40_000,
+        "rtt min {} µs",
+        report.rtt_us.min()
+    );
+    let server = report.server.as_ref().expect("the swarm read /metrics");
+    assert!(server.tick_p99_ms.is_some());
+    running.stop().await.expect("clean stop");
 }

@@ -1,11 +1,15 @@
 //! `warpcore-swarm`: bot clients over real HTTP and UDP against a running server.
-//! Prints connections, snapshots per bot and client-side RTT percentiles; exits
-//! non-zero if any bot failed to connect or never saw its own ship move.
+//! Prints connections, snapshots per bot, client-side RTT, snapshot-interval and
+//! received-bytes percentiles, and the server's own figures from `/metrics`; exits
+//! non-zero if any bot failed to connect or never saw its own ship move, or if an
+//! `--slo` is breached.
 
 use std::time::Duration;
 
 use clap::Parser;
-use warpcore_tools::swarm::{self, SwarmConfig};
+use warpcore_tools::swarm::impair::Impairment;
+use warpcore_tools::swarm::slo::Slo;
+use warpcore_tools::swarm::{self, Behaviour, SwarmConfig};
 
 /// Run bot clients against a warpcore server.
 #[derive(Debug, Parser)]
@@ -24,9 +28,12 @@ struct Args {
         default_value = "http://127.0.0.1:8080"
     )]
     http: String,
-    /// Threads pumping bot sockets.
+    /// Threads driving bot sockets (each runs one mio poll loop).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// What the bots do.
+    #[arg(long, value_enum, default_value_t = Behaviour::Roam)]
+    behaviour: Behaviour,
     /// Username prefix (bots are `{prefix}{n}`; existing ones log in). Default: fresh per run.
     #[arg(long)]
     prefix: Option<String>,
@@ -36,12 +43,32 @@ struct Args {
     /// HTTP requests in flight at once during set-up.
     #[arg(long, default_value_t = 8)]
     setup_concurrency: usize,
-    /// Seed for the bots' flight plans.
+    /// Seed for the bots' flight plans and the impairment.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Seconds a bot may take to connect over UDP.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 15.0)]
     connect_timeout: f64,
+    /// Client-side loss probability for every datagram, each way (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Client-side duplication probability, each way (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    duplicate: f64,
+    /// Client-side one-way latency added to every datagram, milliseconds.
+    #[arg(long, default_value_t = 0.0)]
+    latency_ms: f64,
+    /// Client-side extra one-way delay, uniform up to this, milliseconds (reorders).
+    #[arg(long, default_value_t = 0.0)]
+    jitter_ms: f64,
+    /// An objective checked at the end, `name=limit` (repeatable): rtt-p99-ms,
+    /// rtt-max-ms, rx-bytes-per-s-p99, snapshots-per-s-min, connect-failures,
+    /// disconnects, server-tick-p99-ms.
+    #[arg(long = "slo")]
+    slos: Vec<Slo>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +78,20 @@ fn main() -> anyhow::Result<()> {
         .init();
     if !(args.seconds.is_finite() && args.seconds > 0.0) || args.clients == 0 {
         anyhow::bail!("--clients and --seconds must be positive");
+    }
+    for (name, p) in [("--loss", args.loss), ("--duplicate", args.duplicate)] {
+        if !(0.0..=1.0).contains(&p) {
+            anyhow::bail!("{name} is a probability between 0 and 1");
+        }
+    }
+    for (name, ms) in [
+        ("--latency-ms", args.latency_ms),
+        ("--jitter-ms", args.jitter_ms),
+        ("--connect-timeout", args.connect_timeout),
+    ] {
+        if !(ms.is_finite() && ms >= 0.0) {
+            anyhow::bail!("{name} must be a finite number >= 0");
+        }
     }
     let prefix = args
         .prefix
@@ -65,16 +106,29 @@ fn main() -> anyhow::Result<()> {
         setup_concurrency: args.setup_concurrency,
         seed: args.seed,
         connect_timeout: Duration::from_secs_f64(args.connect_timeout.max(0.1)),
+        behaviour: args.behaviour,
+        impairment: Impairment {
+            loss: args.loss,
+            duplicate: args.duplicate,
+            latency: Duration::from_secs_f64(args.latency_ms / 1000.0),
+            jitter: Duration::from_secs_f64(args.jitter_ms / 1000.0),
+        },
+        progress: !args.quiet,
     };
     let runtime = tokio::runtime::Runtime::new()?;
-    println!(
+    eprintln!(
         "setting up {} bots against {} ...",
         config.clients, config.http_base
     );
     let report = runtime.block_on(swarm::run(config))?;
     println!("{}", report.summary());
+    let mut failed = false;
+    for result in report.check(&args.slos) {
+        println!("{result}");
+        failed |= !result.passed();
+    }
     if !report.all_ok() {
-        let failed: Vec<&str> = report
+        let names: Vec<&str> = report
             .bots
             .iter()
             .filter(|b| !(b.connected && b.saw_own_ship_move))
@@ -82,8 +136,11 @@ fn main() -> anyhow::Result<()> {
             .take(10)
             .collect();
         eprintln!(
-            "FAILED: some bots did not connect or never saw their ship move (first: {failed:?})"
+            "FAILED: some bots did not connect or never saw their ship move (first: {names:?})"
         );
+        failed = true;
+    }
+    if failed {
         std::process::exit(1);
     }
     Ok(())

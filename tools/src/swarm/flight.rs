@@ -1,0 +1,379 @@
+//! One swarm thread: a share of the bots, each with its own non-blocking UDP socket
+//! registered with one `mio::Poll`, each driving a sans-IO `warpcore_net::Client`.
+//! The thread sleeps in `poll` until a socket is readable, a held-back (impaired)
+//! datagram is due, or a bot's next command or protocol timer is due.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use warpcore_engine::wire::{ClientMsg, ServerMsg, SnapshotView};
+use warpcore_metrics as histogram;
+use warpcore_net::proto::MTU_BYTES;
+use warpcore_net::{Channel, Client, ClientEvent};
+
+use super::impair::{Direction, Impairer, Impairment};
+use super::{Behaviour, BotReport, Ticket};
+
+/// How often a bot repeats its command (commands ride the unreliable channel).
+const COMMAND_INTERVAL: Duration = Duration::from_millis(100);
+/// Fastest a bot asks to fly: below the starter hull's 300 m/s (persistence's demo
+/// content), so honest bots never trip the engine's speed check.
+const BOT_SPEED_MAX_MPS: f32 = 250.0;
+/// A ship counts as moved once it is this far from where it was first seen.
+const MOVED_EPSILON_M: f64 = 1.0;
+/// Longest the thread sleeps without a reason to wake (bounds timer lateness).
+const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(5);
+/// Datagrams read from one socket per readiness event before moving on (fairness).
+const RECV_BATCH_MAX: usize = 64;
+
+/// Counters every swarm thread updates, read by the progress bar.
+#[derive(Default)]
+pub struct Progress {
+    pub connected: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub disconnects: AtomicU64,
+}
+
+/// What one thread hands back.
+pub struct ThreadReport {
+    pub bots: Vec<BotReport>,
+    pub rtt_us: Histogram<u64>,
+    pub snapshot_interval_us: Histogram<u64>,
+    pub lost_by_impairment: u64,
+}
+
+/// The plan of one thread's run.
+pub struct FlightPlan {
+    pub behaviour: Behaviour,
+    pub impairment: Impairment,
+    pub connect_timeout: Duration,
+    pub flight: Duration,
+    pub seed: u64,
+}
+
+struct Bot {
+    client: Client,
+    socket: UdpSocket,
+    report: BotReport,
+    first_position: Option<(f64, f64)>,
+    position: Option<(f64, f64)>,
+    /// Mean position of the other ships in the last snapshot (battle behaviour).
+    crowd_centre: Option<(f64, f64)>,
+    nearest_other: Option<u64>,
+    next_command_at: Instant,
+    next_turn_at: Instant,
+    desired: (f32, f32),
+    seq: u32,
+    was_connected: bool,
+}
+
+/// Flies `tickets` until the plan's flight ends.
+///
+/// # Errors
+/// A socket could not be opened or registered.
+pub fn fly(
+    tickets: Vec<Ticket>,
+    plan: &FlightPlan,
+    progress: &Progress,
+) -> anyhow::Result<ThreadReport> {
+    let mut rng = StdRng::seed_from_u64(plan.seed);
+    let mut poll = Poll::new().context("creating a mio Poll")?;
+    let start = Instant::now();
+    let mut bots = Vec::with_capacity(tickets.len());
+    for (i, ticket) in tickets.into_iter().enumerate() {
+        let mut socket = bind_for(ticket.server_addr)
+            .with_context(|| format!("bot {}: opening UDP socket", ticket.username))?;
+        socket.connect(ticket.server_addr)?;
+        poll.registry()
+            .register(&mut socket, Token(i), Interest::READABLE)?;
+        bots.push(Bot {
+            client: Client::new(ticket.token, ticket.server_addr, start, rng.gen()),
+            socket,
+            report: BotReport::new(ticket.username),
+            first_position: None,
+            position: None,
+            crowd_centre: None,
+            nearest_other: None,
+            next_command_at: start,
+            next_turn_at: start,
+            desired: (0.0, 0.0),
+            seq: 0,
+            was_connected: false,
+        });
+    }
+
+    let mut out = ThreadReport {
+        bots: Vec::new(),
+        rtt_us: histogram::micros(),
+        snapshot_interval_us: histogram::micros(),
+        lost_by_impairment: 0,
+    };
+    let mut impairer = Impairer::new(plan.impairment);
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 2048];
+    let connect_deadline = start + plan.connect_timeout;
+    let mut flight_end: Option<Instant> = None;
+    let mut next_sweep = start;
+
+    loop {
+        let now = Instant::now();
+        match flight_end {
+            None if now >= connect_deadline || bots.iter().all(|b| b.report.connected) => {
+                flight_end = Some(now + plan.flight);
+            }
+            Some(end) if now >= end => break,
+            _ => {}
+        }
+
+        // Held-back datagrams that are due.
+        while let Some(d) = impairer.pop_due(now) {
+            let bot = &mut bots[d.bot];
+            match d.direction {
+                Direction::Out => {
+                    let _ = bot.socket.send(&d.bytes);
+                }
+                Direction::In => bot.client.handle_datagram(now, &d.bytes),
+            }
+        }
+
+        // Readable sockets.
+        for event in events.iter() {
+            let i = event.token().0;
+            let Some(bot) = bots.get_mut(i) else { continue };
+            for _ in 0..RECV_BATCH_MAX {
+                match bot.socket.recv(&mut buf) {
+                    Ok(len) => {
+                        let copies = impairer.admit(now, &mut rng, i, Direction::In, &buf[..len]);
+                        for _ in 0..copies {
+                            bot.client.handle_datagram(now, &buf[..len]);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => break, // e.g. ICMP port unreachable: the timeout decides
+                }
+            }
+            bot.service(i, now, plan, &mut rng, &mut impairer, &mut out, progress);
+        }
+
+        // Timers and commands of every bot, a few hundred times a second at most.
+        if now >= next_sweep {
+            for (i, bot) in bots.iter_mut().enumerate() {
+                bot.service(i, now, plan, &mut rng, &mut impairer, &mut out, progress);
+            }
+            next_sweep = now + Duration::from_millis(2);
+        }
+
+        let mut timeout =
+            POLL_TIMEOUT_MAX.min(next_sweep.saturating_duration_since(Instant::now()));
+        if let Some(due) = impairer.next_due() {
+            timeout = timeout.min(due.saturating_duration_since(Instant::now()));
+        }
+        poll.poll(&mut events, Some(timeout)).context("mio poll")?;
+    }
+
+    // Goodbye, unimpaired: a clean disconnect is not part of the experiment.
+    for bot in bots.iter_mut() {
+        bot.client.disconnect();
+        let now = Instant::now();
+        while let Some(len) = bot.client.poll_transmit(now, &mut buf) {
+            let _ = bot.socket.send(&buf[..len]);
+        }
+    }
+    out.lost_by_impairment = impairer.lost + impairer.overflowed;
+    out.bots = bots.into_iter().map(|b| b.report).collect();
+    Ok(out)
+}
+
+fn bind_for(server: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local: SocketAddr = if server.is_ipv4() {
+        if server.ip().is_loopback() {
+            "127.0.0.1:0"
+        } else {
+            "0.0.0.0:0"
+        }
+    } else if server.ip().is_loopback() {
+        "[::1]:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("static address parses");
+    UdpSocket::bind(local)
+}
+
+impl Bot {
+    /// Handles the client's events and timers, sends a command when one is due, and
+    /// flushes everything the client wants to transmit through the impairment.
+    #[allow(clippy::too_many_arguments)]
+    fn service(
+        &mut self,
+        i: usize,
+        now: Instant,
+        plan: &FlightPlan,
+        rng: &mut StdRng,
+        impairer: &mut Impairer,
+        out: &mut ThreadReport,
+        progress: &Progress,
+    ) {
+        if self.client.poll_timeout().is_some_and(|t| t <= now) {
+            self.client.handle_timeout(now);
+        }
+        while let Some(event) = self.client.poll_event() {
+            match event {
+                ClientEvent::Connected { .. } => {
+                    if !self.report.connected {
+                        progress.connected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.report.connected = true;
+                    self.was_connected = true;
+                }
+                ClientEvent::RttSample { rtt_us } => histogram::record(&mut out.rtt_us, rtt_us),
+                ClientEvent::Message { payload, .. } => {
+                    self.on_message(now, &payload, out, progress)
+                }
+                ClientEvent::Disconnected { .. } => {
+                    if self.was_connected {
+                        self.report.disconnects += 1;
+                        progress.disconnects.fetch_add(1, Ordering::Relaxed);
+                        self.was_connected = false;
+                    }
+                }
+            }
+        }
+        if self.was_connected && self.report.ship_id != 0 && now >= self.next_command_at {
+            self.command(now, plan.behaviour, rng);
+        }
+        let mut scratch = [0u8; MTU_BYTES];
+        while let Some(len) = self.client.poll_transmit(now, &mut scratch) {
+            let copies = impairer.admit(now, rng, i, Direction::Out, &scratch[..len]);
+            for _ in 0..copies {
+                if self.socket.send(&scratch[..len]).is_ok() {
+                    self.report.datagrams_sent += 1;
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, now: Instant, behaviour: Behaviour, rng: &mut StdRng) {
+        let desired = match (behaviour, self.position, self.crowd_centre) {
+            // Converge on the crowd the bot can see (the "MassiveBattle"), and open fire.
+            (Behaviour::Battle, Some((x, y)), Some((cx, cy))) => {
+                let (dx, dy) = (cx - x, cy - y);
+                let distance = dx.hypot(dy);
+                // Slow down on arrival instead of orbiting the centre.
+                let speed = (distance as f32 * 0.5).min(BOT_SPEED_MAX_MPS);
+                if distance < 1.0 {
+                    (0.0, 0.0)
+                } else {
+                    (
+                        (dx / distance) as f32 * speed,
+                        (dy / distance) as f32 * speed,
+                    )
+                }
+            }
+            // Roaming, or a battle bot that sees nobody yet: a new heading every 1–3 s,
+            // at a speed every starter hull can fly.
+            _ => {
+                if now >= self.next_turn_at {
+                    let angle = rng.gen_range(0.0..std::f32::consts::TAU);
+                    let speed = rng.gen_range(50.0..BOT_SPEED_MAX_MPS);
+                    self.desired = (angle.cos() * speed, angle.sin() * speed);
+                    self.next_turn_at = now + Duration::from_millis(rng.gen_range(1000..3000));
+                }
+                self.desired
+            }
+        };
+        self.seq = self.seq.wrapping_add(1);
+        let mut msg = Vec::with_capacity(32);
+        ClientMsg::Move {
+            entity_id: self.report.ship_id,
+            seq: self.seq,
+            vx_mps: desired.0,
+            vy_mps: desired.1,
+        }
+        .encode(&mut msg);
+        if self.client.send(Channel::Unreliable, &msg).is_ok() {
+            self.report.moves_sent += 1;
+        }
+        if behaviour == Behaviour::Battle {
+            if let Some(target) = self.nearest_other {
+                self.seq = self.seq.wrapping_add(1);
+                msg.clear();
+                ClientMsg::Attack {
+                    entity_id: self.report.ship_id,
+                    seq: self.seq,
+                    target_id: target,
+                }
+                .encode(&mut msg);
+                let _ = self.client.send(Channel::Unreliable, &msg);
+            }
+        }
+        self.next_command_at = now + COMMAND_INTERVAL;
+    }
+
+    fn on_message(
+        &mut self,
+        now: Instant,
+        payload: &[u8],
+        out: &mut ThreadReport,
+        progress: &Progress,
+    ) {
+        self.report.bytes_received += payload.len() as u64;
+        // Snapshots are read in place; other messages (events) only count bytes.
+        let Ok(view) = SnapshotView::parse(payload) else {
+            if ServerMsg::decode(payload).is_ok() {
+                self.report.events += 1;
+            }
+            return;
+        };
+        let header = view.header();
+        self.report.snapshots += 1;
+        progress.snapshots.fetch_add(1, Ordering::Relaxed);
+        if let Some(last) = self.report.last_snapshot_at {
+            histogram::record(
+                &mut out.snapshot_interval_us,
+                now.duration_since(last).as_micros() as u64,
+            );
+        }
+        self.report.last_snapshot_at = Some(now);
+        self.report.ship_id = header.controlled_entity;
+
+        let (mut sum_x, mut sum_y, mut n_others) = (0.0, 0.0, 0u32);
+        let mut nearest: Option<(f64, u64)> = None;
+        let mut own: Option<(f64, f64)> = None;
+        for e in view.entities() {
+            if e.entity_id == header.controlled_entity {
+                own = Some((e.x_m, e.y_m));
+            } else {
+                sum_x += e.x_m;
+                sum_y += e.y_m;
+                n_others += 1;
+                if let Some((x, y)) = self.position {
+                    let d = (e.x_m - x).hypot(e.y_m - y);
+                    if nearest.is_none_or(|(best, _)| d < best) {
+                        nearest = Some((d, e.entity_id));
+                    }
+                }
+            }
+        }
+        self.crowd_centre =
+            (n_others > 0).then(|| (sum_x / f64::from(n_others), sum_y / f64::from(n_others)));
+        self.nearest_other = nearest.map(|(_, id)| id);
+        if let Some(pos) = own {
+            let first = *self.first_position.get_or_insert(pos);
+            if (pos.0 - first.0).hypot(pos.1 - first.1) > MOVED_EPSILON_M {
+                self.report.saw_own_ship_move = true;
+            }
+            self.position = Some(pos);
+            self.report.last_position = Some(pos);
+        }
+    }
+}

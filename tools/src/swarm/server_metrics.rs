@@ -1,0 +1,88 @@
+//! The server-side figures the load tool prints next to its own: read from the
+//! gateway's `GET /metrics` (Prometheus text) at the end of a run.
+
+/// What the swarm reads from the server.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerFigures {
+    pub tick_p50_ms: Option<f64>,
+    pub tick_p99_ms: Option<f64>,
+    pub tick_max_ms: Option<f64>,
+    pub time_dilation: Option<f64>,
+    pub connected_clients: Option<f64>,
+    pub entities: Option<f64>,
+}
+
+impl ServerFigures {
+    /// Picks the figures out of a Prometheus text body; absent series stay `None`.
+    pub fn parse(text: &str) -> ServerFigures {
+        let value = |series: &str| -> Option<f64> {
+            text.lines().find_map(|line| {
+                line.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        };
+        let ms = |v: Option<f64>| v.map(|s| s * 1000.0);
+        ServerFigures {
+            tick_p50_ms: ms(value("warpcore_tick_seconds{quantile=\"0.5\"}")),
+            tick_p99_ms: ms(value("warpcore_tick_seconds{quantile=\"0.99\"}")),
+            tick_max_ms: ms(value("warpcore_tick_seconds{quantile=\"1\"}")),
+            time_dilation: value("warpcore_time_dilation"),
+            connected_clients: value("warpcore_connected_clients"),
+            entities: value("warpcore_entities"),
+        }
+    }
+
+    /// The lines `warpcore-swarm` prints.
+    pub fn summary(&self) -> String {
+        let f = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.3}"));
+        format!(
+            "server tick            p50={}ms p99={}ms max={}ms\nserver time dilation={} connected clients={} entities={}",
+            f(self.tick_p50_ms),
+            f(self.tick_p99_ms),
+            f(self.tick_max_ms),
+            f(self.time_dilation),
+            f(self.connected_clients),
+            f(self.entities),
+        )
+    }
+}
+
+/// Fetches and parses `{http_base}/metrics`.
+///
+/// # Errors
+/// The request failed or did not answer 200.
+pub async fn fetch(http: &reqwest::Client, http_base: &str) -> anyhow::Result<ServerFigures> {
+    let url = format!("{}/metrics", http_base.trim_end_matches('/'));
+    let response = http.get(&url).send().await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "GET {url} answered {}",
+        response.status()
+    );
+    Ok(ServerFigures::parse(&response.text().await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_series_it_knows() {
+        let text = "# TYPE warpcore_tick_seconds summary\n\
+                    warpcore_tick_seconds{quantile=\"0.5\"} 0.0005\n\
+                    warpcore_tick_seconds{quantile=\"0.99\"} 0.002\n\
+                    warpcore_tick_seconds{quantile=\"1\"} 0.004\n\
+                    warpcore_time_dilation 0.75\n\
+                    warpcore_connected_clients 200\n";
+        let f = ServerFigures::parse(text);
+        assert_eq!(f.tick_p50_ms, Some(0.5));
+        assert_eq!(f.tick_p99_ms, Some(2.0));
+        assert_eq!(f.tick_max_ms, Some(4.0));
+        assert_eq!(f.time_dilation, Some(0.75));
+        assert_eq!(f.connected_clients, Some(200.0));
+        assert_eq!(f.entities, None);
+    }
+}
