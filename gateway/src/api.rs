@@ -7,8 +7,10 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
+use crate::game::{GameStatus, ShipStatsView};
 
 /// Shortest username accepted, in characters.
 pub const USERNAME_CHARS_MIN: usize = 3;
@@ -20,9 +22,11 @@ pub const PASSWORD_CHARS_MIN: usize = 8;
 pub const PASSWORD_CHARS_MAX: usize = 128;
 
 /// Body of `POST /api/auth/register` and `POST /api/auth/login`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct Credentials {
+    #[schema(min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_-]{3,32}$")]
     pub username: String,
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
 }
 
@@ -74,7 +78,7 @@ fn validate_password(password: &str) -> Result<(), ApiError> {
 }
 
 /// `data` of a 201 from `POST /api/auth/register`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RegisterReply {
     pub account_id: i64,
     pub character_id: i64,
@@ -83,7 +87,7 @@ pub struct RegisterReply {
 }
 
 /// `data` of a 200 from `POST /api/auth/login`.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LoginReply {
     /// HS256 JWT for `Authorization: Bearer`.
     pub access_token: String,
@@ -109,7 +113,7 @@ impl fmt::Debug for LoginReply {
 }
 
 /// `data` of a 200 from `POST /api/session/connect-token`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ConnectTokenReply {
     /// Standard base64 (with padding) of `ConnectToken::to_bytes()`.
     pub connect_token: String,
@@ -120,10 +124,366 @@ pub struct ConnectTokenReply {
 }
 
 /// `data` of a 200 from `GET /health`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HealthReply {
+    /// `"ok"`, or `"degraded"` when the engine is attached but not ticking.
     pub status: String,
+    /// `"ok"` (a 503 answers an unreachable database).
     pub database: String,
+    /// The engine's state; `null` when no game is attached to this gateway.
+    #[serde(default)]
+    pub engine: Option<GameStatus>,
+}
+
+/// Longest refresh token accepted in a body: ours are 43 characters.
+pub const REFRESH_TOKEN_CHARS_MAX: usize = 128;
+
+/// Body of `POST /api/auth/refresh` and `POST /api/auth/logout`.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    #[serde(alias = "refreshToken")]
+    #[schema(min_length = 1, max_length = 128)]
+    pub refresh_token: String,
+}
+
+/// The token is left out so that logging a request never leaks it.
+impl fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshRequest")
+            .field("refresh_token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl RefreshRequest {
+    /// # Errors
+    /// `InvalidInput` naming `refresh_token` when it is empty or too long.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let n = self.refresh_token.len();
+        if n == 0 || n > REFRESH_TOKEN_CHARS_MAX {
+            return Err(ApiError::invalid_field(
+                "refresh_token",
+                "must be 1-128 characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `data` of a 200 from `POST /api/auth/logout`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LogoutReply {
+    /// Whether a token family was found and revoked (false: already unknown).
+    pub revoked: bool,
+}
+
+/// A module type, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModuleView {
+    pub module_type_id: i64,
+    pub name: String,
+    /// `"high"`, `"mid"` or `"low"`.
+    pub slot_kind: String,
+    pub mass_kg: f64,
+    pub max_speed_bonus_pct: f64,
+    pub accel_bonus_pct: f64,
+    pub hit_points_bonus: f64,
+}
+
+/// A ship hull's base stats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HullView {
+    pub hull_name: String,
+    pub mass_kg: f64,
+    pub max_speed_mps: f64,
+    pub accel_mps2: f64,
+    pub hit_points: f64,
+}
+
+/// `data` of `GET /api/ship/{id}/stats`: base stats, fitted modules, derived stats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ShipStatsReply {
+    pub ship_id: i64,
+    pub name: String,
+    pub base: HullView,
+    /// Fitted modules in slot order.
+    pub modules: Vec<ModuleView>,
+    pub stats: ShipStatsView,
+}
+
+/// A module in a slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FittedView {
+    /// Slot index, `0..slots_max`; also the `moduleId` of `DELETE .../modules/{moduleId}`.
+    pub slot: i64,
+    pub module: ModuleView,
+}
+
+/// `data` of `GET /api/ship/{id}/fitting`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FittingReply {
+    pub ship_id: i64,
+    pub slots_max: i64,
+    pub modules: Vec<FittedView>,
+}
+
+/// Body of `POST /api/ship/{id}/modules`: fit one module of this type, taken from the
+/// ship's cargo or a station hangar of its owner, into a free slot.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FitRequest {
+    #[serde(alias = "moduleTypeId")]
+    pub module_type_id: i64,
+    pub slot: i64,
+}
+
+/// `data` of a fit or unfit: the new fitting and the stats it gives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FitReply {
+    pub fitting: FittingReply,
+    pub stats: ShipStatsView,
+    /// For an unfit: the cargo stack the module went to.
+    pub stack_id: Option<i64>,
+}
+
+/// Where a stack is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LocationKind {
+    /// A station hangar; `id` is the station.
+    Station,
+    /// A ship's cargo hold; `id` is the ship.
+    Ship,
+}
+
+/// A place items can be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LocationView {
+    pub kind: LocationKind,
+    pub id: i64,
+}
+
+/// A stack of items.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StackView {
+    pub stack_id: i64,
+    pub item_type_id: i64,
+    pub quantity: i64,
+    pub location: LocationView,
+}
+
+/// `data` of `GET /api/inventory/{characterId}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InventoryReply {
+    pub character_id: i64,
+    pub stacks: Vec<StackView>,
+}
+
+/// Body of `POST /api/inventory/transfer`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TransferRequest {
+    #[serde(alias = "characterId")]
+    pub character_id: i64,
+    #[serde(alias = "stackId")]
+    pub stack_id: i64,
+    pub quantity: i64,
+    /// Where the caller believes the stack is: a stale view is 409.
+    pub from: LocationView,
+    pub to: LocationView,
+}
+
+/// `data` of a transfer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TransferReply {
+    /// The stack that now holds the moved items.
+    pub stack_id: i64,
+}
+
+/// A ship the caller owns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ShipSummary {
+    pub ship_id: i64,
+    pub character_id: i64,
+    pub name: String,
+    pub hull_name: String,
+    pub x_m: f64,
+    pub y_m: f64,
+}
+
+/// `data` of `GET /api/inventory/ships`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ShipsReply {
+    pub ships: Vec<ShipSummary>,
+}
+
+/// A star system.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SystemView {
+    pub system_id: i64,
+    pub name: String,
+    pub x_m: f64,
+    pub y_m: f64,
+}
+
+/// `data` of `GET /api/universe/systems`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SystemsReply {
+    pub systems: Vec<SystemView>,
+}
+
+/// A station.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StationView {
+    pub station_id: i64,
+    pub system_id: i64,
+    pub name: String,
+    pub x_m: f64,
+    pub y_m: f64,
+}
+
+/// Stations returned per page unless `limit` says otherwise.
+pub const STATIONS_PAGE_DEFAULT: u32 = 50;
+/// Largest `limit` accepted.
+pub const STATIONS_PAGE_MAX: u32 = 200;
+
+/// Query of `GET /api/universe/stations`: keyset pagination by station id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StationsQuery {
+    /// Return stations with an id above this (the previous page's `next_after_id`).
+    pub after_id: Option<i64>,
+    /// Page size, 1-200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<u32>,
+}
+
+/// `data` of `GET /api/universe/stations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StationsReply {
+    pub stations: Vec<StationView>,
+    /// Pass as `after_id` for the next page; `null` on the last page.
+    pub next_after_id: Option<i64>,
+}
+
+/// Body of `POST /api/navigation/warp`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WarpRequest {
+    #[serde(alias = "shipId")]
+    pub ship_id: i64,
+    #[serde(alias = "systemId")]
+    pub system_id: i64,
+}
+
+/// `data` of an accepted warp: the engine has the command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WarpReply {
+    pub ship_id: i64,
+    pub system_id: i64,
+    pub accepted: bool,
+}
+
+/// Most checks one `POST /health/batch` may ask for.
+pub const HEALTH_BATCH_CHECKS_MAX: usize = 16;
+
+/// A check `POST /health/batch` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckName {
+    Database,
+    Engine,
+    Gateway,
+}
+
+/// Body of `POST /health/batch`: which checks to run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthBatchRequest {
+    #[schema(min_items = 1, max_items = 16)]
+    pub checks: Vec<HealthCheckName>,
+}
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HealthCheckResult {
+    pub name: HealthCheckName,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// `data` of `POST /health/batch`, in the order asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HealthBatchReply {
+    pub results: Vec<HealthCheckResult>,
+}
+
+/// Longest admin broadcast, in characters.
+pub const BROADCAST_CHARS_MAX: usize = 500;
+
+/// Body of `POST /api/admin/broadcast`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BroadcastRequest {
+    #[schema(min_length = 1, max_length = 500)]
+    pub text: String,
+}
+
+/// `data` of a broadcast.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BroadcastReply {
+    pub recipients: u64,
+}
+
+/// Body of `POST /api/admin/kick`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KickRequest {
+    #[serde(alias = "accountId")]
+    pub account_id: i64,
+}
+
+/// `data` of a kick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KickReply {
+    /// Whether the player was connected.
+    pub kicked: bool,
+}
+
+/// `data` of `GET /api/admin/players`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OnlinePlayersReply {
+    pub players: Vec<crate::game::OnlinePlayer>,
+}
+
+/// `data` of `GET /api/admin/sectors`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SectorLoadReply {
+    pub sectors: Vec<crate::game::SectorLoad>,
+}
+
+/// Body of `POST /api/admin/accounts/{id}/role`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RoleRequest {
+    /// `"player"` or `"admin"`.
+    #[schema(pattern = "^(player|admin)$")]
+    pub role: String,
+}
+
+/// `data` of `GET /internal/accounts/{id}` and of a role change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccountReply {
+    pub account_id: i64,
+    pub username: String,
+    pub role: String,
+}
+
+/// Longest `reason` of an internal grant, in characters.
+pub const GRANT_REASON_CHARS_MAX: usize = 200;
+
+/// Body of `POST /internal/items/grant` (loot, purchases: trusted services only).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GrantRequest {
+    pub character_id: i64,
+    pub item_type_id: i64,
+    pub quantity: i64,
+    pub location: LocationView,
+    #[schema(min_length = 1, max_length = 200)]
+    pub reason: String,
 }
 
 #[cfg(test)]

@@ -281,13 +281,23 @@ impl FromRequestParts<AppState> for AuthAccount {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer_token(parts).ok_or(ApiError::Unauthorized)?;
-        state.jwt.verify(token, state.now_unix_s())
+        let caller = state.jwt.verify(token, state.now_unix_s())?;
+        crate::observe::record_account(caller.account_id);
+        if let Some(limiters) = &state.limiters {
+            limiters.check_account(caller.account_id)?;
+        }
+        Ok(caller)
     }
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
-fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+pub(crate) fn bearer_token(parts: &Parts) -> Option<&str> {
+    bearer_from_headers(&parts.headers)
+}
+
+/// The token of an `Authorization: Bearer <token>` header, from the headers alone.
+pub(crate) fn bearer_from_headers(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)

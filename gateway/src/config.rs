@@ -13,6 +13,8 @@ use std::sync::Arc;
 use warpcore_metrics::Registry;
 use warpcore_net::token::TokenKey;
 
+use crate::game::Game;
+
 /// Lifetime of a JWT access token unless configured otherwise: 15 minutes.
 pub const ACCESS_TOKEN_TTL_S_DEFAULT: u64 = 900;
 /// Lifetime of a refresh token unless configured otherwise: 30 days.
@@ -28,6 +30,12 @@ pub const HASH_CONCURRENCY_MAX_DEFAULT: usize = 2;
 /// Requests that may wait for an argon2 slot unless configured otherwise; past it the
 /// gateway answers 503 with `Retry-After` instead of queueing without bound.
 pub const HASH_QUEUE_MAX_DEFAULT: usize = 64;
+/// WebSocket connections one account may hold at once unless configured otherwise.
+pub const WS_CONNECTIONS_PER_ACCOUNT_MAX_DEFAULT: usize = 4;
+/// Seconds between WebSocket pings unless configured otherwise.
+pub const WS_HEARTBEAT_S_DEFAULT: u64 = 30;
+/// Shortest admin API key or server secret accepted.
+pub const SHARED_SECRET_BYTES_MIN: usize = 16;
 /// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key at least as long as
 /// the hash output (256 bits).
 pub const JWT_SECRET_BYTES_MIN: usize = 32;
@@ -45,6 +53,43 @@ pub trait Clock: Send + Sync + 'static {
         u64::try_from(self.now_unix_ms())
             .unwrap_or(0)
             .saturating_mul(1000)
+    }
+}
+
+/// Request rates allowed per client IP, per account and for logins (token buckets:
+/// `*_per_s` refill rate, `*_burst` bucket size). Past them: 429 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    pub ip_per_s: u32,
+    pub ip_burst: u32,
+    /// Requests of one authenticated account (from any IP).
+    pub account_per_s: u32,
+    pub account_burst: u32,
+    /// `POST /api/auth/login` and `/register` per IP, on top of the IP limit.
+    pub login_per_min: u32,
+    pub login_burst: u32,
+    /// Clients (IPs or accounts) each limiter tracks at most; past it, idle entries
+    /// are dropped, and if none are idle new clients are refused (429).
+    pub tracked_keys_max: usize,
+}
+
+impl RateLimits {
+    /// The defaults: generous enough for 200 load bots behind one IP, strict enough to
+    /// make password guessing slow.
+    pub const STANDARD: RateLimits = RateLimits {
+        ip_per_s: 500,
+        ip_burst: 1000,
+        account_per_s: 50,
+        account_burst: 100,
+        login_per_min: 600,
+        login_burst: 500,
+        tracked_keys_max: 100_000,
+    };
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits::STANDARD
     }
 }
 
@@ -99,6 +144,20 @@ pub struct GatewayConfig {
     /// Where request latencies are recorded and what `GET /metrics` renders; the
     /// server passes its process-wide registry.
     pub metrics: Arc<Registry>,
+    /// Rate limits; `None` turns them off (benchmarks, trusted networks).
+    pub rate_limits: Option<RateLimits>,
+    /// Key that authorises admin routes in `X-Admin-Key` (besides an admin JWT);
+    /// `None`: only admin JWTs.
+    pub admin_api_key: Option<Vec<u8>>,
+    /// Secret trusted services send in `X-Server-Secret` for `/internal/*`; `None`:
+    /// the internal routes answer 403.
+    pub server_secret: Option<Vec<u8>>,
+    /// The live game; `None`: routes that need it answer 503 `GAME_UNAVAILABLE`.
+    pub game: Option<Arc<dyn Game>>,
+    /// WebSocket connections one account may hold at once.
+    pub ws_connections_per_account_max: usize,
+    /// Seconds between WebSocket pings; a client silent for one interval is dropped.
+    pub ws_heartbeat_s: u64,
 }
 
 /// Why a [`GatewayConfig`] cannot be used.
@@ -108,6 +167,8 @@ pub enum ConfigError {
     JwtSecretTooShort { found: usize },
     #[error("argon2 parameters are invalid: {0}")]
     Argon2Params(String),
+    #[error("{field} is {found} bytes; at least {SHARED_SECRET_BYTES_MIN} are required")]
+    SecretTooShort { field: &'static str, found: usize },
     #[error("{field} must be greater than zero")]
     Zero { field: &'static str },
 }
@@ -134,6 +195,12 @@ impl GatewayConfig {
             hash_concurrency_max: HASH_CONCURRENCY_MAX_DEFAULT,
             hash_queue_max: HASH_QUEUE_MAX_DEFAULT,
             metrics: Arc::new(Registry::new()),
+            rate_limits: Some(RateLimits::STANDARD),
+            admin_api_key: None,
+            server_secret: None,
+            game: None,
+            ws_connections_per_account_max: WS_CONNECTIONS_PER_ACCOUNT_MAX_DEFAULT,
+            ws_heartbeat_s: WS_HEARTBEAT_S_DEFAULT,
         }
     }
 
@@ -150,6 +217,32 @@ impl GatewayConfig {
         }
         argon2::Params::new(self.argon2.m_kib, self.argon2.t, self.argon2.p, None)
             .map_err(|e| ConfigError::Argon2Params(e.to_string()))?;
+        for (field, secret) in [
+            ("admin_api_key", &self.admin_api_key),
+            ("server_secret", &self.server_secret),
+        ] {
+            if let Some(secret) = secret {
+                if secret.len() < SHARED_SECRET_BYTES_MIN {
+                    return Err(ConfigError::SecretTooShort {
+                        field,
+                        found: secret.len(),
+                    });
+                }
+            }
+        }
+        if let Some(limits) = &self.rate_limits {
+            let rates = [
+                ("rate_limits.ip_per_s", limits.ip_per_s),
+                ("rate_limits.ip_burst", limits.ip_burst),
+                ("rate_limits.account_per_s", limits.account_per_s),
+                ("rate_limits.account_burst", limits.account_burst),
+                ("rate_limits.login_per_min", limits.login_per_min),
+                ("rate_limits.login_burst", limits.login_burst),
+            ];
+            if let Some((field, _)) = rates.iter().find(|(_, value)| *value == 0) {
+                return Err(ConfigError::Zero { field });
+            }
+        }
         let positive = [
             ("access_token_ttl_s", self.access_token_ttl_s),
             ("refresh_token_ttl_s", self.refresh_token_ttl_s),
@@ -157,6 +250,11 @@ impl GatewayConfig {
             ("udp_timeout_s", u64::from(self.udp_timeout_s)),
             ("body_limit_bytes", self.body_limit_bytes as u64),
             ("hash_concurrency_max", self.hash_concurrency_max as u64),
+            (
+                "ws_connections_per_account_max",
+                self.ws_connections_per_account_max as u64,
+            ),
+            ("ws_heartbeat_s", self.ws_heartbeat_s),
         ];
         match positive.iter().find(|(_, value)| *value == 0) {
             Some((field, _)) => Err(ConfigError::Zero { field }),
@@ -181,6 +279,21 @@ impl fmt::Debug for GatewayConfig {
             .field("body_limit_bytes", &self.body_limit_bytes)
             .field("hash_concurrency_max", &self.hash_concurrency_max)
             .field("hash_queue_max", &self.hash_queue_max)
+            .field("rate_limits", &self.rate_limits)
+            .field(
+                "admin_api_key",
+                &self.admin_api_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "server_secret",
+                &self.server_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("game", &self.game.is_some())
+            .field(
+                "ws_connections_per_account_max",
+                &self.ws_connections_per_account_max,
+            )
+            .field("ws_heartbeat_s", &self.ws_heartbeat_s)
             .finish()
     }
 }

@@ -34,6 +34,25 @@ pub enum ApiError {
     /// 404: no route matches.
     #[error("no such resource")]
     NotFound,
+    /// 404: the named thing (`"ship 7"`) does not exist.
+    #[error("{0} not found")]
+    Missing(String),
+    /// 403: the caller may not touch this resource (another player's ship, inventory
+    /// or queue; an admin route without the admin role; a wrong server secret).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// 409: the request conflicts with the current state (slot taken, stack moved).
+    #[error("{0}")]
+    Conflict(String),
+    /// 401: the refresh token is unknown, used, revoked or expired.
+    #[error("invalid, used, revoked or expired refresh token")]
+    InvalidRefreshToken,
+    /// 429: too many requests from this IP or account.
+    #[error("too many requests, retry later")]
+    RateLimited { retry_after_s: u32 },
+    /// 503: the live game is not attached to this gateway, or refused for load.
+    #[error("the game server is not available")]
+    GameUnavailable,
     /// 405: the route exists but not for this method.
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
@@ -77,6 +96,23 @@ impl ApiError {
         }
     }
 
+    /// The answer to a store error from an economy or lookup call: a logical "no"
+    /// becomes 400/404/409 with `context` as the message (the store's own text can
+    /// name tables), I/O stays 503 and anything else 500.
+    pub fn from_store(error: StoreError, context: &str) -> ApiError {
+        match error {
+            StoreError::Invalid(reason) => ApiError::InvalidInput {
+                message: format!("{context}: {reason}"),
+                details: None,
+            },
+            StoreError::NotFound(_) => ApiError::Missing(context.to_owned()),
+            StoreError::Conflict(_) => {
+                ApiError::Conflict(format!("{context}: conflicts with the current state"))
+            }
+            other => ApiError::from(other),
+        }
+    }
+
     /// 400 naming the offending field in `details`.
     pub fn invalid_field(field: &str, reason: &str) -> ApiError {
         ApiError::InvalidInput {
@@ -89,7 +125,12 @@ impl ApiError {
         match self {
             ApiError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidCredentials | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::Missing(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::GameUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UsernameTaken => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -106,7 +147,12 @@ impl ApiError {
             ApiError::InvalidInput { .. } => "INVALID_INPUT",
             ApiError::InvalidCredentials => "INVALID_CREDENTIALS",
             ApiError::Unauthorized => "UNAUTHORIZED",
-            ApiError::NotFound => "NOT_FOUND",
+            ApiError::NotFound | ApiError::Missing(_) => "NOT_FOUND",
+            ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::Conflict(_) => "CONFLICT",
+            ApiError::InvalidRefreshToken => "INVALID_REFRESH_TOKEN",
+            ApiError::RateLimited { .. } => "RATE_LIMITED",
+            ApiError::GameUnavailable => "GAME_UNAVAILABLE",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiError::UsernameTaken => "USERNAME_TAKEN",
             ApiError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
@@ -132,7 +178,10 @@ impl ApiError {
 
     fn retry_after_s(&self) -> Option<u32> {
         match self {
-            ApiError::Busy { retry_after_s } => Some(*retry_after_s),
+            ApiError::Busy { retry_after_s } | ApiError::RateLimited { retry_after_s } => {
+                Some(*retry_after_s)
+            }
+            ApiError::GameUnavailable => Some(UNAVAILABLE_RETRY_AFTER_S),
             ApiError::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_S),
             _ => None,
         }

@@ -11,6 +11,10 @@ use warpcore_persistence::store::Store;
 
 use crate::auth::{JwtKeys, Passwords};
 use crate::config::{Clock, ConfigError, GatewayConfig};
+use crate::error::ApiError;
+use crate::game::Game;
+use crate::ratelimit::Limiters;
+use crate::ws::WsConnections;
 
 /// What `State` extractors receive.
 pub(crate) type AppState = Arc<Shared>;
@@ -23,6 +27,12 @@ pub(crate) struct Shared {
     pub refresh_token_ttl_s: u64,
     pub connect: ConnectTokenConfig,
     pub metrics: Arc<warpcore_metrics::Registry>,
+    pub limiters: Option<Limiters>,
+    pub admin_api_key: Option<Vec<u8>>,
+    pub server_secret: Option<Vec<u8>>,
+    pub game: Option<Arc<dyn Game>>,
+    pub ws: WsConnections,
+    pub ws_heartbeat_s: u64,
 }
 
 /// What connect tokens are issued with.
@@ -42,8 +52,18 @@ impl Shared {
     ) -> Result<Shared, ConfigError> {
         config.validate()?;
         let metrics = Arc::clone(&config.metrics);
+        let limiters = config
+            .rate_limits
+            .as_ref()
+            .map(|limits| Limiters::new(limits, Arc::clone(&clock)));
         Ok(Shared {
             metrics,
+            limiters,
+            admin_api_key: config.admin_api_key,
+            server_secret: config.server_secret,
+            game: config.game,
+            ws: WsConnections::new(config.ws_connections_per_account_max),
+            ws_heartbeat_s: config.ws_heartbeat_s,
             store,
             clock,
             passwords: Passwords::new(
@@ -61,6 +81,14 @@ impl Shared {
                 timeout_s: config.udp_timeout_s,
             },
         })
+    }
+
+    /// The live game.
+    ///
+    /// # Errors
+    /// `GameUnavailable` when none is attached.
+    pub fn game(&self) -> Result<&Arc<dyn Game>, ApiError> {
+        self.game.as_ref().ok_or(ApiError::GameUnavailable)
     }
 
     pub fn now_unix_ms(&self) -> i64 {

@@ -10,7 +10,8 @@
 
 use crate::store::{
     AccountId, AuditEvent, CharacterId, FitModule, GrantItems, ItemLocation, ItemStackId,
-    ItemTransfer, ShipId, StoreError, UnfitModule, SHIP_SLOTS_MAX,
+    ItemTransfer, RefreshOutcome, RefreshRejection, RefreshRotation, ShipId, StoreError,
+    UnfitModule, SHIP_SLOTS_MAX,
 };
 
 /// `(station_id, ship_id)` columns of a location.
@@ -199,6 +200,48 @@ pub fn unfit_audit(
             "character={} ship={} slot={} module_type={module_type_id} to_stack={stack_id}",
             u.character_id, u.ship_id, u.slot_index
         ),
+    }
+}
+
+/// # Errors
+/// `Invalid` unless `role` is `"player"` or `"admin"`.
+pub fn check_role(role: &str) -> Result<(), StoreError> {
+    if matches!(role, "player" | "admin") {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "role must be \"player\" or \"admin\", got {role:?}"
+        )))
+    }
+}
+
+pub fn role_audit(account_id: AccountId, role: &str, at_unix_ms: i64) -> AuditEvent {
+    AuditEvent {
+        at_unix_ms,
+        account_id: Some(account_id),
+        kind: "account.role".to_owned(),
+        detail: format!("role={role}"),
+    }
+}
+
+/// What presenting a stored refresh token means, from its row as read inside the
+/// rotation's transaction. Reuse is checked before revocation and expiry: a used
+/// token presented again is evidence of a stolen copy whatever else holds.
+pub fn refresh_outcome(
+    account_id: AccountId,
+    used: bool,
+    revoked: bool,
+    expires_at_unix_ms: i64,
+    r: &RefreshRotation,
+) -> RefreshOutcome {
+    if used {
+        RefreshOutcome::ReuseDetected { account_id }
+    } else if revoked {
+        RefreshOutcome::Rejected(RefreshRejection::Revoked)
+    } else if expires_at_unix_ms <= r.now_unix_ms {
+        RefreshOutcome::Rejected(RefreshRejection::Expired)
+    } else {
+        RefreshOutcome::Rotated { account_id }
     }
 }
 

@@ -183,6 +183,18 @@ CREATE TABLE dead_letters (
 );
 ",
     },
+    Migration {
+        version: 4,
+        name: "refresh_token_families",
+        sql: "
+-- A refresh token belongs to the family started by a login: family_id is the id of
+-- that first token (NULL on the first token itself). A used token was exchanged
+-- once; presenting it again revokes the whole family (reuse detection).
+ALTER TABLE refresh_tokens ADD COLUMN family_id BIGINT;
+ALTER TABLE refresh_tokens ADD COLUMN used BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE INDEX refresh_tokens_family_id ON refresh_tokens (family_id);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -17,10 +17,18 @@
 //! unique index of `ship_modules` for slots, so the loser of two conflicting requests
 //! waits for the winner, then sees its result.
 //!
-//! World-state flushes (`write_entity_states`) send one batch as column arrays and upsert
-//! it with `INSERT ... SELECT FROM UNNEST(...) ON CONFLICT DO UPDATE` in one statement;
-//! `BENCHMARKS.md` has the measurement against `COPY` into a staging table and naive
-//! per-row upserts that chose it. Both are kept ([`PgFlushMethod`]) for the bench.
+//! World-state flushes (`write_entity_states`) binary-`COPY` one batch into a temporary
+//! staging table, then `UPDATE ... FROM` it (plus one insert for entities not yet in the
+//! table), in one transaction; `world_entities` is kept at fillfactor 50 so those
+//! updates are HOT. `BENCHMARKS.md` has the measurement against `UNNEST` and `COPY`
+//! upserts, naive per-row upserts and raw `COPY` that chose it; every method is kept
+//! ([`PgFlushMethod`]) for the bench.
+//!
+//! This module is an I/O driver: a flush or health check that outlives
+//! [`PgConfig::operation_timeout`] (tokio's timer) answers `Unavailable` and its
+//! connection is dropped rather than pooled again, and a pooled connection found
+//! closed (the server restarted, the network cut it) is replaced on the next checkout,
+//! so the pool recovers by itself when the database returns (`tests/outage.rs`).
 //!
 //! Not for: deciding which migrations apply (`migrations.rs`) or the economy rules
 //! (`economy.rs`). Audit columns (`applied_at_unix_ms`, `updated_at_unix_ms`,
@@ -43,16 +51,21 @@ use crate::migrations::{self, Dialect};
 use crate::store::{
     Account, AccountId, AuditEntry, AuditEvent, CharacterId, DeadLetter, EntityState, FitModule,
     FittedModule, GrantItems, HullStats, ItemStack, ItemStackId, ItemTransfer, ModuleType,
-    NewAccount, Registered, ShipId, ShipRecord, StarSystem, Station, Store, StoreError,
-    StoredDeadLetter, UnfitModule,
+    NewAccount, RefreshOutcome, RefreshRotation, Registered, ShipId, ShipRecord, StarSystem,
+    Station, Store, StoreError, StoredDeadLetter, UnfitModule,
 };
 
+mod accounts;
 mod economy;
 
 /// The server's clock as Unix milliseconds, for audit columns only.
 const SQL_NOW_UNIX_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 /// Key of the advisory lock that serializes migrations and seeding across servers.
 const MIGRATION_LOCK_KEY: i64 = 0x5741_5250_4D49_4752; // "WARPMIGR"
+/// Fill percentage of `world_entities` pages (see `PgStore::tune_storage`).
+const WORLD_ENTITIES_FILLFACTOR: u32 = 50;
+/// Idle time before TCP keepalive probes start on a pooled connection.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
 /// Pool and timeout settings of a [`PgStore`].
 #[derive(Debug, Clone)]
@@ -63,6 +76,11 @@ pub struct PgConfig {
     pub connect_timeout: Duration,
     /// Longest wait for a free pooled connection before `Unavailable`.
     pub pool_wait_timeout: Duration,
+    /// Longest a world-state flush or a health check may take once it has its
+    /// connection. Past it the call answers `Unavailable` and that connection is
+    /// dropped, not returned to the pool: a peer that stopped answering (a network
+    /// partition, a half-open TCP connection) cannot hang the write-behind queue.
+    pub operation_timeout: Duration,
 }
 
 impl Default for PgConfig {
@@ -71,15 +89,24 @@ impl Default for PgConfig {
             pool_size_max: 16,
             connect_timeout: Duration::from_secs(5),
             pool_wait_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(30),
         }
     }
 }
 
-/// How [`PgStore::write_entity_states_with`] writes a batch. Only `Unnest` and
-/// `CopyStaging` are what a flush may use; the other two exist for the benchmark.
+/// How [`PgStore::write_entity_states_with`] writes a batch. `CopyUpdate`,
+/// `Unnest` and `CopyStaging` are correct flushes (each one transaction, last writer
+/// wins); `NaivePerRow` and `RawCopy` exist for the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PgFlushMethod {
-    /// One `INSERT ... SELECT FROM UNNEST($1..$6) ON CONFLICT DO UPDATE` (the default).
+    /// The default: binary `COPY` into a temporary staging table, then one
+    /// `UPDATE world_entities ... FROM staging` for the rows that exist and, only if
+    /// some did not, one `INSERT ... SELECT ... WHERE NOT EXISTS ... ON CONFLICT DO
+    /// UPDATE` for the new ones, in one transaction. Cheaper per row than an upsert
+    /// (no speculative insertion, no separate row lock) and the planner sees the batch's
+    /// real size, so it hash-joins a batch that covers much of the table.
+    CopyUpdate,
+    /// One `INSERT ... SELECT FROM UNNEST($1..$6) ON CONFLICT DO UPDATE`.
     Unnest,
     /// Binary `COPY` into a temporary staging table, then one
     /// `INSERT ... SELECT ... ON CONFLICT DO UPDATE` from it, in one transaction.
@@ -95,6 +122,7 @@ pub enum PgFlushMethod {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    operation_timeout: Duration,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -125,6 +153,9 @@ impl PgStore {
         cfg.url = Some(url.to_owned());
         cfg.connect_timeout = Some(config.connect_timeout);
         cfg.keepalives = Some(true);
+        // A peer that vanished without a FIN/RST (host down, partition) is noticed in
+        // about a minute instead of the kernel's default two hours.
+        cfg.keepalives_idle = Some(TCP_KEEPALIVE_IDLE);
         cfg.manager = Some(ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         });
@@ -138,8 +169,12 @@ impl PgStore {
         let pool = cfg
             .create_pool(Some(Runtime::Tokio1), NoTls)
             .map_err(|e| StoreError::Backend(format!("postgres pool: {e}")))?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool,
+            operation_timeout: config.operation_timeout,
+        };
         store.migrate().await?;
+        store.tune_storage().await?;
         Ok(store)
     }
 
@@ -194,6 +229,32 @@ impl PgStore {
         }
     }
 
+    /// Storage settings that are not schema (so not a migration, and not shared with
+    /// SQLite): `world_entities` pages are filled to [`WORLD_ENTITIES_FILLFACTOR`]%, so
+    /// the new version of an updated row fits on its page and the update is HOT (no new
+    /// index entry), which halves the cost of a flush. Applied only when it differs;
+    /// pages written before it keep their old fill until rows move.
+    async fn tune_storage(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let wanted = format!("fillfactor={WORLD_ENTITIES_FILLFACTOR}");
+        let row = client
+            .query_one(
+                "SELECT COALESCE(reloptions, '{}') FROM pg_class
+                 WHERE oid = 'world_entities'::regclass",
+                &[],
+            )
+            .await
+            .map_err(map_err)?;
+        let options: Vec<String> = get(&row, 0)?;
+        if !options.contains(&wanted) {
+            client
+                .batch_execute(&format!("ALTER TABLE world_entities SET ({wanted})"))
+                .await
+                .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
     /// Writes a batch of entity states with the given method (see [`PgFlushMethod`]).
     /// [`Store::write_entity_states`] is `Unnest`.
     ///
@@ -210,11 +271,37 @@ impl PgStore {
         let states = dedup_latest(states);
         let cols = Columns::new(&states)?;
         let mut client = self.client().await?;
-        match method {
-            PgFlushMethod::Unnest => flush_unnest(&client, &cols).await,
-            PgFlushMethod::CopyStaging => flush_copy_staging(&mut client, &cols).await,
-            PgFlushMethod::NaivePerRow => flush_naive(&client, &cols).await,
-            PgFlushMethod::RawCopy => flush_raw_copy(&mut client, &cols).await,
+        let work = async {
+            match method {
+                PgFlushMethod::CopyUpdate => flush_copy_update(&mut client, &cols).await,
+                PgFlushMethod::Unnest => flush_unnest(&client, &cols).await,
+                PgFlushMethod::CopyStaging => flush_copy_staging(&mut client, &cols).await,
+                PgFlushMethod::NaivePerRow => flush_naive(&client, &cols).await,
+                PgFlushMethod::RawCopy => flush_raw_copy(&mut client, &cols).await,
+            }
+        };
+        let outcome = tokio::time::timeout(self.operation_timeout, work).await;
+        self.settle_timed(client, outcome, "world-state flush")
+    }
+
+    /// The result of an operation run under [`PgConfig::operation_timeout`]. On a
+    /// timeout the connection is detached from the pool and dropped (closing it), since
+    /// its state is unknown: a statement may still be running, or the peer is gone.
+    fn settle_timed<T>(
+        &self,
+        client: Object,
+        outcome: Result<Result<T, StoreError>, tokio::time::error::Elapsed>,
+        what: &str,
+    ) -> Result<T, StoreError> {
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                drop(Object::take(client));
+                Err(StoreError::Unavailable(format!(
+                    "postgres {what} timed out after {:?}; connection dropped",
+                    self.operation_timeout
+                )))
+            }
         }
     }
 
@@ -413,6 +500,48 @@ async fn flush_copy_staging(client: &mut Object, c: &Columns) -> Result<(), Stor
     )
     .await
     .map_err(map_err)?;
+    tx.commit().await.map_err(map_err)
+}
+
+async fn flush_copy_update(client: &mut Object, c: &Columns) -> Result<(), StoreError> {
+    client.batch_execute(STAGING_DDL).await.map_err(map_err)?;
+    let tx = client.transaction().await.map_err(map_err)?;
+    copy_into(&tx, "world_entities_staging", c).await?;
+    // Not prepared once and cached: a cached plan would keep the join chosen for the
+    // first batch's size (a nested loop for one row) for every later batch. Planning
+    // it per flush costs a fraction of a millisecond. The timestamp is a sub-select so
+    // it is computed once per statement, not once per row (EXTRACT is NUMERIC math).
+    let updated = tx
+        .execute(
+            "UPDATE world_entities w SET x_m = s.x_m, y_m = s.y_m, vx_mps = s.vx_mps,
+                 vy_mps = s.vy_mps, tick = s.tick,
+                 updated_at_unix_ms = (SELECT (EXTRACT(EPOCH FROM statement_timestamp())
+                     * 1000)::BIGINT)
+             FROM world_entities_staging s
+             WHERE w.entity_id = s.entity_id",
+            &[],
+        )
+        .await
+        .map_err(map_err)?;
+    if usize::try_from(updated).map_or(true, |n| n < c.len()) {
+        // New entities. ON CONFLICT covers one inserted concurrently since the UPDATE
+        // (a registration): last writer wins, as everywhere in this table.
+        tx.execute(
+            &format!(
+                "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
+                     updated_at_unix_ms)
+                 SELECT s.entity_id, 'ship', s.x_m, s.y_m, s.vx_mps, s.vy_mps, s.tick,
+                     {SQL_NOW_UNIX_MS}
+                 FROM world_entities_staging s
+                 WHERE NOT EXISTS
+                     (SELECT 1 FROM world_entities w WHERE w.entity_id = s.entity_id)
+                 {UPSERT_SET}"
+            ),
+            &[],
+        )
+        .await
+        .map_err(map_err)?;
+    }
     tx.commit().await.map_err(map_err)
 }
 
@@ -769,8 +898,12 @@ impl PgStore {
 impl Store for PgStore {
     async fn health(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(map_err)?;
-        Ok(())
+        let work = async {
+            client.simple_query("SELECT 1").await.map_err(map_err)?;
+            Ok(())
+        };
+        let outcome = tokio::time::timeout(self.operation_timeout, work).await;
+        self.settle_timed(client, outcome, "health check")
     }
 
     async fn seed_demo_content(&self) -> Result<bool, StoreError> {
@@ -876,7 +1009,7 @@ impl Store for PgStore {
     }
 
     async fn write_entity_states(&self, states: &[EntityState]) -> Result<(), StoreError> {
-        self.write_entity_states_with(PgFlushMethod::Unnest, states)
+        self.write_entity_states_with(PgFlushMethod::CopyUpdate, states)
             .await
     }
 
@@ -1003,6 +1136,56 @@ impl Store for PgStore {
             .into_iter()
             .map(|(_, slot_index, module)| FittedModule { slot_index, module })
             .collect())
+    }
+
+    async fn account_by_id(&self, account_id: AccountId) -> Result<Option<Account>, StoreError> {
+        self.account_by_id_pg(account_id).await
+    }
+
+    async fn set_account_role(
+        &self,
+        account_id: AccountId,
+        role: &str,
+        at_unix_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.set_account_role_pg(account_id, role, at_unix_ms).await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        rotation: RefreshRotation,
+    ) -> Result<RefreshOutcome, StoreError> {
+        self.rotate_refresh_token_pg(rotation).await
+    }
+
+    async fn revoke_refresh_family(
+        &self,
+        token_sha256: [u8; 32],
+    ) -> Result<Option<AccountId>, StoreError> {
+        self.revoke_refresh_family_pg(token_sha256).await
+    }
+
+    async fn ship(&self, ship_id: ShipId) -> Result<Option<ShipRecord>, StoreError> {
+        self.ship_pg(ship_id).await
+    }
+
+    async fn ships_of_account(&self, account_id: AccountId) -> Result<Vec<ShipRecord>, StoreError> {
+        self.ships_of_account_pg(account_id).await
+    }
+
+    async fn character_account(
+        &self,
+        character_id: CharacterId,
+    ) -> Result<Option<AccountId>, StoreError> {
+        self.character_account_pg(character_id).await
+    }
+
+    async fn module_types(&self) -> Result<Vec<ModuleType>, StoreError> {
+        self.module_types_pg().await
+    }
+
+    async fn stations_page(&self, after_id: i64, limit: usize) -> Result<Vec<Station>, StoreError> {
+        self.stations_page_pg(after_id, limit).await
     }
 }
 

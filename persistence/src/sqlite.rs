@@ -28,10 +28,11 @@ use crate::migrations::{self, Dialect};
 use crate::store::{
     Account, AccountId, AuditEntry, AuditEvent, CharacterId, DeadLetter, EntityState, FitModule,
     FittedModule, GrantItems, HullStats, ItemStack, ItemStackId, ItemTransfer, ModuleType,
-    NewAccount, Registered, ShipId, ShipRecord, StarSystem, Station, Store, StoreError,
-    StoredDeadLetter, UnfitModule,
+    NewAccount, RefreshOutcome, RefreshRotation, Registered, ShipId, ShipRecord, StarSystem,
+    Station, Store, StoreError, StoredDeadLetter, UnfitModule,
 };
 
+mod accounts;
 mod economy;
 
 /// How long a statement waits for another connection's lock before `Unavailable`.
@@ -572,19 +573,22 @@ fn active_ship(conn: &Connection, account_id: AccountId) -> Result<Option<ShipRe
     let Some(mut ship) = ship else {
         return Ok(None);
     };
+    ship.modules = active_modules(conn, ship.ship_id)?;
+    Ok(Some(ship))
+}
+
+/// The modules fitted to a ship, in slot order.
+fn active_modules(conn: &Connection, ship_id: ShipId) -> Result<Vec<ModuleType>, StoreError> {
     let mut stmt = conn
         .prepare_cached(&format!(
             "{MODULE_SELECT} WHERE sm.ship_id = ?1 ORDER BY sm.slot_index"
         ))
         .map_err(map_err)?;
     let rows = stmt
-        .query_map(params![ship.ship_id], module_at)
+        .query_map(params![ship_id], module_at)
         .map_err(map_err)?;
-    for row in rows {
-        let (_, module) = row.map_err(map_err)?;
-        ship.modules.push(module);
-    }
-    Ok(Some(ship))
+    rows.map(|r| r.map(|(_, module)| module).map_err(map_err))
+        .collect()
 }
 
 fn load_world(conn: &Connection) -> Result<Vec<ShipRecord>, StoreError> {
@@ -838,6 +842,64 @@ impl Store for SqliteStore {
 
     async fn ship_fitting(&self, ship_id: ShipId) -> Result<Vec<FittedModule>, StoreError> {
         self.run(move |conn| economy::ship_fitting(conn, ship_id))
+            .await
+    }
+
+    async fn account_by_id(&self, account_id: AccountId) -> Result<Option<Account>, StoreError> {
+        self.run(move |conn| accounts::account_by_id(conn, account_id))
+            .await
+    }
+
+    async fn set_account_role(
+        &self,
+        account_id: AccountId,
+        role: &str,
+        at_unix_ms: i64,
+    ) -> Result<(), StoreError> {
+        let role = role.to_owned();
+        self.run(move |conn| accounts::set_account_role(conn, account_id, &role, at_unix_ms))
+            .await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        rotation: RefreshRotation,
+    ) -> Result<RefreshOutcome, StoreError> {
+        self.run(move |conn| accounts::rotate_refresh_token(conn, &rotation))
+            .await
+    }
+
+    async fn revoke_refresh_family(
+        &self,
+        token_sha256: [u8; 32],
+    ) -> Result<Option<AccountId>, StoreError> {
+        self.run(move |conn| accounts::revoke_refresh_family(conn, token_sha256))
+            .await
+    }
+
+    async fn ship(&self, ship_id: ShipId) -> Result<Option<ShipRecord>, StoreError> {
+        self.run(move |conn| accounts::ship(conn, ship_id)).await
+    }
+
+    async fn ships_of_account(&self, account_id: AccountId) -> Result<Vec<ShipRecord>, StoreError> {
+        self.run(move |conn| accounts::ships_of_account(conn, account_id))
+            .await
+    }
+
+    async fn character_account(
+        &self,
+        character_id: CharacterId,
+    ) -> Result<Option<AccountId>, StoreError> {
+        self.run(move |conn| accounts::character_account(conn, character_id))
+            .await
+    }
+
+    async fn module_types(&self) -> Result<Vec<ModuleType>, StoreError> {
+        self.run(|conn| accounts::module_types(conn)).await
+    }
+
+    async fn stations_page(&self, after_id: i64, limit: usize) -> Result<Vec<Station>, StoreError> {
+        self.run(move |conn| accounts::stations_page(conn, after_id, limit))
             .await
     }
 }

@@ -289,6 +289,44 @@ pub struct ShipRecord {
     pub state: EntityState,
 }
 
+/// Most ships one `ships_of_account` read returns.
+pub const SHIPS_READ_ROWS_MAX: usize = 1_000;
+/// Most stations one `stations_page` read returns.
+pub const STATIONS_PAGE_ROWS_MAX: usize = 500;
+
+/// One use of a refresh token: the presented token (by hash) is exchanged for a new
+/// one in the same family, valid until `new_expires_at_unix_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshRotation {
+    pub old_sha256: [u8; 32],
+    pub new_sha256: [u8; 32],
+    pub now_unix_ms: i64,
+    pub new_expires_at_unix_ms: i64,
+}
+
+/// Why a presented refresh token was not exchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshRejection {
+    /// No token has this hash.
+    Unknown,
+    /// The token (or its family) was revoked: by logout or by reuse detection.
+    Revoked,
+    /// The token's lifetime is over.
+    Expired,
+}
+
+/// What [`Store::rotate_refresh_token`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// The old token is now used; the new one is stored in the same family.
+    Rotated { account_id: AccountId },
+    /// The token had already been used once: someone holds a copy. Every token of
+    /// its family is now revoked, committed before returning.
+    ReuseDetected { account_id: AccountId },
+    /// Nothing changed.
+    Rejected(RefreshRejection),
+}
+
 /// Every durable read and write warpcore makes. See the module docs for why it is async.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -453,5 +491,104 @@ pub trait Store: Send + Sync + 'static {
     async fn ship_fitting(&self, ship_id: ShipId) -> Result<Vec<FittedModule>, StoreError> {
         let _ = ship_id;
         Err(StoreError::Unsupported("ship_fitting"))
+    }
+
+    /// The account with this id, if any.
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn account_by_id(&self, account_id: AccountId) -> Result<Option<Account>, StoreError> {
+        let _ = account_id;
+        Err(StoreError::Unsupported("account_by_id"))
+    }
+
+    /// Sets an account's role (`"player"` or `"admin"`), audited.
+    ///
+    /// # Errors
+    /// `Invalid` for another role; `NotFound` for an unknown account.
+    async fn set_account_role(
+        &self,
+        account_id: AccountId,
+        role: &str,
+        at_unix_ms: i64,
+    ) -> Result<(), StoreError> {
+        let _ = (account_id, role, at_unix_ms);
+        Err(StoreError::Unsupported("set_account_role"))
+    }
+
+    /// Exchanges a refresh token for a new one of the same family, in one transaction
+    /// (see [`RefreshOutcome`]). A token can be exchanged once: presenting it again
+    /// revokes its whole family. Of two concurrent exchanges of one token, one rotates
+    /// and the other detects reuse.
+    ///
+    /// # Errors
+    /// As any store write; a logical "no" is [`RefreshOutcome::Rejected`], not an error.
+    async fn rotate_refresh_token(
+        &self,
+        rotation: RefreshRotation,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let _ = rotation;
+        Err(StoreError::Unsupported("rotate_refresh_token"))
+    }
+
+    /// Revokes the family of the refresh token with this hash (logout). Returns the
+    /// token's account, or `None` for an unknown token. Idempotent.
+    ///
+    /// # Errors
+    /// As any store write.
+    async fn revoke_refresh_family(
+        &self,
+        token_sha256: [u8; 32],
+    ) -> Result<Option<AccountId>, StoreError> {
+        let _ = token_sha256;
+        Err(StoreError::Unsupported("revoke_refresh_family"))
+    }
+
+    /// One ship by id, with its hull, fitted modules (slot order) and last flushed state.
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn ship(&self, ship_id: ShipId) -> Result<Option<ShipRecord>, StoreError> {
+        let _ = ship_id;
+        Err(StoreError::Unsupported("ship"))
+    }
+
+    /// The account's ships (every character), by id, at most [`SHIPS_READ_ROWS_MAX`].
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn ships_of_account(&self, account_id: AccountId) -> Result<Vec<ShipRecord>, StoreError> {
+        let _ = account_id;
+        Err(StoreError::Unsupported("ships_of_account"))
+    }
+
+    /// The account that owns a character, or `None` for an unknown character.
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn character_account(
+        &self,
+        character_id: CharacterId,
+    ) -> Result<Option<AccountId>, StoreError> {
+        let _ = character_id;
+        Err(StoreError::Unsupported("character_account"))
+    }
+
+    /// The module catalogue, by id.
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn module_types(&self) -> Result<Vec<ModuleType>, StoreError> {
+        Err(StoreError::Unsupported("module_types"))
+    }
+
+    /// Stations with `id > after_id`, by id, at most `limit` (capped at
+    /// [`STATIONS_PAGE_ROWS_MAX`]).
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn stations_page(&self, after_id: i64, limit: usize) -> Result<Vec<Station>, StoreError> {
+        let _ = (after_id, limit);
+        Err(StoreError::Unsupported("stations_page"))
     }
 }

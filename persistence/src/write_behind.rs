@@ -240,10 +240,38 @@ pub struct WriteBehind {
     task: JoinHandle<Result<(), StoreError>>,
 }
 
+/// A cloneable, read-only view of a queue's metrics, for an exporter that outlives
+/// borrows of the [`WriteBehind`] (e.g. a task copying them into Prometheus gauges).
+/// It keeps answering, frozen at the last values, after the queue is gone.
+#[derive(Debug, Clone)]
+pub struct WriteBehindMetrics {
+    stats: Arc<SharedStats>,
+}
+
+impl WriteBehindMetrics {
+    /// Current counters and gauges (as [`WriteBehind::stats`]).
+    pub fn stats(&self) -> WriteBehindStats {
+        self.stats.snapshot()
+    }
+
+    /// The flush latency histogram in microseconds (as
+    /// [`WriteBehind::flush_latency_histogram`]).
+    pub fn flush_latency_histogram(&self) -> Histogram<u64> {
+        self.stats.histogram().clone()
+    }
+}
+
 impl WriteBehind {
     /// Current counters and gauges.
     pub fn stats(&self) -> WriteBehindStats {
         self.stats.snapshot()
+    }
+
+    /// A cloneable handle on the metrics (see [`WriteBehindMetrics`]).
+    pub fn metrics(&self) -> WriteBehindMetrics {
+        WriteBehindMetrics {
+            stats: Arc::clone(&self.stats),
+        }
     }
 
     /// The flush latency histogram (microseconds) so far, e.g. to print percentiles or

@@ -11,3 +11,4 @@ pub mod config;
 pub mod replay;
 pub mod server;
 pub mod swarm;
+pub mod write_behind_metrics;

@@ -55,6 +55,7 @@ pub struct RunningServer {
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
     attach_task: tokio::task::JoinHandle<()>,
     write_behind: warpcore_persistence::write_behind::WriteBehind,
+    wb_exporter: tokio::task::JoinHandle<()>,
     registry: Arc<Registry>,
     hgrm_dir: Option<std::path::PathBuf>,
 }
@@ -76,12 +77,16 @@ impl ShutdownReport {
     /// The percentile table printed on shutdown.
     pub fn summary(&self) -> String {
         format!(
-            "{}entities={} write_behind: flushes={} rows_written={} flush_errors={}",
+            "{}entities={} write_behind: flushes={} rows_written={} flush_errors={} \
+             dead_letters={} coalescing_ratio={:.2} flush_latency_p99={:.3}ms",
             self.registry.percentile_table(),
             self.final_records.len(),
             self.write_behind.flushes,
             self.write_behind.rows_written,
             self.write_behind.flush_errors,
+            self.write_behind.dead_letters,
+            self.write_behind.coalescing_ratio(),
+            self.write_behind.flush_latency_p99_us as f64 / 1000.0,
         )
     }
 }
@@ -163,6 +168,12 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         },
     );
 
+    let wb_exporter = crate::write_behind_metrics::spawn_write_behind_exporter(
+        write_behind.metrics(),
+        &registry,
+        crate::write_behind_metrics::WRITE_BEHIND_EXPORT_PERIOD,
+    );
+
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding HTTP {}", args.http_addr))?;
@@ -220,6 +231,7 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         http_task,
         attach_task,
         write_behind,
+        wb_exporter,
         registry,
         hgrm_dir: args.hgrm_dir.clone(),
     })
@@ -249,6 +261,7 @@ impl RunningServer {
             .shutdown()
             .await
             .context("final write-behind flush")?;
+        self.wb_exporter.abort();
         if let Some(dir) = &self.hgrm_dir {
             write_hgrm_files(&self.registry, dir)?;
         }

@@ -37,55 +37,52 @@ impl Exported {
         let counter = |name: &str, help: &str| registry.counter(name, help, &[]);
         Exported {
             queue_depth: gauge(
-                "warpcore_write_behind_queue_depth",
+                "warpcore_writebehind_queue_depth",
                 "Entities accepted by the write-behind queue and not yet written.",
             ),
             coalescing_ratio: gauge(
-                "warpcore_write_behind_coalescing_ratio",
+                "warpcore_writebehind_coalescing_ratio",
                 "States received per row written.",
             ),
             oldest_unflushed_age_s: gauge(
-                "warpcore_write_behind_oldest_unflushed_age_seconds",
+                "warpcore_writebehind_oldest_unflushed_age_seconds",
                 "Age of the oldest accepted change not yet written (0: none).",
             ),
             flush_latency_p50_s: gauge(
-                "warpcore_write_behind_flush_latency_p50_seconds",
+                "warpcore_writebehind_flush_latency_p50_seconds",
                 "Median flush latency over the queue's life.",
             ),
             flush_latency_p99_s: gauge(
-                "warpcore_write_behind_flush_latency_p99_seconds",
+                "warpcore_writebehind_flush_latency_p99_seconds",
                 "99th percentile flush latency over the queue's life.",
             ),
             flush_latency_max_s: gauge(
-                "warpcore_write_behind_flush_latency_max_seconds",
+                "warpcore_writebehind_flush_latency_max_seconds",
                 "Longest flush over the queue's life.",
             ),
-            flushes: counter(
-                "warpcore_write_behind_flushes_total",
-                "Successful flushes.",
-            ),
+            flushes: counter("warpcore_writebehind_flushes_total", "Successful flushes."),
             rows_written: counter(
-                "warpcore_write_behind_rows_written_total",
+                "warpcore_writebehind_rows_written_total",
                 "Rows written by flushes.",
             ),
             flush_errors: counter(
-                "warpcore_write_behind_flush_errors_total",
+                "warpcore_writebehind_flush_errors_total",
                 "Failed flush attempts (each retried).",
             ),
             states_received: counter(
-                "warpcore_write_behind_states_received_total",
+                "warpcore_writebehind_states_received_total",
                 "Entity states handed to the queue.",
             ),
             stale_states_dropped: counter(
-                "warpcore_write_behind_stale_states_dropped_total",
+                "warpcore_writebehind_stale_states_dropped_total",
                 "States dropped because a newer tick of the entity was pending.",
             ),
             dead_letters: counter(
-                "warpcore_write_behind_dead_letters_total",
+                "warpcore_writebehind_dead_letters_total",
                 "States that could never be written, stored in dead_letters.",
             ),
             dead_letters_lost: counter(
-                "warpcore_write_behind_dead_letters_lost_total",
+                "warpcore_writebehind_dead_letters_lost_total",
                 "Dead letters the dead-letter table could not take either (logged).",
             ),
         }
@@ -97,9 +94,12 @@ impl Exported {
         self.coalescing_ratio.set(s.coalescing_ratio());
         self.oldest_unflushed_age_s
             .set(seconds(s.oldest_unflushed_age_us));
-        self.flush_latency_p50_s.set(seconds(s.flush_latency_p50_us));
-        self.flush_latency_p99_s.set(seconds(s.flush_latency_p99_us));
-        self.flush_latency_max_s.set(seconds(s.flush_latency_max_us));
+        self.flush_latency_p50_s
+            .set(seconds(s.flush_latency_p50_us));
+        self.flush_latency_p99_s
+            .set(seconds(s.flush_latency_p99_us));
+        self.flush_latency_max_s
+            .set(seconds(s.flush_latency_max_us));
         self.flushes.set_total(s.flushes);
         self.rows_written.set_total(s.rows_written);
         self.flush_errors.set_total(s.flush_errors);

@@ -171,6 +171,7 @@ async fn a_recorded_live_run_replays_to_the_same_state_hash() {
         "warpcore_tick_phase_seconds{phase=\"simulate\",quantile=\"0.99\"}",
         "warpcore_time_dilation ",
         "warpcore_connected_clients ",
+        "warpcore_writebehind_queue_depth ",
         "warpcore_http_responses_total{route=\"/api/auth/login\",status=\"200\"} 10",
     ] {
         assert!(metrics.contains(needle), "missing {needle:?} in\n{metrics}");

@@ -17,6 +17,7 @@ use crate::state::AppState;
 
 /// 200 with a connect token; 401 without a valid access token. The request body, if
 /// any, is ignored.
+#[utoipa::path(post, path = "/api/session/connect-token", responses((status = 200, description = "success", body = crate::routes::openapi::Envelope<crate::api::ConnectTokenReply>), (status = 400, description = "invalid input", body = crate::routes::openapi::ErrorEnvelope), (status = 401, description = "missing or invalid credentials", body = crate::routes::openapi::ErrorEnvelope), (status = 403, description = "not the caller's resource or role", body = crate::routes::openapi::ErrorEnvelope), (status = 404, description = "not found", body = crate::routes::openapi::ErrorEnvelope), (status = 409, description = "conflict", body = crate::routes::openapi::ErrorEnvelope), (status = 413, description = "body too large", body = crate::routes::openapi::ErrorEnvelope), (status = 415, description = "not JSON", body = crate::routes::openapi::ErrorEnvelope), (status = 429, description = "rate limited", body = crate::routes::openapi::ErrorEnvelope), (status = 500, description = "internal error", body = crate::routes::openapi::ErrorEnvelope), (status = 503, description = "database or game unavailable", body = crate::routes::openapi::ErrorEnvelope)))]
 pub(super) async fn connect_token(
     State(state): State<AppState>,
     caller: AuthAccount,

@@ -1,0 +1,133 @@
+//! `Game`: the gateway's window onto the live game, which the server implements.
+//!
+//! For: everything an HTTP route needs from the running simulation — the rules that
+//! derive a ship's stats from its hull and modules, telling the engine a fitting
+//! changed, handing it a warp command, its status for `/health`, and the admin
+//! operations (online players, kick, broadcast, sector load, draining the write-behind
+//! queue). The gateway does not depend on the engine: `tools` implements this trait
+//! over the engine and its channels and puts it in [`crate::GatewayConfig::game`].
+//! Without one, the routes that need it answer 503 `GAME_UNAVAILABLE`.
+//!
+//! Not for: durable state, which goes through the `Store`. Every method is called on a
+//! tokio worker and must not block: the implementation hands work to the tick thread
+//! through bounded queues and answers from snapshots it keeps.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use warpcore_persistence::store::{AccountId, HullStats, ModuleType, ShipId};
+
+/// A ship's derived stats (hull plus fitted modules), as the engine computes them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ShipStatsView {
+    /// Total mass, kilograms.
+    pub mass_kg: f64,
+    /// Top speed, metres per second.
+    pub max_speed_mps: f64,
+    /// Acceleration, metres per second squared.
+    pub accel_mps2: f64,
+    pub hit_points: f64,
+}
+
+/// The engine's state, for `GET /health`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GameStatus {
+    /// Whether the tick loop has ticked recently.
+    pub ticking: bool,
+    /// The last completed tick.
+    pub tick: u64,
+    /// Game time per real time, in (0, 1]: below 1 when ticks overrun their budget.
+    pub time_dilation: f64,
+    /// Clients connected over UDP.
+    pub connected_clients: u64,
+}
+
+/// A player connected to the game.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OnlinePlayer {
+    pub account_id: AccountId,
+    pub ship_id: ShipId,
+    /// Seconds since the player connected.
+    pub connected_s: u64,
+}
+
+/// One sector's load, for the admin view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SectorLoad {
+    /// `x:y:scale`.
+    pub sector: String,
+    pub entities: u64,
+    pub clients: u64,
+    /// The sector's share of the last tick, microseconds.
+    pub tick_us: u64,
+}
+
+/// What draining the write-behind queue did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DrainReport {
+    /// Entity states written.
+    pub written: u64,
+    /// States still pending (the database refused or was unreachable).
+    pub pending: u64,
+}
+
+/// An event pushed to a player over WebSocket: the same events UDP clients get.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PushEvent {
+    /// Event kind, e.g. `crafting.progress`, `queue.position`, `broadcast`.
+    pub kind: String,
+    /// The event's fields, as the game sends them.
+    pub payload: serde_json::Value,
+}
+
+/// Why the game refused a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GameError {
+    /// The ship or system is not in the game (not loaded, or no such id).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The command breaks a game rule (already warping, in combat, same system).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The engine's command queue is full: retry shortly.
+    #[error("the game is busy")]
+    Busy,
+}
+
+/// The live game, as the gateway sees it. See the module docs.
+#[async_trait]
+pub trait Game: Send + Sync + 'static {
+    /// The game's rules for a ship's stats (the engine's `ShipStats::derive`).
+    fn derive_stats(&self, hull: &HullStats, modules: &[ModuleType]) -> ShipStatsView;
+
+    /// The fitting of `ship_id` changed in the store: the live ship reloads its stats.
+    fn fitting_changed(&self, ship_id: ShipId);
+
+    /// Hands a warp to `system_id` for the account's ship to the engine.
+    ///
+    /// # Errors
+    /// See [`GameError`].
+    fn warp(&self, account_id: AccountId, ship_id: ShipId, system_id: i64)
+        -> Result<(), GameError>;
+
+    /// The engine's state now.
+    fn status(&self) -> GameStatus;
+
+    /// Players connected now.
+    fn online_players(&self) -> Vec<OnlinePlayer>;
+
+    /// Disconnects the account's client; whether it was connected.
+    fn kick(&self, account_id: AccountId) -> bool;
+
+    /// Sends a text to every connected client; how many it was sent to.
+    fn broadcast(&self, text: &str) -> usize;
+
+    /// Load per sector.
+    fn sector_load(&self) -> Vec<SectorLoad>;
+
+    /// Flushes the write-behind queue now and reports what it wrote.
+    async fn drain_write_behind(&self) -> DrainReport;
+
+    /// The events for one account, for WebSocket push.
+    fn subscribe(&self, account_id: AccountId) -> tokio::sync::broadcast::Receiver<PushEvent>;
+}

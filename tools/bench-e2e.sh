@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# End-to-end scenario: start the release server, run warpcore-swarm at each client
+# count, sample the server's CPU and memory while it runs, and print a markdown table
+# (also written to target/bench-e2e/results.md).
+#
+#   tools/bench-e2e.sh [SECONDS] [CLIENTS...]      e.g. tools/bench-e2e.sh 60 1000 5000 10000
+#
+# Everything runs on 127.0.0.1 on ports 17777/18080, with a temporary SQLite file.
+# Password hashing is set cheap (argon2 m=1024 KiB, t=1): the scenario measures the
+# game path, not login throughput. The swarm runs on the same machine as the server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${1:-60}
+shift || true
+clients=("$@")
+[ ${#clients[@]} -gt 0 ] || clients=(1000 5000 10000)
+
+cargo build --release --bins --quiet
+out=target/bench-e2e
+mkdir -p "$out"
+results=$out/results.md
+udp=127.0.0.1:17777
+http=127.0.0.1:18080
+hz=$(getconf CLK_TCK)
+
+{
+  echo "| clients | connected | disconnects | rtt p50 / p99 / max (ms) | snapshots/s per bot | rx bytes/s per client p50 / p99 | server tick p50 / p99 / max (ms) | server CPU (% of one core) | server RSS (MB) | RSS per client (KB) |"
+  echo "|---:|---:|---:|---|---:|---|---|---:|---:|---:|"
+} > "$results"
+
+for n in "${clients[@]}"; do
+  db=$(mktemp -d)/bench.db
+  ./target/release/warpcore --udp-addr $udp --http-addr $http --database "$db" \
+    --argon2-m-kib 1024 --argon2-t 1 --max-clients $((n + 100)) \
+    --udp-source-requests-per-s 100000 --log warn > "$out/server-$n.log" 2>&1 &
+  server=$!
+  trap 'kill $server 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do
+    curl -sf "http://$http/health" > /dev/null && break
+    sleep 0.1
+  done
+  rss_idle_kb=$(awk '/VmRSS/ {print $2}' /proc/$server/status)
+
+  # Sample the server every second while the swarm runs: peak RSS, CPU ticks.
+  ( peak=0
+    while kill -0 $server 2>/dev/null; do
+      r=$(awk '/VmRSS/ {print $2}' /proc/$server/status 2>/dev/null || echo 0)
+      [ "${r:-0}" -gt "$peak" ] && peak=$r && echo "$peak" > "$out/peak-$n"
+      sleep 1
+    done ) &
+  sampler=$!
+
+  cpu_start=$(awk '{print $14 + $15}' /proc/$server/stat)
+  t_start=$(date +%s.%N)
+  ./target/release/warpcore-swarm --http "http://$http" --clients "$n" --seconds "$seconds" \
+    --threads 2 --quiet --connect-timeout 60 > "$out/swarm-$n.txt" 2>&1 || true
+  t_end=$(date +%s.%N)
+  cpu_end=$(awk '{print $14 + $15}' /proc/$server/stat)
+
+  kill -TERM $server
+  wait $server || true
+  kill $sampler 2>/dev/null || true
+  trap - EXIT
+
+  peak_kb=$(cat "$out/peak-$n" 2>/dev/null || echo "$rss_idle_kb")
+  cpu_pct=$(awk -v a="$cpu_start" -v b="$cpu_end" -v t0="$t_start" -v t1="$t_end" -v hz="$hz" \
+    'BEGIN { printf "%.0f", 100 * (b - a) / hz / (t1 - t0) }')
+  s=$out/swarm-$n.txt
+  connected=$(sed -n 's/.*| connected: \([0-9]*\) .*/\1/p' "$s")
+  disconnects=$(sed -n 's/.*disconnects in flight: \([0-9]*\).*/\1/p' "$s")
+  rtt=$(awk '$1 == "rtt" { gsub(/ms/, ""); split($3,a,"="); split($5,b,"="); split($7,c,"="); printf "%s / %s / %s", a[2], b[2], c[2] }' "$s")
+  snaps=$(sed -n 's/.*(\([0-9.]*\)\/s per bot).*/\1/p' "$s")
+  rx=$(awk '$1 == "rx" { split($6,a,"="); split($8,b,"="); printf "%s / %s", a[2], b[2] }' "$s")
+  tick=$(awk '$1 == "server" && $2 == "tick" { gsub(/ms/, ""); split($3,a,"="); split($4,b,"="); split($5,c,"="); printf "%s / %s / %s", a[2], b[2], c[2] }' "$s")
+  per_client=$(awk -v p="$peak_kb" -v i="$rss_idle_kb" -v n="$n" 'BEGIN { printf "%.1f", (p - i) / n }')
+  echo "| $n | ${connected:-?} | ${disconnects:-?} | ${rtt:-?} | ${snaps:-?} | ${rx:-?} | ${tick:-?} | $cpu_pct | $((peak_kb / 1024)) | $per_client |" >> "$results"
+done
+
+cat "$results"
+echo
+echo "(swarm output: $out/swarm-N.txt; server logs: $out/server-N.log)"
