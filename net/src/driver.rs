@@ -6,6 +6,9 @@
 //!   the application talks to it through bounded `crossbeam` channels ([`ServerHandle`]).
 //! - [`UdpClient`]: a [`Client`] on a non-blocking connected `std` UDP socket, pumped by the
 //!   caller; cheap enough for one thread to pump hundreds (the load bots).
+//! - [`batch`]: the server's socket I/O, `recvmmsg`/`sendmmsg` on Linux (up to
+//!   [`batch::BATCH_DATAGRAMS_MAX`] datagrams per system call), one datagram per call
+//!   elsewhere.
 //!
 //! Event delivery: the events channel holds at most [`ServerConfig::events_max`] events.
 //! When it is full, `Message` events are dropped and counted; `Connected`/`Disconnected`
@@ -30,10 +33,15 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::proto::{
     Channel, Client, ClientEvent, ClientId, ClientState, ClientStats, ConnStats, EndpointConfig,
-    EndpointStats, RateLimits, ReconnectPolicy, SendError, Server, MESSAGE_BYTES_MAX, MTU_BYTES,
+    EndpointStats, RateLimits, ReconnectPolicy, SendError, Server, MESSAGE_BYTES_MAX,
     RELIABLE_MESSAGE_BYTES_MAX,
 };
 use crate::token::{ConnectToken, TokenKey};
+
+pub mod batch;
+
+pub use batch::BatchMode;
+use batch::{RecvBatch, SendBatch, BATCH_DATAGRAMS_MAX};
 
 /// The events [`ServerHandle::events`] yields, re-exported for users of the driver.
 pub use crate::proto::ServerEvent;
@@ -47,14 +55,15 @@ pub const DISCONNECT_COMMANDS_MAX: usize = 16_384;
 /// Lifecycle events held in the net thread while the events channel is full; at or above it
 /// the server denies new connections.
 pub const LIFECYCLE_BACKLOG_HIGH: usize = 1024;
-/// Datagrams read per loop iteration before servicing everything else.
+/// Datagrams read per loop iteration before servicing everything else (in system calls of
+/// up to [`BATCH_DATAGRAMS_MAX`]).
 const RECV_BATCH_MAX: usize = 1024;
-/// Datagrams written per loop iteration.
+/// Datagrams written per loop iteration (in system calls of up to [`BATCH_DATAGRAMS_MAX`]).
 const TRANSMIT_BATCH_MAX: usize = 4096;
 /// Commands applied per loop iteration.
 const COMMANDS_BATCH_MAX: usize = 8192;
 /// Receive buffer: larger than the MTU so oversized datagrams are seen whole and refused.
-const RECV_BUFFER_BYTES: usize = 2048;
+const RECV_BUFFER_BYTES: usize = batch::RECV_DATAGRAM_BYTES_MAX;
 /// Kernel socket buffer sizes requested (best effort).
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Longest the server waits for disconnect packets to drain on shutdown.
@@ -82,6 +91,9 @@ pub struct ServerConfig {
     pub commands_max: usize,
     /// Per-connection and per-source rate limits.
     pub limits: RateLimits,
+    /// Socket system calls: batched (`recvmmsg`/`sendmmsg`, the default on Linux) or one
+    /// datagram per call (the default elsewhere; on Linux only for comparison).
+    pub batch_mode: BatchMode,
 }
 
 impl ServerConfig {
@@ -97,6 +109,7 @@ impl ServerConfig {
             events_max: EVENTS_MAX_DEFAULT,
             commands_max: COMMANDS_MAX_DEFAULT,
             limits: RateLimits::default(),
+            batch_mode: BatchMode::best(),
         }
     }
 }
@@ -217,9 +230,8 @@ pub fn spawn_server(config: ServerConfig) -> io::Result<ServerHandle> {
         shared: Arc::clone(&shared),
         backlog: VecDeque::new(),
         stats: ServerStats::default(),
-        rx_buf: Box::new([0u8; RECV_BUFFER_BYTES]),
-        tx_buf: Box::new([0u8; MTU_BYTES]),
-        stalled: None,
+        rx: RecvBatch::new(config.batch_mode),
+        tx: SendBatch::new(config.batch_mode),
         next_conn_stats: now,
     };
     let thread = std::thread::Builder::new()
@@ -402,10 +414,11 @@ struct NetThread {
     shared: Arc<Shared>,
     backlog: VecDeque<ServerEvent>,
     stats: ServerStats,
-    rx_buf: Box<[u8; RECV_BUFFER_BYTES]>,
-    tx_buf: Box<[u8; MTU_BYTES]>,
-    /// A datagram the socket refused with WouldBlock, retried when writable.
-    stalled: Option<(SocketAddr, usize)>,
+    /// The datagrams of the last receive system call.
+    rx: RecvBatch,
+    /// Datagrams polled from the server and not yet written; what the socket refused with
+    /// WouldBlock stays here and is retried when writable.
+    tx: SendBatch,
     next_conn_stats: Instant,
 }
 
@@ -444,11 +457,16 @@ impl NetThread {
         }
     }
 
-    /// Reads up to a batch of datagrams; `true` if more may be waiting.
+    /// Reads up to [`RECV_BATCH_MAX`] datagrams; `true` if more may be waiting (mio is
+    /// edge-triggered: only a WouldBlock proves the socket drained).
     fn receive(&mut self, now: Instant) -> bool {
-        for _ in 0..RECV_BATCH_MAX {
-            match self.socket.recv_from(&mut self.rx_buf[..]) {
-                Ok((len, from)) => self.server.handle_datagram(now, from, &self.rx_buf[..len]),
+        for _ in 0..RECV_BATCH_MAX / BATCH_DATAGRAMS_MAX {
+            match self.rx.recv(&self.socket) {
+                Ok(_) => {
+                    for (from, bytes) in self.rx.iter() {
+                        self.server.handle_datagram(now, from, bytes);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // ICMP-induced errors (connection refused/reset) name one peer, not the socket.
@@ -529,32 +547,33 @@ impl NetThread {
         self.stats.lifecycle_backlog = self.backlog.len() as u64;
     }
 
-    /// Sends up to a batch of datagrams; `true` if more may be waiting.
+    /// Sends up to [`TRANSMIT_BATCH_MAX`] datagrams; `true` if more may be waiting.
     fn transmit(&mut self, now: Instant) -> bool {
-        if let Some((addr, len)) = self.stalled {
-            match self.socket.send_to(&self.tx_buf[..len], addr) {
-                Ok(_) => self.stalled = None,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(_) => {
-                    self.stats.send_errors += 1;
-                    self.stalled = None;
-                }
+        if !self.flush() {
+            return false;
+        }
+        for _ in 0..TRANSMIT_BATCH_MAX / BATCH_DATAGRAMS_MAX {
+            let server = &mut self.server;
+            while self.tx.push_with(|buf| server.poll_transmit(now, buf)) {}
+            let drained = !self.tx.is_full();
+            if !self.flush() || drained {
+                return false;
             }
         }
-        for _ in 0..TRANSMIT_BATCH_MAX {
-            let Some((addr, len)) = self.server.poll_transmit(now, &mut self.tx_buf[..]) else {
-                return false;
-            };
-            match self.socket.send_to(&self.tx_buf[..len], addr) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Keep it; mio reports WRITABLE when there is room again.
-                    self.stats.send_would_block += 1;
-                    self.stalled = Some((addr, len));
-                    return false;
-                }
-                Err(_) => self.stats.send_errors += 1,
-            }
+        true
+    }
+
+    /// Writes the queued datagrams; `false` if the socket buffer is full (the rest is kept
+    /// and mio reports WRITABLE when there is room again).
+    fn flush(&mut self) -> bool {
+        if self.tx.is_empty() {
+            return true;
+        }
+        let outcome = self.tx.flush(&self.socket);
+        self.stats.send_errors += outcome.errors as u64;
+        if outcome.would_block {
+            self.stats.send_would_block += 1;
+            return false;
         }
         true
     }
@@ -584,12 +603,12 @@ impl NetThread {
         loop {
             let now = Instant::now();
             let more = self.transmit(now);
-            if (!more && self.stalled.is_none())
+            if (!more && self.tx.is_empty())
                 || now.saturating_duration_since(start) >= SHUTDOWN_DRAIN_MAX
             {
                 break;
             }
-            if self.stalled.is_some() {
+            if !self.tx.is_empty() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }

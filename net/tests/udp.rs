@@ -1,11 +1,13 @@
 //! Real-socket test of the drivers: `spawn_server` on 127.0.0.1:0 and a few `UdpClient`s
 //! connect, exchange messages on both channels, disconnect from either side, then the
-//! server shuts down and the remaining client hears about it. Bounded in time; loopback only.
+//! server shuts down and the remaining client hears about it (with batched system calls and
+//! with one datagram per call). Bounded in time; loopback only.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::SeedableRng;
+use warpcore_net::driver::BatchMode;
 use warpcore_net::{
     issue, spawn_server, Channel, ClientEvent, ClientId, ClientState, DisconnectReason,
     DriverError, ServerConfig, ServerEvent, TokenKey, TokenParams, UdpClient,
@@ -69,9 +71,21 @@ fn next_server_event(
 
 #[test]
 fn udp_clients_connect_exchange_disconnect_and_shutdown() {
+    connect_exchange_disconnect_and_shutdown(BatchMode::best());
+}
+
+/// The same scenario with one datagram per system call (the portable path), so both socket
+/// paths of the driver are covered on Linux.
+#[test]
+fn udp_clients_connect_exchange_disconnect_and_shutdown_per_datagram() {
+    connect_exchange_disconnect_and_shutdown(BatchMode::PerDatagram);
+}
+
+fn connect_exchange_disconnect_and_shutdown(batch_mode: BatchMode) {
     let key = TokenKey::from_bytes([0x5a; 32]);
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), PROTOCOL_ID, key.clone());
     config.max_clients = 8;
+    config.batch_mode = batch_mode;
     let handle = spawn_server(config).unwrap();
     let addr = handle.local_addr();
     assert_ne!(addr.port(), 0);
