@@ -93,6 +93,33 @@ pub struct ServerArgs {
     #[arg(long, env = "WARPCORE_ARGON2_T", default_value_t = 2)]
     pub argon2_t: u32,
 
+    /// Requests per second one IP may make to the gateway (one second of burst on top).
+    #[arg(long, env = "WARPCORE_HTTP_IP_REQUESTS_PER_S", default_value_t = 500)]
+    pub http_ip_requests_per_s: u32,
+
+    /// Logins and registrations per minute from one IP (on top of the IP limit).
+    #[arg(long, env = "WARPCORE_HTTP_LOGINS_PER_MIN", default_value_t = 600)]
+    pub http_logins_per_min: u32,
+
+    /// Turn the gateway's rate limits off (load tests from one IP; never in production).
+    #[arg(long, env = "WARPCORE_NO_HTTP_RATE_LIMITS")]
+    pub no_http_rate_limits: bool,
+
+    /// Key for the admin API (`X-Admin-Key`, at least 16 bytes); admin routes also
+    /// accept a JWT with role admin. Unset: only admin JWTs.
+    #[arg(long, env = "WARPCORE_ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<String>,
+
+    /// Secret trusted services send as `X-Server-Secret` (at least 16 bytes) for the
+    /// internal endpoints. Unset: internal endpoints are closed.
+    #[arg(long, env = "WARPCORE_SERVER_SECRET", hide_env_values = true)]
+    pub server_secret: Option<String>,
+
+    /// Log format: `text` for people, `json` for log pipelines (one object per line,
+    /// with the gateway's request id, account id and route fields).
+    #[arg(long, env = "WARPCORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Record every engine input to FILE, for `warpcore replay FILE`; the server then
     /// also logs `tick hash` every 100 ticks (target `warpcore::hash`) to compare with it.
     #[arg(long, env = "WARPCORE_RECORD_INPUTS", value_name = "FILE")]
@@ -109,6 +136,13 @@ pub struct ServerArgs {
 
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// What to run instead of the server.

@@ -23,7 +23,7 @@ use warpcore_engine::{
     Engine, EngineConfig, EntityRecord, HullInput, ModuleInput, ShipSpawn, ShipStats, StarSystem,
     TimeDilationController, REPLAY_HASH_EVERY_TICKS,
 };
-use warpcore_gateway::{Argon2Params, GatewayConfig};
+use warpcore_gateway::{Argon2Params, GatewayConfig, RateLimits as GatewayRateLimits};
 use warpcore_metrics::{Counter, Gauge, LocalHistogram, Registry};
 use warpcore_net::driver::{spawn_server, ServerConfig, ServerEvent, ServerHandle};
 use warpcore_net::proto::{RateLimits, MESSAGE_BYTES_MAX};
@@ -186,6 +186,15 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
     );
     gateway_config.udp_timeout_s = args.udp_timeout_s;
     gateway_config.metrics = registry.clone();
+    gateway_config.rate_limits = (!args.no_http_rate_limits).then(|| GatewayRateLimits {
+        ip_per_s: args.http_ip_requests_per_s,
+        ip_burst: args.http_ip_requests_per_s.saturating_mul(2),
+        login_per_min: args.http_logins_per_min,
+        login_burst: args.http_logins_per_min.max(1).div_ceil(2).max(1),
+        ..GatewayRateLimits::STANDARD
+    });
+    gateway_config.admin_api_key = args.admin_api_key.as_ref().map(|k| k.as_bytes().to_vec());
+    gateway_config.server_secret = args.server_secret.as_ref().map(|k| k.as_bytes().to_vec());
     gateway_config.argon2 = Argon2Params {
         m_kib: args.argon2_m_kib,
         t: args.argon2_t,
@@ -193,7 +202,7 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
     };
     gateway_config
         .validate()
-        .context("gateway settings (--jwt-secret must be at least 32 bytes)")?;
+        .context("gateway settings (--jwt-secret: at least 32 bytes; --admin-api-key and --server-secret: at least 16)")?;
     let router = warpcore_gateway::router(store.clone(), gateway_config, Arc::new(SystemClock));
     let (stop_http, mut stop_http_rx) = watch::channel(false);
     let http_task = tokio::spawn(warpcore_gateway::serve(listener, router, async move {

@@ -3,13 +3,20 @@
 //! `warpcore replay FILE` re-runs an input recording instead.
 
 use clap::Parser;
-use warpcore_tools::config::{Command, ServerArgs};
+use warpcore_tools::config::{Command, LogFormat, ServerArgs};
 
 fn main() -> anyhow::Result<()> {
     let args = ServerArgs::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)?;
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .init(),
+    }
     if let Some(Command::Replay {
         file,
         worker_threads,
