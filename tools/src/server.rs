@@ -446,6 +446,16 @@ struct TickMetrics {
     commands_rejected: Counter,
     messages_refused: Counter,
     ships_destroyed: Counter,
+    /// Every connection's smoothed RTT, sampled once per publish.
+    connection_rtt_us: LocalHistogram,
+    connection_loss: Gauge,
+    udp_connected: Gauge,
+    udp_packets_in: Counter,
+    udp_packets_out: Counter,
+    udp_bytes_in: Counter,
+    udp_bytes_out: Counter,
+    udp_dropped: Counter,
+    udp_refused_handshakes: Counter,
 }
 
 impl TickMetrics {
@@ -503,10 +513,38 @@ impl TickMetrics {
                 "Ships destroyed in combat.",
                 &[],
             ),
+            connection_rtt_us: registry
+                .histogram(
+                    "warpcore_connection_rtt_seconds",
+                    "Smoothed round-trip time of every UDP connection, sampled once a second.",
+                    &[],
+                )
+                .local(),
+            connection_loss: registry.gauge(
+                "warpcore_connection_loss_ratio",
+                "Mean fraction of sent packets the clients never acknowledged.",
+                &[],
+            ),
+            udp_connected: registry.gauge("warpcore_udp_connected_clients", "Connections the UDP transport holds.", &[]),
+            udp_packets_in: registry.counter("warpcore_udp_packets_total", "Authenticated UDP packets.", &[("dir", "in")]),
+            udp_packets_out: registry.counter("warpcore_udp_packets_total", "Authenticated UDP packets.", &[("dir", "out")]),
+            udp_bytes_in: registry.counter("warpcore_udp_bytes_total", "UDP datagram bytes.", &[("dir", "in")]),
+            udp_bytes_out: registry.counter("warpcore_udp_bytes_total", "UDP datagram bytes.", &[("dir", "out")]),
+            udp_dropped: registry.counter(
+                "warpcore_udp_dropped_total",
+                "Datagrams dropped: malformed, unknown peer, failed authentication, replayed, rate limited.",
+                &[],
+            ),
+            udp_refused_handshakes: registry.counter(
+                "warpcore_udp_refused_handshakes_total",
+                "Connection requests refused (version, protocol, expired, bad or reused token, wrong server, denied).",
+                &[],
+            ),
         }
     }
 
-    fn publish(&mut self, engine: &Engine) {
+    fn publish(&mut self, engine: &Engine, net: &ServerHandle) {
+        self.publish_net(net);
         for h in [
             &mut self.tick_us,
             &mut self.ingress_us,
@@ -524,6 +562,50 @@ impl TickMetrics {
         self.commands_applied.set_total(stats.commands_applied);
         self.commands_rejected
             .set_total(stats.commands_rejected.total());
+    }
+
+    /// Transport counters and per-connection RTT and loss (about once a second: the
+    /// connection list is copied out of the net thread).
+    fn publish_net(&mut self, net: &ServerHandle) {
+        let (mut loss_sum, mut n) = (0.0, 0u32);
+        for (_, conn) in net.all_conn_stats() {
+            if let Some(rtt) = conn.rtt_smoothed_us {
+                self.connection_rtt_us.record(rtt);
+            }
+            loss_sum += conn.loss_fraction();
+            n += 1;
+        }
+        self.connection_rtt_us.publish();
+        self.connection_loss
+            .set(if n == 0 { 0.0 } else { loss_sum / f64::from(n) });
+        let s = net.stats();
+        let e = &s.endpoint;
+        self.udp_connected.set(e.connected_clients as f64);
+        self.udp_packets_in.set_total(e.packets_in);
+        self.udp_packets_out.set_total(e.packets_out);
+        self.udp_bytes_in.set_total(e.bytes_in);
+        self.udp_bytes_out.set_total(e.bytes_out);
+        self.udp_dropped.set_total(
+            e.dropped_malformed
+                + e.dropped_unknown_peer
+                + e.dropped_auth
+                + e.dropped_replay
+                + e.dropped_unexpected_type
+                + e.dropped_malformed_body
+                + e.dropped_rate_limited,
+        );
+        self.udp_refused_handshakes.set_total(
+            e.rejected_version
+                + e.rejected_protocol
+                + e.rejected_expired
+                + e.rejected_token_invalid
+                + e.rejected_wrong_server
+                + e.rejected_already_connected
+                + e.rejected_token_reused
+                + e.rejected_challenge
+                + e.rejected_source_rate
+                + e.denied,
+        );
     }
 }
 
@@ -574,7 +656,7 @@ impl TickLoop {
             let factor = self.dilation.observe(tick_us as f64);
             self.engine.set_time_dilation(factor);
             if report.tick % METRICS_PUBLISH_EVERY_TICKS == 0 {
-                self.metrics.publish(&self.engine);
+                self.metrics.publish(&self.engine, &self.net);
             }
 
             deadline += self.tick_period;
@@ -588,7 +670,7 @@ impl TickLoop {
             }
         }
 
-        self.metrics.publish(&self.engine);
+        self.metrics.publish(&self.engine, &self.net);
         if let Err(e) = self.engine.flush_recording() {
             tracing::error!("flushing the input recording failed: {e}");
         }
