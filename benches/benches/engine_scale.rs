@@ -3,8 +3,9 @@
 //! and 1,000,000 entities with 2 threads (and 1 thread, for the ratio). A tick here is
 //! the simulate phase plus the exchange (hand-overs), without replication.
 //!
-//! The machine these run on is shared, so the 1-thread and 2-thread worlds are ticked
-//! alternately, tick for tick, inside one timing loop: a burst of outside load hits both
+//! The machine these run on is shared, so the 1-thread and 2-thread worlds (and, at
+//! 100k, a 2-thread world with unpinned workers) are ticked alternately, tick for tick,
+//! inside one timing loop: a burst of outside load hits both
 //! series alike and the ratio stays honest. The p50 / p99 / max the issue asks for are
 //! printed by `tick_percentiles` (300 timed ticks per world at 100k, 100 at 1M) together
 //! with the load average before and after; criterion then reports its means.
@@ -20,9 +21,13 @@ const SIDE_M: f64 = 8000.0;
 const WARM_UP_TICKS: usize = 30;
 
 fn world(entities: u64, worker_threads: usize) -> Engine {
+    world_pinned(entities, worker_threads, true)
+}
+
+fn world_pinned(entities: u64, worker_threads: usize, pin_workers: bool) -> Engine {
     let mut engine = Engine::new(EngineConfig {
         worker_threads,
-        pin_workers: std::env::var("PIN").map_or(true, |v| v == "1"),
+        pin_workers,
         ..EngineConfig::default()
     })
     .expect("engine");
@@ -86,38 +91,54 @@ fn summarize(label: &str, mut samples: Vec<u128>, sectors: usize) -> Series {
     series
 }
 
-/// Ticks `one` (1 worker) and `two` (2 workers) alternately, `ticks` timed ticks each
-/// after the warm-up, and prints both series and their ratios.
-fn tick_percentiles(label: &str, one: &mut Engine, two: &mut Engine, ticks: usize) {
+/// Ticks every engine of `series` in turn, `ticks` timed ticks each after the
+/// warm-up, and prints each series and its speed-up over the first one.
+fn tick_percentiles(label: &str, series: &mut [(&str, &mut Engine)], ticks: usize) {
     for _ in 0..WARM_UP_TICKS {
-        one.tick();
-        two.tick();
+        for (_, engine) in series.iter_mut() {
+            engine.tick();
+        }
     }
     eprintln!("{label}: load average before {}", load_average());
-    let mut samples_one = Vec::with_capacity(ticks);
-    let mut samples_two = Vec::with_capacity(ticks);
+    let mut samples: Vec<Vec<u128>> = vec![Vec::with_capacity(ticks); series.len()];
     for _ in 0..ticks {
-        let start = Instant::now();
-        one.tick();
-        samples_one.push(start.elapsed().as_micros());
-        let start = Instant::now();
-        two.tick();
-        samples_two.push(start.elapsed().as_micros());
+        for ((_, engine), out) in series.iter_mut().zip(&mut samples) {
+            let start = Instant::now();
+            engine.tick();
+            out.push(start.elapsed().as_micros());
+        }
     }
     eprintln!("{label}: load average after {}", load_average());
-    let a = summarize(&format!("{label}, 1 thread"), samples_one, one.stats().sectors);
-    let b = summarize(&format!("{label}, 2 threads"), samples_two, two.stats().sectors);
-    eprintln!(
-        "{label}: speed-up 2 threads vs 1: p50 {:.2}x, p99 {:.2}x",
-        a.p50_us as f64 / b.p50_us.max(1) as f64,
-        a.p99_us as f64 / b.p99_us.max(1) as f64,
-    );
+    let mut first: Option<Series> = None;
+    for ((name, engine), out) in series.iter().zip(samples) {
+        let summary = summarize(&format!("{label}, {name}"), out, engine.stats().sectors);
+        if let Some(base) = &first {
+            eprintln!(
+                "{label}: speed-up {name} vs {}: p50 {:.2}x, p99 {:.2}x",
+                series[0].0,
+                base.p50_us as f64 / summary.p50_us.max(1) as f64,
+                base.p99_us as f64 / summary.p99_us.max(1) as f64,
+            );
+        } else {
+            first = Some(summary);
+        }
+    }
 }
 
 fn scale(c: &mut Criterion) {
     let mut one = world(100_000, 1);
     let mut two = world(100_000, 2);
-    tick_percentiles("100k entities", &mut one, &mut two, 300);
+    let mut two_unpinned = world_pinned(100_000, 2, false);
+    tick_percentiles(
+        "100k entities",
+        &mut [
+            ("1 thread", &mut one),
+            ("2 threads", &mut two),
+            ("2 threads unpinned", &mut two_unpinned),
+        ],
+        300,
+    );
+    drop(two_unpinned);
     let mut group = c.benchmark_group("engine_scale");
     group.sample_size(30);
     group.throughput(Throughput::Elements(100_000));
@@ -130,7 +151,11 @@ fn scale(c: &mut Criterion) {
     drop(two);
     let mut million_one = world(1_000_000, 1);
     let mut million = world(1_000_000, 2);
-    tick_percentiles("1M entities", &mut million_one, &mut million, 100);
+    tick_percentiles(
+        "1M entities",
+        &mut [("1 thread", &mut million_one), ("2 threads", &mut million)],
+        100,
+    );
     drop(million_one);
     group.sample_size(10);
     group.throughput(Throughput::Elements(1_000_000));

@@ -26,7 +26,8 @@ pub struct EngineConfig {
     pub tick_hz: u32,
     /// Width of a scale-0 sector, metres.
     pub sector_size_m: f64,
-    /// Rayon worker threads for the simulate phase; 0 = one per available core.
+    /// Threads for the simulate phase, the calling thread included (so `n` starts
+    /// `n - 1` worker threads); 0 = one per available core.
     pub worker_threads: usize,
     /// Most commands one sector's inbox holds between two ticks; more are refused.
     pub inbox_commands_max: usize,
@@ -134,7 +135,7 @@ pub enum EngineError {
     /// A configuration field is out of bounds.
     #[error("invalid engine config: {0}")]
     InvalidConfig(&'static str),
-    /// The rayon thread pool could not be built.
+    /// A worker thread could not be started.
     #[error("cannot build the sector thread pool: {0}")]
     ThreadPool(String),
     /// An entity with this id already exists.
@@ -168,6 +169,29 @@ pub enum EngineError {
     /// Writing the recording header failed.
     #[error("cannot write the input recording: {0}")]
     Recording(String),
+    /// A crafting job with an invalid field or an id already queued.
+    #[error("invalid crafting job {job_id}: {reason}")]
+    InvalidCraftingJob {
+        /// The job.
+        job_id: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The player already has `CRAFT_QUEUE_JOBS_MAX` jobs queued.
+    #[error("crafting queue of account {account_id} is full")]
+    CraftingQueueFull {
+        /// The player.
+        account_id: u64,
+    },
+    /// The engine holds `CRAFT_JOBS_MAX` jobs (queued or completed and not drained).
+    #[error("too many crafting jobs in the engine")]
+    CraftingFull,
+    /// No such job in the player's queue.
+    #[error("crafting job {job_id} is not queued")]
+    UnknownCraftingJob {
+        /// The job asked for.
+        job_id: u64,
+    },
     /// The ship to spawn has an invalid field.
     #[error("invalid ship {entity_id}: {reason}")]
     InvalidShip {

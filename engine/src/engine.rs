@@ -10,21 +10,20 @@
 //! dropped when they empty; up to [`SPARE_SECTORS_MAX`] dropped sectors are kept to be
 //! reused, so ships hovering on a border do not churn allocations.
 //!
-//! The simulate phase hands sectors to the workers in contiguous runs of at least
-//! `batch_entities_min` entities (waking the pool costs 0.1–0.4 ms, so one task per tiny
-//! sector would cost more than it saves), and a world smaller than one batch runs on the
-//! calling thread. Shots, hand-overs and destruction are applied in the serial exchange,
+//! The simulate phase hands sectors to the calling thread and the worker threads
+//! (`workers`) in contiguous runs of at least `batch_entities_min` entities (waking a
+//! thread costs 0.1–0.4 ms, so one task per tiny sector would cost more than it saves),
+//! and a world smaller than one batch runs on the calling thread alone. Shots, hand-overs and destruction are applied in the serial exchange,
 //! in sector order then entity order. Every input can be recorded (see `recording`).
 
 use std::collections::{BTreeMap, HashMap};
-
-use rayon::prelude::*;
 
 use crate::components::{
     Command, DesiredVelocity, Dirty, Health, LastAttacker, Migrant, Pilot, Position, Ship,
     ShipState, Shot, Velocity, Warp, Weapons,
 };
 use crate::config::{CommandError, EngineConfig, EngineError};
+use crate::crafting::{Crafting, CraftingCompleted, CraftingJob};
 use crate::hash::Fnv1a64;
 use crate::recording::{Input, Recorder};
 use crate::replicate::SnapshotWriter;
@@ -35,6 +34,7 @@ use crate::ship::{
     EntityRecord, ShipSpawn, ShipStats, StarSystem, WeaponStats, POSITION_ABS_MAX_M,
 };
 use crate::wire::{write_event, ClientMsg, GameEvent, SnapshotHeader};
+use crate::workers::Workers;
 
 /// Most emptied sectors kept for reuse.
 pub const SPARE_SECTORS_MAX: usize = 64;
@@ -72,8 +72,11 @@ enum Client {
 /// A game event waiting for delivery: where it happened and who is involved.
 #[derive(Debug, Clone, Copy)]
 struct PendingEvent {
-    sector: SectorId,
+    /// Where it happened; `None` for a player's own notification (crafting).
+    sector: Option<SectorId>,
     involved: [u64; 2],
+    /// The account it is addressed to, 0 for none.
+    account: u64,
     event: GameEvent,
 }
 
@@ -84,7 +87,8 @@ struct PendingEvent {
 #[allow(clippy::vec_box)]
 pub struct Engine {
     config: EngineConfig,
-    pool: rayon::ThreadPool,
+    /// The caller plus `threads - 1` worker threads for the simulate phase.
+    workers: Workers,
     /// Non-empty sectors, sorted by id.
     sectors: Vec<Box<Sector>>,
     /// Second buffer for dropping empty sectors without allocating.
@@ -114,6 +118,7 @@ pub struct Engine {
     event_buf: Vec<u8>,
     totals: EngineStats,
     recorder: Option<Recorder>,
+    crafting: Crafting,
 }
 
 impl Engine {
@@ -124,36 +129,18 @@ impl Engine {
     /// [`EngineError::ThreadPool`] if the worker threads cannot be started.
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
         config.validate()?;
-        // Resolve 0 here rather than letting rayon read RAYON_NUM_THREADS: the engine
+        // Resolve 0 here from the machine, never from the environment: the engine
         // takes its configuration from its caller only.
         let threads = if config.worker_threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
             config.worker_threads
         };
-        let cores = if config.pin_workers {
-            core_affinity::get_core_ids().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("warpcore-sector-{i}"))
-            .start_handler(move |i| {
-                // Thread-per-core: worker i on core i (wrapping when there are more
-                // workers than cores). Pinning can fail in a restricted container; the
-                // worker then runs unpinned, which is slower but correct.
-                if let Some(core) = cores.get(i % cores.len().max(1)) {
-                    if !core_affinity::set_for_current(*core) {
-                        tracing::warn!(worker = i, "could not pin worker thread to its core");
-                    }
-                }
-            })
-            .build()
+        let workers = Workers::start(threads, config.pin_workers)
             .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
         Ok(Engine {
             config,
-            pool,
+            workers,
             sectors: Vec::new(),
             sectors_scratch: Vec::new(),
             sectors_spare: Vec::new(),
@@ -174,6 +161,7 @@ impl Engine {
             event_buf: Vec::new(),
             totals: EngineStats::default(),
             recorder: None,
+            crafting: Crafting::default(),
         })
     }
 
@@ -275,6 +263,30 @@ impl Engine {
         let index = self.sector_of(entity_id)?;
         self.record_input(Input::Refit { entity_id, stats });
         self.sectors[index].refit(entity_id, Some(stats), None);
+        Ok(())
+    }
+
+    /// Sets a ship's hit points (between ticks), e.g. to restore the damage stored with
+    /// it after [`Engine::spawn_ship`] on load. Values above the hull's maximum are
+    /// clamped to it; the ship is marked dirty.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownEntity`], or [`EngineError::InvalidShip`] for a value that
+    /// is not finite or not above zero (a ship with no hit points is destroyed, not
+    /// stored).
+    pub fn set_hit_points(&mut self, entity_id: u64, hit_points: f64) -> Result<(), EngineError> {
+        if !(hit_points.is_finite() && hit_points > 0.0) {
+            return Err(EngineError::InvalidShip {
+                entity_id,
+                reason: "hit points must be finite and above zero",
+            });
+        }
+        let index = self.sector_of(entity_id)?;
+        self.record_input(Input::HitPoints {
+            entity_id,
+            hit_points,
+        });
+        self.sectors[index].set_hit_points(entity_id, hit_points);
         Ok(())
     }
 
@@ -612,6 +624,37 @@ impl Engine {
         Ok(())
     }
 
+    /// Orders a ship to warp to a star system on the server's own authority (an HTTP
+    /// `POST /api/navigation/warp` whose ownership the gateway checked), whether or not
+    /// its pilot is connected. Queued like a client's Warp; recorded for replay.
+    ///
+    /// # Errors
+    /// [`CommandError::UnknownEntity`] for a ship not in the world,
+    /// [`CommandError::UnknownSystem`] for a system the engine does not know,
+    /// [`CommandError::InboxFull`] when the ship's sector inbox is full.
+    pub fn order_warp(&mut self, entity_id: u64, system_id: u32) -> Result<(), CommandError> {
+        self.record_input(Input::OrderWarp {
+            entity_id,
+            system_id,
+        });
+        let Some((x_m, y_m)) = self.warp_destination(entity_id, system_id) else {
+            if !self.contains_entity(entity_id) {
+                self.rejected.unknown_entity += 1;
+                return Err(CommandError::UnknownEntity { entity_id });
+            }
+            self.rejected.unknown_system += 1;
+            return Err(CommandError::UnknownSystem { system_id });
+        };
+        self.queue(
+            entity_id,
+            Command::Warp {
+                entity_id,
+                x_m,
+                y_m,
+            },
+        )
+    }
+
     fn set_newest_seq(&mut self, client: u64, seq: u32) {
         if let Some(Client::Pilot { newest_seq, .. }) = self.clients.get_mut(&client) {
             *newest_seq = Some(seq);
@@ -714,6 +757,17 @@ impl Engine {
             warp_spool_s: self.config.warp_spool_s,
         };
         let batches = self.simulate(&step);
+        let (events, dropped) = (&mut self.events, &mut self.totals.events_dropped);
+        self.crafting
+            .advance(step.dt_s, self.tick + 1, &mut |account, event| {
+                let pending = PendingEvent {
+                    sector: None,
+                    involved: [0, 0],
+                    account,
+                    event,
+                };
+                push_bounded(events, dropped, pending);
+            });
 
         let mut report = TickReport {
             batches,
@@ -793,26 +847,21 @@ impl Engine {
         let by_size = batch_min.div_ceil(per_sector);
         let by_workers = self.sectors.len().div_ceil(self.threads);
         let min_len = by_size.min(by_workers).max(1);
-        let sectors = &mut self.sectors;
-        self.pool.install(|| {
-            sectors
-                .par_iter_mut()
-                .with_min_len(min_len)
-                .for_each(|sector| sector.simulate(step))
-        });
-        sectors.len().div_ceil(min_len)
+        self.workers
+            .for_each_chunked(&mut self.sectors, min_len, &|sector| sector.simulate(step))
     }
 
     fn push_event(&mut self, sector: SectorId, involved: [u64; 2], event: GameEvent) {
-        if self.events.len() >= EVENTS_PER_TICK_MAX {
-            self.totals.events_dropped += 1;
-            return;
-        }
-        self.events.push(PendingEvent {
-            sector,
-            involved,
-            event,
-        });
+        push_bounded(
+            &mut self.events,
+            &mut self.totals.events_dropped,
+            PendingEvent {
+                sector: Some(sector),
+                involved,
+                account: 0,
+                event,
+            },
+        );
     }
 
     /// The serial exchange phase: spawn each migrant in its destination sector and
@@ -912,12 +961,11 @@ impl Engine {
         if self.clients.is_empty() {
             return;
         }
-        let sectors = &mut self.sectors;
-        self.pool.install(|| {
-            sectors
-                .par_iter_mut()
-                .for_each(|sector| sector.refresh_views())
-        });
+        let chunk_len = self.sectors.len().div_ceil(self.threads * 4);
+        self.workers
+            .for_each_chunked(&mut self.sectors, chunk_len, &|sector| {
+                sector.refresh_views()
+            });
         let header = SnapshotHeader {
             tick: self.tick,
             time_dilation_permille: self.time_dilation_permille(),
@@ -965,20 +1013,66 @@ impl Engine {
                 }
                 Client::Spectator { sector } => (0, Some(sector)),
             };
+            let own_account = match *state {
+                Client::Pilot { account, .. } => account,
+                Client::Spectator { .. } => 0,
+            };
             for pending in &self.events {
-                let near = watched.is_some_and(|w| {
-                    w.scale == pending.sector.scale
-                        && w.x.abs_diff(pending.sector.x) <= 1
-                        && w.y.abs_diff(pending.sector.y) <= 1
+                let near = watched.zip(pending.sector).is_some_and(|(w, at)| {
+                    w.scale == at.scale && w.x.abs_diff(at.x) <= 1 && w.y.abs_diff(at.y) <= 1
                 });
                 let involved = own_entity != 0 && pending.involved.contains(&own_entity);
-                if near || involved {
+                let addressed = own_account != 0 && pending.account == own_account;
+                if near || involved || addressed {
                     self.event_buf.clear();
                     write_event(&mut self.event_buf, self.tick, &pending.event);
                     out(client, &self.event_buf);
                 }
             }
         }
+    }
+
+    /// Queues a crafting job at the end of its player's queue and returns its position
+    /// (0 = crafting now). Call it after the persistence layer's transaction took the
+    /// materials; the job's head time advances with each tick's game time (time
+    /// dilation included). The player gets a `CraftQueued` event with the next tick's
+    /// events, `CraftProgress` every tenth of the work, `CraftCompleted` at the end, and a
+    /// new `CraftQueued` for each job that moves up.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidCraftingJob`] (id 0, a duration outside
+    /// `(0, CRAFT_DURATION_MAX_S]`, an id already in the player's queue),
+    /// [`EngineError::CraftingQueueFull`] at `CRAFT_QUEUE_JOBS_MAX` jobs for the player,
+    /// [`EngineError::CraftingFull`] at `CRAFT_JOBS_MAX` in the engine.
+    pub fn start_crafting(&mut self, job: CraftingJob) -> Result<u16, EngineError> {
+        self.record_input(Input::Craft(job));
+        self.crafting.start(job)
+    }
+
+    /// Takes a queued or running job out of the player's queue and returns it (for the
+    /// server to refund its materials); the jobs behind it move up and are told.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownCraftingJob`] if the player has no such job queued.
+    pub fn cancel_crafting(
+        &mut self,
+        account_id: u64,
+        job_id: u64,
+    ) -> Result<CraftingJob, EngineError> {
+        self.record_input(Input::CancelCraft { account_id, job_id });
+        self.crafting.cancel(account_id, job_id)
+    }
+
+    /// Appends the crafting jobs completed since the last call, in completion order
+    /// (for the server to deliver the products), and frees their slots.
+    pub fn drain_crafting_completed(&mut self, out: &mut Vec<CraftingCompleted>) {
+        self.crafting.drain_completed(out);
+    }
+
+    /// Appends a player's crafting queue as (job id, progress in permille), the job in
+    /// progress first.
+    pub fn crafting_queue(&self, account_id: u64, out: &mut Vec<(u64, u16)>) {
+        self.crafting.queue_of(account_id, out);
     }
 
     /// Appends the ids of ships destroyed since the last call (for the server to delete
@@ -1053,6 +1147,7 @@ impl Engine {
             });
             hasher.write_u64(state.last_attacker.0);
         }
+        self.crafting.hash_into(&mut hasher);
         hasher.finish()
     }
 
@@ -1104,5 +1199,15 @@ impl Engine {
     fn time_dilation_permille(&self) -> u16 {
         // In 100..=1000 by construction of `set_time_dilation`.
         (self.time_dilation * 1000.0).round() as u16
+    }
+}
+
+/// Appends `event` unless the tick already holds `EVENTS_PER_TICK_MAX`; then counts it
+/// as dropped.
+fn push_bounded(events: &mut Vec<PendingEvent>, dropped: &mut u64, event: PendingEvent) {
+    if events.len() >= EVENTS_PER_TICK_MAX {
+        *dropped += 1;
+    } else {
+        events.push(event);
     }
 }

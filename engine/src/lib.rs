@@ -1,5 +1,5 @@
 //! warpcore's tick engine: the world sharded into sectors, each owning a `hecs::World`,
-//! ticked in parallel on rayon with a deterministic serial exchange; plus the game's own
+//! ticked in parallel on its worker threads with a deterministic serial exchange; plus the game's own
 //! message schema and codec ([`wire`]), shared by the server and the bot clients.
 //!
 //! Architecture invariant: this crate knows nothing of sockets, HTTP, SQL or the clock.
@@ -9,6 +9,7 @@
 mod combat;
 mod components;
 pub mod config;
+pub mod crafting;
 pub mod dilation;
 pub mod engine;
 mod hash;
@@ -20,9 +21,11 @@ mod sector;
 pub mod sector_id;
 pub mod ship;
 pub mod wire;
+mod workers;
 
 pub use components::CommandClass;
 pub use config::{CommandError, EngineConfig, EngineError};
+pub use crafting::{CraftingCompleted, CraftingJob};
 pub use dilation::TimeDilationController;
 pub use engine::Engine;
 pub use recording::{replay, InputReader, RecordingError, ReplaySummary, REPLAY_HASH_EVERY_TICKS};

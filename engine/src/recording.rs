@@ -25,6 +25,7 @@ use std::io::{self, BufWriter, Read, Write};
 use thiserror::Error;
 
 use crate::config::{EngineConfig, EngineError};
+use crate::crafting::CraftingJob;
 use crate::engine::{Engine, STAR_SYSTEMS_MAX};
 use crate::sector_id::{SectorId, SCALE_MAX};
 use crate::ship::{ShipSpawn, ShipStats, StarSystem, WeaponStats};
@@ -47,6 +48,10 @@ const TAG_WEAPONS: u8 = 8;
 const TAG_REFIT: u8 = 9;
 const TAG_RESUME: u8 = 10;
 const TAG_TICK: u8 = 11;
+const TAG_CRAFT: u8 = 12;
+const TAG_CANCEL_CRAFT: u8 = 13;
+const TAG_HIT_POINTS: u8 = 14;
+const TAG_ORDER_WARP: u8 = 15;
 
 /// One engine input, as recorded.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,6 +88,22 @@ pub enum Input<'a> {
     },
     /// [`Engine::set_time_dilation`].
     TimeDilation(f64),
+    /// [`Engine::start_crafting`].
+    Craft(CraftingJob),
+    /// [`Engine::set_hit_points`].
+    HitPoints {
+        /// The ship.
+        entity_id: u64,
+        /// Its hit points.
+        hit_points: f64,
+    },
+    /// [`Engine::cancel_crafting`].
+    CancelCraft {
+        /// The player.
+        account_id: u64,
+        /// The job.
+        job_id: u64,
+    },
     /// [`Engine::set_star_systems`].
     StarSystems(&'a [StarSystem]),
     /// [`Engine::set_weapons`].
@@ -98,6 +119,13 @@ pub enum Input<'a> {
         entity_id: u64,
         /// Its new stats.
         stats: ShipStats,
+    },
+    /// [`Engine::order_warp`].
+    OrderWarp {
+        /// The ship.
+        entity_id: u64,
+        /// The destination system.
+        system_id: u32,
     },
     /// [`Engine::resume_from_tick`].
     ResumeFromTick(u64),
@@ -264,6 +292,35 @@ pub fn write_input(out: &mut impl Write, input: &Input<'_>) -> io::Result<()> {
             out.write_all(&tick.to_le_bytes())
         }
         Input::Tick => out.write_all(&[TAG_TICK]),
+        Input::Craft(job) => {
+            out.write_all(&[TAG_CRAFT])?;
+            out.write_all(&job.job_id.to_le_bytes())?;
+            out.write_all(&job.account_id.to_le_bytes())?;
+            out.write_all(&job.recipe_id.to_le_bytes())?;
+            out.write_all(&job.quantity.to_le_bytes())?;
+            f64s(out, &[job.duration_s])
+        }
+        Input::HitPoints {
+            entity_id,
+            hit_points,
+        } => {
+            out.write_all(&[TAG_HIT_POINTS])?;
+            out.write_all(&entity_id.to_le_bytes())?;
+            f64s(out, &[hit_points])
+        }
+        Input::CancelCraft { account_id, job_id } => {
+            out.write_all(&[TAG_CANCEL_CRAFT])?;
+            out.write_all(&account_id.to_le_bytes())?;
+            out.write_all(&job_id.to_le_bytes())
+        }
+        Input::OrderWarp {
+            entity_id,
+            system_id,
+        } => {
+            out.write_all(&[TAG_ORDER_WARP])?;
+            out.write_all(&entity_id.to_le_bytes())?;
+            out.write_all(&system_id.to_le_bytes())
+        }
     }
 }
 
@@ -425,6 +482,31 @@ impl<R: Read> InputReader<R> {
             }
             TAG_RESUME => Input::ResumeFromTick(read_u64(r)?),
             TAG_TICK => Input::Tick,
+            TAG_CRAFT => {
+                let job_id = read_u64(r)?;
+                let account_id = read_u64(r)?;
+                let ids = read_u64(r)?;
+                Input::Craft(CraftingJob {
+                    job_id,
+                    account_id,
+                    // Two little-endian u32s, as written.
+                    recipe_id: ids as u32,
+                    quantity: (ids >> 32) as u32,
+                    duration_s: read_f64(r)?,
+                })
+            }
+            TAG_HIT_POINTS => Input::HitPoints {
+                entity_id: read_u64(r)?,
+                hit_points: read_f64(r)?,
+            },
+            TAG_CANCEL_CRAFT => Input::CancelCraft {
+                account_id: read_u64(r)?,
+                job_id: read_u64(r)?,
+            },
+            TAG_ORDER_WARP => Input::OrderWarp {
+                entity_id: read_u64(r)?,
+                system_id: read_u32(r)?,
+            },
             _ => return Err(RecordingError::Format("unknown record tag")),
         };
         Ok(Some(input))
@@ -435,6 +517,10 @@ fn read_array<const N: usize>(r: &mut impl Read) -> io::Result<[u8; N]> {
     let mut bytes = [0u8; N];
     r.read_exact(&mut bytes)?;
     Ok(bytes)
+}
+
+fn read_u32(r: &mut impl Read) -> io::Result<u32> {
+    read_array(r).map(u32::from_le_bytes)
 }
 
 fn read_u64(r: &mut impl Read) -> io::Result<u64> {
@@ -527,6 +613,24 @@ fn apply(engine: &mut Engine, input: Input<'_>, on_hash: &mut dyn FnMut(u64, u64
             let _refused_live_too = engine.refit_ship(entity_id, stats);
         }
         Input::ResumeFromTick(tick) => engine.resume_from_tick(tick),
+        Input::Craft(job) => {
+            let _refused_live_too = engine.start_crafting(job);
+        }
+        Input::HitPoints {
+            entity_id,
+            hit_points,
+        } => {
+            let _refused_live_too = engine.set_hit_points(entity_id, hit_points);
+        }
+        Input::CancelCraft { account_id, job_id } => {
+            let _refused_live_too = engine.cancel_crafting(account_id, job_id);
+        }
+        Input::OrderWarp {
+            entity_id,
+            system_id,
+        } => {
+            let _refused_live_too = engine.order_warp(entity_id, system_id);
+        }
         Input::Tick => {
             engine.tick();
             let tick = engine.current_tick();

@@ -1,14 +1,16 @@
 //! One sector at run time: its `hecs::World`, its prioritised command inbox, and the
-//! simulate step that runs on a rayon worker with no locks and no shared mutable state.
-//! The step applies commands (validating movement: anti-cheat), runs the AI, warp,
-//! movement and weapon systems in one pass over the world, despawns leavers through the
-//! sector's reused `CommandBuffer` into the outbox, and writes shots into the shot list;
-//! the engine resolves both in the serial exchange phase. It is not the tick
+//! simulate step that runs on a worker thread with no locks and no shared mutable state.
+//! The step applies commands (validating movement: anti-cheat), then runs its systems in
+//! passes: AI pilots and warp drives, movement (the hot loop, over the five components
+//! it needs), weapons; the first and last are skipped while no ship in the sector needs
+//! them (`cold_active`), which is the common case for a sector of ships just flying.
+//! Ships that crossed a border are taken out whole into the outbox and shots go to the
+//! shot list; the engine resolves both in the serial exchange phase. It is not the tick
 //! orchestration (that is `engine`) nor replication.
 
 use std::collections::HashMap;
 
-use hecs::{CommandBuffer, Entity, World};
+use hecs::{Entity, World};
 
 use crate::components::{
     Command, CommandClass, DesiredVelocity, Dirty, Health, LastAttacker, Migrant, Pilot, Position,
@@ -74,8 +76,15 @@ pub(crate) struct Sector {
     pub(crate) shots: Vec<Shot>,
     /// Movement commands refused during the last step: (account, what).
     pub(crate) violations: Vec<(u64, Violation)>,
-    /// Despawns recorded during iteration, applied after it; reused every tick.
-    despawns: CommandBuffer,
+    /// Ships that left during the movement pass, with their destination; handed over
+    /// after the passes. Reused every tick.
+    leavers: Vec<(Entity, SectorId)>,
+    /// Whether any ship here may need the AI, warp or weapon passes (an AI pilot, a
+    /// warp spooling, a target or a weapon cooling down). False lets the tick run the
+    /// movement pass alone, touching a third of the ship's bytes. Set by anything that
+    /// can start such a state (spawn, the Warp / Attack / Control commands, a refit),
+    /// recomputed by the weapon pass.
+    cold_active: bool,
     /// Replication cache: this sector's entities as clients see them, sorted by id.
     views: Vec<EntityView>,
     counters: SectorTickCounters,
@@ -135,7 +144,8 @@ impl Sector {
             outbox: Vec::new(),
             shots: Vec::new(),
             violations: Vec::new(),
-            despawns: CommandBuffer::new(),
+            leavers: Vec::new(),
+            cold_active: false,
             views: Vec::new(),
             counters: SectorTickCounters::default(),
             in_massive_battle: false,
@@ -154,6 +164,8 @@ impl Sector {
         self.shots.clear();
         self.violations.clear();
         self.views.clear();
+        self.leavers.clear();
+        self.cold_active = false;
         self.counters = SectorTickCounters::default();
         self.in_massive_battle = false;
         self.id = id;
@@ -183,6 +195,7 @@ impl Sector {
     /// Puts a whole ship into this sector.
     pub(crate) fn spawn(&mut self, state: ShipState) {
         let entity_id = state.ship.entity_id;
+        self.cold_active |= needs_cold_passes(&state.weapons, &state.warp, &state.pilot);
         let entity = self.world.spawn(state.into_bundle());
         let previous = self.entities.insert(entity_id, entity);
         debug_assert!(previous.is_none(), "entity {entity_id} spawned twice");
@@ -210,7 +223,6 @@ impl Sector {
         self.violations.clear();
         self.apply_commands(step);
         self.run_systems(step);
-        self.despawns.run_on(&mut self.world);
         self.outbox
             .sort_unstable_by_key(|migrant| migrant.state.ship.entity_id);
         self.shots.sort_unstable_by_key(|shot| shot.shooter);
@@ -263,6 +275,11 @@ impl Sector {
             self.counters.commands_unknown_entity += 1;
             return;
         };
+        // These may start an AI pilot, a warp or a target: wake the cold passes.
+        self.cold_active |= matches!(
+            command,
+            Command::Warp { .. } | Command::Attack { .. } | Command::Control { .. }
+        );
         // Control hand-overs are the engine's own, not a client's: not counted.
         let counted = !matches!(command, Command::Control { .. });
         match apply_to_ship(command, ship, step) {
@@ -272,11 +289,30 @@ impl Sector {
     }
 
     fn run_systems(&mut self, step: &StepParams) {
-        let query = self.world.query_mut::<ShipQueryMut>();
-        for (
-            entity,
-            (ship, position, velocity, desired, dirty, health, weapons, warp, pilot, last_attacker),
-        ) in query
+        if self.cold_active {
+            self.run_pilots_and_warp(step);
+        }
+        self.run_movement(step);
+        if self.cold_active {
+            self.cold_active = self.run_weapons(step);
+        }
+        self.hand_over_leavers();
+    }
+
+    /// AI pilots and warp drives, before movement (both change the desired velocity,
+    /// and a completed jump moves the ship). Only runs while some ship may need it.
+    fn run_pilots_and_warp(&mut self, step: &StepParams) {
+        let query = self.world.query_mut::<(
+            &mut Position,
+            &mut Velocity,
+            &mut DesiredVelocity,
+            &mut Dirty,
+            &mut Weapons,
+            &mut Warp,
+            &mut Pilot,
+            &LastAttacker,
+        )>();
+        for (_, (position, velocity, desired, dirty, weapons, warp, pilot, last_attacker)) in query
         {
             if let Pilot::Ai { ticks_left } = pilot {
                 // Hold position; shoot back at the last attacker while the AI is on duty.
@@ -312,40 +348,73 @@ impl Sector {
                     self.counters.warps_completed += 1;
                 }
             }
+        }
+    }
+
+    /// Steering and movement of every ship: the hot loop, over the five components it
+    /// needs only. Ships that end up outside this sector are noted in `leavers`.
+    fn run_movement(&mut self, step: &StepParams) {
+        let inside = CellInterior::of(self.id, step.sector_size_m);
+        let query = self.world.query_mut::<(
+            &Ship,
+            &mut Position,
+            &mut Velocity,
+            &DesiredVelocity,
+            &mut Dirty,
+        )>();
+        let mut moved = 0;
+        for (entity, (ship, position, velocity, desired, dirty)) in query {
             let new_velocity = steer(*velocity, *desired, &ship.stats, step.dt_s);
             let new_position = advance(*position, new_velocity, step.dt_s);
             if new_velocity != *velocity || new_position != *position {
                 dirty.0 = true;
-                self.counters.entities_moved += 1;
+                moved += 1;
             }
             *velocity = new_velocity;
             *position = new_position;
+            if !inside.contains(new_position) {
+                let destination =
+                    SectorId::of_point(new_position.x_m, new_position.y_m, 0, step.sector_size_m);
+                if destination != self.id {
+                    self.leavers.push((entity, destination));
+                }
+            }
+        }
+        self.counters.entities_moved += moved;
+    }
+
+    /// Weapon cooldowns and shots, after movement (a shot leaves from the new
+    /// position). Returns whether any ship still needs the AI, warp or weapon passes.
+    fn run_weapons(&mut self, step: &StepParams) -> bool {
+        let query = self
+            .world
+            .query_mut::<(&Ship, &Position, &mut Weapons, &Warp, &Pilot)>();
+        let mut active = false;
+        for (_, (ship, position, weapons, warp, pilot)) in query {
             fire(ship, position, weapons, step.dt_s, &mut self.shots);
             if weapons.target != 0 {
                 self.counters.combatants += 1;
             }
-            let destination =
-                SectorId::of_point(new_position.x_m, new_position.y_m, 0, step.sector_size_m);
-            if destination != self.id {
-                self.despawns.despawn(entity);
-                self.entities.remove(&ship.entity_id);
-                self.outbox.push(Migrant {
-                    destination,
-                    state: ShipState {
-                        ship: *ship,
-                        position: new_position,
-                        velocity: new_velocity,
-                        desired: *desired,
-                        dirty: *dirty,
-                        health: *health,
-                        weapons: *weapons,
-                        warp: *warp,
-                        pilot: *pilot,
-                        last_attacker: *last_attacker,
-                    },
-                });
-            }
+            active |= needs_cold_passes(weapons, warp, pilot);
         }
+        active
+    }
+
+    /// Moves the ships noted in `leavers` to the outbox, whole.
+    fn hand_over_leavers(&mut self) {
+        for i in 0..self.leavers.len() {
+            let (entity, destination) = self.leavers[i];
+            let Ok(refs) = self.world.query_one_mut::<ShipQuery>(entity) else {
+                debug_assert!(false, "a leaver vanished before its hand-over");
+                continue;
+            };
+            let state = ShipState::from_refs(refs);
+            self.entities.remove(&state.ship.entity_id);
+            let despawned = self.world.despawn(entity);
+            debug_assert!(despawned.is_ok(), "a leaver could not be despawned");
+            self.outbox.push(Migrant { destination, state });
+        }
+        self.leavers.clear();
     }
 
     /// Applies one resolved shot to `target` (called in the serial exchange). `roll` is
@@ -398,6 +467,7 @@ impl Sector {
         stats: Option<ShipStats>,
         weapons: Option<crate::ship::WeaponStats>,
     ) -> bool {
+        self.cold_active = true;
         let Some(&entity) = self.entities.get(&entity_id) else {
             return false;
         };
@@ -423,24 +493,41 @@ impl Sector {
         true
     }
 
+    /// Sets one ship's hit points (between ticks) and marks it dirty; false if it is not
+    /// here. The caller has clamped `hp` to `(0, max]`.
+    pub(crate) fn set_hit_points(&mut self, entity_id: u64, hp: f64) -> bool {
+        let Some(&entity) = self.entities.get(&entity_id) else {
+            return false;
+        };
+        let Ok((ship, health, dirty)) = self
+            .world
+            .query_one_mut::<(&Ship, &mut Health, &mut Dirty)>(entity)
+        else {
+            return false;
+        };
+        health.hp = hp.min(ship.stats.hit_points);
+        dirty.0 = true;
+        true
+    }
+
     /// Appends the durable state of every dirty entity and clears the marks.
     pub(crate) fn drain_dirty(&mut self, tick: u64, out: &mut Vec<EntityRecord>) {
         let query = self
             .world
-            .query_mut::<(&Ship, &Position, &Velocity, &mut Dirty)>();
-        for (_, (ship, position, velocity, dirty)) in query {
+            .query_mut::<(&Ship, &Position, &Velocity, &Health, &mut Dirty)>();
+        for (_, (ship, position, velocity, health, dirty)) in query {
             if dirty.0 {
                 dirty.0 = false;
-                out.push(record(ship, position, velocity, tick));
+                out.push(record(ship, position, velocity, health, tick));
             }
         }
     }
 
     /// Appends the durable state of every entity.
     pub(crate) fn records(&self, tick: u64, out: &mut Vec<EntityRecord>) {
-        let mut query = self.world.query::<(&Ship, &Position, &Velocity)>();
-        for (_, (ship, position, velocity)) in query.iter() {
-            out.push(record(ship, position, velocity, tick));
+        let mut query = self.world.query::<(&Ship, &Position, &Velocity, &Health)>();
+        for (_, (ship, position, velocity, health)) in query.iter() {
+            out.push(record(ship, position, velocity, health, tick));
         }
     }
 
@@ -449,11 +536,11 @@ impl Sector {
         let &entity = self.entities.get(&entity_id)?;
         let mut query = self
             .world
-            .query_one::<(&Ship, &Position, &Velocity)>(entity)
+            .query_one::<(&Ship, &Position, &Velocity, &Health)>(entity)
             .ok()?;
-        query
-            .get()
-            .map(|(ship, position, velocity)| record(ship, position, velocity, tick))
+        query.get().map(|(ship, position, velocity, health)| {
+            record(ship, position, velocity, health, tick)
+        })
     }
 
     /// The full state of one entity, if it is in this sector.
@@ -580,6 +667,50 @@ fn apply_to_ship(
     Ok(())
 }
 
+/// Whether a ship needs the AI / warp / weapon passes this tick: an AI pilot, a warp
+/// spooling, a target, or a weapon still cooling down.
+fn needs_cold_passes(weapons: &Weapons, warp: &Warp, pilot: &Pilot) -> bool {
+    matches!(pilot, Pilot::Ai { .. })
+        || warp.destination.is_some()
+        || weapons.target != 0
+        || weapons.cooldown_left_s > 0.0
+}
+
+/// The inside of a scale-0 cell shrunk by a safety margin: a point inside it is in the
+/// cell for certain, without the division and `floor` of [`SectorId::of_point`] (a libm
+/// call on baseline x86-64). Points in the margin take the exact path.
+#[derive(Debug, Clone, Copy)]
+struct CellInterior {
+    x_min: f64,
+    x_max: f64,
+    y_min: f64,
+    y_max: f64,
+}
+
+impl CellInterior {
+    fn of(id: SectorId, sector_size_m: f64) -> CellInterior {
+        let x0 = id.x as f64 * sector_size_m;
+        let x1 = (id.x as f64 + 1.0) * sector_size_m;
+        let y0 = id.y as f64 * sector_size_m;
+        let y1 = (id.y as f64 + 1.0) * sector_size_m;
+        // Far wider than the rounding of `coordinate / width` (2^-52 relative), so a
+        // point in the interior floors to this cell's index whatever the rounding.
+        let margin = |a: f64, b: f64| (a.abs() + b.abs() + sector_size_m) * 1.0e-9;
+        let mx = margin(x0, x1);
+        let my = margin(y0, y1);
+        CellInterior {
+            x_min: x0 + mx,
+            x_max: x1 - mx,
+            y_min: y0 + my,
+            y_max: y1 - my,
+        }
+    }
+
+    fn contains(&self, p: Position) -> bool {
+        p.x_m >= self.x_min && p.x_m <= self.x_max && p.y_m >= self.y_min && p.y_m <= self.y_max
+    }
+}
+
 /// Counts the weapon cooldown down and fires one shot at the target when it is ready.
 fn fire(ship: &Ship, position: &Position, weapons: &mut Weapons, dt_s: f64, shots: &mut Vec<Shot>) {
     if weapons.cooldown_left_s > 0.0 {
@@ -598,8 +729,15 @@ fn fire(ship: &Ship, position: &Position, weapons: &mut Weapons, dt_s: f64, shot
     });
 }
 
-fn record(ship: &Ship, position: &Position, velocity: &Velocity, tick: u64) -> EntityRecord {
+fn record(
+    ship: &Ship,
+    position: &Position,
+    velocity: &Velocity,
+    health: &Health,
+    tick: u64,
+) -> EntityRecord {
     EntityRecord {
+        hit_points: health.hp,
         entity_id: ship.entity_id,
         x_m: position.x_m,
         y_m: position.y_m,

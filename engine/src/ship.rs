@@ -284,6 +284,9 @@ pub struct EntityRecord {
     pub vx_mps: f64,
     /// Velocity y, metres per second.
     pub vy_mps: f64,
+    /// Hit points left (damage persists: restore it with `Engine::set_hit_points`
+    /// after spawning the ship on load).
+    pub hit_points: f64,
     /// The engine tick this state is from (the last completed tick when it was read).
     pub tick: u64,
 }

@@ -75,6 +75,10 @@ pub const TYPE_ATTACK: u8 = 0x05;
 pub const TYPE_TELEMETRY: u8 = 0x06;
 /// Type byte of [`ServerMsg::Event`].
 pub const TYPE_EVENT: u8 = 0x82;
+/// Type byte of [`ServerMsg::Notice`].
+pub const TYPE_NOTICE: u8 = 0x83;
+/// Longest [`ServerMsg::Notice`] text, in bytes of UTF-8.
+pub const NOTICE_TEXT_BYTES_MAX: usize = 1024;
 /// Encoded size of [`ClientMsg::State`].
 pub const STATE_BYTES: usize = 37;
 /// Encoded size of a [`ClientMsg::MoveBatch`] without its orders.
@@ -93,6 +97,12 @@ pub const TELEMETRY_BYTES: usize = 5;
 pub const EVENT_UNIT_DESTROYED_BYTES: usize = 26;
 /// Encoded size of [`ServerMsg::Event`] carrying [`GameEvent::MassiveBattle`].
 pub const EVENT_MASSIVE_BATTLE_BYTES: usize = 31;
+/// Encoded size of [`ServerMsg::Event`] carrying [`GameEvent::CraftQueued`].
+pub const EVENT_CRAFT_QUEUED_BYTES: usize = 24;
+/// Encoded size of [`ServerMsg::Event`] carrying [`GameEvent::CraftProgress`].
+pub const EVENT_CRAFT_PROGRESS_BYTES: usize = 20;
+/// Encoded size of [`ServerMsg::Event`] carrying [`GameEvent::CraftCompleted`].
+pub const EVENT_CRAFT_COMPLETED_BYTES: usize = 26;
 /// Type byte of [`ServerMsg::Snapshot`].
 pub const TYPE_SNAPSHOT: u8 = 0x81;
 /// Encoded size of [`ClientMsg::Move`], type byte included.
@@ -546,6 +556,12 @@ pub enum ServerMsg {
         /// What happened.
         event: GameEvent,
     },
+    /// A text from the operators to every player (an admin broadcast), on the reliable
+    /// channel. At most [`NOTICE_TEXT_BYTES_MAX`] bytes of UTF-8.
+    Notice {
+        /// The text.
+        text: String,
+    },
 }
 
 /// A game event delivered to its participants.
@@ -565,10 +581,40 @@ pub enum GameEvent {
         /// Ships with a target in that sector.
         participants: u32,
     },
+    /// A crafting job of the player is at `position` in their queue (0 = in progress):
+    /// sent when it is queued and whenever the jobs ahead of it complete or are
+    /// cancelled.
+    CraftQueued {
+        /// The job.
+        job_id: u64,
+        /// What it makes.
+        recipe_id: u32,
+        /// Place in the queue, 0 = being crafted.
+        position: u16,
+    },
+    /// The job in progress passed another tenth of its work.
+    CraftProgress {
+        /// The job.
+        job_id: u64,
+        /// Work done, 0..1000.
+        progress_permille: u16,
+    },
+    /// A crafting job finished; the product is delivered by the server.
+    CraftCompleted {
+        /// The job.
+        job_id: u64,
+        /// What was made.
+        recipe_id: u32,
+        /// How many.
+        quantity: u32,
+    },
 }
 
 const EVENT_KIND_UNIT_DESTROYED: u8 = 1;
 const EVENT_KIND_MASSIVE_BATTLE: u8 = 2;
+const EVENT_KIND_CRAFT_QUEUED: u8 = 3;
+const EVENT_KIND_CRAFT_PROGRESS: u8 = 4;
+const EVENT_KIND_CRAFT_COMPLETED: u8 = 5;
 
 fn encode_event(out: &mut Vec<u8>, tick: u64, event: &GameEvent) {
     out.push(TYPE_EVENT);
@@ -592,7 +638,50 @@ fn encode_event(out: &mut Vec<u8>, tick: u64, event: &GameEvent) {
             out.push(sector.scale);
             out.extend_from_slice(&participants.to_le_bytes());
         }
+        GameEvent::CraftQueued {
+            job_id,
+            recipe_id,
+            position,
+        } => {
+            out.push(EVENT_KIND_CRAFT_QUEUED);
+            out.extend_from_slice(&job_id.to_le_bytes());
+            out.extend_from_slice(&recipe_id.to_le_bytes());
+            out.extend_from_slice(&position.to_le_bytes());
+        }
+        GameEvent::CraftProgress {
+            job_id,
+            progress_permille,
+        } => {
+            out.push(EVENT_KIND_CRAFT_PROGRESS);
+            out.extend_from_slice(&job_id.to_le_bytes());
+            out.extend_from_slice(&progress_permille.to_le_bytes());
+        }
+        GameEvent::CraftCompleted {
+            job_id,
+            recipe_id,
+            quantity,
+        } => {
+            out.push(EVENT_KIND_CRAFT_COMPLETED);
+            out.extend_from_slice(&job_id.to_le_bytes());
+            out.extend_from_slice(&recipe_id.to_le_bytes());
+            out.extend_from_slice(&quantity.to_le_bytes());
+        }
     }
+}
+
+fn decode_notice(bytes: &[u8]) -> Result<ServerMsg, DecodeError> {
+    let mut r = Reader::new(bytes);
+    r.u8()?;
+    let len = usize::from(u16::from_le_bytes(r.take::<2>()?));
+    if len > NOTICE_TEXT_BYTES_MAX {
+        return Err(DecodeError::InvalidValue { field: "text_len" });
+    }
+    r.expect_len(3 + len)?;
+    let text = std::str::from_utf8(&bytes[3..])
+        .map_err(|_| DecodeError::InvalidValue { field: "text" })?;
+    Ok(ServerMsg::Notice {
+        text: text.to_owned(),
+    })
 }
 
 fn decode_event(bytes: &[u8]) -> Result<ServerMsg, DecodeError> {
@@ -620,6 +709,36 @@ fn decode_event(bytes: &[u8]) -> Result<ServerMsg, DecodeError> {
                 participants: r.u32()?,
             }
         }
+        EVENT_KIND_CRAFT_QUEUED => {
+            r.expect_len(EVENT_CRAFT_QUEUED_BYTES)?;
+            GameEvent::CraftQueued {
+                job_id: r.u64()?,
+                recipe_id: r.u32()?,
+                position: r.u16()?,
+            }
+        }
+        EVENT_KIND_CRAFT_PROGRESS => {
+            r.expect_len(EVENT_CRAFT_PROGRESS_BYTES)?;
+            let job_id = r.u64()?;
+            let progress_permille = r.u16()?;
+            if progress_permille > 1000 {
+                return Err(DecodeError::InvalidValue {
+                    field: "progress_permille",
+                });
+            }
+            GameEvent::CraftProgress {
+                job_id,
+                progress_permille,
+            }
+        }
+        EVENT_KIND_CRAFT_COMPLETED => {
+            r.expect_len(EVENT_CRAFT_COMPLETED_BYTES)?;
+            GameEvent::CraftCompleted {
+                job_id: r.u64()?,
+                recipe_id: r.u32()?,
+                quantity: r.u32()?,
+            }
+        }
         _ => {
             return Err(DecodeError::InvalidValue {
                 field: "event_kind",
@@ -634,7 +753,8 @@ impl ServerMsg {
     ///
     /// # Errors
     /// [`EncodeError::Full`] if a snapshot has more than [`SNAPSHOT_ENTITIES_MAX`]
-    /// entities, [`EncodeError::NonFinite`] for a NaN or infinite field. On error `out`
+    /// entities or a notice is longer than [`NOTICE_TEXT_BYTES_MAX`] bytes;
+    /// [`EncodeError::NonFinite`] for a NaN or infinite field. On error `out`
     /// is left as it was.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         match self {
@@ -650,6 +770,15 @@ impl ServerMsg {
                 encode_event(out, *tick, event);
                 Ok(())
             }
+            ServerMsg::Notice { text } => {
+                if text.len() > NOTICE_TEXT_BYTES_MAX {
+                    return Err(EncodeError::Full);
+                }
+                out.push(TYPE_NOTICE);
+                out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+                out.extend_from_slice(text.as_bytes());
+                Ok(())
+            }
         }
     }
 
@@ -659,8 +788,10 @@ impl ServerMsg {
     /// # Errors
     /// Any malformed input: see [`DecodeError`].
     pub fn decode(bytes: &[u8]) -> Result<ServerMsg, DecodeError> {
-        if bytes.first() == Some(&TYPE_EVENT) {
-            return decode_event(bytes);
+        match bytes.first() {
+            Some(&TYPE_EVENT) => return decode_event(bytes),
+            Some(&TYPE_NOTICE) => return decode_notice(bytes),
+            _ => {}
         }
         let view = SnapshotView::parse(bytes)?;
         let header = view.header();

@@ -5,8 +5,8 @@
 
 use warpcore_engine::wire::{ClientMsg, GameEvent, MoveBatch, MoveOrder, ServerMsg};
 use warpcore_engine::{
-    replay, CommandError, Engine, EngineConfig, SectorId, ShipSpawn, ShipStats, StarSystem,
-    TimeDilationController, WeaponStats, REPLAY_HASH_EVERY_TICKS,
+    replay, CommandError, CraftingJob, Engine, EngineConfig, SectorId, ShipSpawn, ShipStats,
+    StarSystem, TimeDilationController, WeaponStats, REPLAY_HASH_EVERY_TICKS,
 };
 
 fn config() -> EngineConfig {
@@ -500,4 +500,168 @@ fn a_recording_replays_to_the_same_hashes_every_100_ticks() {
         live.record_inputs(Box::new(SharedBuf::default())),
         Err(warpcore_engine::EngineError::RecordingNotAtStart)
     ));
+}
+
+#[test]
+fn crafting_queue_advances_with_dilated_game_time_and_tells_only_its_player() {
+    let mut engine = Engine::new(config()).unwrap();
+    engine.spawn_ship(ship(1, 7, 10.0, 10.0)).unwrap();
+    engine.spawn_ship(ship(2, 8, 20.0, 10.0)).unwrap();
+    engine.attach_client(100, 7, 1).unwrap();
+    engine.attach_client(200, 8, 2).unwrap();
+    let job = |job_id, duration_s| CraftingJob {
+        job_id,
+        account_id: 7,
+        recipe_id: 42,
+        quantity: 3,
+        duration_s,
+    };
+    assert_eq!(engine.start_crafting(job(1, 1.0)), Ok(0));
+    assert_eq!(engine.start_crafting(job(2, 1.0)), Ok(1));
+    // Half speed: 1 game second takes 60 ticks at 30 Hz.
+    engine.set_time_dilation(0.5);
+    let mut told = Vec::new();
+    let mut completed = Vec::new();
+    for _ in 0..65 {
+        engine.tick();
+        engine.write_events(&mut |client, b| {
+            if let Ok(ServerMsg::Event { event, .. }) = ServerMsg::decode(b) {
+                told.push((client, event));
+            }
+        });
+        engine.drain_crafting_completed(&mut completed);
+    }
+    assert!(told.iter().all(|(client, _)| *client == 100), "{told:?}");
+    let events: Vec<GameEvent> = told.into_iter().map(|(_, e)| e).collect();
+    assert_eq!(
+        &events[..2],
+        &[
+            GameEvent::CraftQueued {
+                job_id: 1,
+                recipe_id: 42,
+                position: 0
+            },
+            GameEvent::CraftQueued {
+                job_id: 2,
+                recipe_id: 42,
+                position: 1
+            },
+        ]
+    );
+    let done = events
+        .iter()
+        .position(|e| matches!(e, GameEvent::CraftCompleted { job_id: 1, .. }))
+        .expect("job 1 completes");
+    assert_eq!(
+        events[done + 1],
+        GameEvent::CraftQueued {
+            job_id: 2,
+            recipe_id: 42,
+            position: 0
+        }
+    );
+    assert!(events[2..done]
+        .iter()
+        .all(|e| matches!(e, GameEvent::CraftProgress { job_id: 1, .. })));
+    assert_eq!(completed.len(), 1);
+    // 1 s at half speed: tick 60 (rounding of the sum may push it to 61).
+    assert!((60..=61).contains(&completed[0].tick), "{completed:?}");
+    assert_eq!((completed[0].account_id, completed[0].quantity), (7, 3));
+    let mut queue = Vec::new();
+    engine.crafting_queue(7, &mut queue);
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue[0].0, 2);
+    assert_eq!(engine.cancel_crafting(7, 2).map(|j| j.job_id), Ok(2));
+    assert!(engine.cancel_crafting(7, 2).is_err());
+}
+
+#[test]
+fn crafting_is_recorded_and_replays_to_the_same_hash() {
+    let sink = SharedSink::default();
+    let mut engine = Engine::new(config()).unwrap();
+    engine.record_inputs(Box::new(sink.clone())).unwrap();
+    engine.spawn_ship(ship(1, 7, 10.0, 10.0)).unwrap();
+    for job_id in 1..=3 {
+        engine
+            .start_crafting(CraftingJob {
+                job_id,
+                account_id: 7,
+                recipe_id: 5,
+                quantity: 1,
+                duration_s: 0.2 * job_id as f64,
+            })
+            .unwrap();
+    }
+    engine.cancel_crafting(7, 3).unwrap();
+    for _ in 0..(REPLAY_HASH_EVERY_TICKS - 1) {
+        engine.tick();
+    }
+    // A job still running at tick 100 is part of the hash.
+    engine
+        .start_crafting(CraftingJob {
+            job_id: 9,
+            account_id: 7,
+            recipe_id: 5,
+            quantity: 1,
+            duration_s: 100.0,
+        })
+        .unwrap();
+    engine.tick();
+    engine.flush_recording().unwrap();
+    let live = engine.state_hash();
+    let bytes = sink.0.lock().unwrap().clone();
+    let mut hashes = Vec::new();
+    let summary = replay(&bytes[..], 1, &mut |tick, hash| hashes.push((tick, hash))).unwrap();
+    assert_eq!(summary.final_hash, live);
+    assert_eq!(hashes, vec![(REPLAY_HASH_EVERY_TICKS, live)]);
+}
+
+/// A recording sink the test can read back.
+#[derive(Clone, Default)]
+struct SharedSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn damage_is_in_the_dirty_records_and_can_be_restored_after_a_restart() {
+    let mut engine = Engine::new(config()).unwrap();
+    engine.spawn_ship(ship(1, 7, 100.0, 10.0)).unwrap();
+    engine.spawn_ship(ship(2, 8, 200.0, 10.0)).unwrap();
+    engine.set_weapons(1, GUN).unwrap();
+    engine.attach_client(100, 7, 1).unwrap();
+    let attack = ClientMsg::Attack {
+        entity_id: 1,
+        seq: 1,
+        target_id: 2,
+    };
+    engine.handle_client_message(100, &bytes(attack)).unwrap();
+    let mut records = Vec::new();
+    engine.drain_dirty(&mut records);
+    while engine.hit_points(2) == Some(100.0) {
+        engine.tick();
+    }
+    records.clear();
+    engine.drain_dirty(&mut records);
+    let damaged = records.iter().find(|r| r.entity_id == 2).unwrap();
+    assert_eq!(damaged.hit_points, 70.0);
+    assert_eq!(engine.record(2).unwrap().hit_points, 70.0);
+
+    // A restarted server spawns the ship at full health and restores the stored damage.
+    let mut restarted = Engine::new(config()).unwrap();
+    restarted.spawn_ship(ship(2, 8, 200.0, 10.0)).unwrap();
+    restarted.set_hit_points(2, damaged.hit_points).unwrap();
+    assert_eq!(restarted.hit_points(2), Some(70.0));
+    restarted.set_hit_points(2, 1.0e9).unwrap();
+    assert_eq!(restarted.hit_points(2), Some(100.0), "clamped to the hull");
+    assert!(restarted.set_hit_points(2, 0.0).is_err());
+    assert!(restarted.set_hit_points(2, f64::NAN).is_err());
+    assert!(restarted.set_hit_points(3, 10.0).is_err());
 }

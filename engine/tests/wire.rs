@@ -139,13 +139,15 @@ fn check_decoders(input: &[u8], case: usize) {
             assert!(view.entities().eq(snapshot.entities.iter().copied()));
             assert!(snapshot.entities.len() * ENTITY_VIEW_BYTES < input.len());
         }
-        // An event type byte gets the event decoder's error, not the snapshot parser's.
-        (Err(a), Err(b)) if input.first() != Some(&0x82) => {
+        // An event or notice type byte gets that decoder's error, not the snapshot
+        // parser's.
+        (Err(a), Err(b)) if !matches!(input.first(), Some(&0x82) | Some(&0x83)) => {
             assert_eq!(a, b, "seed {SEED:#x}, case {case}")
         }
         (Err(_), Err(_)) => {}
-        // Events are server messages but not snapshots.
+        // Events and notices are server messages but not snapshots.
         (Ok(ServerMsg::Event { .. }), Err(_)) => assert_eq!(input[0], 0x82),
+        (Ok(ServerMsg::Notice { .. }), Err(_)) => assert_eq!(input[0], 0x83),
         _ => panic!("seed {SEED:#x}, case {case}: decoders disagree"),
     }
 }
@@ -229,4 +231,71 @@ fn engine_refuses_hostile_payloads_with_counted_errors() {
             type_byte: TYPE_SNAPSHOT
         })
     );
+}
+
+#[test]
+fn every_event_kind_round_trips_at_its_documented_size() {
+    use warpcore_engine::wire::{
+        GameEvent, EVENT_CRAFT_COMPLETED_BYTES, EVENT_CRAFT_PROGRESS_BYTES,
+        EVENT_CRAFT_QUEUED_BYTES, EVENT_MASSIVE_BATTLE_BYTES, EVENT_UNIT_DESTROYED_BYTES,
+    };
+    let events = [
+        (
+            GameEvent::UnitDestroyed {
+                entity_id: 5,
+                destroyed_by: 6,
+            },
+            EVENT_UNIT_DESTROYED_BYTES,
+        ),
+        (
+            GameEvent::MassiveBattle {
+                sector: warpcore_engine::SectorId::new(-3, 4, 0),
+                participants: 120,
+            },
+            EVENT_MASSIVE_BATTLE_BYTES,
+        ),
+        (
+            GameEvent::CraftQueued {
+                job_id: 9,
+                recipe_id: 3,
+                position: 2,
+            },
+            EVENT_CRAFT_QUEUED_BYTES,
+        ),
+        (
+            GameEvent::CraftProgress {
+                job_id: 9,
+                progress_permille: 300,
+            },
+            EVENT_CRAFT_PROGRESS_BYTES,
+        ),
+        (
+            GameEvent::CraftCompleted {
+                job_id: 9,
+                recipe_id: 3,
+                quantity: 10,
+            },
+            EVENT_CRAFT_COMPLETED_BYTES,
+        ),
+    ];
+    for (event, size) in events {
+        let message = ServerMsg::Event { tick: 77, event };
+        let mut out = Vec::new();
+        message.encode(&mut out).unwrap();
+        assert_eq!(out.len(), size, "{event:?}");
+        assert_eq!(ServerMsg::decode(&out), Ok(message));
+        assert!(ServerMsg::decode(&out[..size - 1]).is_err());
+    }
+    // Progress above 1000 permille is refused.
+    let mut out = Vec::new();
+    ServerMsg::Event {
+        tick: 1,
+        event: GameEvent::CraftProgress {
+            job_id: 1,
+            progress_permille: 1001,
+        },
+    }
+    .encode(&mut out)
+    .unwrap();
+    assert!(ServerMsg::decode(&out).is_err());
 }

@@ -57,9 +57,8 @@ pub struct SectorLoad {
     /// `x:y:scale`.
     pub sector: String,
     pub entities: u64,
+    /// Clients whose ship is in the sector.
     pub clients: u64,
-    /// The sector's share of the last tick, microseconds.
-    pub tick_us: u64,
 }
 
 /// What draining the write-behind queue did.

@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod game;
 pub mod replay;
 pub mod server;
 pub mod swarm;

@@ -9,7 +9,7 @@
 //! gets its ship from the store on tokio (never on the tick thread) and is attached
 //! at the start of a later tick.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,10 +19,13 @@ use anyhow::{bail, Context};
 use rand::RngCore;
 use tokio::sync::{mpsc, watch};
 
+use warpcore_engine::wire::{GameEvent, ServerMsg};
+use warpcore_engine::SectorId;
 use warpcore_engine::{
-    Engine, EngineConfig, EntityRecord, HullInput, ModuleInput, ShipSpawn, ShipStats, StarSystem,
-    TimeDilationController, REPLAY_HASH_EVERY_TICKS,
+    Engine, EngineConfig, EntityRecord, ShipSpawn, StarSystem, TimeDilationController,
+    REPLAY_HASH_EVERY_TICKS,
 };
+use warpcore_gateway::game::{OnlinePlayer, PushEvent, SectorLoad};
 use warpcore_gateway::{Argon2Params, GatewayConfig, RateLimits as GatewayRateLimits};
 use warpcore_metrics::{Counter, Gauge, LocalHistogram, Registry};
 use warpcore_net::driver::{spawn_server, ServerConfig, ServerEvent, ServerHandle};
@@ -36,6 +39,7 @@ use warpcore_persistence::{EntityState, ShipRecord, Store};
 
 use crate::clock::SystemClock;
 use crate::config::ServerArgs;
+use crate::game::{derive_stats, GameCommand, GameLink, GameView, LiveGame};
 
 /// Most connect-time ship look-ups waiting for the store at once; past it a new
 /// client is disconnected (and counted) rather than queued without bound.
@@ -54,7 +58,8 @@ pub struct RunningServer {
     tick_thread: std::thread::JoinHandle<TickLoopEnd>,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
     attach_task: tokio::task::JoinHandle<()>,
-    write_behind: warpcore_persistence::write_behind::WriteBehind,
+    /// Shared only with the gateway's admin drain, which holds it weakly.
+    write_behind: Arc<warpcore_persistence::write_behind::WriteBehind>,
     wb_exporter: tokio::task::JoinHandle<()>,
     registry: Arc<Registry>,
     hgrm_dir: Option<std::path::PathBuf>,
@@ -118,9 +123,8 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         engine.record_inputs(Box::new(std::io::BufWriter::new(file)))?;
         tracing::info!("recording every engine input to {}", path.display());
     }
-    let systems: Vec<StarSystem> = store
-        .star_systems()
-        .await?
+    let star_systems = store.star_systems().await?;
+    let systems: Vec<StarSystem> = star_systems
         .iter()
         .map(|s| StarSystem {
             system_id: s.id as u32,
@@ -168,6 +172,13 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         },
     );
 
+    let write_behind = Arc::new(write_behind);
+    let (game, game_link) = LiveGame::new(
+        store.clone(),
+        star_systems.iter().map(|s| s.id).collect(),
+        Arc::downgrade(&write_behind),
+        tokio::runtime::Handle::current(),
+    );
     let wb_exporter = crate::write_behind_metrics::spawn_write_behind_exporter(
         write_behind.metrics(),
         &registry,
@@ -186,6 +197,7 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
     );
     gateway_config.udp_timeout_s = args.udp_timeout_s;
     gateway_config.metrics = registry.clone();
+    gateway_config.game = Some(Arc::new(game));
     gateway_config.rate_limits = (!args.no_http_rate_limits).then(|| GatewayRateLimits {
         ip_per_s: args.http_ip_requests_per_s,
         ip_burst: args.http_ip_requests_per_s.saturating_mul(2),
@@ -225,6 +237,8 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         dilation: TimeDilationController::for_tick_hz(args.tick_hz),
         metrics: TickMetrics::new(&registry),
         log_hashes: args.record_inputs.is_some(),
+        clients: HashMap::new(),
+        game: game_link,
     };
     let tick_thread = std::thread::Builder::new()
         .name("warpcore-tick".into())
@@ -265,8 +279,19 @@ impl RunningServer {
             .map_err(|_| anyhow::anyhow!("the tick thread panicked"))?;
         end.net.shutdown();
         self.attach_task.abort();
-        let write_behind = self
-            .write_behind
+        let mut write_behind = self.write_behind;
+        // The gateway has stopped; an admin drain still running holds the queue for
+        // a moment at most.
+        let write_behind = loop {
+            match Arc::try_unwrap(write_behind) {
+                Ok(queue) => break queue,
+                Err(shared) => {
+                    write_behind = shared;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let write_behind = write_behind
             .shutdown()
             .await
             .context("final write-behind flush")?;
@@ -314,26 +339,10 @@ fn write_hgrm_files(registry: &Registry, dir: &std::path::Path) -> anyhow::Resul
 
 /// The engine's view of a ship record from the store.
 fn ship_spawn(ship: &ShipRecord) -> ShipSpawn {
-    let hull = HullInput {
-        mass_kg: ship.hull.mass_kg,
-        max_speed_mps: ship.hull.max_speed_mps,
-        accel_mps2: ship.hull.accel_mps2,
-        hit_points: ship.hull.hit_points,
-    };
-    let modules: Vec<ModuleInput> = ship
-        .modules
-        .iter()
-        .map(|m| ModuleInput {
-            mass_kg: m.mass_kg,
-            max_speed_bonus_pct: m.max_speed_bonus_pct,
-            accel_bonus_pct: m.accel_bonus_pct,
-            hit_points_bonus: m.hit_points_bonus,
-        })
-        .collect();
     ShipSpawn {
         entity_id: ship.ship_id as u64,
         owner_account: ship.account_id as u64,
-        stats: ShipStats::derive(&hull, &modules),
+        stats: derive_stats(&ship.hull, &ship.modules),
         x_m: ship.state.x_m,
         y_m: ship.state.y_m,
         vx_mps: ship.state.vx_mps,
@@ -417,6 +426,74 @@ struct TickLoop {
     metrics: TickMetrics,
     /// Log `tick hash` every [`REPLAY_HASH_EVERY_TICKS`], to compare with a replay.
     log_hashes: bool,
+    /// Connected clients: their account, their ship once attached.
+    clients: HashMap<ClientId, ClientInfo>,
+    /// The gateway's commands in, the game view out.
+    game: GameLink,
+}
+
+/// A connected client as the tick loop knows it.
+struct ClientInfo {
+    account_id: u64,
+    ship_id: Option<u64>,
+    connected_at: Instant,
+}
+
+/// Most gateway commands applied in one tick (the rest wait for the next).
+const GAME_COMMANDS_PER_TICK_MAX: usize = 256;
+
+/// A game event as JSON for WebSocket subscribers (`None` for bytes that are not one).
+fn push_event(bytes: &[u8]) -> Option<PushEvent> {
+    let ServerMsg::Event { tick, event } = ServerMsg::decode(bytes).ok()? else {
+        return None;
+    };
+    let (kind, payload) = match event {
+        GameEvent::UnitDestroyed {
+            entity_id,
+            destroyed_by,
+        } => (
+            "unit.destroyed",
+            serde_json::json!({ "tick": tick, "entity_id": entity_id, "destroyed_by": destroyed_by }),
+        ),
+        GameEvent::MassiveBattle {
+            sector,
+            participants,
+        } => (
+            "battle.massive",
+            serde_json::json!({
+                "tick": tick,
+                "sector": format!("{}:{}:{}", sector.x, sector.y, sector.scale),
+                "participants": participants,
+            }),
+        ),
+        GameEvent::CraftQueued {
+            job_id,
+            recipe_id,
+            position,
+        } => (
+            "crafting.queued",
+            serde_json::json!({ "tick": tick, "job_id": job_id, "recipe_id": recipe_id, "position": position }),
+        ),
+        GameEvent::CraftProgress {
+            job_id,
+            progress_permille,
+        } => (
+            "crafting.progress",
+            serde_json::json!({ "tick": tick, "job_id": job_id, "progress_permille": progress_permille }),
+        ),
+        GameEvent::CraftCompleted {
+            job_id,
+            recipe_id,
+            quantity,
+        } => (
+            "crafting.completed",
+            serde_json::json!({ "tick": tick, "job_id": job_id, "recipe_id": recipe_id, "quantity": quantity }),
+        ),
+    };
+    Some(PushEvent {
+        kind: kind.to_owned(),
+        payload,
+    })
 }
 
 /// What the tick thread hands back when it stops.
@@ -616,7 +693,6 @@ fn elapsed_us(since: Instant) -> u64 {
 
 impl TickLoop {
     fn run(mut self) -> TickLoopEnd {
-        let mut live_clients: HashSet<ClientId> = HashSet::new();
         let mut dirty: Vec<EntityRecord> = Vec::new();
         let mut destroyed: Vec<u64> = Vec::new();
         // States the write-behind queue refused (full): kept, coalesced by entity,
@@ -626,8 +702,9 @@ impl TickLoop {
 
         while !self.stop.load(Ordering::Acquire) {
             let started = Instant::now();
-            self.ingress(&mut live_clients);
-            self.attach_ready(&live_clients);
+            self.ingress();
+            self.attach_ready();
+            self.apply_game_commands();
             self.metrics.ingress_us.record(elapsed_us(started));
 
             let phase = Instant::now();
@@ -657,6 +734,7 @@ impl TickLoop {
             self.engine.set_time_dilation(factor);
             if report.tick % METRICS_PUBLISH_EVERY_TICKS == 0 {
                 self.metrics.publish(&self.engine, &self.net);
+                self.publish_view();
             }
 
             deadline += self.tick_period;
@@ -698,6 +776,8 @@ impl TickLoop {
                 refused.add(1);
             }
         });
+        let clients = &self.clients;
+        let push = &self.game.push;
         self.engine.write_events(&mut |client, bytes| {
             if net
                 .send(ClientId(client), Channel::Reliable, bytes.to_vec())
@@ -705,11 +785,112 @@ impl TickLoop {
             {
                 refused.add(1);
             }
+            // The same event to the player's WebSockets, if any are open.
+            if let Some(info) = clients.get(&ClientId(client)) {
+                let account_id = info.account_id as i64;
+                if push.wants(account_id) {
+                    if let Some(event) = push_event(bytes) {
+                        push.push(account_id, event);
+                    }
+                }
+            }
         });
     }
 
+    /// Applies what the gateway asked of the game since the last tick (bounded per tick).
+    fn apply_game_commands(&mut self) {
+        for _ in 0..GAME_COMMANDS_PER_TICK_MAX {
+            let Ok(command) = self.game.commands.try_recv() else {
+                return;
+            };
+            match command {
+                GameCommand::Refit { ship_id, stats } => {
+                    if self.engine.contains_entity(ship_id) {
+                        if let Err(e) = self.engine.refit_ship(ship_id, stats) {
+                            tracing::warn!(ship_id, "refit refused: {e}");
+                        }
+                    }
+                }
+                GameCommand::Warp { ship_id, system_id } => {
+                    if let Err(e) = self.engine.order_warp(ship_id, system_id) {
+                        tracing::info!(ship_id, system_id, "warp refused: {e}");
+                    }
+                }
+                GameCommand::Kick { account_id } => {
+                    for (client, info) in &self.clients {
+                        if info.account_id == account_id {
+                            self.net.disconnect(*client);
+                        }
+                    }
+                }
+                GameCommand::Broadcast { text } => {
+                    let mut notice = Vec::with_capacity(text.len() + 8);
+                    let message = ServerMsg::Notice { text };
+                    if message.encode(&mut notice).is_ok() {
+                        for client in self.clients.keys() {
+                            if self
+                                .net
+                                .send(*client, Channel::Reliable, notice.clone())
+                                .is_err()
+                            {
+                                self.metrics.messages_refused.add(1);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the gateway's status, admin and load views read (about once a second).
+    fn publish_view(&mut self) {
+        let stats = self.engine.stats();
+        let mut per_sector: BTreeMap<SectorId, (u64, u64)> = BTreeMap::new();
+        let mut records = Vec::new();
+        self.engine.all_records(&mut records);
+        for record in &records {
+            if let Some(sector) = self.engine.entity_sector(record.entity_id) {
+                per_sector.entry(sector).or_default().0 += 1;
+            }
+        }
+        let mut online = Vec::with_capacity(self.clients.len());
+        for info in self.clients.values() {
+            let Some(ship_id) = info.ship_id else {
+                continue;
+            };
+            online.push(OnlinePlayer {
+                account_id: info.account_id as i64,
+                ship_id: ship_id as i64,
+                connected_s: info.connected_at.elapsed().as_secs(),
+            });
+            if let Some(sector) = self.engine.entity_sector(ship_id) {
+                per_sector.entry(sector).or_default().1 += 1;
+            }
+        }
+        online.sort_by_key(|p| p.account_id);
+        let sectors = per_sector
+            .into_iter()
+            .map(|(s, (entities, clients))| SectorLoad {
+                sector: format!("{}:{}:{}", s.x, s.y, s.scale),
+                entities,
+                clients,
+            })
+            .collect();
+        let mut view = self.game.view.lock().unwrap_or_else(|p| p.into_inner());
+        *view = GameView {
+            tick: stats.tick,
+            time_dilation: self.engine.time_dilation(),
+            connected_clients: self.clients.len() as u64,
+            online,
+            sectors,
+            published_at: Some(Instant::now()),
+        };
+        drop(view);
+        self.game.push.prune();
+    }
+
     /// Drains the transport's events into the engine.
-    fn ingress(&mut self, live_clients: &mut HashSet<ClientId>) {
+    fn ingress(&mut self) {
         while let Ok(event) = self.net.events().try_recv() {
             match event {
                 ServerEvent::Connected {
@@ -717,7 +898,14 @@ impl TickLoop {
                     account_id,
                     ..
                 } => {
-                    live_clients.insert(client_id);
+                    self.clients.insert(
+                        client_id,
+                        ClientInfo {
+                            account_id,
+                            ship_id: None,
+                            connected_at: Instant::now(),
+                        },
+                    );
                     let req = AttachRequest {
                         client: client_id,
                         account_id,
@@ -735,7 +923,7 @@ impl TickLoop {
                     }
                 }
                 ServerEvent::Disconnected { client_id, .. } => {
-                    live_clients.remove(&client_id);
+                    self.clients.remove(&client_id);
                     self.engine.detach_client(client_id.0);
                 }
             }
@@ -743,9 +931,9 @@ impl TickLoop {
     }
 
     /// Attaches clients whose ship the store has returned.
-    fn attach_ready(&mut self, live_clients: &HashSet<ClientId>) {
+    fn attach_ready(&mut self) {
         while let Ok(ready) = self.ready_rx.try_recv() {
-            if !live_clients.contains(&ready.client) {
+            if !self.clients.contains_key(&ready.client) {
                 continue; // gone before its ship arrived
             }
             let ship = match ready.ship {
@@ -776,6 +964,8 @@ impl TickLoop {
             {
                 tracing::warn!(entity_id, "attaching client failed: {e}");
                 self.net.disconnect(ready.client);
+            } else if let Some(info) = self.clients.get_mut(&ready.client) {
+                info.ship_id = Some(entity_id);
             }
         }
     }

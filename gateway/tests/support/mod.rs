@@ -114,7 +114,6 @@ impl Game for TestGame {
             sector: "0:0:0".to_owned(),
             entities: 10,
             clients: 3,
-            tick_us: 120,
         }]
     }
     async fn drain_write_behind(&self) -> DrainReport {
