@@ -202,7 +202,8 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         ip_per_s: args.http_ip_requests_per_s,
         ip_burst: args.http_ip_requests_per_s.saturating_mul(2),
         login_per_min: args.http_logins_per_min,
-        login_burst: args.http_logins_per_min.max(1).div_ceil(2).max(1),
+        // A minute's worth at once: a crowd logging in together is normal.
+        login_burst: args.http_logins_per_min.max(1),
         ..GatewayRateLimits::STANDARD
     });
     gateway_config.admin_api_key = args.admin_api_key.as_ref().map(|k| k.as_bytes().to_vec());

@@ -438,17 +438,36 @@ async fn ticket(
     })
 }
 
+/// Times a set-up request answered 429 is retried before the bot gives up.
+const RATE_LIMITED_RETRIES_MAX: u32 = 20;
+
 async fn post(
     http: &reqwest::Client,
     url: &str,
     body: &Value,
     bearer: Option<&str>,
 ) -> anyhow::Result<(u16, Value)> {
-    let mut req = http.post(url).json(body);
-    if let Some(token) = bearer {
-        req = req.bearer_auth(token);
-    }
-    let resp = req.send().await.with_context(|| format!("POST {url}"))?;
+    // A rate-limited answer (429) is retried after its Retry-After, a few times.
+    let mut attempt = 0;
+    let resp = loop {
+        let mut req = http.post(url).json(body);
+        if let Some(token) = bearer {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.with_context(|| format!("POST {url}"))?;
+        if resp.status().as_u16() != 429 || attempt >= RATE_LIMITED_RETRIES_MAX {
+            break resp;
+        }
+        attempt += 1;
+        let wait_s = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1)
+            .clamp(1, 30);
+        tokio::time::sleep(Duration::from_secs(wait_s)).await;
+    };
     let status = resp.status().as_u16();
     let body: Value = resp
         .json()
