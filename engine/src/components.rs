@@ -42,6 +42,13 @@ pub(crate) struct Ship {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Dirty(pub(crate) bool);
 
+/// Replicated fields written since the replication cache last read them: the
+/// `wire::delta::FIELD_*` bits, set by the systems that write the components (movement,
+/// combat, commands, warp, AI) and cleared by `Sector::refresh_views`. Replication uses
+/// it to skip entities nothing touched instead of diffing the world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Changed(pub(crate) u8);
+
 /// Hit points left (the maximum is `ShipStats::hit_points`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Health {
@@ -95,6 +102,7 @@ pub(crate) struct ShipState {
     pub(crate) warp: Warp,
     pub(crate) pilot: Pilot,
     pub(crate) last_attacker: LastAttacker,
+    pub(crate) changed: Changed,
 }
 
 /// The component tuple a ship is stored as.
@@ -109,6 +117,7 @@ pub(crate) type ShipBundle = (
     Warp,
     Pilot,
     LastAttacker,
+    Changed,
 );
 
 impl ShipState {
@@ -124,11 +133,24 @@ impl ShipState {
             self.warp,
             self.pilot,
             self.last_attacker,
+            self.changed,
         )
     }
 
     pub(crate) fn from_refs(
-        (ship, position, velocity, desired, dirty, health, weapons, warp, pilot, last_attacker): (
+        (
+            ship,
+            position,
+            velocity,
+            desired,
+            dirty,
+            health,
+            weapons,
+            warp,
+            pilot,
+            last_attacker,
+            changed,
+        ): (
             &Ship,
             &Position,
             &Velocity,
@@ -139,6 +161,7 @@ impl ShipState {
             &Warp,
             &Pilot,
             &LastAttacker,
+            &Changed,
         ),
     ) -> ShipState {
         ShipState {
@@ -152,6 +175,7 @@ impl ShipState {
             warp: *warp,
             pilot: *pilot,
             last_attacker: *last_attacker,
+            changed: *changed,
         }
     }
 }

@@ -237,6 +237,12 @@ pub enum CommandError {
         /// The sector whose inbox is full.
         sector: SectorId,
     },
+    /// An ack of a snapshot the client was never sent.
+    #[error("ack of snapshot {snapshot_seq}, which was never sent")]
+    AckNeverSent {
+        /// The sequence acknowledged.
+        snapshot_seq: u32,
+    },
     /// The entity is gone.
     #[error("entity {entity_id} does not exist")]
     UnknownEntity {

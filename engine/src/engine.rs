@@ -19,20 +19,21 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::components::{
-    Command, DesiredVelocity, Dirty, Health, LastAttacker, Migrant, Pilot, Position, Ship,
+    Changed, Command, DesiredVelocity, Dirty, Health, LastAttacker, Migrant, Pilot, Position, Ship,
     ShipState, Shot, Velocity, Warp, Weapons,
 };
 use crate::config::{CommandError, EngineConfig, EngineError};
 use crate::crafting::{Crafting, CraftingCompleted, CraftingJob};
 use crate::hash::Fnv1a64;
 use crate::recording::{Input, Recorder};
-use crate::replicate::SnapshotWriter;
+use crate::replicate::{ClientReplication, Interest, SnapshotWriter};
 use crate::report::{EngineStats, RejectCounts, TickReport, Violation, ViolationCounts};
 use crate::sector::{clamp_magnitude, find_sector, Sector, ShotOutcome, StepParams};
 use crate::sector_id::SectorId;
 use crate::ship::{
     EntityRecord, ShipSpawn, ShipStats, StarSystem, WeaponStats, POSITION_ABS_MAX_M,
 };
+use crate::wire::delta::FIELDS_ALL;
 use crate::wire::{write_event, ClientMsg, GameEvent, SnapshotHeader};
 use crate::workers::Workers;
 
@@ -69,6 +70,14 @@ enum Client {
     },
 }
 
+/// One client's replication state and its reused output buffer.
+#[derive(Debug, Default)]
+struct ReplicaClient {
+    client: u64,
+    state: ClientReplication,
+    buf: Vec<u8>,
+}
+
 /// A game event waiting for delivery: where it happened and who is involved.
 #[derive(Debug, Clone, Copy)]
 struct PendingEvent {
@@ -101,6 +110,10 @@ pub struct Engine {
     /// Ships between sectors during the exchange phase; reused.
     migrants: Vec<Migrant>,
     snapshots: SnapshotWriter,
+    /// Per-client replication state, sorted by client id (same clients as `clients`).
+    replicas: Vec<ReplicaClient>,
+    /// Bumped by every `write_snapshots` (each refreshes the change masks).
+    replication_epoch: u64,
     tick: u64,
     time_dilation: f64,
     commands_applied: u64,
@@ -148,6 +161,8 @@ impl Engine {
             clients: BTreeMap::new(),
             migrants: Vec::new(),
             snapshots: SnapshotWriter::default(),
+            replicas: Vec::new(),
+            replication_epoch: 0,
             tick: 0,
             time_dilation: 1.0,
             commands_applied: 0,
@@ -360,6 +375,7 @@ impl Engine {
             // Coasts on its stored velocity until a pilot or the AI takes over.
             pilot: Pilot::Player,
             last_attacker: LastAttacker(0),
+            changed: Changed(FIELDS_ALL),
         });
         self.locations.insert(
             entity_id,
@@ -445,6 +461,7 @@ impl Engine {
                 newest_seq: None,
             },
         );
+        self.replica_attached(client);
         self.push_control(entity_id, Pilot::Player);
         Ok(())
     }
@@ -455,6 +472,22 @@ impl Engine {
     pub fn attach_spectator(&mut self, client: u64, sector: SectorId) {
         self.record_input(Input::Spectate { client, sector });
         self.clients.insert(client, Client::Spectator { sector });
+        self.replica_attached(client);
+    }
+
+    /// Gives a newly attached client replication state, or makes a re-attached one
+    /// rebuild its view from nothing (its snapshot sequence keeps increasing).
+    fn replica_attached(&mut self, client: u64) {
+        match self.replicas.binary_search_by_key(&client, |r| r.client) {
+            Ok(index) => self.replicas[index].state.forget(),
+            Err(index) => self.replicas.insert(
+                index,
+                ReplicaClient {
+                    client,
+                    ..ReplicaClient::default()
+                },
+            ),
+        }
     }
 
     /// Forgets a client. A pilot's ship stays in the world under AI control: it holds
@@ -463,6 +496,9 @@ impl Engine {
     /// ignored.
     pub fn detach_client(&mut self, client: u64) {
         self.record_input(Input::Detach { client });
+        if let Ok(index) = self.replicas.binary_search_by_key(&client, |r| r.client) {
+            self.replicas.remove(index);
+        }
         if let Some(Client::Pilot { entity_id, .. }) = self.clients.remove(&client) {
             let ticks_left = (self.config.ai_defend_s * f64::from(self.config.tick_hz)) as u64;
             self.push_control(entity_id, Pilot::Ai { ticks_left });
@@ -507,6 +543,9 @@ impl Engine {
                 return Err(CommandError::Decode(e));
             }
         };
+        if let ClientMsg::Ack { snapshot_seq } = message {
+            return self.handle_ack(client, snapshot_seq);
+        }
         let (entity_id, account, seq) = match self.clients.get(&client) {
             None => {
                 self.rejected.not_attached += 1;
@@ -528,7 +567,7 @@ impl Engine {
             | ClientMsg::Warp { seq, .. }
             | ClientMsg::Attack { seq, .. } => Some(seq),
             ClientMsg::MoveBatch(ref batch) => Some(batch.seq),
-            ClientMsg::Telemetry { .. } => None,
+            ClientMsg::Telemetry { .. } | ClientMsg::Ack { .. } => None,
         };
         if let (Some(seq), Some(newest_seq)) = (message_seq, seq) {
             // Serial-number order: older means "behind by less than half the range".
@@ -598,6 +637,8 @@ impl Engine {
                 },
             },
             ClientMsg::Telemetry { rtt_ms, fps } => Ok(Command::Telemetry { rtt_ms, fps }),
+            // Handled above; never queued.
+            ClientMsg::Ack { .. } => return Ok(()),
             ClientMsg::MoveBatch(batch) => {
                 let result = self.route_batch(client, account, &batch);
                 if result.is_ok() {
@@ -653,6 +694,33 @@ impl Engine {
                 y_m,
             },
         )
+    }
+
+    /// Appends the entities a delta client should hold after the last snapshot written
+    /// to it, with their quantized values then, sorted by id (empty for a client on
+    /// full snapshots). A converged [`crate::ReplicaWorld`] holds exactly these: tests
+    /// and the bots' check mode compare the two.
+    pub fn replica_expected(&self, client: u64, out: &mut Vec<crate::wire::delta::ReplicaEntity>) {
+        if let Ok(index) = self.replicas.binary_search_by_key(&client, |r| r.client) {
+            let replica = &self.replicas[index].state;
+            if replica.is_delta() {
+                replica.expected(out);
+            }
+        }
+    }
+
+    /// A client's ack: switches it to delta snapshots and settles what that snapshot
+    /// carried (see `replicate`).
+    fn handle_ack(&mut self, client: u64, snapshot_seq: u32) -> Result<(), CommandError> {
+        let Ok(index) = self.replicas.binary_search_by_key(&client, |r| r.client) else {
+            self.rejected.not_attached += 1;
+            return Err(CommandError::NotAttached { client });
+        };
+        if self.replicas[index].state.handle_ack(snapshot_seq).is_err() {
+            self.rejected.ack_invalid += 1;
+            return Err(CommandError::AckNeverSent { snapshot_seq });
+        }
+        Ok(())
     }
 
     fn set_newest_seq(&mut self, client: u64, seq: u32) {
@@ -953,10 +1021,12 @@ impl Engine {
         std::mem::swap(&mut self.sectors, &mut self.sectors_scratch);
     }
 
-    /// Writes one encoded [`crate::wire::ServerMsg`] snapshot per attached client, in
-    /// client id order, by calling `out(client, bytes)`. The bytes live in a buffer the
-    /// engine reuses: copy them if they must outlive the call. Each snapshot is at most
-    /// `snapshot_bytes_max` bytes (see `replicate` for what is left out when it is full).
+    /// Writes one encoded snapshot per attached client, in client id order, by calling
+    /// `out(client, bytes)`: a full [`crate::wire::ServerMsg::Snapshot`] for a client
+    /// that never acknowledged one, a [`crate::wire::delta`] snapshot for a client that
+    /// sends `Ack`s. The bytes live in a buffer the engine reuses: copy them if they
+    /// must outlive the call. Each snapshot is at most `snapshot_bytes_max` bytes (see
+    /// `replicate` for what is left out or deferred when it is full).
     pub fn write_snapshots(&mut self, out: &mut dyn FnMut(u64, &[u8])) {
         if self.clients.is_empty() {
             return;
@@ -966,13 +1036,42 @@ impl Engine {
             .for_each_chunked(&mut self.sectors, chunk_len, &|sector| {
                 sector.refresh_views()
             });
+        self.replication_epoch += 1;
         let header = SnapshotHeader {
             tick: self.tick,
             time_dilation_permille: self.time_dilation_permille(),
             controlled_entity: 0,
         };
-        for (&client, state) in &self.clients {
-            let bytes = match *state {
+        for replica in &mut self.replicas {
+            let Some(&state) = self.clients.get(&replica.client) else {
+                debug_assert!(false, "replication state without a client");
+                continue;
+            };
+            let client = replica.client;
+            if replica.state.is_delta() {
+                let interest = match state {
+                    Client::Pilot { entity_id, .. } => Interest::Pilot {
+                        sector: self.locations.get(&entity_id).map(|l| l.sector),
+                        entity_id,
+                    },
+                    Client::Spectator { sector } => Interest::Spectator { sector },
+                };
+                let counts = replica.state.write_delta(
+                    &mut replica.buf,
+                    &self.sectors,
+                    interest,
+                    header,
+                    self.config.sector_size_m,
+                    self.config.snapshot_bytes_max,
+                    self.replication_epoch,
+                );
+                self.totals.delta_records += counts.records;
+                self.totals.delta_records_deferred += counts.deferred;
+                self.totals.replication_resets += counts.resets;
+                out(client, &replica.buf);
+                continue;
+            }
+            let bytes = match state {
                 Client::Pilot { entity_id, .. } => {
                     let own_sector = self.locations.get(&entity_id).map(|l| l.sector);
                     self.snapshots.write(

@@ -15,6 +15,7 @@ pub mod engine;
 mod hash;
 mod inbox;
 pub mod recording;
+pub mod replica;
 mod replicate;
 pub mod report;
 mod sector;
@@ -29,6 +30,7 @@ pub use crafting::{CraftingCompleted, CraftingJob};
 pub use dilation::TimeDilationController;
 pub use engine::Engine;
 pub use recording::{replay, InputReader, RecordingError, ReplaySummary, REPLAY_HASH_EVERY_TICKS};
+pub use replica::{AppliedSnapshot, ReplicaWorld};
 pub use report::{EngineStats, RejectCounts, TickReport, Violation, ViolationCounts};
 pub use sector_id::SectorId;
 pub use ship::{

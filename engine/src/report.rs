@@ -23,6 +23,8 @@ pub struct RejectCounts {
     pub unknown_system: u64,
     /// Messages from spectators, who command nothing.
     pub spectator: u64,
+    /// Acks of a snapshot the client was never sent.
+    pub ack_invalid: u64,
 }
 
 impl RejectCounts {
@@ -37,6 +39,7 @@ impl RejectCounts {
             + self.movement_invalid
             + self.unknown_system
             + self.spectator
+            + self.ack_invalid
     }
 }
 
@@ -100,6 +103,13 @@ pub struct EngineStats {
     pub events_dropped: u64,
     /// Players with at least one anti-cheat violation on record.
     pub players_flagged: usize,
+    /// Delta snapshot records sent since start (entities updated, entered or removed).
+    pub delta_records: u64,
+    /// Delta records that were due but left for a later snapshot (byte budget).
+    pub delta_records_deferred: u64,
+    /// Times a delta client's view was rebuilt from nothing (first snapshot, or no ack
+    /// for `SNAPSHOT_RING_LEN` snapshots).
+    pub replication_resets: u64,
 }
 
 /// One kind of anti-cheat violation (the Galaxy RTS document's movement validation).

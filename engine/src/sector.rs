@@ -13,13 +13,17 @@ use std::collections::HashMap;
 use hecs::{Entity, World};
 
 use crate::components::{
-    Command, CommandClass, DesiredVelocity, Dirty, Health, LastAttacker, Migrant, Pilot, Position,
-    Ship, ShipState, Shot, Velocity, Warp, Weapons,
+    Changed, Command, CommandClass, DesiredVelocity, Dirty, Health, LastAttacker, Migrant, Pilot,
+    Position, Ship, ShipState, Shot, Velocity, Warp, Weapons,
 };
 use crate::inbox::{Inbox, InboxFull};
 use crate::report::Violation;
 use crate::sector_id::SectorId;
 use crate::ship::{EntityRecord, ShipStats, POSITION_ABS_MAX_M};
+use crate::wire::delta::{
+    quantize_cm, quantize_cmps, quantize_hit_points, ReplicaEntity, FIELD_HEALTH, FIELD_POSITION,
+    FIELD_STATE, FIELD_TARGET, FIELD_VELOCITY, STATE_AI_PILOT, STATE_WARPING,
+};
 use crate::wire::EntityView;
 
 /// A Move or State may claim up to this factor of the ship's max speed (f32 rounding on
@@ -87,9 +91,21 @@ pub(crate) struct Sector {
     cold_active: bool,
     /// Replication cache: this sector's entities as clients see them, sorted by id.
     views: Vec<EntityView>,
+    /// The same entities quantized for delta replication, with the fields changed since
+    /// the previous refresh (same order as `views`).
+    replica: Vec<CachedReplica>,
     counters: SectorTickCounters,
     /// Whether the sector was above the massive-battle threshold last tick.
     pub(crate) in_massive_battle: bool,
+}
+
+/// One entity of the quantized replication cache.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CachedReplica {
+    /// The entity as a delta client would hold it now.
+    pub(crate) value: ReplicaEntity,
+    /// `wire::delta::FIELD_*` bits written by the systems since the previous refresh.
+    pub(crate) changed: u8,
 }
 
 /// Index of sector `id` in a slice sorted by id, or where it would be inserted.
@@ -108,6 +124,7 @@ type ShipQueryMut<'a> = (
     &'a mut Warp,
     &'a mut Pilot,
     &'a LastAttacker,
+    &'a mut Changed,
 );
 
 type ShipQuery<'a> = (
@@ -121,6 +138,7 @@ type ShipQuery<'a> = (
     &'a Warp,
     &'a Pilot,
     &'a LastAttacker,
+    &'a Changed,
 );
 
 /// What a shot did to its target.
@@ -147,6 +165,7 @@ impl Sector {
             leavers: Vec::new(),
             cold_active: false,
             views: Vec::new(),
+            replica: Vec::new(),
             counters: SectorTickCounters::default(),
             in_massive_battle: false,
         }
@@ -164,6 +183,7 @@ impl Sector {
         self.shots.clear();
         self.violations.clear();
         self.views.clear();
+        self.replica.clear();
         self.leavers.clear();
         self.cold_active = false;
         self.counters = SectorTickCounters::default();
@@ -311,9 +331,14 @@ impl Sector {
             &mut Warp,
             &mut Pilot,
             &LastAttacker,
+            &mut Changed,
         )>();
-        for (_, (position, velocity, desired, dirty, weapons, warp, pilot, last_attacker)) in query
+        for (
+            _,
+            (position, velocity, desired, dirty, weapons, warp, pilot, last_attacker, changed),
+        ) in query
         {
+            let target_before = weapons.target;
             if let Pilot::Ai { ticks_left } = pilot {
                 // Hold position; shoot back at the last attacker while the AI is on duty.
                 *desired = DesiredVelocity {
@@ -345,8 +370,12 @@ impl Sector {
                     warp.destination = None;
                     warp.spool_left_s = 0.0;
                     dirty.0 = true;
+                    changed.0 |= FIELD_POSITION | FIELD_VELOCITY | FIELD_STATE;
                     self.counters.warps_completed += 1;
                 }
+            }
+            if weapons.target != target_before {
+                changed.0 |= FIELD_TARGET;
             }
         }
     }
@@ -361,13 +390,17 @@ impl Sector {
             &mut Velocity,
             &DesiredVelocity,
             &mut Dirty,
+            &mut Changed,
         )>();
         let mut moved = 0;
-        for (entity, (ship, position, velocity, desired, dirty)) in query {
+        for (entity, (ship, position, velocity, desired, dirty, changed)) in query {
             let new_velocity = steer(*velocity, *desired, &ship.stats, step.dt_s);
             let new_position = advance(*position, new_velocity, step.dt_s);
-            if new_velocity != *velocity || new_position != *position {
+            let bits = (u8::from(new_position != *position) * FIELD_POSITION)
+                | (u8::from(new_velocity != *velocity) * FIELD_VELOCITY);
+            if bits != 0 {
                 dirty.0 = true;
+                changed.0 |= bits;
                 moved += 1;
             }
             *velocity = new_velocity;
@@ -427,9 +460,15 @@ impl Sector {
         critical_roll: f64,
     ) -> Option<ShotOutcome> {
         let &entity = self.entities.get(&shot.target)?;
-        let (position, health, dirty, last_attacker) = self
+        let (position, health, dirty, last_attacker, changed) = self
             .world
-            .query_one_mut::<(&Position, &mut Health, &mut Dirty, &mut LastAttacker)>(entity)
+            .query_one_mut::<(
+                &Position,
+                &mut Health,
+                &mut Dirty,
+                &mut LastAttacker,
+                &mut Changed,
+            )>(entity)
             .ok()?;
         let dx = position.x_m - shot.from_x_m;
         let dy = position.y_m - shot.from_y_m;
@@ -448,6 +487,7 @@ impl Sector {
         };
         health.hp -= damage;
         dirty.0 = true;
+        changed.0 |= FIELD_HEALTH;
         last_attacker.0 = shot.shooter;
         if health.hp <= 0.0 {
             self.despawn(shot.target);
@@ -471,14 +511,16 @@ impl Sector {
         let Some(&entity) = self.entities.get(&entity_id) else {
             return false;
         };
-        let Ok((ship, health, battery, desired)) =
-            self.world
-                .query_one_mut::<(&mut Ship, &mut Health, &mut Weapons, &mut DesiredVelocity)>(
-                    entity,
-                )
-        else {
+        let Ok((ship, health, battery, desired, changed)) = self.world.query_one_mut::<(
+            &mut Ship,
+            &mut Health,
+            &mut Weapons,
+            &mut DesiredVelocity,
+            &mut Changed,
+        )>(entity) else {
             return false;
         };
+        changed.0 |= FIELD_HEALTH;
         if let Some(stats) = stats {
             // Keep the damage taken: the hull's missing hit points stay missing.
             let damage = ship.stats.hit_points - health.hp;
@@ -499,14 +541,15 @@ impl Sector {
         let Some(&entity) = self.entities.get(&entity_id) else {
             return false;
         };
-        let Ok((ship, health, dirty)) = self
-            .world
-            .query_one_mut::<(&Ship, &mut Health, &mut Dirty)>(entity)
+        let Ok((ship, health, dirty, changed)) =
+            self.world
+                .query_one_mut::<(&Ship, &mut Health, &mut Dirty, &mut Changed)>(entity)
         else {
             return false;
         };
         health.hp = hp.min(ship.stats.hit_points);
         dirty.0 = true;
+        changed.0 |= FIELD_HEALTH;
         true
     }
 
@@ -558,11 +601,38 @@ impl Sector {
         }
     }
 
-    /// Rebuilds the replication cache from the world.
+    /// Rebuilds the replication cache from the world and clears the change masks.
     pub(crate) fn refresh_views(&mut self) {
         self.views.clear();
-        let mut query = self.world.query::<(&Ship, &Position, &Velocity)>();
-        for (_, (ship, position, velocity)) in query.iter() {
+        self.replica.clear();
+        let query = self.world.query_mut::<(
+            &Ship,
+            &Position,
+            &Velocity,
+            &Health,
+            &Weapons,
+            &Warp,
+            &Pilot,
+            &mut Changed,
+        )>();
+        for (_, (ship, position, velocity, health, weapons, warp, pilot, changed)) in query {
+            let state = (u8::from(warp.destination.is_some()) * STATE_WARPING)
+                | (u8::from(matches!(pilot, Pilot::Ai { .. })) * STATE_AI_PILOT);
+            self.replica.push(CachedReplica {
+                value: ReplicaEntity {
+                    entity_id: ship.entity_id,
+                    owner_account: ship.owner_account,
+                    x_cm: quantize_cm(position.x_m),
+                    y_cm: quantize_cm(position.y_m),
+                    vx_cmps: quantize_cmps(velocity.x_mps),
+                    vy_cmps: quantize_cmps(velocity.y_mps),
+                    hit_points_centi: quantize_hit_points(health.hp),
+                    state,
+                    target: weapons.target,
+                },
+                changed: changed.0,
+            });
+            changed.0 = 0;
             self.views.push(EntityView {
                 entity_id: ship.entity_id,
                 owner_account: ship.owner_account,
@@ -574,6 +644,13 @@ impl Sector {
             });
         }
         self.views.sort_unstable_by_key(|view| view.entity_id);
+        self.replica
+            .sort_unstable_by_key(|cached| cached.value.entity_id);
+    }
+
+    /// The quantized replication cache, same order as [`Sector::views`].
+    pub(crate) fn replica(&self) -> &[CachedReplica] {
+        &self.replica
     }
 
     /// The replication cache as of the last [`Sector::refresh_views`], sorted by id.
@@ -594,7 +671,7 @@ impl Sector {
 /// Applies one command to one ship, or says which anti-cheat rule it broke.
 fn apply_to_ship(
     command: Command,
-    (ship, position, velocity, desired, dirty, _, weapons, warp, pilot, _): ShipQueryMut,
+    (ship, position, velocity, desired, dirty, _, weapons, warp, pilot, _, changed): ShipQueryMut,
     step: &StepParams,
 ) -> Result<(), (u64, Violation)> {
     let max_speed_mps = ship.stats.max_speed_mps;
@@ -641,20 +718,24 @@ fn apply_to_ship(
             *velocity = Velocity { x_mps, y_mps };
             *desired = DesiredVelocity { x_mps, y_mps };
             dirty.0 = true;
+            changed.0 |= FIELD_POSITION | FIELD_VELOCITY;
         }
         Command::Warp { x_m, y_m, .. } => {
             if warp.destination.is_none() {
                 warp.destination = Some((x_m, y_m));
                 warp.spool_left_s = step.warp_spool_s;
+                changed.0 |= FIELD_STATE;
             }
         }
         Command::Attack { target, .. } => {
             weapons.target = if target == ship.entity_id { 0 } else { target };
+            changed.0 |= FIELD_TARGET;
         }
         Command::Control {
             pilot: new_pilot, ..
         } => {
             *pilot = new_pilot;
+            changed.0 |= FIELD_STATE | FIELD_TARGET;
             if matches!(new_pilot, Pilot::Ai { .. }) {
                 *desired = DesiredVelocity {
                     x_mps: 0.0,

@@ -58,8 +58,16 @@
 //! budget (`EngineConfig::snapshot_bytes_max`, sized so a snapshot fits one datagram).
 //! A snapshot is a full state of what it contains, not a delta: a client may drop any
 //! snapshot older than the newest it has seen.
+//!
+//! ## `0x07` Ack (client -> server), 5 bytes, and delta snapshots
+//!
+//! `type = 0x07`, then u32 `snapshot_seq`: the newest delta snapshot applied (0 for
+//! none). A client that sends Acks gets `0x84` delta snapshots ([`delta`]) instead of
+//! the full snapshot above; one that never does keeps getting full snapshots.
 
 use thiserror::Error;
+
+pub mod delta;
 
 /// Type byte of [`ClientMsg::Move`].
 pub const TYPE_MOVE: u8 = 0x01;
@@ -73,6 +81,10 @@ pub const TYPE_WARP: u8 = 0x04;
 pub const TYPE_ATTACK: u8 = 0x05;
 /// Type byte of [`ClientMsg::Telemetry`].
 pub const TYPE_TELEMETRY: u8 = 0x06;
+/// Type byte of [`ClientMsg::Ack`].
+pub const TYPE_ACK: u8 = 0x07;
+/// Encoded size of [`ClientMsg::Ack`].
+pub const ACK_BYTES: usize = 5;
 /// Type byte of [`ServerMsg::Event`].
 pub const TYPE_EVENT: u8 = 0x82;
 /// Type byte of [`ServerMsg::Notice`].
@@ -239,6 +251,15 @@ pub enum ClientMsg {
         /// Entity to shoot at, 0 for none.
         target_id: u64,
     },
+    /// The newest delta snapshot ([`delta`]) the client has applied, 0 for none. Not a
+    /// command: it never queues, has no sequence of its own and is accepted from
+    /// spectators too. Sending it (even with 0) switches the client from full
+    /// [`Snapshot`]s to delta snapshots; the client repeats it with every command batch
+    /// or after every snapshot it applies (the transport may drop any of them).
+    Ack {
+        /// Sequence number of the newest delta snapshot applied.
+        snapshot_seq: u32,
+    },
     /// Client statistics (lowest priority).
     Telemetry {
         /// Round-trip time the client measured, milliseconds.
@@ -305,6 +326,7 @@ impl ClientMsg {
             ClientMsg::Warp { .. } => WARP_BYTES,
             ClientMsg::Attack { .. } => ATTACK_BYTES,
             ClientMsg::Telemetry { .. } => TELEMETRY_BYTES,
+            ClientMsg::Ack { .. } => ACK_BYTES,
         }
     }
 
@@ -376,6 +398,10 @@ impl ClientMsg {
                 out.push(TYPE_TELEMETRY);
                 out.extend_from_slice(&rtt_ms.to_le_bytes());
                 out.extend_from_slice(&fps.to_le_bytes());
+            }
+            ClientMsg::Ack { snapshot_seq } => {
+                out.push(TYPE_ACK);
+                out.extend_from_slice(&snapshot_seq.to_le_bytes());
             }
         }
     }
@@ -453,6 +479,12 @@ impl ClientMsg {
                 Ok(ClientMsg::Telemetry {
                     rtt_ms: r.u16()?,
                     fps: r.u16()?,
+                })
+            }
+            TYPE_ACK => {
+                r.expect_len(ACK_BYTES)?;
+                Ok(ClientMsg::Ack {
+                    snapshot_seq: r.u32()?,
                 })
             }
             type_byte => Err(DecodeError::UnknownType { type_byte }),

@@ -3,6 +3,12 @@
 //! `warpcore replay FILE` re-runs an input recording instead.
 
 use clap::Parser;
+
+// mimalloc instead of the system allocator: the tick thread allocates every message
+// buffer and the net thread frees it; glibc's per-thread arenas grow under that
+// cross-thread churn (see BENCHMARKS.md, end-to-end scenario).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use warpcore_tools::config::{Command, LogFormat, ServerArgs};
 
 fn main() -> anyhow::Result<()> {

@@ -14,7 +14,9 @@ use mio::{Events, Interest, Poll, Token};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use warpcore_engine::wire::{ClientMsg, ServerMsg, SnapshotView};
+use warpcore_engine::wire::delta::TYPE_DELTA_SNAPSHOT;
+use warpcore_engine::wire::{ClientMsg, ServerMsg, TYPE_SNAPSHOT};
+use warpcore_engine::ReplicaWorld;
 use warpcore_metrics as histogram;
 use warpcore_net::proto::MTU_BYTES;
 use warpcore_net::{Channel, Client, ClientEvent};
@@ -61,6 +63,8 @@ pub struct FlightPlan {
 
 struct Bot {
     client: Client,
+    /// The world as this bot reconstructs it from full and delta snapshots.
+    replica: ReplicaWorld,
     socket: UdpSocket,
     report: BotReport,
     first_position: Option<(f64, f64)>,
@@ -96,6 +100,7 @@ pub fn fly(
             .register(&mut socket, Token(i), Interest::READABLE)?;
         bots.push(Bot {
             client: Client::new(ticket.token, ticket.server_addr, start, rng.gen()),
+            replica: ReplicaWorld::new(),
             socket,
             report: BotReport::new(ticket.username),
             first_position: None,
@@ -234,6 +239,8 @@ impl Bot {
                     }
                     self.report.connected = true;
                     self.was_connected = true;
+                    // The first ack switches this client to delta snapshots.
+                    self.send_ack();
                 }
                 ClientEvent::RttSample { rtt_us } => histogram::record(&mut out.rtt_us, rtt_us),
                 ClientEvent::Message { payload, .. } => {
@@ -303,6 +310,8 @@ impl Bot {
         if self.client.send(Channel::Unreliable, &msg).is_ok() {
             self.report.moves_sent += 1;
         }
+        // The newest snapshot held rides with every command (application-level acks).
+        self.send_ack();
         if behaviour == Behaviour::Battle {
             if let Some(target) = self.nearest_other {
                 self.seq = self.seq.wrapping_add(1);
@@ -319,6 +328,12 @@ impl Bot {
         self.next_command_at = now + COMMAND_INTERVAL;
     }
 
+    fn send_ack(&mut self) {
+        let mut msg = Vec::with_capacity(8);
+        self.replica.ack().encode(&mut msg);
+        let _ = self.client.send(Channel::Unreliable, &msg);
+    }
+
     fn on_message(
         &mut self,
         now: Instant,
@@ -327,14 +342,22 @@ impl Bot {
         progress: &Progress,
     ) {
         self.report.bytes_received += payload.len() as u64;
-        // Snapshots are read in place; other messages (events) only count bytes.
-        let Ok(view) = SnapshotView::parse(payload) else {
+        if !matches!(
+            payload.first(),
+            Some(&TYPE_SNAPSHOT) | Some(&TYPE_DELTA_SNAPSHOT)
+        ) {
+            // Events and notices only count.
             if ServerMsg::decode(payload).is_ok() {
                 self.report.events += 1;
             }
             return;
-        };
-        let header = view.header();
+        }
+        if self.replica.apply(payload).is_err() {
+            // An older delta, or one that does not fit what this bot holds: the
+            // server resends what was not acknowledged.
+            self.report.snapshots_refused += 1;
+            return;
+        }
         self.report.snapshots += 1;
         progress.snapshots.fetch_add(1, Ordering::Relaxed);
         if let Some(last) = self.report.last_snapshot_at {
@@ -344,23 +367,26 @@ impl Bot {
             );
         }
         self.report.last_snapshot_at = Some(now);
-        self.report.ship_id = header.controlled_entity;
+        let controlled = self.replica.controlled_entity();
+        self.report.ship_id = controlled;
 
+        let own = self.replica.entity(controlled).map(|e| (e.x_m(), e.y_m()));
         let (mut sum_x, mut sum_y, mut n_others) = (0.0, 0.0, 0u32);
         let mut nearest: Option<(f64, u64)> = None;
-        let mut own: Option<(f64, f64)> = None;
-        for e in view.entities() {
-            if e.entity_id == header.controlled_entity {
-                own = Some((e.x_m, e.y_m));
-            } else {
-                sum_x += e.x_m;
-                sum_y += e.y_m;
-                n_others += 1;
-                if let Some((x, y)) = self.position {
-                    let d = (e.x_m - x).hypot(e.y_m - y);
-                    if nearest.is_none_or(|(best, _)| d < best) {
-                        nearest = Some((d, e.entity_id));
-                    }
+        for e in self
+            .replica
+            .entities()
+            .iter()
+            .filter(|e| e.entity_id != controlled)
+        {
+            let (x, y) = (e.x_m(), e.y_m());
+            sum_x += x;
+            sum_y += y;
+            n_others += 1;
+            if let Some((ox, oy)) = own {
+                let d = (x - ox).hypot(y - oy);
+                if nearest.is_none_or(|(best, _)| d < best) {
+                    nearest = Some((d, e.entity_id));
                 }
             }
         }

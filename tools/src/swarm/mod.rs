@@ -99,6 +99,9 @@ pub struct BotReport {
     /// The ship the server said this bot controls (0 if no snapshot arrived).
     pub ship_id: u64,
     pub snapshots: u64,
+    /// Snapshots the bot's replica refused (an older delta, or one that does not fit
+    /// its view); the server resends what was not acknowledged.
+    pub snapshots_refused: u64,
     /// Game events received (reliable channel).
     pub events: u64,
     pub bytes_received: u64,
@@ -121,6 +124,7 @@ impl BotReport {
             connected: false,
             ship_id: 0,
             snapshots: 0,
+            snapshots_refused: 0,
             events: 0,
             bytes_received: 0,
             datagrams_sent: 0,

@@ -1,0 +1,494 @@
+//! Delta replication end to end: the server engine and `ReplicaWorld` clients joined by
+//! a seeded in-memory channel. The lossy test drops, duplicates and reorders snapshots
+//! and acks, then stops the loss and checks that every client's reconstructed view
+//! equals what the server says it should hold (exactly: both are quantized integers)
+//! within a bounded number of ticks, and stays equal. The other tests pin the cases that
+//! break naive delta schemes: a client that never acks, entities leaving and entering
+//! interest, a despawn while a delta is in flight, and an entity id reused.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use warpcore_engine::wire::delta::{ReplicaEntity, TYPE_DELTA_SNAPSHOT};
+use warpcore_engine::wire::{ClientMsg, TYPE_SNAPSHOT};
+use warpcore_engine::{Engine, EngineConfig, ReplicaWorld, ShipSpawn, ShipStats, WeaponStats};
+
+const TICK_HZ: u32 = 20;
+
+fn engine() -> Engine {
+    Engine::new(EngineConfig {
+        tick_hz: TICK_HZ,
+        worker_threads: 1,
+        pin_workers: false,
+        ..EngineConfig::default()
+    })
+    .unwrap()
+}
+
+fn ship(
+    entity_id: u64,
+    owner_account: u64,
+    x_m: f64,
+    y_m: f64,
+    vx_mps: f64,
+    vy_mps: f64,
+) -> ShipSpawn {
+    ShipSpawn {
+        entity_id,
+        owner_account,
+        stats: ShipStats {
+            mass_kg: 1000.0,
+            max_speed_mps: 100.0,
+            accel_mps2: 30.0,
+            hit_points: 100.0,
+        },
+        x_m,
+        y_m,
+        vx_mps,
+        vy_mps,
+    }
+}
+
+const GUN: WeaponStats = WeaponStats {
+    damage: 7.0,
+    range_m: 3000.0,
+    cooldown_s: 0.5,
+    hit_chance: 0.7,
+    critical_chance: 0.1,
+};
+
+fn encode(message: ClientMsg) -> Vec<u8> {
+    let mut out = Vec::new();
+    message.encode(&mut out);
+    out
+}
+
+fn expected(engine: &Engine, client: u64) -> Vec<ReplicaEntity> {
+    let mut out = Vec::new();
+    engine.replica_expected(client, &mut out);
+    out
+}
+
+/// Writes this tick's snapshots, returned by client.
+fn write(engine: &mut Engine) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    engine.write_snapshots(&mut |client, bytes| out.push((client, bytes.to_vec())));
+    out
+}
+
+/// One message in flight on the simulated network.
+struct InFlight {
+    deliver_at: u64,
+    /// Tie-break so equal delivery times keep a seeded order.
+    order: u64,
+    client: u64,
+    bytes: Vec<u8>,
+}
+
+/// A seeded lossy link in one direction.
+struct Link {
+    in_flight: Vec<InFlight>,
+    sent: u64,
+}
+
+impl Link {
+    fn new() -> Link {
+        Link {
+            in_flight: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// Sends with 10% loss, 10% duplication and 0..=3 ticks of delay when `lossy`;
+    /// otherwise delivered next.
+    fn send(&mut self, rng: &mut ChaCha8Rng, now: u64, client: u64, bytes: &[u8], lossy: bool) {
+        let copies = if !lossy {
+            1
+        } else if rng.gen_bool(0.1) {
+            0
+        } else if rng.gen_bool(0.1) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = if lossy { rng.gen_range(0..=3) } else { 0 };
+            self.sent += 1;
+            self.in_flight.push(InFlight {
+                deliver_at: now + delay,
+                order: if lossy { rng.gen() } else { self.sent },
+                client,
+                bytes: bytes.to_vec(),
+            });
+        }
+    }
+
+    /// Takes every message due at `now`, in delivery order.
+    fn due(&mut self, now: u64) -> Vec<InFlight> {
+        let (mut due, keep): (Vec<InFlight>, Vec<InFlight>) =
+            self.in_flight.drain(..).partition(|m| m.deliver_at <= now);
+        self.in_flight = keep;
+        due.sort_by_key(|m| (m.deliver_at, m.order));
+        due
+    }
+}
+
+#[test]
+fn lossy_network_converges_once_loss_stops() {
+    for seed in [1u64, 2, 3] {
+        run_lossy(seed);
+    }
+}
+
+fn run_lossy(seed: u64) {
+    const CLIENTS: u64 = 8;
+    const SHIPS: u64 = 60;
+    const LOSSY_TICKS: u64 = 300;
+    const CONVERGE_TICKS_MAX: u64 = 10;
+    const CHECKED_TICKS: u64 = 60;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut engine = engine();
+    // Ships 1..=CLIENTS are the clients' own; the rest drift. All inside a 3x3 block.
+    for id in 1..=SHIPS {
+        let x = rng.gen_range(-900.0..1900.0);
+        let y = rng.gen_range(-900.0..1900.0);
+        let (vx, vy) = (rng.gen_range(-20.0..20.0), rng.gen_range(-20.0..20.0));
+        engine.spawn_ship(ship(id, id, x, y, vx, vy)).unwrap();
+    }
+    for id in 1..=4 {
+        engine.set_weapons(id, GUN).unwrap();
+    }
+    let mut clients: Vec<ReplicaWorld> = (0..CLIENTS).map(|_| ReplicaWorld::new()).collect();
+    for client in 1..=CLIENTS {
+        engine.attach_client(client, client, client).unwrap();
+        // Opt in to deltas before any snapshot.
+        engine
+            .handle_client_message(client, &encode(clients[(client - 1) as usize].ack()))
+            .unwrap();
+    }
+    let mut down = Link::new();
+    let mut up = Link::new();
+    let mut seq = 0u32;
+    let mut converged_at = vec![None; CLIENTS as usize];
+    let end = LOSSY_TICKS + CHECKED_TICKS;
+    let mut respawned = false;
+    for now in 0..end {
+        let lossy = now < LOSSY_TICKS;
+        // Clients steer now and then; ships 1..=4 fight.
+        for client in 1..=CLIENTS {
+            if rng.gen_bool(0.05) {
+                seq += 1;
+                let (vx, vy) = (rng.gen_range(-60.0..60.0), rng.gen_range(-60.0..60.0));
+                let message = ClientMsg::Move {
+                    entity_id: client,
+                    seq,
+                    vx_mps: vx,
+                    vy_mps: vy,
+                };
+                let _ = engine.handle_client_message(client, &encode(message));
+            }
+        }
+        if now == 20 {
+            for (client, target) in [(1u64, 2u64), (2, 1), (3, 40), (4, 41)] {
+                seq += 1;
+                let message = ClientMsg::Attack {
+                    entity_id: client,
+                    seq,
+                    target_id: target,
+                };
+                engine
+                    .handle_client_message(client, &encode(message))
+                    .unwrap();
+            }
+        }
+        // A destroyed drifter comes back under the same id (id reuse) while lossy.
+        if !respawned && now > 40 && !engine.contains_entity(40) {
+            engine
+                .spawn_ship(ship(40, 999, 500.0, 500.0, 5.0, 0.0))
+                .unwrap();
+            respawned = true;
+        }
+        engine.tick();
+        for (client, bytes) in write(&mut engine) {
+            assert_eq!(bytes[0], TYPE_DELTA_SNAPSHOT, "seed {seed}");
+            down.send(&mut rng, now, client, &bytes, lossy);
+        }
+        for message in down.due(now) {
+            let world = &mut clients[(message.client - 1) as usize];
+            world.apply(&message.bytes).expect("a valid snapshot");
+            let ack = encode(world.ack());
+            up.send(&mut rng, now, message.client, &ack, lossy);
+        }
+        for message in up.due(now) {
+            engine
+                .handle_client_message(message.client, &message.bytes)
+                .expect("an ack of a sent snapshot");
+        }
+        if lossy {
+            continue;
+        }
+        for client in 1..=CLIENTS {
+            let index = (client - 1) as usize;
+            let same = clients[index].entities() == expected(&engine, client).as_slice();
+            match converged_at[index] {
+                None if same => converged_at[index] = Some(now),
+                None => assert!(
+                    now < LOSSY_TICKS + CONVERGE_TICKS_MAX,
+                    "seed {seed}: client {client} not converged {} ticks after loss stopped",
+                    now - LOSSY_TICKS
+                ),
+                Some(_) => assert!(same, "seed {seed}: client {client} diverged at tick {now}"),
+            }
+        }
+    }
+    let stats = engine.stats();
+    assert!(
+        respawned,
+        "seed {seed}: the id-reuse case did not happen {stats:?}"
+    );
+    assert!(stats.destroyed >= 2, "seed {seed}: {stats:?}");
+    // Clients whose ship was destroyed see nothing; the others see their surroundings.
+    let seeing = (1..=CLIENTS)
+        .filter(|&client| expected(&engine, client).len() > 10)
+        .count();
+    assert!(seeing >= CLIENTS as usize - 2, "seed {seed}: {seeing}");
+    assert!(stats.delta_records_deferred == 0, "seed {seed}: {stats:?}");
+}
+
+/// A lossless, immediate channel for the step-by-step tests.
+fn deliver(engine: &mut Engine, worlds: &mut [(u64, ReplicaWorld)], ack: bool) {
+    for (client, bytes) in write(engine) {
+        let Some((_, world)) = worlds.iter_mut().find(|(c, _)| *c == client) else {
+            continue;
+        };
+        world.apply(&bytes).unwrap();
+        if ack {
+            engine
+                .handle_client_message(client, &encode(world.ack()))
+                .unwrap();
+        }
+    }
+}
+
+fn converged(engine: &Engine, worlds: &[(u64, ReplicaWorld)]) -> bool {
+    worlds
+        .iter()
+        .all(|(client, world)| world.entities() == expected(engine, *client).as_slice())
+}
+
+#[test]
+fn client_that_never_acks_is_reset_and_gets_full_state() {
+    let mut engine = engine();
+    for id in 1..=10 {
+        engine
+            .spawn_ship(ship(id, id, id as f64 * 30.0, 0.0, 3.0, 1.0))
+            .unwrap();
+    }
+    engine.attach_client(1, 1, 1).unwrap();
+    let mut world = ReplicaWorld::new();
+    engine
+        .handle_client_message(1, &encode(world.ack()))
+        .unwrap();
+    let mut resets = 0;
+    for _ in 0..100 {
+        engine.tick();
+        for (_, bytes) in write(&mut engine) {
+            let applied = world.apply(&bytes).unwrap();
+            resets += u32::from(applied.reset);
+            // Nothing is acked, so every record is complete: the view is whole every time.
+            assert_eq!(world.entities(), expected(&engine, 1).as_slice());
+        }
+    }
+    // One reset per ring of unacknowledged snapshots, the first one included.
+    assert_eq!(resets, 4);
+    assert_eq!(engine.stats().replication_resets, 4);
+    // An ack of a snapshot never sent is refused and counted.
+    assert!(engine
+        .handle_client_message(1, &encode(ClientMsg::Ack { snapshot_seq: 1000 }))
+        .is_err());
+    assert_eq!(engine.stats().commands_rejected.ack_invalid, 1);
+}
+
+#[test]
+fn acked_deltas_carry_only_what_changed() {
+    let mut engine = engine();
+    engine.spawn_ship(ship(1, 1, 0.0, 0.0, 10.0, 0.0)).unwrap();
+    for id in 2..=30 {
+        // Parked ships: nothing to send once the client has them.
+        engine
+            .spawn_ship(ship(id, id, id as f64 * 20.0, 50.0, 0.0, 0.0))
+            .unwrap();
+    }
+    engine.attach_client(1, 1, 1).unwrap();
+    let mut worlds = vec![(1, ReplicaWorld::new())];
+    engine
+        .handle_client_message(1, &encode(worlds[0].1.ack()))
+        .unwrap();
+    let mut sizes = Vec::new();
+    for _ in 0..10 {
+        engine.tick();
+        let before = engine.stats().delta_records;
+        deliver(&mut engine, &mut worlds, true);
+        sizes.push(engine.stats().delta_records - before);
+        assert!(converged(&engine, &worlds));
+    }
+    // First snapshot: all 30 entities; afterwards only the moving own ship.
+    assert_eq!(sizes[0], 30);
+    assert!(sizes[2..].iter().all(|&n| n == 1), "{sizes:?}");
+    // Full snapshots are still what a client that never acked gets.
+    engine.attach_client(2, 2, 2).unwrap();
+    let mut kinds = Vec::new();
+    engine.write_snapshots(&mut |client, bytes| kinds.push((client, bytes[0])));
+    assert_eq!(kinds, vec![(1, TYPE_DELTA_SNAPSHOT), (2, TYPE_SNAPSHOT)]);
+}
+
+#[test]
+fn leaving_and_entering_interest() {
+    let mut engine = engine();
+    engine
+        .spawn_ship(ship(1, 1, 500.0, 500.0, 0.0, 0.0))
+        .unwrap();
+    // Ship 2 flies east out of the 3x3 block around sector (0, 0) (x >= 2000 m).
+    engine
+        .spawn_ship(ship(2, 2, 1900.0, 500.0, 100.0, 0.0))
+        .unwrap();
+    engine.attach_client(1, 1, 1).unwrap();
+    engine.attach_client(2, 2, 2).unwrap();
+    let mut worlds = vec![(1, ReplicaWorld::new())];
+    engine
+        .handle_client_message(1, &encode(worlds[0].1.ack()))
+        .unwrap();
+    engine.tick();
+    deliver(&mut engine, &mut worlds, true);
+    assert!(worlds[0].1.entity(2).is_some());
+    for _ in 0..40 {
+        engine.tick();
+        deliver(&mut engine, &mut worlds, true);
+    }
+    assert!(worlds[0].1.entity(2).is_none(), "ship 2 left the interest");
+    assert!(converged(&engine, &worlds));
+    // Back west into the interest.
+    let back = ClientMsg::Move {
+        entity_id: 2,
+        seq: 1,
+        vx_mps: -100.0,
+        vy_mps: 0.0,
+    };
+    engine.handle_client_message(2, &encode(back)).unwrap();
+    for _ in 0..200 {
+        engine.tick();
+        deliver(&mut engine, &mut worlds, true);
+    }
+    let seen = worlds[0].1.entity(2).expect("ship 2 is back in view");
+    assert_eq!(seen.owner_account, 2);
+    assert!(converged(&engine, &worlds));
+}
+
+#[test]
+fn despawn_with_a_delta_in_flight_and_id_reuse() {
+    let mut engine = engine();
+    engine.spawn_ship(ship(1, 1, 0.0, 0.0, 0.0, 0.0)).unwrap();
+    engine.spawn_ship(ship(2, 2, 100.0, 0.0, 0.0, 5.0)).unwrap();
+    engine
+        .set_weapons(
+            1,
+            WeaponStats {
+                damage: 60.0,
+                cooldown_s: 0.05,
+                hit_chance: 1.0,
+                critical_chance: 0.0,
+                ..GUN
+            },
+        )
+        .unwrap();
+    engine.attach_client(1, 1, 1).unwrap();
+    let mut world = ReplicaWorld::new();
+    engine
+        .handle_client_message(1, &encode(world.ack()))
+        .unwrap();
+    engine.tick();
+    let first = write(&mut engine).remove(0).1;
+    world.apply(&first).unwrap();
+    engine
+        .handle_client_message(1, &encode(world.ack()))
+        .unwrap();
+    assert_eq!(world.entity(2).unwrap().hit_points_centi, 10_000);
+
+    // Ship 2 is hit (a delta with its health, held back by the network), then destroyed.
+    let attack = ClientMsg::Attack {
+        entity_id: 1,
+        seq: 1,
+        target_id: 2,
+    };
+    engine.handle_client_message(1, &encode(attack)).unwrap();
+    let mut held = Vec::new();
+    while engine.contains_entity(2) {
+        engine.tick();
+        held.push(write(&mut engine).remove(0).1);
+    }
+    engine.tick();
+    let after = write(&mut engine).remove(0).1;
+    // The removal arrives first; the older deltas arrive late and are dropped.
+    assert!(world.apply(&after).unwrap().applied);
+    for bytes in &held {
+        assert!(!world.apply(bytes).unwrap().applied);
+    }
+    assert!(world.entity(2).is_none());
+    engine
+        .handle_client_message(1, &encode(world.ack()))
+        .unwrap();
+
+    // The id comes back as another account's ship before the client acked the removal
+    // of the old one... and once more after.
+    engine
+        .spawn_ship(ship(2, 77, -50.0, 20.0, 0.0, 0.0))
+        .unwrap();
+    let reattack = ClientMsg::Attack {
+        entity_id: 1,
+        seq: 2,
+        target_id: 0,
+    };
+    engine.handle_client_message(1, &encode(reattack)).unwrap();
+    let mut worlds = vec![(1, world)];
+    for _ in 0..5 {
+        engine.tick();
+        deliver(&mut engine, &mut worlds, true);
+    }
+    let reused = worlds[0].1.entity(2).expect("the new ship 2");
+    assert_eq!(reused.owner_account, 77);
+    assert_eq!(reused.hit_points_centi, 10_000);
+    assert!(converged(&engine, &worlds));
+}
+
+#[test]
+fn malformed_and_out_of_order_snapshots_leave_the_world_untouched() {
+    let mut engine = engine();
+    engine.spawn_ship(ship(1, 1, 0.0, 0.0, 10.0, 0.0)).unwrap();
+    engine.spawn_ship(ship(2, 2, 10.0, 0.0, 0.0, 0.0)).unwrap();
+    engine.attach_client(1, 1, 1).unwrap();
+    let mut world = ReplicaWorld::new();
+    engine
+        .handle_client_message(1, &encode(world.ack()))
+        .unwrap();
+    engine.tick();
+    let first = write(&mut engine).remove(0).1;
+    engine.tick();
+    let second = write(&mut engine).remove(0).1;
+    // A partial update of an entity the world does not hold is refused whole.
+    let mut fresh = ReplicaWorld::new();
+    fresh.apply(&first).unwrap();
+    fresh.apply(&second).unwrap();
+    engine
+        .handle_client_message(1, &encode(fresh.ack()))
+        .unwrap();
+    engine.tick();
+    let partial = write(&mut engine).remove(0).1;
+    assert!(world.apply(&partial).is_err());
+    assert!(world.entities().is_empty());
+    // Truncations of a valid snapshot are refused, never a panic.
+    for len in 0..second.len() {
+        assert!(world.apply(&second[..len]).is_err());
+    }
+    world.apply(&second).unwrap();
+    assert_eq!(world.entities().len(), 2);
+    assert!(!world.apply(&first).unwrap().applied);
+}
