@@ -12,4 +12,5 @@ pub mod game;
 pub mod replay;
 pub mod server;
 pub mod swarm;
+mod tick_loop;
 pub mod write_behind_metrics;
