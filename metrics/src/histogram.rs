@@ -56,6 +56,20 @@ impl SharedHistogram {
         self.lock().clone()
     }
 
+    /// Replaces the distribution with a copy of `source`, for a subsystem that keeps
+    /// its own histogram (the write-behind queue's flush latency). Values outside this
+    /// histogram's range saturate; the copy does not allocate.
+    pub fn replace_with(&self, source: &Histogram<u64>) {
+        let mut h = self.lock();
+        h.reset();
+        for v in source.iter_recorded() {
+            h.saturating_record_n(
+                v.value_iterated_to().clamp(1, HISTOGRAM_MAX_US),
+                v.count_at_value(),
+            );
+        }
+    }
+
     /// A recorder for one thread's hot path, publishing into this histogram.
     pub fn local(&self) -> LocalHistogram {
         LocalHistogram {
@@ -127,6 +141,20 @@ mod tests {
             5,
             "dropping a recorder publishes it"
         );
+    }
+
+    #[test]
+    fn replace_with_copies_another_distribution() {
+        let shared = SharedHistogram::new();
+        shared.record(5);
+        let mut source = micros();
+        for v in [100, 200, 300] {
+            record(&mut source, v);
+        }
+        shared.replace_with(&source);
+        let h = shared.snapshot();
+        assert_eq!(h.len(), 3, "the old value is gone");
+        assert_eq!(h.max(), 300);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use warpcore_metrics::{Counter, Gauge, Registry};
+use warpcore_metrics::{Counter, Gauge, Registry, SharedHistogram};
 use warpcore_persistence::write_behind::{WriteBehindMetrics, WriteBehindStats};
 
 /// How often the exporter copies the queue's metrics.
@@ -16,6 +16,9 @@ pub const WRITE_BEHIND_EXPORT_PERIOD: Duration = Duration::from_secs(1);
 
 /// The registry entries the queue's metrics are copied into.
 struct Exported {
+    /// The queue's own flush-latency histogram, copied whole (for the dashboard and
+    /// the quantiles on `/metrics`).
+    flush_seconds: SharedHistogram,
     queue_depth: Gauge,
     coalescing_ratio: Gauge,
     oldest_unflushed_age_s: Gauge,
@@ -36,6 +39,11 @@ impl Exported {
         let gauge = |name: &str, help: &str| registry.gauge(name, help, &[]);
         let counter = |name: &str, help: &str| registry.counter(name, help, &[]);
         Exported {
+            flush_seconds: registry.histogram(
+                "warpcore_writebehind_flush_seconds",
+                "Write-behind flush latency: one transaction per flush.",
+                &[],
+            ),
             queue_depth: gauge(
                 "warpcore_writebehind_queue_depth",
                 "Entities accepted by the write-behind queue and not yet written.",
@@ -129,6 +137,9 @@ pub fn spawn_write_behind_exporter(
         loop {
             every.tick().await;
             exported.publish(&metrics.stats());
+            exported
+                .flush_seconds
+                .replace_with(&metrics.flush_latency_histogram());
         }
     })
 }

@@ -172,6 +172,7 @@ async fn a_recorded_live_run_replays_to_the_same_state_hash() {
         "warpcore_time_dilation ",
         "warpcore_connected_clients ",
         "warpcore_writebehind_queue_depth ",
+        "warpcore_writebehind_flush_seconds_count ",
         "warpcore_connection_rtt_seconds{quantile=\"0.99\"}",
         "warpcore_udp_packets_total{dir=\"in\"}",
         "warpcore_http_responses_total{route=\"/api/auth/login\",status=\"200\"} 10",
