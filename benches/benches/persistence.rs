@@ -35,6 +35,7 @@ fn states(n: usize, tick: u64) -> Vec<EntityState> {
             vx_mps: 10.0,
             vy_mps: -3.0,
             tick,
+            hit_points: 1_000.0 - tick as f64,
         })
         .collect()
 }

@@ -50,7 +50,18 @@ pub struct EngineConfig {
     pub ai_defend_s: f64,
     /// Ships with a target in one sector that make it a `MassiveBattle`.
     pub massive_battle_participants: u64,
+    /// Bandwidth budget of one delta-snapshot client, bytes per second (a token
+    /// bucket: a snapshot is written only when the client has saved enough for a
+    /// useful one, and never bigger than what it has saved or `snapshot_bytes_max`).
+    pub replication_bytes_per_s: u32,
+    /// Snapshot rates of a delta-snapshot client, Hz, by what its ship is doing:
+    /// `[idle, moving, fighting]` (each at most `tick_hz`: a rate at or above it means
+    /// every tick). A spectator counts as moving.
+    pub replication_rates_hz: [u32; 3],
 }
+
+/// Largest `replication_bytes_per_s`.
+pub const REPLICATION_BYTES_PER_S_MAX: u32 = 1 << 30;
 
 impl Default for EngineConfig {
     fn default() -> EngineConfig {
@@ -66,6 +77,8 @@ impl Default for EngineConfig {
             warp_spool_s: 5.0,
             ai_defend_s: 300.0,
             massive_battle_participants: 100,
+            replication_bytes_per_s: 16_000,
+            replication_rates_hz: [10, 20, 60],
         }
     }
 }
@@ -120,6 +133,22 @@ impl EngineConfig {
         if self.massive_battle_participants == 0 {
             return Err(EngineError::InvalidConfig(
                 "massive_battle_participants must be at least 1",
+            ));
+        }
+        if self.replication_bytes_per_s == 0
+            || self.replication_bytes_per_s > REPLICATION_BYTES_PER_S_MAX
+        {
+            return Err(EngineError::InvalidConfig(
+                "replication_bytes_per_s must be in 1..=2^30",
+            ));
+        }
+        if self
+            .replication_rates_hz
+            .iter()
+            .any(|&hz| hz == 0 || hz > TICK_HZ_MAX)
+        {
+            return Err(EngineError::InvalidConfig(
+                "replication_rates_hz must each be in 1..=1000",
             ));
         }
         Ok(())

@@ -26,7 +26,10 @@ use crate::config::{CommandError, EngineConfig, EngineError};
 use crate::crafting::{Crafting, CraftingCompleted, CraftingJob};
 use crate::hash::Fnv1a64;
 use crate::recording::{Input, Recorder};
-use crate::replicate::{ClientReplication, Interest, SnapshotWriter};
+use crate::replicate::{
+    ClientReplication, DeltaWriteCounts, GroupKey, InterestGroups, Plan, RateParams,
+    SnapshotWriter, NO_GROUP,
+};
 use crate::report::{EngineStats, RejectCounts, TickReport, Violation, ViolationCounts};
 use crate::sector::{clamp_magnitude, find_sector, Sector, ShotOutcome, StepParams};
 use crate::sector_id::SectorId;
@@ -76,6 +79,10 @@ struct ReplicaClient {
     client: u64,
     state: ClientReplication,
     buf: Vec<u8>,
+    /// This write's decision for the client (made serially, then written in parallel).
+    plan: Plan,
+    /// Counters of this write's delta, summed serially afterwards.
+    counts: DeltaWriteCounts,
 }
 
 /// A game event waiting for delivery: where it happened and who is involved.
@@ -114,6 +121,8 @@ pub struct Engine {
     replicas: Vec<ReplicaClient>,
     /// Bumped by every `write_snapshots` (each refreshes the change masks).
     replication_epoch: u64,
+    /// The shared candidate lists of the delta clients, rebuilt every write.
+    groups: InterestGroups,
     tick: u64,
     time_dilation: f64,
     commands_applied: u64,
@@ -163,6 +172,7 @@ impl Engine {
             snapshots: SnapshotWriter::default(),
             replicas: Vec::new(),
             replication_epoch: 0,
+            groups: InterestGroups::default(),
             tick: 0,
             time_dilation: 1.0,
             commands_applied: 0,
@@ -1021,20 +1031,25 @@ impl Engine {
         std::mem::swap(&mut self.sectors, &mut self.sectors_scratch);
     }
 
-    /// Writes one encoded snapshot per attached client, in client id order, by calling
-    /// `out(client, bytes)`: a full [`crate::wire::ServerMsg::Snapshot`] for a client
-    /// that never acknowledged one, a [`crate::wire::delta`] snapshot for a client that
-    /// sends `Ack`s. The bytes live in a buffer the engine reuses: copy them if they
-    /// must outlive the call. Each snapshot is at most `snapshot_bytes_max` bytes (see
-    /// `replicate` for what is left out or deferred when it is full).
+    /// Writes the encoded snapshots of this tick, in client id order, by calling
+    /// `out(client, bytes)`: a full [`crate::wire::ServerMsg::Snapshot`] every tick for
+    /// a client that never acknowledged one, and a [`crate::wire::delta`] snapshot for a
+    /// client that sends `Ack`s, at the rate of what its ship is doing and within its
+    /// bandwidth budget (`replication_rates_hz`, `replication_bytes_per_s`), so a delta
+    /// client gets no call on some ticks. The bytes live in buffers the engine reuses:
+    /// copy them if they must outlive the call. Each snapshot is at most
+    /// `snapshot_bytes_max` bytes (see `replicate` for what is left out or deferred when
+    /// it is full). Delta clients are written in parallel on the worker threads; the
+    /// bytes do not depend on the thread count.
     pub fn write_snapshots(&mut self, out: &mut dyn FnMut(u64, &[u8])) {
         if self.clients.is_empty() {
             return;
         }
+        let sector_size_m = self.config.sector_size_m;
         let chunk_len = self.sectors.len().div_ceil(self.threads * 4);
         self.workers
             .for_each_chunked(&mut self.sectors, chunk_len, &|sector| {
-                sector.refresh_views()
+                sector.refresh_views(sector_size_m)
             });
         self.replication_epoch += 1;
         let header = SnapshotHeader {
@@ -1042,58 +1057,136 @@ impl Engine {
             time_dilation_permille: self.time_dilation_permille(),
             controlled_entity: 0,
         };
+        let rates = RateParams::new(&self.config);
+        self.plan_replication(&rates);
+
+        let sectors = &self.sectors;
+        let groups = self.groups.active_mut();
+        let chunk_len = groups.len().div_ceil(self.threads * 8);
+        self.workers.for_each_chunked(groups, chunk_len, &|group| {
+            group.fill(sectors, sector_size_m)
+        });
+        let groups = &self.groups;
+        let epoch = self.replication_epoch;
+        let chunk_len = self.replicas.len().div_ceil(self.threads * 16);
+        self.workers
+            .for_each_chunked(&mut self.replicas, chunk_len, &|replica| {
+                if let Plan::Delta {
+                    group,
+                    own,
+                    bytes_max,
+                } = replica.plan
+                {
+                    replica.counts = replica.state.write_delta(
+                        &mut replica.buf,
+                        groups.get(group),
+                        own.as_ref(),
+                        header,
+                        bytes_max,
+                        epoch,
+                        &rates,
+                    );
+                }
+            });
+
         for replica in &mut self.replicas {
+            let client = replica.client;
+            match replica.plan {
+                Plan::Skip => {}
+                Plan::Delta { .. } => {
+                    self.totals.delta_records += replica.counts.records;
+                    self.totals.delta_records_deferred += replica.counts.deferred;
+                    self.totals.replication_resets += replica.counts.resets;
+                    out(client, &replica.buf);
+                }
+                Plan::Full => {
+                    let Some(&state) = self.clients.get(&client) else {
+                        continue;
+                    };
+                    let bytes = match state {
+                        Client::Pilot { entity_id, .. } => {
+                            let own_sector = self.locations.get(&entity_id).map(|l| l.sector);
+                            self.snapshots.write(
+                                &self.sectors,
+                                SnapshotHeader {
+                                    controlled_entity: entity_id,
+                                    ..header
+                                },
+                                own_sector,
+                                self.config.snapshot_bytes_max,
+                            )
+                        }
+                        Client::Spectator { sector } => self.snapshots.write_spectator(
+                            &self.sectors,
+                            header,
+                            sector,
+                            sector_size_m,
+                            self.config.snapshot_bytes_max,
+                        ),
+                    };
+                    out(client, bytes);
+                }
+            }
+        }
+    }
+
+    /// The serial part of a write: what each client gets (full, delta or nothing, by
+    /// its rate and budget) and which interest group each delta client reads from.
+    fn plan_replication(&mut self, rates: &RateParams) {
+        self.groups.clear();
+        let sector_size_m = self.config.sector_size_m;
+        let epoch = self.replication_epoch;
+        for (index, replica) in self.replicas.iter_mut().enumerate() {
+            replica.plan = Plan::Skip;
             let Some(&state) = self.clients.get(&replica.client) else {
                 debug_assert!(false, "replication state without a client");
                 continue;
             };
-            let client = replica.client;
-            if replica.state.is_delta() {
-                let interest = match state {
-                    Client::Pilot { entity_id, .. } => Interest::Pilot {
-                        sector: self.locations.get(&entity_id).map(|l| l.sector),
-                        entity_id,
-                    },
-                    Client::Spectator { sector } => Interest::Spectator { sector },
-                };
-                let counts = replica.state.write_delta(
-                    &mut replica.buf,
-                    &self.sectors,
-                    interest,
-                    header,
-                    self.config.sector_size_m,
-                    self.config.snapshot_bytes_max,
-                    self.replication_epoch,
-                );
-                self.totals.delta_records += counts.records;
-                self.totals.delta_records_deferred += counts.deferred;
-                self.totals.replication_resets += counts.resets;
-                out(client, &replica.buf);
+            if !replica.state.is_delta() {
+                replica.plan = Plan::Full;
                 continue;
             }
-            let bytes = match state {
+            let (key, own) = match state {
                 Client::Pilot { entity_id, .. } => {
-                    let own_sector = self.locations.get(&entity_id).map(|l| l.sector);
-                    self.snapshots.write(
-                        &self.sectors,
-                        SnapshotHeader {
-                            controlled_entity: entity_id,
-                            ..header
-                        },
-                        own_sector,
-                        self.config.snapshot_bytes_max,
-                    )
+                    let found = self.locations.get(&entity_id).and_then(|location| {
+                        let sector_index = find_sector(&self.sectors, location.sector).ok()?;
+                        let own = self.sectors[sector_index].cached(entity_id)?;
+                        Some((location.sector, *own))
+                    });
+                    match found {
+                        Some((sector, own)) => (
+                            Some(GroupKey::pilot(sector, &own, sector_size_m)),
+                            Some(own),
+                        ),
+                        None => (None, None),
+                    }
                 }
-                Client::Spectator { sector } => self.snapshots.write_spectator(
-                    &self.sectors,
-                    header,
-                    sector,
-                    self.config.sector_size_m,
-                    self.config.snapshot_bytes_max,
-                ),
+                Client::Spectator { sector } => {
+                    (Some(GroupKey::spectator(sector, sector_size_m)), None)
+                }
             };
-            out(client, bytes);
+            let Some(bytes_max) = replica
+                .state
+                .plan(replica.client, own.as_ref(), epoch, rates)
+            else {
+                continue;
+            };
+            replica.plan = Plan::Delta {
+                group: NO_GROUP,
+                own,
+                bytes_max,
+            };
+            if let Some(key) = key {
+                self.groups.request(key, index as u32);
+            }
         }
+        let replicas = &mut self.replicas;
+        self.groups
+            .build(&self.sectors, &mut |client_index, group_index| {
+                if let Plan::Delta { group, .. } = &mut replicas[client_index as usize].plan {
+                    *group = group_index;
+                }
+            });
     }
 
     /// Writes the game events of the last tick to the clients that take part, by

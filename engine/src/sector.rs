@@ -94,9 +94,38 @@ pub(crate) struct Sector {
     /// The same entities quantized for delta replication, with the fields changed since
     /// the previous refresh (same order as `views`).
     replica: Vec<CachedReplica>,
+    /// Spatial index of `replica` for interest queries: the entries of fine cell `c`
+    /// (row-major, [`FINE_CELLS_PER_SIDE`] per side) are
+    /// `fine_entries[fine_start[c]..fine_start[c + 1]]`, indices into `replica`.
+    fine_start: [u32; FINE_CELLS + 1],
+    fine_entries: Vec<u32>,
     counters: SectorTickCounters,
     /// Whether the sector was above the massive-battle threshold last tick.
     pub(crate) in_massive_battle: bool,
+}
+
+/// Fine cells per side of a sector in its replication spatial index.
+pub(crate) const FINE_CELLS_PER_SIDE: usize = 8;
+/// Fine cells per sector.
+pub(crate) const FINE_CELLS: usize = FINE_CELLS_PER_SIDE * FINE_CELLS_PER_SIDE;
+
+/// The fine cell (column, row) of a point, relative to a cell's minimum corner; points
+/// outside the sector (a ship about to be handed over) are clamped to its border cells.
+pub(crate) fn fine_cell_of(
+    x_m: f64,
+    y_m: f64,
+    corner: (f64, f64),
+    cell_w_m: f64,
+) -> (usize, usize) {
+    let clamp = |v: f64| {
+        let index = (v / cell_w_m).floor();
+        if index.is_nan() || index < 0.0 {
+            0
+        } else {
+            (index as usize).min(FINE_CELLS_PER_SIDE - 1)
+        }
+    };
+    (clamp(x_m - corner.0), clamp(y_m - corner.1))
 }
 
 /// One entity of the quantized replication cache.
@@ -166,6 +195,8 @@ impl Sector {
             cold_active: false,
             views: Vec::new(),
             replica: Vec::new(),
+            fine_start: [0; FINE_CELLS + 1],
+            fine_entries: Vec::new(),
             counters: SectorTickCounters::default(),
             in_massive_battle: false,
         }
@@ -184,6 +215,8 @@ impl Sector {
         self.violations.clear();
         self.views.clear();
         self.replica.clear();
+        self.fine_start = [0; FINE_CELLS + 1];
+        self.fine_entries.clear();
         self.leavers.clear();
         self.cold_active = false;
         self.counters = SectorTickCounters::default();
@@ -601,8 +634,46 @@ impl Sector {
         }
     }
 
-    /// Rebuilds the replication cache from the world and clears the change masks.
-    pub(crate) fn refresh_views(&mut self) {
+    /// Rebuilds the replication cache from the world, clears the change masks and
+    /// rebuilds the fine-cell index (a counting sort: no comparison, no allocation once
+    /// warm).
+    pub(crate) fn refresh_views(&mut self, sector_size_m: f64) {
+        self.refresh_cache();
+        let corner = self.id.min_corner_m(sector_size_m);
+        let cell_w_m =
+            SectorId::cell_width_m(self.id.scale, sector_size_m) / FINE_CELLS_PER_SIDE as f64;
+        let cell_of = |cached: &CachedReplica| {
+            let (cx, cy) = fine_cell_of(cached.value.x_m(), cached.value.y_m(), corner, cell_w_m);
+            cy * FINE_CELLS_PER_SIDE + cx
+        };
+        let mut counts = [0u32; FINE_CELLS + 1];
+        for cached in &self.replica {
+            counts[cell_of(cached) + 1] += 1;
+        }
+        for c in 0..FINE_CELLS {
+            counts[c + 1] += counts[c];
+        }
+        self.fine_start = counts;
+        let mut next = counts;
+        self.fine_entries.clear();
+        self.fine_entries.resize(self.replica.len(), 0);
+        for (index, cached) in self.replica.iter().enumerate() {
+            let cell = cell_of(cached);
+            self.fine_entries[next[cell] as usize] = index as u32;
+            next[cell] += 1;
+        }
+    }
+
+    /// The cached entities in fine cell (`cx`, `cy`), each [`FINE_CELLS_PER_SIDE`] wide.
+    pub(crate) fn fine_cell(&self, cx: usize, cy: usize) -> impl Iterator<Item = &CachedReplica> {
+        let cell = cy * FINE_CELLS_PER_SIDE + cx;
+        let range = self.fine_start[cell] as usize..self.fine_start[cell + 1] as usize;
+        self.fine_entries[range]
+            .iter()
+            .map(|&index| &self.replica[index as usize])
+    }
+
+    fn refresh_cache(&mut self) {
         self.views.clear();
         self.replica.clear();
         let query = self.world.query_mut::<(
@@ -651,6 +722,15 @@ impl Sector {
     /// The quantized replication cache, same order as [`Sector::views`].
     pub(crate) fn replica(&self) -> &[CachedReplica] {
         &self.replica
+    }
+
+    /// One entity of the quantized replication cache.
+    pub(crate) fn cached(&self, entity_id: u64) -> Option<&CachedReplica> {
+        let index = self
+            .replica
+            .binary_search_by_key(&entity_id, |cached| cached.value.entity_id)
+            .ok()?;
+        self.replica.get(index)
     }
 
     /// The replication cache as of the last [`Sector::refresh_views`], sorted by id.

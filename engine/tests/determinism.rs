@@ -5,10 +5,13 @@
 //! warps between star systems, pilots leaving to the AI, refused and cheating commands)
 //! runs in three engines (1 thread, 2 threads, 2 threads again) fed identical input;
 //! their state hashes, tick reports, snapshot and event bytes and final records must
-//! agree. The seed is in every message.
+//! agree. A third of the clients take delta snapshots (written on the worker threads)
+//! and ack each one they get, so their bytes must agree too. The seed is in every
+//! message.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use warpcore_engine::wire::delta::DeltaSnapshotView;
 use warpcore_engine::wire::ClientMsg;
 use warpcore_engine::{
     Engine, EngineConfig, EntityRecord, ShipSpawn, ShipStats, StarSystem, WeaponStats,
@@ -18,7 +21,10 @@ const SEED: u64 = 0x5EED_0F3A_2C0E;
 const SHIPS: u64 = 2000;
 const TICKS: u32 = 200;
 const WORLD_HALF_M: f64 = 6000.0;
-const SNAPSHOT_EVERY_TICKS: u32 = 50;
+/// Every this many clients (by entity id), one asks for delta snapshots.
+const DELTA_CLIENT_EVERY: u64 = 3;
+/// Snapshots are written (and delta clients ack) every this many ticks.
+const SNAPSHOT_EVERY_TICKS: u32 = 5;
 const CLUSTERS: u64 = 20;
 const CLUSTER_HALF_M: f64 = 700.0;
 const WEAPONS: WeaponStats = WeaponStats {
@@ -122,8 +128,10 @@ fn inputs(rng: &mut ChaCha8Rng, tick: u32, intents: &mut [(f32, f32)]) -> Vec<(u
     out
 }
 
-fn snapshot_digest(engine: &mut Engine) -> (usize, u64) {
-    // FNV-1a over all snapshot bytes in delivery order.
+/// Writes this tick's snapshots; returns (count, FNV-1a over all bytes in delivery
+/// order) and appends, for each delta snapshot, the ack its client sends back (every
+/// delta client acks what it got, losslessly).
+fn snapshot_digest(engine: &mut Engine, acks: &mut Vec<(u64, Vec<u8>)>) -> (usize, u64) {
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
     let mut count = 0;
     engine.write_snapshots(&mut |client, bytes| {
@@ -131,6 +139,14 @@ fn snapshot_digest(engine: &mut Engine) -> (usize, u64) {
         for &byte in client.to_le_bytes().iter().chain(bytes) {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        if let Ok(view) = DeltaSnapshotView::parse(bytes) {
+            let mut payload = Vec::new();
+            ClientMsg::Ack {
+                snapshot_seq: view.header().seq,
+            }
+            .encode(&mut payload);
+            acks.push((client, payload));
         }
     });
     (count, hash)
@@ -159,10 +175,19 @@ fn same_input_same_state_whatever_the_thread_count() {
                         ship.entity_id,
                     )
                     .unwrap();
+                if ship.entity_id % DELTA_CLIENT_EVERY == 0 {
+                    let mut ack = Vec::new();
+                    ClientMsg::Ack { snapshot_seq: 0 }.encode(&mut ack);
+                    engine
+                        .handle_client_message(ship.entity_id + 1_000_000, &ack)
+                        .unwrap();
+                }
             }
             engine
         })
         .collect();
+    let mut acks: Vec<Vec<(u64, Vec<u8>)>> = vec![Vec::new(); engines.len()];
+    let mut delta_snapshots = 0;
     let initial = engines[0].state_hash();
     assert!(
         engines.iter().all(|e| e.state_hash() == initial),
@@ -174,7 +199,11 @@ fn same_input_same_state_whatever_the_thread_count() {
     for tick in 1..=TICKS {
         let input = inputs(&mut rng, tick, &mut intents);
         let mut results = Vec::new();
-        for engine in &mut engines {
+        for (engine, acks) in engines.iter_mut().zip(&acks) {
+            for (client, ack) in acks {
+                // A client detached since has its ack refused, alike in every engine.
+                let _ = engine.handle_client_message(*client, ack);
+            }
             if tick % 40 == 0 {
                 // Some pilots leave: the AI takes their ships over.
                 for entity_id in (u64::from(tick)..SHIPS).step_by(97) {
@@ -214,15 +243,32 @@ fn same_input_same_state_whatever_the_thread_count() {
             );
         }
         hashes_seen.insert(results[0].2);
-        if tick % SNAPSHOT_EVERY_TICKS == 0 {
-            let digests: Vec<(usize, u64)> = engines.iter_mut().map(snapshot_digest).collect();
-            assert!(digests[0].0 > 0);
-            assert!(
-                digests.iter().all(|d| *d == digests[0]),
-                "seed {SEED:#x}, tick {tick}: snapshots"
-            );
+        if tick % SNAPSHOT_EVERY_TICKS != 0 {
+            continue;
         }
+        let digests: Vec<(usize, u64)> = engines
+            .iter_mut()
+            .zip(&mut acks)
+            .map(|(engine, acks)| {
+                acks.clear();
+                snapshot_digest(engine, acks)
+            })
+            .collect();
+        assert!(digests[0].0 > 0);
+        assert!(
+            digests.iter().all(|d| *d == digests[0]),
+            "seed {SEED:#x}, tick {tick}: snapshots"
+        );
+        assert!(
+            acks.iter().all(|a| *a == acks[0]),
+            "seed {SEED:#x}, tick {tick}: acks"
+        );
+        delta_snapshots += acks[0].len();
     }
+    assert!(
+        delta_snapshots > 10 * (TICKS / SNAPSHOT_EVERY_TICKS) as usize,
+        "{delta_snapshots} delta snapshots"
+    );
     assert_eq!(
         hashes_seen.len(),
         TICKS as usize,

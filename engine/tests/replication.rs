@@ -171,6 +171,7 @@ fn run_lossy(seed: u64) {
     let mut converged_at = vec![None; CLIENTS as usize];
     let end = LOSSY_TICKS + CHECKED_TICKS;
     let mut respawned = false;
+    let mut sent_bytes = vec![0usize; CLIENTS as usize];
     for now in 0..end {
         let lossy = now < LOSSY_TICKS;
         // Clients steer now and then; ships 1..=4 fight.
@@ -210,6 +211,7 @@ fn run_lossy(seed: u64) {
         engine.tick();
         for (client, bytes) in write(&mut engine) {
             assert_eq!(bytes[0], TYPE_DELTA_SNAPSHOT, "seed {seed}");
+            sent_bytes[(client - 1) as usize] += bytes.len();
             down.send(&mut rng, now, client, &bytes, lossy);
         }
         for message in down.due(now) {
@@ -251,7 +253,24 @@ fn run_lossy(seed: u64) {
         .filter(|&client| expected(&engine, client).len() > 10)
         .count();
     assert!(seeing >= CLIENTS as usize - 2, "seed {seed}: {seeing}");
-    assert!(stats.delta_records_deferred == 0, "seed {seed}: {stats:?}");
+    // The joins did not fit one snapshot under the budget: they were spread, and
+    // every client stayed within its bytes per second (plus the one burst it may save).
+    assert!(stats.delta_records_deferred > 0, "seed {seed}: {stats:?}");
+    let config = engine.config();
+    let allowed = config.replication_bytes_per_s as usize * end as usize / TICK_HZ as usize
+        + 2 * config.snapshot_bytes_max;
+    for (index, &bytes) in sent_bytes.iter().enumerate() {
+        assert!(
+            bytes <= allowed,
+            "seed {seed}: client {} sent {bytes} > {allowed}",
+            index + 1
+        );
+        assert!(
+            bytes > allowed / 20,
+            "seed {seed}: client {} sent only {bytes}",
+            index + 1
+        );
+    }
 }
 
 /// A lossless, immediate channel for the step-by-step tests.
@@ -491,4 +510,162 @@ fn malformed_and_out_of_order_snapshots_leave_the_world_untouched() {
     world.apply(&second).unwrap();
     assert_eq!(world.entities().len(), 2);
     assert!(!world.apply(&first).unwrap().applied);
+}
+
+/// The nearest `REPLICA_ENTITIES_MAX` to the middle of the pilot's fine cell (125 m at
+/// 1 km sectors), found ring by ring through the sector index, are exactly what a
+/// brute-force scan of the 3x3 block finds (plus the pilot's own ship); in a sparse
+/// block the pilot sees every entity of it.
+#[test]
+fn crowded_interest_is_the_nearest_to_the_pilots_cell() {
+    const REPLICA_ENTITIES_MAX: usize = 256;
+    const CELL_M: f64 = 125.0;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut sparse = engine();
+    let mut engine = engine();
+    // Ships 1..=3000 crowd the block of sectors -1..=1 (and a few beyond it).
+    for id in 1..=3000u64 {
+        let x = rng.gen_range(-1200.0..2200.0);
+        let y = rng.gen_range(-1200.0..2200.0);
+        engine.spawn_ship(ship(id, id, x, y, 0.0, 0.0)).unwrap();
+    }
+    let mut records = Vec::new();
+    engine.all_records(&mut records);
+    let pilots = [1u64, 2, 3, 4, 5, 6, 7, 8];
+    for &pilot in &pilots {
+        engine.attach_client(pilot, pilot, pilot).unwrap();
+        engine
+            .handle_client_message(pilot, &encode(ClientMsg::Ack { snapshot_seq: 0 }))
+            .unwrap();
+    }
+    let written = write(&mut engine);
+    assert_eq!(written.len(), pilots.len());
+    for &pilot in &pilots {
+        let own = records.iter().find(|r| r.entity_id == pilot).unwrap();
+        let (sx, sy) = ((own.x_m / 1000.0).floor(), (own.y_m / 1000.0).floor());
+        let cx = sx * 1000.0 + ((own.x_m - sx * 1000.0) / CELL_M).floor() * CELL_M + CELL_M / 2.0;
+        let cy = sy * 1000.0 + ((own.y_m - sy * 1000.0) / CELL_M).floor() * CELL_M + CELL_M / 2.0;
+        let quantized = |v: f64| (v * 100.0).round() / 100.0;
+        let mut block: Vec<(f64, u64)> = records
+            .iter()
+            .filter(|r| {
+                let (rx, ry) = ((r.x_m / 1000.0).floor(), (r.y_m / 1000.0).floor());
+                (rx - sx).abs() <= 1.0 && (ry - sy).abs() <= 1.0
+            })
+            .map(|r| {
+                let (dx, dy) = (quantized(r.x_m) - cx, quantized(r.y_m) - cy);
+                (dx * dx + dy * dy, r.entity_id)
+            })
+            .collect();
+        assert!(block.len() > REPLICA_ENTITIES_MAX, "a crowded block");
+        block.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut want: Vec<u64> = block
+            .iter()
+            .take(REPLICA_ENTITIES_MAX)
+            .map(|&(_, id)| id)
+            .collect();
+        if !want.contains(&pilot) {
+            want.push(pilot);
+        }
+        want.sort_unstable();
+        let got: Vec<u64> = expected(&engine, pilot)
+            .iter()
+            .map(|e| e.entity_id)
+            .collect();
+        assert_eq!(got, want, "pilot {pilot}");
+    }
+
+    // A sparse block: every entity of it, wherever the pilot is.
+    for id in 1..=100u64 {
+        let x = rng.gen_range(-900.0..1900.0);
+        let y = rng.gen_range(-900.0..1900.0);
+        sparse.spawn_ship(ship(id, id, x, y, 0.0, 0.0)).unwrap();
+    }
+    sparse
+        .spawn_ship(ship(500, 500, 500.0, 500.0, 0.0, 0.0))
+        .unwrap();
+    sparse.attach_client(1, 500, 500).unwrap();
+    sparse
+        .handle_client_message(1, &encode(ClientMsg::Ack { snapshot_seq: 0 }))
+        .unwrap();
+    write(&mut sparse);
+    assert_eq!(expected(&sparse, 1).len(), 101);
+}
+
+/// Replication rates and the bandwidth budget: an idle pilot gets fewer snapshots than
+/// a moving one, a fighting one the most, and none gets more bytes than its budget.
+#[test]
+fn rates_follow_what_the_ship_does_within_the_budget() {
+    let mut engine = Engine::new(EngineConfig {
+        tick_hz: 60,
+        worker_threads: 1,
+        pin_workers: false,
+        replication_bytes_per_s: 8000,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    for id in 1..=40u64 {
+        engine
+            .spawn_ship(ship(id, id, id as f64 * 20.0, 100.0, 0.0, 0.0))
+            .unwrap();
+    }
+    // Ship 1 idles, ship 2 flies, ship 3 fights ship 4.
+    engine.set_weapons(3, GUN).unwrap();
+    let mut worlds: Vec<(u64, ReplicaWorld)> = Vec::new();
+    for id in 1..=3u64 {
+        engine.attach_client(id, id, id).unwrap();
+        engine
+            .handle_client_message(id, &encode(ClientMsg::Ack { snapshot_seq: 0 }))
+            .unwrap();
+        worlds.push((id, ReplicaWorld::new()));
+    }
+    let mut counts = [0usize; 3];
+    let mut bytes = [0usize; 3];
+    const TICKS: usize = 600;
+    for tick in 0..TICKS {
+        let seq = tick as u32 + 1;
+        let vx = if tick % 120 < 60 { 30.0 } else { -30.0 };
+        let fly = ClientMsg::Move {
+            entity_id: 2,
+            seq,
+            vx_mps: vx,
+            vy_mps: 0.0,
+        };
+        engine.handle_client_message(2, &encode(fly)).unwrap();
+        if tick == 0 {
+            let attack = ClientMsg::Attack {
+                entity_id: 3,
+                seq,
+                target_id: 4,
+            };
+            engine.handle_client_message(3, &encode(attack)).unwrap();
+        }
+        engine.tick();
+        for (client, payload) in write(&mut engine) {
+            let index = (client - 1) as usize;
+            counts[index] += 1;
+            bytes[index] += payload.len();
+            let world = &mut worlds[index].1;
+            world.apply(&payload).unwrap();
+            engine
+                .handle_client_message(client, &encode(world.ack()))
+                .unwrap();
+        }
+    }
+    let seconds = TICKS as f64 / 60.0;
+    let rates: Vec<f64> = counts.iter().map(|&c| c as f64 / seconds).collect();
+    // Idle 10 Hz, moving 20 Hz, fighting every tick up to the budget (8000 B/s in
+    // snapshots of at least a quarter of 1100 bytes, or fewer when there is less to say).
+    assert!((9.0..=12.0).contains(&rates[0]), "idle {rates:?}");
+    assert!((18.0..=22.0).contains(&rates[1]), "moving {rates:?}");
+    assert!(rates[2] > 25.0, "fighting {rates:?}");
+    for (index, &sent) in bytes.iter().enumerate() {
+        let allowed = 8000.0 * seconds + 2.0 * 1100.0;
+        assert!(
+            (sent as f64) <= allowed,
+            "client {}: {sent} bytes",
+            index + 1
+        );
+    }
+    assert!(converged(&engine, &worlds));
 }

@@ -486,6 +486,96 @@ pub struct GrantRequest {
     pub reason: String,
 }
 
+/// Body of `POST /api/crafting/jobs`: `quantity` runs of a recipe, paid from the
+/// character's items wherever they are (oldest stacks first).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CraftingStartRequest {
+    #[serde(alias = "characterId")]
+    pub character_id: i64,
+    #[serde(alias = "recipeId")]
+    pub recipe_id: i64,
+    #[schema(minimum = 1, maximum = 100)]
+    pub quantity: i64,
+}
+
+/// Where a crafting job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CraftingJobState {
+    /// Waiting or in progress.
+    Queued,
+    /// The product was delivered to `station_id`.
+    Completed,
+    /// The materials were refunded to `station_id`.
+    Cancelled,
+}
+
+/// A crafting job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CraftingJobView {
+    pub job_id: i64,
+    pub character_id: i64,
+    pub recipe_id: i64,
+    pub quantity: i64,
+    /// Game seconds of work for the whole job.
+    pub duration_s: f64,
+    pub status: CraftingJobState,
+    /// The hangar the product (or refund) goes to.
+    pub station_id: i64,
+    pub created_at_unix_ms: i64,
+    pub finished_at_unix_ms: Option<i64>,
+    /// For a queued job: its place in the character's queue, 0 = in progress.
+    pub queue_position: Option<u16>,
+}
+
+/// `data` of a 201 from `POST /api/crafting/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CraftingStartReply {
+    pub job: CraftingJobView,
+    /// Place in the engine's queue, 0 = in progress.
+    pub queue_position: u16,
+}
+
+/// `data` of `GET /api/crafting/jobs/{character_id}`: every queued job (queue
+/// order) and the most recent finished ones, by job id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CraftingJobsReply {
+    pub character_id: i64,
+    pub jobs: Vec<CraftingJobView>,
+}
+
+/// `data` of `DELETE /api/crafting/jobs/{job_id}`: the cancelled job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CraftingCancelReply {
+    pub job: CraftingJobView,
+}
+
+/// One input of a recipe, per run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecipeInputView {
+    pub item_type_id: i64,
+    pub quantity: i64,
+}
+
+/// A recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecipeView {
+    pub recipe_id: i64,
+    pub name: String,
+    pub output_item_type_id: i64,
+    /// Items made per run.
+    pub output_quantity: i64,
+    /// Game seconds per run.
+    pub duration_s: f64,
+    pub inputs: Vec<RecipeInputView>,
+}
+
+/// `data` of `GET /api/crafting/recipes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecipesReply {
+    pub recipes: Vec<RecipeView>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,6 +56,10 @@ pub enum ApiError {
     /// 405: the route exists but not for this method.
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
+    /// 409: a crafting job needs more of an item than the character owns; `details`
+    /// names the item type, the amount needed and the amount owned.
+    #[error("not enough materials for this crafting job")]
+    InsufficientMaterials { details: Value },
     /// 409: registration with a username that is taken.
     #[error("username is already taken")]
     UsernameTaken,
@@ -109,6 +113,17 @@ impl ApiError {
             StoreError::Conflict(_) => {
                 ApiError::Conflict(format!("{context}: conflicts with the current state"))
             }
+            StoreError::InsufficientMaterials {
+                item_type_id,
+                needed,
+                have,
+            } => ApiError::InsufficientMaterials {
+                details: serde_json::json!({
+                    "item_type_id": item_type_id,
+                    "needed": needed,
+                    "have": have,
+                }),
+            },
             other => ApiError::from(other),
         }
     }
@@ -132,7 +147,9 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::GameUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::UsernameTaken => StatusCode::CONFLICT,
+            ApiError::UsernameTaken | ApiError::InsufficientMaterials { .. } => {
+                StatusCode::CONFLICT
+            }
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Busy { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -155,6 +172,7 @@ impl ApiError {
             ApiError::GameUnavailable => "GAME_UNAVAILABLE",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiError::UsernameTaken => "USERNAME_TAKEN",
+            ApiError::InsufficientMaterials { .. } => "INSUFFICIENT_MATERIALS",
             ApiError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             ApiError::Busy { .. } | ApiError::Unavailable(_) => "SERVICE_UNAVAILABLE",
@@ -167,6 +185,7 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         let details = match self {
             ApiError::InvalidInput { details, .. } => details.clone(),
+            ApiError::InsufficientMaterials { details } => Some(details.clone()),
             _ => None,
         };
         ErrorBody {

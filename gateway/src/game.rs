@@ -2,7 +2,8 @@
 //!
 //! For: everything an HTTP route needs from the running simulation — the rules that
 //! derive a ship's stats from its hull and modules, telling the engine a fitting
-//! changed, handing it a warp command, its status for `/health`, and the admin
+//! changed, handing it a warp command or a crafting job (whose materials the store
+//! has already taken) and cancelling one, its status for `/health`, and the admin
 //! operations (online players, kick, broadcast, sector load, draining the write-behind
 //! queue). The gateway does not depend on the engine: `tools` implements this trait
 //! over the engine and its channels and puts it in [`crate::GatewayConfig::game`].
@@ -15,7 +16,9 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use warpcore_persistence::store::{AccountId, HullStats, ModuleType, ShipId};
+use warpcore_persistence::store::{
+    AccountId, CharacterId, CraftingJobId, HullStats, ModuleType, RecipeId, ShipId,
+};
 
 /// A ship's derived stats (hull plus fitted modules), as the engine computes them.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -79,6 +82,22 @@ pub struct PushEvent {
     pub payload: serde_json::Value,
 }
 
+/// A crafting job to queue in the engine, once `Store::start_crafting_job` has taken
+/// its materials. The engine times it; when it completes, the server calls
+/// `Store::complete_crafting_job(job_id, ..)` to grant the product.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CraftingJobOrder {
+    /// The store's job id (> 0), also the engine's.
+    pub job_id: CraftingJobId,
+    pub account_id: AccountId,
+    pub character_id: CharacterId,
+    pub recipe_id: RecipeId,
+    /// Runs of the recipe, `1..=CRAFTING_QUANTITY_MAX`.
+    pub quantity: i64,
+    /// Game seconds of work for the whole job, > 0.
+    pub duration_s: f64,
+}
+
 /// Why the game refused a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GameError {
@@ -108,6 +127,31 @@ pub trait Game: Send + Sync + 'static {
     /// See [`GameError`].
     fn warp(&self, account_id: AccountId, ship_id: ShipId, system_id: i64)
         -> Result<(), GameError>;
+
+    /// Queues a crafting job in the engine (at the end of the player's queue) and
+    /// answers with its position in that queue, 0 = in progress. Async because the
+    /// position is the engine's answer: the implementation hands the job to the tick
+    /// thread and awaits its reply (bounded by a timeout), never blocking a worker.
+    ///
+    /// # Errors
+    /// `Refused` if the engine will not queue it (the player's queue is full, the job
+    /// is invalid); `Busy` if the command queue is full or the reply did not come in
+    /// time. The gateway then cancels the job in the store, refunding its materials
+    /// (and, after `Busy`, also calls [`Game::cancel_crafting`] in case the engine
+    /// queued it after all).
+    async fn start_crafting(&self, order: CraftingJobOrder) -> Result<u16, GameError>;
+
+    /// Takes a job out of the player's engine queue. Called after the store has
+    /// cancelled it (the store decides: a job it cancelled is never completed).
+    ///
+    /// # Errors
+    /// `NotFound` if the engine has no such job of the player (it just completed);
+    /// `Busy` if the command queue is full.
+    fn cancel_crafting(
+        &self,
+        account_id: AccountId,
+        job_id: CraftingJobId,
+    ) -> Result<(), GameError>;
 
     /// The engine's state now.
     fn status(&self) -> GameStatus;

@@ -193,6 +193,44 @@ pub const DEMO_MODULE_TYPES: &[DemoModuleType] = &[
     },
 ];
 
+/// A demo recipe; item types are module type names of [`DEMO_MODULE_TYPES`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DemoRecipe {
+    pub name: &'static str,
+    pub output: &'static str,
+    pub output_quantity: i64,
+    /// Game seconds per run.
+    pub duration_s: f64,
+    /// `(item type name, quantity per run)`.
+    pub inputs: &'static [(&'static str, i64)],
+}
+
+/// The recipe catalogue: modules assembled from other modules (the item catalogue is
+/// the module catalogue for now).
+pub const DEMO_RECIPES: &[DemoRecipe] = &[
+    DemoRecipe {
+        name: "Overdrive Injector I Assembly",
+        output: "Overdrive Injector I",
+        output_quantity: 1,
+        duration_s: 60.0,
+        inputs: &[("Inertial Stabilizer I", 2)],
+    },
+    DemoRecipe {
+        name: "5MN Microwarpdrive I Assembly",
+        output: "5MN Microwarpdrive I",
+        output_quantity: 1,
+        duration_s: 300.0,
+        inputs: &[("1MN Afterburner I", 2), ("Small Shield Extender I", 1)],
+    },
+    DemoRecipe {
+        name: "Small Shield Extender I Batch",
+        output: "Small Shield Extender I",
+        output_quantity: 2,
+        duration_s: 120.0,
+        inputs: &[("200mm Armor Plate I", 1)],
+    },
+];
+
 /// The hull every new player starts in.
 pub fn starter_hull() -> HullStats {
     HullStats {
@@ -206,6 +244,17 @@ pub fn starter_hull() -> HullStats {
 
 /// Module type names fitted to a starter ship, in slot order (slot 0, 1, ...).
 pub const STARTER_MODULES: &[&str] = &["1MN Afterburner I", "200mm Armor Plate I"];
+
+/// A new starter ship's hit points at full health, by the engine's rule (hull plus
+/// the fitted modules' bonuses): the `world_entities.hit_points` it is registered with.
+pub fn starter_full_hit_points() -> f64 {
+    let bonus: f64 = STARTER_MODULES
+        .iter()
+        .filter_map(|name| DEMO_MODULE_TYPES.iter().find(|m| m.name == *name))
+        .map(|m| m.hit_points_bonus)
+        .sum();
+    starter_hull().hit_points + bonus
+}
 
 /// Closest a new ship spawns to its home station.
 pub const SPAWN_RADIUS_MIN_M: f64 = 500.0;
@@ -279,6 +328,23 @@ mod tests {
         for name in STARTER_MODULES {
             assert!(DEMO_MODULE_TYPES.iter().any(|m| m.name == *name), "{name}");
         }
+    }
+
+    #[test]
+    fn recipes_name_catalogue_items_and_fit_the_engine() {
+        let known = |name: &str| DEMO_MODULE_TYPES.iter().any(|m| m.name == name);
+        for r in DEMO_RECIPES {
+            assert!(known(r.output), "{}", r.name);
+            assert!(r.output_quantity > 0 && r.duration_s > 0.0, "{}", r.name);
+            assert!(!r.inputs.is_empty(), "{}", r.name);
+            for (name, quantity) in r.inputs {
+                assert!(known(name) && *quantity > 0, "{}: {name}", r.name);
+            }
+            // The longest job must stay within the engine's one-week limit.
+            let longest_s = r.duration_s * crate::store::CRAFTING_QUANTITY_MAX as f64;
+            assert!(longest_s <= 7.0 * 86_400.0, "{}", r.name);
+        }
+        assert_eq!(starter_full_hit_points(), 1_400.0);
     }
 
     #[test]

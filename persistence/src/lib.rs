@@ -3,6 +3,7 @@
 //! universe, and the write-behind queue that carries world state out of the tick.
 //! The only crate that knows SQL. The durability contract is in `README.md`.
 
+pub mod crafting;
 pub mod demo;
 pub mod economy;
 pub mod migrations;

@@ -195,6 +195,56 @@ ALTER TABLE refresh_tokens ADD COLUMN used BOOLEAN NOT NULL DEFAULT FALSE;
 CREATE INDEX refresh_tokens_family_id ON refresh_tokens (family_id);
 ",
     },
+    Migration {
+        version: 5,
+        name: "crafting",
+        sql: "
+-- The recipe catalogue: one run consumes the inputs and makes output_quantity items.
+CREATE TABLE recipes (
+    id @ID_PK@,
+    name TEXT NOT NULL UNIQUE,
+    output_item_type_id BIGINT NOT NULL REFERENCES module_types (id),
+    output_quantity BIGINT NOT NULL CHECK (output_quantity > 0),
+    duration_s DOUBLE PRECISION NOT NULL CHECK (duration_s > 0)
+);
+CREATE TABLE recipe_inputs (
+    recipe_id BIGINT NOT NULL REFERENCES recipes (id),
+    item_type_id BIGINT NOT NULL REFERENCES module_types (id),
+    quantity BIGINT NOT NULL CHECK (quantity > 0),
+    PRIMARY KEY (recipe_id, item_type_id)
+);
+-- A job's materials were taken when it was inserted; a queued job ends either
+-- completed (product granted to station_id) or cancelled (materials refunded there).
+CREATE TABLE crafting_jobs (
+    id @ID_PK@,
+    character_id BIGINT NOT NULL REFERENCES characters (id),
+    recipe_id BIGINT NOT NULL REFERENCES recipes (id),
+    quantity BIGINT NOT NULL CHECK (quantity > 0),
+    duration_s DOUBLE PRECISION NOT NULL CHECK (duration_s > 0),
+    status TEXT NOT NULL CHECK (status IN ('queued', 'completed', 'cancelled')),
+    station_id BIGINT NOT NULL REFERENCES stations (id),
+    created_at_unix_ms BIGINT NOT NULL,
+    finished_at_unix_ms BIGINT
+);
+CREATE INDEX crafting_jobs_character_id ON crafting_jobs (character_id, status);
+CREATE INDEX crafting_jobs_status ON crafting_jobs (status, id);
+",
+    },
+    Migration {
+        version: 6,
+        name: "world_entity_hit_points",
+        sql: "
+-- Hit points left. Existing ships start at full health by the engine's rule: the
+-- hull's hit points plus the bonuses of the modules fitted now.
+ALTER TABLE world_entities ADD COLUMN hit_points DOUBLE PRECISION NOT NULL DEFAULT 0;
+UPDATE world_entities SET hit_points = COALESCE(
+    (SELECT s.hit_points + COALESCE(
+        (SELECT SUM(m.hit_points_bonus) FROM ship_modules sm
+         JOIN module_types m ON m.id = sm.module_type_id
+         WHERE sm.ship_id = s.id), 0)
+     FROM ships s WHERE s.id = world_entities.entity_id), 0);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -49,13 +49,15 @@ use tokio_postgres::{NoTls, Row};
 use crate::demo;
 use crate::migrations::{self, Dialect};
 use crate::store::{
-    Account, AccountId, AuditEntry, AuditEvent, CharacterId, DeadLetter, EntityState, FitModule,
-    FittedModule, GrantItems, HullStats, ItemStack, ItemStackId, ItemTransfer, ModuleType,
-    NewAccount, RefreshOutcome, RefreshRotation, Registered, ShipId, ShipRecord, StarSystem,
-    Station, Store, StoreError, StoredDeadLetter, UnfitModule,
+    Account, AccountId, AuditEntry, AuditEvent, CharacterId, CraftingCompletion, CraftingJobId,
+    CraftingJobRecord, DeadLetter, EntityState, FitModule, FittedModule, GrantItems, HullStats,
+    ItemStack, ItemStackId, ItemTransfer, ModuleType, NewAccount, Recipe, RefreshOutcome,
+    RefreshRotation, Registered, ShipId, ShipRecord, StarSystem, StartCrafting, Station, Store,
+    StoreError, StoredDeadLetter, UnfitModule,
 };
 
 mod accounts;
+mod crafting;
 mod economy;
 
 /// The server's clock as Unix milliseconds, for audit columns only.
@@ -383,6 +385,7 @@ struct Columns {
     vx_mps: Vec<f64>,
     vy_mps: Vec<f64>,
     tick: Vec<i64>,
+    hit_points: Vec<f64>,
 }
 
 impl Columns {
@@ -395,6 +398,7 @@ impl Columns {
             vx_mps: Vec::with_capacity(n),
             vy_mps: Vec::with_capacity(n),
             tick: Vec::with_capacity(n),
+            hit_points: Vec::with_capacity(n),
         };
         for s in states {
             c.tick.push(to_i64_tick(s)?);
@@ -403,6 +407,7 @@ impl Columns {
             c.y_m.push(s.y_m);
             c.vx_mps.push(s.vx_mps);
             c.vy_mps.push(s.vy_mps);
+            c.hit_points.push(s.hit_points);
         }
         Ok(c)
     }
@@ -414,21 +419,23 @@ impl Columns {
 
 const UPSERT_SET: &str = "ON CONFLICT (entity_id) DO UPDATE SET
     x_m = EXCLUDED.x_m, y_m = EXCLUDED.y_m, vx_mps = EXCLUDED.vx_mps,
-    vy_mps = EXCLUDED.vy_mps, tick = EXCLUDED.tick,
+    vy_mps = EXCLUDED.vy_mps, tick = EXCLUDED.tick, hit_points = EXCLUDED.hit_points,
     updated_at_unix_ms = EXCLUDED.updated_at_unix_ms";
 
 const STAGING_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS world_entities_staging (
     entity_id BIGINT NOT NULL, x_m DOUBLE PRECISION NOT NULL, y_m DOUBLE PRECISION NOT NULL,
-    vx_mps DOUBLE PRECISION NOT NULL, vy_mps DOUBLE PRECISION NOT NULL, tick BIGINT NOT NULL
+    vx_mps DOUBLE PRECISION NOT NULL, vy_mps DOUBLE PRECISION NOT NULL, tick BIGINT NOT NULL,
+    hit_points DOUBLE PRECISION NOT NULL
 ) ON COMMIT DELETE ROWS";
 
-const COPY_TYPES: [Type; 6] = [
+const COPY_TYPES: [Type; 7] = [
     Type::INT8,
     Type::FLOAT8,
     Type::FLOAT8,
     Type::FLOAT8,
     Type::FLOAT8,
     Type::INT8,
+    Type::FLOAT8,
 ];
 
 async fn flush_unnest(client: &Object, c: &Columns) -> Result<(), StoreError> {
@@ -436,11 +443,12 @@ async fn flush_unnest(client: &Object, c: &Columns) -> Result<(), StoreError> {
     let stmt = client
         .prepare_cached(&format!(
             "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
-                 updated_at_unix_ms)
+                 hit_points, updated_at_unix_ms)
              SELECT u.entity_id, 'ship', u.x_m, u.y_m, u.vx_mps, u.vy_mps, u.tick,
-                 {SQL_NOW_UNIX_MS}
+                 u.hit_points, {SQL_NOW_UNIX_MS}
              FROM UNNEST($1::BIGINT[], $2::FLOAT8[], $3::FLOAT8[], $4::FLOAT8[],
-                 $5::FLOAT8[], $6::BIGINT[]) AS u(entity_id, x_m, y_m, vx_mps, vy_mps, tick)
+                 $5::FLOAT8[], $6::BIGINT[], $7::FLOAT8[])
+                 AS u(entity_id, x_m, y_m, vx_mps, vy_mps, tick, hit_points)
              {UPSERT_SET}"
         ))
         .await
@@ -448,7 +456,15 @@ async fn flush_unnest(client: &Object, c: &Columns) -> Result<(), StoreError> {
     client
         .execute(
             &stmt,
-            &[&c.entity_id, &c.x_m, &c.y_m, &c.vx_mps, &c.vy_mps, &c.tick],
+            &[
+                &c.entity_id,
+                &c.x_m,
+                &c.y_m,
+                &c.vx_mps,
+                &c.vy_mps,
+                &c.tick,
+                &c.hit_points,
+            ],
         )
         .await
         .map_err(map_err)?;
@@ -463,20 +479,22 @@ async fn copy_into(
 ) -> Result<(), StoreError> {
     let sink = tx
         .copy_in(&format!(
-            "COPY {table} (entity_id, x_m, y_m, vx_mps, vy_mps, tick) FROM STDIN (FORMAT binary)"
+            "COPY {table} (entity_id, x_m, y_m, vx_mps, vy_mps, tick, hit_points)
+             FROM STDIN (FORMAT binary)"
         ))
         .await
         .map_err(map_err)?;
     let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
     pin_mut!(writer);
     for i in 0..c.len() {
-        let row: [&(dyn ToSql + Sync); 6] = [
+        let row: [&(dyn ToSql + Sync); 7] = [
             &c.entity_id[i],
             &c.x_m[i],
             &c.y_m[i],
             &c.vx_mps[i],
             &c.vy_mps[i],
             &c.tick[i],
+            &c.hit_points[i],
         ];
         writer.as_mut().write(&row).await.map_err(map_err)?;
     }
@@ -491,8 +509,9 @@ async fn flush_copy_staging(client: &mut Object, c: &Columns) -> Result<(), Stor
     tx.execute(
         &format!(
             "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
-                 updated_at_unix_ms)
-             SELECT entity_id, 'ship', x_m, y_m, vx_mps, vy_mps, tick, {SQL_NOW_UNIX_MS}
+                 hit_points, updated_at_unix_ms)
+             SELECT entity_id, 'ship', x_m, y_m, vx_mps, vy_mps, tick, hit_points,
+                 {SQL_NOW_UNIX_MS}
              FROM world_entities_staging
              {UPSERT_SET}"
         ),
@@ -514,7 +533,7 @@ async fn flush_copy_update(client: &mut Object, c: &Columns) -> Result<(), Store
     let updated = tx
         .execute(
             "UPDATE world_entities w SET x_m = s.x_m, y_m = s.y_m, vx_mps = s.vx_mps,
-                 vy_mps = s.vy_mps, tick = s.tick,
+                 vy_mps = s.vy_mps, tick = s.tick, hit_points = s.hit_points,
                  updated_at_unix_ms = (SELECT (EXTRACT(EPOCH FROM statement_timestamp())
                      * 1000)::BIGINT)
              FROM world_entities_staging s
@@ -529,9 +548,9 @@ async fn flush_copy_update(client: &mut Object, c: &Columns) -> Result<(), Store
         tx.execute(
             &format!(
                 "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
-                     updated_at_unix_ms)
+                     hit_points, updated_at_unix_ms)
                  SELECT s.entity_id, 'ship', s.x_m, s.y_m, s.vx_mps, s.vy_mps, s.tick,
-                     {SQL_NOW_UNIX_MS}
+                     s.hit_points, {SQL_NOW_UNIX_MS}
                  FROM world_entities_staging s
                  WHERE NOT EXISTS
                      (SELECT 1 FROM world_entities w WHERE w.entity_id = s.entity_id)
@@ -549,8 +568,8 @@ async fn flush_naive(client: &Object, c: &Columns) -> Result<(), StoreError> {
     let stmt = client
         .prepare_cached(&format!(
             "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
-                 updated_at_unix_ms)
-             VALUES ($1, 'ship', $2, $3, $4, $5, $6, {SQL_NOW_UNIX_MS})
+                 hit_points, updated_at_unix_ms)
+             VALUES ($1, 'ship', $2, $3, $4, $5, $6, $7, {SQL_NOW_UNIX_MS})
              {UPSERT_SET}"
         ))
         .await
@@ -566,6 +585,7 @@ async fn flush_naive(client: &Object, c: &Columns) -> Result<(), StoreError> {
                     &c.vx_mps[i],
                     &c.vy_mps[i],
                     &c.tick[i],
+                    &c.hit_points[i],
                 ],
             )
             .await
@@ -580,7 +600,10 @@ async fn flush_raw_copy(client: &mut Object, c: &Columns) -> Result<(), StoreErr
             "CREATE TABLE IF NOT EXISTS world_entities_raw_copy (
                 entity_id BIGINT NOT NULL, x_m DOUBLE PRECISION NOT NULL,
                 y_m DOUBLE PRECISION NOT NULL, vx_mps DOUBLE PRECISION NOT NULL,
-                vy_mps DOUBLE PRECISION NOT NULL, tick BIGINT NOT NULL)",
+                vy_mps DOUBLE PRECISION NOT NULL, tick BIGINT NOT NULL,
+                hit_points DOUBLE PRECISION NOT NULL);
+             ALTER TABLE world_entities_raw_copy
+                 ADD COLUMN IF NOT EXISTS hit_points DOUBLE PRECISION NOT NULL DEFAULT 0",
         )
         .await
         .map_err(map_err)?;
@@ -600,7 +623,8 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
         .map_err(|e| StoreError::Backend(e.to_string()))
 }
 
-/// Reads `entity_id, x_m, y_m, vx_mps, vy_mps, tick` starting at column `first`.
+/// Reads `entity_id, x_m, y_m, vx_mps, vy_mps, tick, hit_points` starting at column
+/// `first`.
 fn entity_state_at(row: &Row, first: usize) -> Result<EntityState, StoreError> {
     Ok(EntityState {
         entity_id: get(row, first)?,
@@ -609,12 +633,13 @@ fn entity_state_at(row: &Row, first: usize) -> Result<EntityState, StoreError> {
         vx_mps: get(row, first + 3)?,
         vy_mps: get(row, first + 4)?,
         tick: from_i64_tick(get(row, first + 5)?)?,
+        hit_points: get(row, first + 6)?,
     })
 }
 
 const SHIP_SELECT: &str = "SELECT s.id, c.account_id, c.id, s.name, s.hull_name, s.mass_kg,
         s.max_speed_mps, s.accel_mps2, s.hit_points,
-        w.entity_id, w.x_m, w.y_m, w.vx_mps, w.vy_mps, w.tick
+        w.entity_id, w.x_m, w.y_m, w.vx_mps, w.vy_mps, w.tick, w.hit_points
     FROM ships s
     JOIN characters c ON c.id = s.character_id
     JOIN world_entities w ON w.entity_id = s.id";
@@ -841,10 +866,15 @@ impl PgStore {
         tx.execute(
             &format!(
                 "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
-                     updated_at_unix_ms)
-                 VALUES ($1, 'ship', $2, $3, 0.0, 0.0, 0, {SQL_NOW_UNIX_MS})"
+                     hit_points, updated_at_unix_ms)
+                 VALUES ($1, 'ship', $2, $3, 0.0, 0.0, 0, $4, {SQL_NOW_UNIX_MS})"
             ),
-            &[&ship_id, &(station_x_m + dx_m), &(station_y_m + dy_m)],
+            &[
+                &ship_id,
+                &(station_x_m + dx_m),
+                &(station_y_m + dy_m),
+                &demo::starter_full_hit_points(),
+            ],
         )
         .await
         .map_err(map_err)?;
@@ -907,7 +937,11 @@ impl Store for PgStore {
     }
 
     async fn seed_demo_content(&self) -> Result<bool, StoreError> {
-        self.seed().await
+        let universe = self.seed().await?;
+        // Separately: a database seeded before recipes existed gets them now.
+        let mut client = self.client().await?;
+        let recipes = crafting::seed_recipes(&mut client).await?;
+        Ok(universe || recipes)
     }
 
     async fn register_account(&self, new: NewAccount) -> Result<Registered, StoreError> {
@@ -1072,7 +1106,7 @@ impl Store for PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT entity_id, x_m, y_m, vx_mps, vy_mps, tick
+                "SELECT entity_id, x_m, y_m, vx_mps, vy_mps, tick, hit_points
                  FROM world_entities ORDER BY entity_id",
                 &[],
             )
@@ -1187,6 +1221,63 @@ impl Store for PgStore {
     async fn stations_page(&self, after_id: i64, limit: usize) -> Result<Vec<Station>, StoreError> {
         self.stations_page_pg(after_id, limit).await
     }
+
+    async fn recipes(&self) -> Result<Vec<Recipe>, StoreError> {
+        let client = self.client().await?;
+        crafting::recipes(&client).await
+    }
+
+    async fn start_crafting_job(
+        &self,
+        start: StartCrafting,
+    ) -> Result<CraftingJobRecord, StoreError> {
+        let mut client = self.client().await?;
+        crafting::start_crafting_job(&mut client, &start).await
+    }
+
+    async fn cancel_crafting_job(
+        &self,
+        account_id: AccountId,
+        job_id: CraftingJobId,
+        at_unix_ms: i64,
+    ) -> Result<CraftingJobRecord, StoreError> {
+        let mut client = self.client().await?;
+        crafting::cancel_crafting_job(&mut client, account_id, job_id, at_unix_ms).await
+    }
+
+    async fn complete_crafting_job(
+        &self,
+        job_id: CraftingJobId,
+        at_unix_ms: i64,
+    ) -> Result<CraftingCompletion, StoreError> {
+        let mut client = self.client().await?;
+        crafting::complete_crafting_job(&mut client, job_id, at_unix_ms).await
+    }
+
+    async fn crafting_jobs(
+        &self,
+        character_id: CharacterId,
+    ) -> Result<Vec<CraftingJobRecord>, StoreError> {
+        let client = self.client().await?;
+        crafting::crafting_jobs(&client, character_id).await
+    }
+
+    async fn crafting_job(
+        &self,
+        job_id: CraftingJobId,
+    ) -> Result<Option<CraftingJobRecord>, StoreError> {
+        let client = self.client().await?;
+        crafting::crafting_job(&**client, job_id).await
+    }
+
+    async fn queued_crafting_jobs(
+        &self,
+        after_id: CraftingJobId,
+        limit: usize,
+    ) -> Result<Vec<CraftingJobRecord>, StoreError> {
+        let client = self.client().await?;
+        crafting::queued_crafting_jobs(&client, after_id, limit).await
+    }
 }
 
 #[cfg(test)]
@@ -1201,6 +1292,7 @@ mod tests {
             vx_mps: 0.0,
             vy_mps: 0.0,
             tick,
+            hit_points: 1.0,
         }
     }
 

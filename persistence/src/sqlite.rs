@@ -26,13 +26,15 @@ use rusqlite::{ffi, params, Connection, ErrorCode, OptionalExtension, Transactio
 use crate::demo;
 use crate::migrations::{self, Dialect};
 use crate::store::{
-    Account, AccountId, AuditEntry, AuditEvent, CharacterId, DeadLetter, EntityState, FitModule,
-    FittedModule, GrantItems, HullStats, ItemStack, ItemStackId, ItemTransfer, ModuleType,
-    NewAccount, RefreshOutcome, RefreshRotation, Registered, ShipId, ShipRecord, StarSystem,
-    Station, Store, StoreError, StoredDeadLetter, UnfitModule,
+    Account, AccountId, AuditEntry, AuditEvent, CharacterId, CraftingCompletion, CraftingJobId,
+    CraftingJobRecord, DeadLetter, EntityState, FitModule, FittedModule, GrantItems, HullStats,
+    ItemStack, ItemStackId, ItemTransfer, ModuleType, NewAccount, Recipe, RefreshOutcome,
+    RefreshRotation, Registered, ShipId, ShipRecord, StarSystem, StartCrafting, Station, Store,
+    StoreError, StoredDeadLetter, UnfitModule,
 };
 
 mod accounts;
+mod crafting;
 mod economy;
 
 /// How long a statement waits for another connection's lock before `Unavailable`.
@@ -131,7 +133,7 @@ impl SqliteStore {
         self.run(|conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT entity_id, x_m, y_m, vx_mps, vy_mps, tick
+                    "SELECT entity_id, x_m, y_m, vx_mps, vy_mps, tick, hit_points
                      FROM world_entities ORDER BY entity_id",
                 )
                 .map_err(map_err)?;
@@ -252,7 +254,8 @@ fn applied_migrations(conn: &Connection) -> Result<Vec<(i64, String)>, StoreErro
     rows.map(|r| r.map_err(map_err)).collect()
 }
 
-/// Reads `entity_id, x_m, y_m, vx_mps, vy_mps, tick` starting at column `first`.
+/// Reads `entity_id, x_m, y_m, vx_mps, vy_mps, tick, hit_points` starting at column
+/// `first`.
 fn entity_state_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<EntityState> {
     let tick: i64 = row.get(first + 5)?;
     let tick = u64::try_from(tick)
@@ -264,6 +267,7 @@ fn entity_state_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<En
         vx_mps: row.get(first + 3)?,
         vy_mps: row.get(first + 4)?,
         tick,
+        hit_points: row.get(first + 6)?,
     })
 }
 
@@ -407,10 +411,17 @@ fn register_account(conn: &mut Connection, new: NewAccount) -> Result<Registered
     let (dx_m, dy_m) = demo::spawn_offset_m(account_id);
     tx.prepare_cached(&format!(
         "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
-             updated_at_unix_ms)
-         VALUES (?1, 'ship', ?2, ?3, 0.0, 0.0, 0, {SQL_NOW_UNIX_MS})"
+             hit_points, updated_at_unix_ms)
+         VALUES (?1, 'ship', ?2, ?3, 0.0, 0.0, 0, ?4, {SQL_NOW_UNIX_MS})"
     ))
-    .and_then(|mut s| s.execute(params![ship_id, station_x_m + dx_m, station_y_m + dy_m]))
+    .and_then(|mut s| {
+        s.execute(params![
+            ship_id,
+            station_x_m + dx_m,
+            station_y_m + dy_m,
+            demo::starter_full_hit_points()
+        ])
+    })
     .map_err(map_err)?;
 
     tx.prepare_cached(
@@ -515,7 +526,7 @@ fn hex_lower(bytes: &[u8]) -> String {
 /// The columns [`ship_record_at`] reads, joined from ships, characters and world_entities.
 const SHIP_SELECT: &str = "SELECT s.id, c.account_id, c.id, s.name, s.hull_name, s.mass_kg,
         s.max_speed_mps, s.accel_mps2, s.hit_points,
-        w.entity_id, w.x_m, w.y_m, w.vx_mps, w.vy_mps, w.tick
+        w.entity_id, w.x_m, w.y_m, w.vx_mps, w.vy_mps, w.tick, w.hit_points
     FROM ships s
     JOIN characters c ON c.id = s.character_id
     JOIN world_entities w ON w.entity_id = s.id";
@@ -631,12 +642,13 @@ fn write_entity_states(conn: &mut Connection, states: &[EntityState]) -> Result<
         let mut upsert = tx
             .prepare_cached(&format!(
                 "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
-                     updated_at_unix_ms)
-                 VALUES (?1, 'ship', ?2, ?3, ?4, ?5, ?6, {SQL_NOW_UNIX_MS})
+                     hit_points, updated_at_unix_ms)
+                 VALUES (?1, 'ship', ?2, ?3, ?4, ?5, ?6, ?7, {SQL_NOW_UNIX_MS})
                  ON CONFLICT (entity_id) DO UPDATE SET
                      x_m = excluded.x_m, y_m = excluded.y_m,
                      vx_mps = excluded.vx_mps, vy_mps = excluded.vy_mps,
-                     tick = excluded.tick, updated_at_unix_ms = excluded.updated_at_unix_ms"
+                     tick = excluded.tick, hit_points = excluded.hit_points,
+                     updated_at_unix_ms = excluded.updated_at_unix_ms"
             ))
             .map_err(map_err)?;
         for s in states {
@@ -647,7 +659,15 @@ fn write_entity_states(conn: &mut Connection, states: &[EntityState]) -> Result<
                 ))
             })?;
             upsert
-                .execute(params![s.entity_id, s.x_m, s.y_m, s.vx_mps, s.vy_mps, tick])
+                .execute(params![
+                    s.entity_id,
+                    s.x_m,
+                    s.y_m,
+                    s.vx_mps,
+                    s.vy_mps,
+                    tick,
+                    s.hit_points
+                ])
                 .map_err(map_err)?;
         }
     }
@@ -732,7 +752,13 @@ impl Store for SqliteStore {
     }
 
     async fn seed_demo_content(&self) -> Result<bool, StoreError> {
-        self.run(seed_demo_content).await
+        self.run(|conn| {
+            let universe = seed_demo_content(conn)?;
+            // Separately: a database seeded before recipes existed gets them now.
+            let recipes = crafting::seed_recipes(conn)?;
+            Ok(universe || recipes)
+        })
+        .await
     }
 
     async fn register_account(&self, new: NewAccount) -> Result<Registered, StoreError> {
@@ -900,6 +926,62 @@ impl Store for SqliteStore {
 
     async fn stations_page(&self, after_id: i64, limit: usize) -> Result<Vec<Station>, StoreError> {
         self.run(move |conn| accounts::stations_page(conn, after_id, limit))
+            .await
+    }
+
+    async fn recipes(&self) -> Result<Vec<Recipe>, StoreError> {
+        self.run(|conn| crafting::recipes(conn)).await
+    }
+
+    async fn start_crafting_job(
+        &self,
+        start: StartCrafting,
+    ) -> Result<CraftingJobRecord, StoreError> {
+        self.run(move |conn| crafting::start_crafting_job(conn, &start))
+            .await
+    }
+
+    async fn cancel_crafting_job(
+        &self,
+        account_id: AccountId,
+        job_id: CraftingJobId,
+        at_unix_ms: i64,
+    ) -> Result<CraftingJobRecord, StoreError> {
+        self.run(move |conn| crafting::cancel_crafting_job(conn, account_id, job_id, at_unix_ms))
+            .await
+    }
+
+    async fn complete_crafting_job(
+        &self,
+        job_id: CraftingJobId,
+        at_unix_ms: i64,
+    ) -> Result<CraftingCompletion, StoreError> {
+        self.run(move |conn| crafting::complete_crafting_job(conn, job_id, at_unix_ms))
+            .await
+    }
+
+    async fn crafting_jobs(
+        &self,
+        character_id: CharacterId,
+    ) -> Result<Vec<CraftingJobRecord>, StoreError> {
+        self.run(move |conn| crafting::crafting_jobs(conn, character_id))
+            .await
+    }
+
+    async fn crafting_job(
+        &self,
+        job_id: CraftingJobId,
+    ) -> Result<Option<CraftingJobRecord>, StoreError> {
+        self.run(move |conn| crafting::crafting_job(conn, job_id))
+            .await
+    }
+
+    async fn queued_crafting_jobs(
+        &self,
+        after_id: CraftingJobId,
+        limit: usize,
+    ) -> Result<Vec<CraftingJobRecord>, StoreError> {
+        self.run(move |conn| crafting::queued_crafting_jobs(conn, after_id, limit))
             .await
     }
 }

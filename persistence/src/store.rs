@@ -50,6 +50,14 @@ pub enum StoreError {
     /// slot index out of range, a transfer to where the items already are).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A crafting job needs more of an item than the character has (summed over
+    /// every stack it owns, wherever it is). Nothing was taken.
+    #[error("insufficient materials: item type {item_type_id} needs {needed}, have {have}")]
+    InsufficientMaterials {
+        item_type_id: i64,
+        needed: i64,
+        have: i64,
+    },
     /// This `Store` implementation (a test double or a wrapper) does not implement the
     /// named call. Both real backends implement every call.
     #[error("{0} is not supported by this store")]
@@ -147,6 +155,8 @@ pub struct EntityState {
     pub vy_mps: f64,
     /// Engine tick that produced this state (monotonic per entity).
     pub tick: u64,
+    /// Hit points left (damage persists across restarts).
+    pub hit_points: f64,
 }
 
 /// Item stack primary key.
@@ -269,8 +279,8 @@ impl DeadLetter {
     pub fn payload(&self) -> String {
         let s = &self.state;
         format!(
-            "entity_id={} tick={} x_m={:?} y_m={:?} vx_mps={:?} vy_mps={:?}",
-            s.entity_id, s.tick, s.x_m, s.y_m, s.vx_mps, s.vy_mps
+            "entity_id={} tick={} x_m={:?} y_m={:?} vx_mps={:?} vy_mps={:?} hit_points={:?}",
+            s.entity_id, s.tick, s.x_m, s.y_m, s.vx_mps, s.vy_mps, s.hit_points
         )
     }
 }
@@ -325,6 +335,119 @@ pub enum RefreshOutcome {
     ReuseDetected { account_id: AccountId },
     /// Nothing changed.
     Rejected(RefreshRejection),
+}
+
+/// Recipe primary key.
+pub type RecipeId = i64;
+/// Crafting job primary key (also the engine's job id).
+pub type CraftingJobId = i64;
+
+/// Most crafting jobs one character may have queued (the one in progress included);
+/// the engine's per-player queue holds as many.
+pub const CRAFTING_QUEUE_JOBS_MAX: i64 = 16;
+/// Most runs of a recipe one job may ask for.
+pub const CRAFTING_QUANTITY_MAX: i64 = 100;
+/// Most finished (completed or cancelled) jobs one `crafting_jobs` read returns,
+/// besides every queued one.
+pub const CRAFTING_FINISHED_READ_ROWS_MAX: usize = 50;
+/// Most rows one `queued_crafting_jobs` read returns.
+pub const CRAFTING_QUEUED_READ_ROWS_MAX: usize = 10_000;
+
+/// One input of a recipe: `quantity` items of `item_type_id` per run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecipeInput {
+    pub item_type_id: i64,
+    pub quantity: i64,
+}
+
+/// A recipe of the catalogue: one run consumes `inputs` and, after `duration_s` game
+/// seconds, makes `output_quantity` items of `output_item_type_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipe {
+    pub id: RecipeId,
+    pub name: String,
+    pub output_item_type_id: i64,
+    pub output_quantity: i64,
+    /// Game seconds per run.
+    pub duration_s: f64,
+    /// By item type id.
+    pub inputs: Vec<RecipeInput>,
+}
+
+/// Where a crafting job is in its life. `Queued` is the only state that changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CraftingJobStatus {
+    /// Materials taken; waiting or in progress in the engine.
+    Queued,
+    /// The product was granted.
+    Completed,
+    /// The materials were refunded.
+    Cancelled,
+}
+
+impl CraftingJobStatus {
+    /// The `crafting_jobs.status` text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CraftingJobStatus::Queued => "queued",
+            CraftingJobStatus::Completed => "completed",
+            CraftingJobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses `crafting_jobs.status`.
+    ///
+    /// # Errors
+    /// `Backend` for any other text (the table's CHECK forbids it: corrupt data).
+    pub fn parse(text: &str) -> Result<CraftingJobStatus, StoreError> {
+        match text {
+            "queued" => Ok(CraftingJobStatus::Queued),
+            "completed" => Ok(CraftingJobStatus::Completed),
+            "cancelled" => Ok(CraftingJobStatus::Cancelled),
+            other => Err(StoreError::Backend(format!(
+                "crafting job with status {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A `crafting_jobs` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CraftingJobRecord {
+    pub id: CraftingJobId,
+    pub account_id: AccountId,
+    pub character_id: CharacterId,
+    pub recipe_id: RecipeId,
+    /// Runs of the recipe.
+    pub quantity: i64,
+    /// Game seconds of work for the whole job (runs x the recipe's duration).
+    pub duration_s: f64,
+    pub status: CraftingJobStatus,
+    /// The station hangar the product (or the refund) is delivered to: the
+    /// character's home station when the job started.
+    pub station_id: i64,
+    pub created_at_unix_ms: i64,
+    /// When it completed or was cancelled.
+    pub finished_at_unix_ms: Option<i64>,
+}
+
+/// Starts a crafting job: `quantity` runs of a recipe for a character of the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartCrafting {
+    pub account_id: AccountId,
+    pub character_id: CharacterId,
+    pub recipe_id: RecipeId,
+    pub quantity: i64,
+    pub at_unix_ms: i64,
+}
+
+/// What [`Store::complete_crafting_job`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CraftingCompletion {
+    /// The product was granted now, in the same transaction as the status change.
+    Completed(CraftingJobRecord),
+    /// The job had already been completed: nothing was granted again.
+    AlreadyCompleted(CraftingJobRecord),
 }
 
 /// Every durable read and write warpcore makes. See the module docs for why it is async.
@@ -590,5 +713,104 @@ pub trait Store: Send + Sync + 'static {
     async fn stations_page(&self, after_id: i64, limit: usize) -> Result<Vec<Station>, StoreError> {
         let _ = (after_id, limit);
         Err(StoreError::Unsupported("stations_page"))
+    }
+
+    /// The recipe catalogue, by id.
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn recipes(&self) -> Result<Vec<Recipe>, StoreError> {
+        Err(StoreError::Unsupported("recipes"))
+    }
+
+    /// Starts a crafting job in one transaction: checks that the character is the
+    /// account's, that its queue has room, and that it owns every input (summed over
+    /// its stacks, wherever they are), takes them (oldest stacks first), inserts the
+    /// job `Queued` and audits it. Of concurrent starts that cannot all be paid for,
+    /// exactly the ones the materials cover succeed; nothing is taken twice.
+    ///
+    /// # Errors
+    /// `Invalid` for a quantity outside `1..=CRAFTING_QUANTITY_MAX`; `NotFound` for an
+    /// unknown recipe or a character that is not the account's; `Conflict` when the
+    /// character already has [`CRAFTING_QUEUE_JOBS_MAX`] jobs queued;
+    /// `InsufficientMaterials` naming the first input that is short.
+    async fn start_crafting_job(
+        &self,
+        start: StartCrafting,
+    ) -> Result<CraftingJobRecord, StoreError> {
+        let _ = start;
+        Err(StoreError::Unsupported("start_crafting_job"))
+    }
+
+    /// Cancels a queued job of the account and refunds its materials to the job's
+    /// station, in one transaction, audited. Returns the job as cancelled. Of a cancel
+    /// and a completion of one job, exactly one takes effect.
+    ///
+    /// # Errors
+    /// `NotFound` if the job is not the account's; `Conflict` if it is already
+    /// completed or cancelled.
+    async fn cancel_crafting_job(
+        &self,
+        account_id: AccountId,
+        job_id: CraftingJobId,
+        at_unix_ms: i64,
+    ) -> Result<CraftingJobRecord, StoreError> {
+        let _ = (account_id, job_id, at_unix_ms);
+        Err(StoreError::Unsupported("cancel_crafting_job"))
+    }
+
+    /// Completes a queued job: grants its product to the job's station and marks it
+    /// completed, in one transaction, audited. Idempotent: completing a completed job
+    /// grants nothing and answers [`CraftingCompletion::AlreadyCompleted`].
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown job; `Conflict` if it was cancelled.
+    async fn complete_crafting_job(
+        &self,
+        job_id: CraftingJobId,
+        at_unix_ms: i64,
+    ) -> Result<CraftingCompletion, StoreError> {
+        let _ = (job_id, at_unix_ms);
+        Err(StoreError::Unsupported("complete_crafting_job"))
+    }
+
+    /// A character's jobs, by id: every queued one (queue order) and the
+    /// [`CRAFTING_FINISHED_READ_ROWS_MAX`] most recent finished ones.
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn crafting_jobs(
+        &self,
+        character_id: CharacterId,
+    ) -> Result<Vec<CraftingJobRecord>, StoreError> {
+        let _ = character_id;
+        Err(StoreError::Unsupported("crafting_jobs"))
+    }
+
+    /// One job by id, if any.
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn crafting_job(
+        &self,
+        job_id: CraftingJobId,
+    ) -> Result<Option<CraftingJobRecord>, StoreError> {
+        let _ = job_id;
+        Err(StoreError::Unsupported("crafting_job"))
+    }
+
+    /// Queued jobs of every character with `id > after_id`, by id, at most `limit`
+    /// (capped at [`CRAFTING_QUEUED_READ_ROWS_MAX`]): what the server hands the engine
+    /// again after a restart.
+    ///
+    /// # Errors
+    /// As any store read.
+    async fn queued_crafting_jobs(
+        &self,
+        after_id: CraftingJobId,
+        limit: usize,
+    ) -> Result<Vec<CraftingJobRecord>, StoreError> {
+        let _ = (after_id, limit);
+        Err(StoreError::Unsupported("queued_crafting_jobs"))
     }
 }

@@ -858,6 +858,7 @@ mod tests {
             vx_mps: 0.0,
             vy_mps: 0.0,
             tick,
+            hit_points: 1_000.0,
         }
     }
 

@@ -244,6 +244,7 @@ impl Producer {
                                     vx_mps: rng.gen_range(-300.0..300.0),
                                     vy_mps: rng.gen_range(-300.0..300.0),
                                     tick,
+                                    hit_points: rng.gen_range(1.0..2_000.0),
                                 },
                             );
                         }

@@ -121,6 +121,8 @@ async fn register_creates_everything(db: TestDb) {
         (ship.state.vx_mps, ship.state.vy_mps, ship.state.tick),
         (0.0, 0.0, 0)
     );
+    // A new ship is at full health: the hull plus its modules' bonuses.
+    assert_eq!(ship.state.hit_points, demo::starter_full_hit_points());
 
     let stations = store.stations().await.unwrap();
     let home = &stations[demo::home_station_idx(reg.account_id, stations.len())];
@@ -200,6 +202,7 @@ async fn upserts_survive_reopen(mut db: TestDb) {
         vx_mps: 10.0,
         vy_mps: -2.5,
         tick: 42,
+        hit_points: 812.5,
     };
     let other = EntityState {
         entity_id: 9_000,
@@ -208,11 +211,13 @@ async fn upserts_survive_reopen(mut db: TestDb) {
         vx_mps: 3.0,
         vy_mps: 4.0,
         tick: 7,
+        hit_points: 50.0,
     };
     db.store.write_entity_states(&[moved, other]).await.unwrap();
     let moved_again = EntityState {
         tick: 43,
         x_m: 12_355.5,
+        hit_points: 700.0,
         ..moved
     };
     db.store.write_entity_states(&[moved_again]).await.unwrap();
@@ -223,6 +228,7 @@ async fn upserts_survive_reopen(mut db: TestDb) {
         EntityState {
             tick: 9,
             x_m: 5.0,
+            hit_points: 25.0,
             ..other
         },
     ];
@@ -303,6 +309,7 @@ async fn random_operations(mut db: TestDb) {
                         vx_mps: rng.gen_range(-300.0..300.0),
                         vy_mps: rng.gen_range(-300.0..300.0),
                         tick,
+                        hit_points: rng.gen_range(1.0..2_000.0),
                     })
                     .collect();
                 db.store.write_entity_states(&batch).await.unwrap();
@@ -369,3 +376,38 @@ async fn open_picks_the_backend_from_the_database_value() {
         refused.err()
     );
 }
+
+/// A database migrated before hit points were persisted: migration 6 gives its ships
+/// full health by the engine's rule (hull plus fitted modules), and the flush then
+/// writes the engine's value.
+async fn hit_points_backfill(mut db: TestDb) {
+    db.store.seed_demo_content().await.unwrap();
+    let reg = db
+        .store
+        .register_account(new_account("erin"))
+        .await
+        .unwrap();
+    // Back to schema 5: no hit_points column, migration 6 not applied.
+    db.exec_raw(
+        "ALTER TABLE world_entities DROP COLUMN hit_points;
+         DELETE FROM schema_migrations WHERE version = 6;",
+    )
+    .await;
+    db.reopen().await;
+    assert_eq!(db.store.schema_version().await.unwrap(), latest_version());
+    let ship = db.store.active_ship(reg.account_id).await.unwrap().unwrap();
+    assert_eq!(ship.state.hit_points, demo::starter_full_hit_points());
+    let damaged = EntityState {
+        hit_points: 123.5,
+        tick: 1,
+        ..ship.state
+    };
+    db.store.write_entity_states(&[damaged]).await.unwrap();
+    db.reopen().await;
+    let world = db.store.load_world().await.unwrap();
+    assert_eq!(world[0].state, damaged);
+}
+both_backends!(
+    hit_points_migration_backfills_full_health,
+    hit_points_backfill
+);

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use warpcore_engine::{HullInput, ModuleInput, ShipStats};
+use warpcore_engine::{CraftingJob, EngineError, HullInput, ModuleInput, ShipStats};
 use warpcore_gateway::game::{
-    DrainReport, GameStatus, OnlinePlayer, PushEvent, SectorLoad, ShipStatsView,
+    CraftingJobOrder, DrainReport, GameStatus, OnlinePlayer, PushEvent, SectorLoad, ShipStatsView,
 };
 use warpcore_gateway::{Game, GameError};
-use warpcore_persistence::store::{AccountId, HullStats, ModuleType, ShipId};
+use warpcore_persistence::store::{AccountId, CraftingJobId, HullStats, ModuleType, ShipId};
 use warpcore_persistence::write_behind::WriteBehind;
 use warpcore_persistence::Store;
 
@@ -32,6 +32,8 @@ pub const GAME_COMMANDS_MAX: usize = 1024;
 pub const PUSH_EVENTS_PER_SUBSCRIBER_MAX: usize = 256;
 /// Longest broadcast text, in bytes (longer texts are cut at a character boundary).
 pub const BROADCAST_TEXT_BYTES_MAX: usize = 1024;
+/// How long a crafting start waits for the tick thread's answer before it is `Busy`.
+const CRAFTING_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The engine counts as ticking if its view is younger than this.
 const TICKING_VIEW_AGE_MAX: Duration = Duration::from_secs(3);
 
@@ -45,6 +47,14 @@ pub enum GameCommand {
     Kick { account_id: u64 },
     /// Send a notice to every connected client.
     Broadcast { text: String },
+    /// Queue a crafting job whose materials the store has already taken; the reply is
+    /// the queue position (0 = crafting now).
+    StartCrafting {
+        job: CraftingJob,
+        reply: tokio::sync::oneshot::Sender<Result<u16, EngineError>>,
+    },
+    /// Drop a job the store has cancelled and refunded.
+    CancelCrafting { account_id: u64, job_id: u64 },
 }
 
 /// What the tick thread last told the gateway about the game.
@@ -307,5 +317,36 @@ impl Game for LiveGame {
 
     fn subscribe(&self, account_id: AccountId) -> broadcast::Receiver<PushEvent> {
         self.push.subscribe(account_id)
+    }
+
+    async fn start_crafting(&self, order: CraftingJobOrder) -> Result<u16, GameError> {
+        let job = CraftingJob {
+            job_id: u64::try_from(order.job_id).map_err(|_| GameError::Refused("job id".into()))?,
+            account_id: order.account_id as u64,
+            recipe_id: u32::try_from(order.recipe_id)
+                .map_err(|_| GameError::Refused("recipe id".into()))?,
+            quantity: u32::try_from(order.quantity)
+                .map_err(|_| GameError::Refused("quantity".into()))?,
+            duration_s: order.duration_s,
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(GameCommand::StartCrafting { job, reply })?;
+        match tokio::time::timeout(CRAFTING_REPLY_TIMEOUT, answer).await {
+            Ok(Ok(Ok(position))) => Ok(position),
+            Ok(Ok(Err(e))) => Err(GameError::Refused(e.to_string())),
+            // The tick thread stopped, or did not answer in time.
+            Ok(Err(_)) | Err(_) => Err(GameError::Busy),
+        }
+    }
+
+    fn cancel_crafting(
+        &self,
+        account_id: AccountId,
+        job_id: CraftingJobId,
+    ) -> Result<(), GameError> {
+        self.send(GameCommand::CancelCrafting {
+            account_id: account_id as u64,
+            job_id: job_id as u64,
+        })
     }
 }

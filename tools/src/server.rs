@@ -19,22 +19,59 @@ use anyhow::{bail, Context};
 use rand::RngCore;
 use tokio::sync::{mpsc, watch};
 
-use warpcore_engine::{Engine, EngineConfig, EntityRecord, StarSystem, TimeDilationController};
+use warpcore_engine::{
+    CraftingJob, Engine, EngineConfig, EntityRecord, StarSystem, TimeDilationController,
+};
 use warpcore_gateway::{Argon2Params, GatewayConfig, RateLimits as GatewayRateLimits};
 use warpcore_metrics::Registry;
 use warpcore_net::driver::{spawn_server, ServerConfig};
 use warpcore_net::proto::{RateLimits, MESSAGE_BYTES_MAX};
 use warpcore_net::token::TokenKey;
 use warpcore_persistence::write_behind::{spawn_write_behind, WriteBehindConfig, WriteBehindStats};
+use warpcore_persistence::Store;
 
 use crate::clock::SystemClock;
 use crate::config::ServerArgs;
 use crate::game::LiveGame;
-use crate::tick_loop::{resolve_attachments, ship_spawn, TickLoop, TickLoopEnd, TickMetrics};
+use crate::tick_loop::{
+    complete_crafting_jobs, resolve_attachments, spawn_loaded_ship, TickLoop, TickLoopEnd,
+    TickMetrics,
+};
 
 /// Most connect-time ship look-ups waiting for the store at once; past it a new
 /// client is disconnected (and counted) rather than queued without bound.
 const ATTACH_REQUESTS_MAX: usize = 4096;
+/// Finished crafting jobs waiting for the store to grant their products.
+const CRAFTING_COMPLETIONS_MAX: usize = 4096;
+/// Queued crafting jobs read from the store per page at start.
+const CRAFTING_REQUEUE_PAGE: usize = 1000;
+
+/// Puts the store's queued crafting jobs back into the engine (its queues are not
+/// persisted: a restart restarts their progress).
+async fn requeue_crafting(store: &Arc<dyn Store>, engine: &mut Engine) -> anyhow::Result<()> {
+    let mut after_id = 0;
+    loop {
+        let page = store
+            .queued_crafting_jobs(after_id, CRAFTING_REQUEUE_PAGE)
+            .await?;
+        for job in &page {
+            let requeued = engine.start_crafting(CraftingJob {
+                job_id: job.id as u64,
+                account_id: job.account_id as u64,
+                recipe_id: job.recipe_id as u32,
+                quantity: job.quantity as u32,
+                duration_s: job.duration_s,
+            });
+            if let Err(e) = requeued {
+                tracing::warn!(job_id = job.id, "queued crafting job not resumed: {e}");
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == CRAFTING_REQUEUE_PAGE => after_id = last.id,
+            _ => return Ok(()),
+        }
+    }
+}
 
 /// A server started by [`start`], running until [`RunningServer::stop`].
 pub struct RunningServer {
@@ -125,8 +162,9 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         .collect();
     engine.set_star_systems(&systems)?;
     for ship in store.load_world().await? {
-        engine.spawn_ship(ship_spawn(&ship))?;
+        spawn_loaded_ship(&mut engine, &ship)?;
     }
+    requeue_crafting(&store, &mut engine).await?;
     let mut loaded = Vec::new();
     engine.all_records(&mut loaded);
     // Ticks keep counting across restarts, so every stored state stays older than
@@ -216,6 +254,8 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
     let (attach_tx, attach_rx) = mpsc::channel(ATTACH_REQUESTS_MAX);
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let attach_task = tokio::spawn(resolve_attachments(store.clone(), attach_rx, ready_tx));
+    let (crafted_tx, crafted_rx) = mpsc::channel(CRAFTING_COMPLETIONS_MAX);
+    tokio::spawn(complete_crafting_jobs(store.clone(), crafted_rx));
 
     let stop_tick = Arc::new(AtomicBool::new(false));
     let tick_loop = TickLoop {
@@ -231,6 +271,7 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         log_hashes: args.record_inputs.is_some(),
         clients: HashMap::new(),
         game: game_link,
+        crafted_tx,
     };
     let tick_thread = std::thread::Builder::new()
         .name("warpcore-tick".into())

@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 
 use warpcore_engine::wire::{GameEvent, ServerMsg};
 use warpcore_engine::{
-    Engine, EntityRecord, SectorId, ShipSpawn, TimeDilationController, REPLAY_HASH_EVERY_TICKS,
+    CraftingCompleted, Engine, EngineError, EntityRecord, SectorId, ShipSpawn,
+    TimeDilationController, REPLAY_HASH_EVERY_TICKS,
 };
 use warpcore_gateway::game::{OnlinePlayer, PushEvent, SectorLoad};
 use warpcore_metrics::{Counter, Gauge, LocalHistogram, Registry};
@@ -28,7 +29,48 @@ use warpcore_persistence::{EntityState, ShipRecord, Store};
 use crate::game::{derive_stats, GameCommand, GameLink, GameView};
 
 /// The engine's view of a ship record from the store.
-pub(crate) fn ship_spawn(ship: &ShipRecord) -> ShipSpawn {
+/// Puts a ship from the store into the world with its stored damage.
+///
+/// # Errors
+/// The engine refused the ship (duplicate id, invalid stats or position).
+pub(crate) fn spawn_loaded_ship(engine: &mut Engine, ship: &ShipRecord) -> Result<(), EngineError> {
+    engine.spawn_ship(ship_spawn(ship))?;
+    if ship.state.hit_points > 0.0 {
+        engine.set_hit_points(ship.ship_id as u64, ship.state.hit_points)?;
+    }
+    Ok(())
+}
+
+/// Grants each finished crafting job's product in the store, retrying while the
+/// database is unavailable; stops when the tick loop drops its sender.
+pub(crate) async fn complete_crafting_jobs(
+    store: Arc<dyn Store>,
+    mut finished: mpsc::Receiver<u64>,
+) {
+    while let Some(job_id) = finished.recv().await {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match store
+                .complete_crafting_job(job_id as i64, crate::clock::SystemClock::unix_ms())
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(job_id, "completing a crafting job failed, retrying: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                // Cancelled meanwhile (the refund won) or gone: nothing to grant.
+                Err(e) => {
+                    tracing::info!(job_id, "crafting job not completed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn ship_spawn(ship: &ShipRecord) -> ShipSpawn {
     ShipSpawn {
         entity_id: ship.ship_id as u64,
         owner_account: ship.account_id as u64,
@@ -48,6 +90,7 @@ fn entity_state(record: &EntityRecord) -> EntityState {
         vx_mps: record.vx_mps,
         vy_mps: record.vy_mps,
         tick: record.tick,
+        hit_points: record.hit_points,
     }
 }
 
@@ -102,6 +145,8 @@ pub(crate) struct TickLoop {
     pub(crate) clients: HashMap<ClientId, ClientInfo>,
     /// The gateway's commands in, the game view out.
     pub(crate) game: GameLink,
+    /// Finished crafting jobs, to the store (which grants the product).
+    pub(crate) crafted_tx: mpsc::Sender<u64>,
 }
 
 /// A connected client as the tick loop knows it.
@@ -367,6 +412,7 @@ impl TickLoop {
     pub(crate) fn run(mut self) -> TickLoopEnd {
         let mut dirty: Vec<EntityRecord> = Vec::new();
         let mut destroyed: Vec<u64> = Vec::new();
+        let mut crafted: Vec<CraftingCompleted> = Vec::new();
         // States the write-behind queue refused (full): kept, coalesced by entity,
         // and offered again next tick, so nothing is lost while the queue is busy.
         let mut unsent: HashMap<i64, EntityState> = HashMap::new();
@@ -392,6 +438,13 @@ impl TickLoop {
             self.metrics.replicate_us.record(elapsed_us(phase));
 
             let phase = Instant::now();
+            self.engine.drain_crafting_completed(&mut crafted);
+            for done in crafted.drain(..) {
+                if self.crafted_tx.try_send(done.job_id).is_err() {
+                    // The job stays queued in the store and is re-run after a restart.
+                    tracing::error!(job_id = done.job_id, "crafting completion queue full");
+                }
+            }
             self.engine.drain_destroyed(&mut destroyed);
             self.metrics.ships_destroyed.add(destroyed.len() as u64);
             destroyed.clear();
@@ -494,6 +547,13 @@ impl TickLoop {
                             self.net.disconnect(*client);
                         }
                     }
+                }
+                GameCommand::StartCrafting { job, reply } => {
+                    let _ = reply.send(self.engine.start_crafting(job));
+                }
+                GameCommand::CancelCrafting { account_id, job_id } => {
+                    // The store already refunded; the engine may have finished it.
+                    let _ = self.engine.cancel_crafting(account_id, job_id);
                 }
                 GameCommand::Broadcast { text } => {
                     let mut notice = Vec::with_capacity(text.len() + 8);
@@ -626,7 +686,7 @@ impl TickLoop {
             };
             let entity_id = ship.ship_id as u64;
             if !self.engine.contains_entity(entity_id) {
-                if let Err(e) = self.engine.spawn_ship(ship_spawn(&ship)) {
+                if let Err(e) = spawn_loaded_ship(&mut self.engine, &ship) {
                     tracing::warn!(entity_id, "spawning ship failed: {e}");
                 }
             }

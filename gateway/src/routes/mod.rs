@@ -8,6 +8,8 @@
 
 mod admin;
 mod auth;
+mod crafting;
+mod dashboard;
 mod health;
 mod internal;
 mod inventory;
@@ -41,6 +43,8 @@ pub(crate) use inventory::check_character;
 pub fn router(store: Arc<dyn Store>, config: GatewayConfig, clock: Arc<dyn Clock>) -> Router {
     let body_limit_bytes = config.body_limit_bytes;
     let registry = Arc::clone(&config.metrics);
+    let dashboard = dashboard::Dashboard::new(Arc::clone(&registry), Arc::clone(&clock));
+    dashboard.start_sampler();
     let shared = match Shared::new(store, config, Arc::clone(&clock)) {
         Ok(shared) => Arc::new(shared),
         Err(error) => panic!("invalid gateway configuration: {error}"),
@@ -61,6 +65,12 @@ pub fn router(store: Arc<dyn Store>, config: GatewayConfig, clock: Arc<dyn Clock
         .route("/api/universe/systems", get(universe::systems))
         .route("/api/universe/stations", get(universe::stations))
         .route("/api/navigation/warp", post(universe::warp))
+        .route("/api/crafting/recipes", get(crafting::recipes))
+        .route("/api/crafting/jobs", post(crafting::start))
+        .route(
+            "/api/crafting/jobs/{id}",
+            get(crafting::jobs).delete(crafting::cancel),
+        )
         .route("/api/admin/players", get(admin::players))
         .route("/api/admin/kick", post(admin::kick))
         .route("/api/admin/broadcast", post(admin::broadcast))
@@ -75,6 +85,7 @@ pub fn router(store: Arc<dyn Store>, config: GatewayConfig, clock: Arc<dyn Clock
         .route("/ws/queue/{player_id}", get(ws::queue))
         .route("/ws/crafting/{session_id}", get(ws::crafting))
         .route("/metrics", get(metrics::metrics))
+        .route("/dashboard", get(dashboard::page).with_state(dashboard))
         .route("/openapi.json", get(openapi::serve_spec))
         .fallback(not_found)
         .with_state(Arc::clone(&shared))

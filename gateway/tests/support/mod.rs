@@ -5,7 +5,7 @@
 
 #![allow(dead_code)] // Each test file uses a different part of this module.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 use warpcore_gateway::game::{
-    DrainReport, GameStatus, OnlinePlayer, PushEvent, SectorLoad, ShipStatsView,
+    CraftingJobOrder, DrainReport, GameStatus, OnlinePlayer, PushEvent, SectorLoad, ShipStatsView,
 };
 use warpcore_gateway::{router, serve, Argon2Params, Clock, Game, GameError, GatewayConfig};
 use warpcore_net::token::TokenKey;
@@ -43,6 +43,12 @@ pub struct TestGame {
     pub warps: Mutex<Vec<(AccountId, ShipId, i64)>>,
     pub events: broadcast::Sender<PushEvent>,
     pub ticking: bool,
+    /// Crafting jobs the engine holds, in start order (the queue per account).
+    pub crafting: Mutex<Vec<CraftingJobOrder>>,
+    /// Crafting jobs the gateway cancelled: (account, job).
+    pub crafting_cancels: Mutex<Vec<(AccountId, i64)>>,
+    /// When set, `start_crafting` refuses (as a full engine queue would).
+    pub refuse_crafting: AtomicBool,
 }
 
 impl TestGame {
@@ -53,6 +59,9 @@ impl TestGame {
             warps: Mutex::new(Vec::new()),
             events,
             ticking: true,
+            crafting: Mutex::new(Vec::new()),
+            crafting_cancels: Mutex::new(Vec::new()),
+            refuse_crafting: AtomicBool::new(false),
         }
     }
 }
@@ -87,6 +96,31 @@ impl Game for TestGame {
                 Ok(())
             }
         }
+    }
+    async fn start_crafting(&self, order: CraftingJobOrder) -> Result<u16, GameError> {
+        if self.refuse_crafting.load(Ordering::SeqCst) {
+            return Err(GameError::Refused("crafting queue full".to_owned()));
+        }
+        let mut jobs = self.crafting.lock().unwrap();
+        let position = jobs
+            .iter()
+            .filter(|j| j.account_id == order.account_id)
+            .count();
+        jobs.push(order);
+        Ok(u16::try_from(position).expect("small queue"))
+    }
+    fn cancel_crafting(&self, account_id: AccountId, job_id: i64) -> Result<(), GameError> {
+        self.crafting_cancels
+            .lock()
+            .unwrap()
+            .push((account_id, job_id));
+        let mut jobs = self.crafting.lock().unwrap();
+        let index = jobs
+            .iter()
+            .position(|j| j.account_id == account_id && j.job_id == job_id)
+            .ok_or_else(|| GameError::NotFound(format!("crafting job {job_id}")))?;
+        jobs.remove(index);
+        Ok(())
     }
     fn status(&self) -> GameStatus {
         GameStatus {

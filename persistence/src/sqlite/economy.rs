@@ -50,7 +50,7 @@ fn check_location(
     found.ok_or_else(|| economy::location_not_found(character_id, location))
 }
 
-fn insert_audit(tx: &Transaction<'_>, event: &AuditEvent) -> Result<(), StoreError> {
+pub(super) fn insert_audit(tx: &Transaction<'_>, event: &AuditEvent) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO audit_log (at_unix_ms, account_id, kind, detail) VALUES (?1, ?2, ?3, ?4)",
     )
