@@ -407,7 +407,7 @@ async fn finish_and_compare(
 async fn pg_through_proxy(
     operation_timeout: Duration,
 ) -> Option<(common::PgDatabase, Proxy, PgStore)> {
-    let db = common::PgDatabase::create().await?;
+    let db = common::PgDatabase::create("test").await?;
     let (upstream, prefix, suffix) = split_pg_url(&common::pg_base_url());
     let proxy = Proxy::start(upstream).await;
     let url = format!("{prefix}127.0.0.1:{}{suffix}/{}", proxy.port, db.name);

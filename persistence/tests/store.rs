@@ -364,7 +364,7 @@ async fn open_picks_the_backend_from_the_database_value() {
         .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), latest_version());
     assert!(path.exists());
-    if let Some(pg) = common::PgDatabase::create().await {
+    if let Some(pg) = common::PgDatabase::create("test").await {
         let store = warpcore_persistence::open(&pg.url()).await.unwrap();
         assert_eq!(store.schema_version().await.unwrap(), latest_version());
     }

@@ -11,7 +11,6 @@
 #![allow(dead_code)] // Each test file uses a different part of this module.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use warpcore_persistence::{NewAccount, PgStore, SqliteStore, Store};
@@ -23,97 +22,12 @@ pub enum Backend {
     Postgres,
 }
 
-static DB_SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// The PostgreSQL server tests use, without a database name.
-pub fn pg_base_url() -> String {
-    std::env::var("WARPCORE_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-}
-
-async fn pg_admin() -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("{}/postgres", pg_base_url()),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
-/// A uniquely named PostgreSQL database, dropped (with its connections) on drop.
-pub struct PgDatabase {
-    pub name: String,
-}
-
-impl PgDatabase {
-    /// Creates the database; `None` (after printing why) when the server is out of
-    /// reach outside CI.
-    ///
-    /// # Panics
-    /// When the server is out of reach and `CI=true`.
-    pub async fn create() -> Option<PgDatabase> {
-        let name = format!(
-            "warpcore_test_{}_{}",
-            std::process::id(),
-            DB_SEQ.fetch_add(1, Ordering::SeqCst)
-        );
-        let admin = match pg_admin().await {
-            Ok(admin) => admin,
-            Err(e) => {
-                if std::env::var("CI").as_deref() == Ok("true") {
-                    panic!(
-                        "CI=true and PostgreSQL at {} is unreachable: {e}",
-                        pg_base_url()
-                    );
-                }
-                eprintln!(
-                    "SKIPPED: PostgreSQL at {} is unreachable: {e}",
-                    pg_base_url()
-                );
-                return None;
-            }
-        };
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await
-            .expect("drop stale test database");
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create test database");
-        Some(PgDatabase { name })
-    }
-
-    pub fn url(&self) -> String {
-        format!("{}/{}", pg_base_url(), self.name)
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // A fresh runtime on its own thread: this may run inside (or after) the test's.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let admin = pg_admin().await?;
-                admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test database {}: {dropped:?}", self.name);
-        }
-    }
-}
+// The same PgDatabase other crates get from the `test-util` feature: included by path,
+// since a crate's own integration tests cannot turn on its features.
+#[path = "../../src/test_util.rs"]
+mod test_util;
+#[allow(unused_imports)] // only the outage test needs the base URL
+pub use test_util::{pg_base_url, PgDatabase};
 
 /// One test database on one backend, and a store opened on it.
 pub struct TestDb {
@@ -141,7 +55,7 @@ impl TestDb {
                 })
             }
             Backend::Postgres => {
-                let pg = PgDatabase::create().await?;
+                let pg = PgDatabase::create("test").await?;
                 let store = PgStore::open(&pg.url()).await.expect("open postgres");
                 Some(TestDb {
                     backend,
