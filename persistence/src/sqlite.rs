@@ -471,23 +471,24 @@ fn fit_starter_modules(tx: &rusqlite::Transaction<'_>, ship_id: i64) -> Result<(
     Ok(())
 }
 
-fn account_by_username(conn: &Connection, username: &str) -> Result<Option<Account>, StoreError> {
-    conn.prepare_cached(
-        "SELECT id, username, password_hash, role, created_at_unix_ms
-         FROM accounts WHERE username = ?1",
-    )
-    .and_then(|mut s| {
-        s.query_row(params![username], |row| {
-            Ok(Account {
-                id: row.get(0)?,
-                username: row.get(1)?,
-                password_hash: row.get(2)?,
-                role: row.get(3)?,
-                created_at_unix_ms: row.get(4)?,
-            })
-        })
-        .optional()
+/// The `accounts` columns [`account_from_row`] reads, in its order.
+const ACCOUNT_COLUMNS: &str = "id, username, password_hash, role, created_at_unix_ms";
+
+fn account_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account {
+        id: row.get(0)?,
+        username: row.get(1)?,
+        password_hash: row.get(2)?,
+        role: row.get(3)?,
+        created_at_unix_ms: row.get(4)?,
     })
+}
+
+fn account_by_username(conn: &Connection, username: &str) -> Result<Option<Account>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE username = ?1"
+    ))
+    .and_then(|mut s| s.query_row(params![username], account_from_row).optional())
     .map_err(map_err)
 }
 

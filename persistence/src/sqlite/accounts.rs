@@ -8,7 +8,10 @@
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{active_modules, hex_lower, map_err, ship_record_at, SHIP_SELECT};
+use super::{
+    account_from_row, active_modules, hex_lower, map_err, ship_record_at, ACCOUNT_COLUMNS,
+    SHIP_SELECT,
+};
 use crate::economy;
 use crate::store::{
     Account, AccountId, CharacterId, ModuleType, RefreshOutcome, RefreshRejection, RefreshRotation,
@@ -19,21 +22,12 @@ pub(super) fn account_by_id(
     conn: &Connection,
     account_id: AccountId,
 ) -> Result<Option<Account>, StoreError> {
-    conn.prepare_cached(
-        "SELECT id, username, password_hash, role, created_at_unix_ms
-         FROM accounts WHERE id = ?1",
-    )
+    conn.prepare_cached(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1"
+    ))
     .and_then(|mut s| {
-        s.query_row(params![account_id], |row| {
-            Ok(Account {
-                id: row.get(0)?,
-                username: row.get(1)?,
-                password_hash: row.get(2)?,
-                role: row.get(3)?,
-                created_at_unix_ms: row.get(4)?,
-            })
-        })
-        .optional()
+        s.query_row(params![account_id], account_from_row)
+            .optional()
     })
     .map_err(map_err)
 }
@@ -55,19 +49,7 @@ pub(super) fn set_account_role(
     if n == 0 {
         return Err(StoreError::NotFound(format!("account {account_id}")));
     }
-    let event = economy::role_audit(account_id, role, at_unix_ms);
-    tx.prepare_cached(
-        "INSERT INTO audit_log (at_unix_ms, account_id, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            event.at_unix_ms,
-            event.account_id,
-            event.kind,
-            event.detail
-        ])
-    })
-    .map_err(map_err)?;
+    super::economy::insert_audit(&tx, &economy::role_audit(account_id, role, at_unix_ms))?;
     tx.commit().map_err(map_err)
 }
 
