@@ -123,6 +123,75 @@ pub struct ConnectTokenReply {
     pub expires_at_unix_s: u64,
 }
 
+/// Most connect tokens one `POST /api/admin/connect-tokens` mints.
+pub const BULK_TOKENS_MAX: u32 = 1000;
+
+/// Body of `POST /api/admin/connect-tokens`: bot accounts `{username_prefix}{first}`
+/// to `{username_prefix}{first + count - 1}`, created if missing, one token each.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BulkTokensRequest {
+    /// Username prefix; with the largest index the names must be valid usernames.
+    #[serde(alias = "usernamePrefix")]
+    pub username_prefix: String,
+    /// First index.
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub first: u32,
+    #[schema(minimum = 1, maximum = 1000)]
+    pub count: u32,
+}
+
+impl BulkTokensRequest {
+    /// The usernames asked for, or a field error.
+    ///
+    /// # Errors
+    /// `count` outside 1..=[`BULK_TOKENS_MAX`], indices past `u32::MAX`, or a name that
+    /// is not a valid username.
+    pub fn usernames(&self) -> Result<Vec<String>, ApiError> {
+        if !(1..=BULK_TOKENS_MAX).contains(&self.count) {
+            return Err(ApiError::invalid_field("count", "must be 1-1000"));
+        }
+        let last = self
+            .first
+            .checked_add(self.count - 1)
+            .ok_or_else(|| ApiError::invalid_field("first", "first + count overflows"))?;
+        // The shortest and the longest names decide validity for the whole range.
+        for index in [self.first, last] {
+            validate_username(&format!("{}{index}", self.username_prefix)).map_err(|_| {
+                ApiError::invalid_field(
+                    "username_prefix",
+                    "prefix + index must be 3-32 characters of A-Z, a-z, 0-9, '_' and '-'",
+                )
+            })?;
+        }
+        Ok((self.first..=last)
+            .map(|i| format!("{}{i}", self.username_prefix))
+            .collect())
+    }
+}
+
+/// One bot's token in a [`BulkTokensReply`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BulkToken {
+    pub username: String,
+    pub account_id: i64,
+    /// Standard base64 (with padding) of `ConnectToken::to_bytes()`.
+    pub connect_token: String,
+}
+
+/// `data` of a 200 from `POST /api/admin/connect-tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BulkTokensReply {
+    /// In the order of the indices asked for.
+    pub tokens: Vec<BulkToken>,
+    /// Bot accounts created by this request (the rest existed).
+    pub created: u32,
+    /// The UDP server, `ip:port`.
+    pub server_address: String,
+    pub protocol_id: u64,
+    pub expires_at_unix_s: u64,
+}
+
 /// `data` of a 200 from `GET /health`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HealthReply {

@@ -43,6 +43,11 @@ const BUSY_RETRY_AFTER_S: u32 = 1;
 /// Hashed once (lazily) to give unknown usernames a hash to verify against.
 const DUMMY_PASSWORD: &str = "warpcore-dummy-password-for-unknown-users";
 
+/// The stored "password hash" of an account made by the admin bulk-token route (load
+/// bots): not a PHC string, so no password matches it and password login answers as
+/// for an unknown user. Such accounts connect only with tokens an admin mints.
+pub const PASSWORD_LOGIN_DISABLED: &str = "!password-login-disabled";
+
 /// Password hashing and verification with bounded concurrency and queueing.
 pub struct Passwords {
     params: argon2::Params,
@@ -100,13 +105,17 @@ impl Passwords {
         .map_err(|e: password_hash::Error| ApiError::Internal(format!("argon2 hash: {e}")))
     }
 
-    /// Whether `password` matches the stored PHC string. With `None` (unknown user)
-    /// it verifies against a dummy hash, which costs the same, and answers `false`.
+    /// Whether `password` matches the stored PHC string. With `None` (unknown user) or
+    /// [`PASSWORD_LOGIN_DISABLED`] it verifies against a dummy hash, which costs the
+    /// same, and answers `false`.
     ///
     /// # Errors
     /// `Busy` if the queue is full; `Internal` if the stored hash is corrupt.
     pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, ApiError> {
         let (phc, known_user) = match phc {
+            // A bot account (admin bulk tokens) has no password: answer as for an
+            // unknown user, at the same cost.
+            Some(phc) if phc == PASSWORD_LOGIN_DISABLED => (self.dummy_phc().await?.clone(), false),
             Some(phc) => (phc, true),
             None => (self.dummy_phc().await?.clone(), false),
         };

@@ -9,9 +9,12 @@
 
 mod support;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use support::{ship, station, Gateway, ADMIN_KEY, SERVER_SECRET};
+use warpcore_net::token::{self, ConnectToken, TokenKey};
 
 async fn module_type_id(gw: &Gateway) -> i64 {
     gw.store.module_types().await.expect("catalogue")[0].id
@@ -444,6 +447,11 @@ async fn admin_routes_need_the_admin_role_or_key() {
         ),
         (Method::GET, "/api/admin/sectors", None),
         (Method::POST, "/api/admin/write-behind/drain", None),
+        (
+            Method::POST,
+            "/api/admin/connect-tokens",
+            Some(json!({ "username_prefix": "rbac_", "count": 1 })),
+        ),
     ];
     for (method, path, body) in &routes {
         gw.anonymous(method.clone(), path, body.clone())
@@ -510,6 +518,103 @@ async fn admin_routes_need_the_admin_role_or_key() {
         .any(|e| e.event.kind == "admin.kick" && e.event.account_id == Some(boss.account_id)));
     gw.stop().await;
 }
+
+/// `POST /api/admin/connect-tokens`: bot accounts created once, reused after,
+/// tokens that open with the server key and name each bot's account; bots cannot log
+/// in with a password; a player's name is never taken over; bad ranges are 400.
+async fn bulk_connect_tokens(gw: &Gateway) {
+    let key = [("x-admin-key", ADMIN_KEY)];
+    let ask = |first: u32, count: u32| {
+        Some(json!({ "username_prefix": "swarm_", "first": first, "count": count }))
+    };
+    gw.anonymous(Method::POST, "/api/admin/connect-tokens", ask(0, 3))
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    let minted = gw
+        .call(Method::POST, "/api/admin/connect-tokens", &key, ask(0, 3))
+        .await;
+    let data = minted.data().clone();
+    assert_eq!(data["created"], 3);
+    let tokens = data["tokens"].as_array().expect("tokens");
+    assert_eq!(tokens.len(), 3);
+    let mut accounts = Vec::new();
+    for (i, entry) in tokens.iter().enumerate() {
+        assert_eq!(entry["username"], format!("swarm_{i}"));
+        let bytes = STANDARD
+            .decode(entry["connect_token"].as_str().expect("token"))
+            .expect("base64");
+        let token = ConnectToken::from_bytes(&bytes).expect("a connect token");
+        let private = token::open_private(
+            &TokenKey::from_bytes([9; 32]),
+            token.protocol_id,
+            token.expire_unix_s,
+            &token.nonce,
+            &token.private_sealed,
+        )
+        .expect("sealed with the server key");
+        assert_eq!(
+            private.account_id as i64,
+            entry["account_id"].as_i64().unwrap()
+        );
+        accounts.push(private.account_id);
+        // A bot has a character and a ship, as a registration makes.
+        let ships = gw
+            .store
+            .ships_of_account(private.account_id as i64)
+            .await
+            .expect("ships");
+        assert_eq!(ships.len(), 1, "bot {i} has its starter ship");
+    }
+    accounts.dedup();
+    assert_eq!(accounts.len(), 3, "one account per bot");
+
+    // Asked again (overlapping): the existing bots are reused, one is new.
+    let again = gw
+        .call(Method::POST, "/api/admin/connect-tokens", &key, ask(2, 2))
+        .await;
+    assert_eq!(again.data()["created"], 1);
+    assert_eq!(
+        again.data()["tokens"][0]["account_id"].as_i64(),
+        tokens[2]["account_id"].as_i64()
+    );
+
+    // No password opens a bot account.
+    gw.anonymous(
+        Method::POST,
+        "/api/auth/login",
+        Some(json!({ "username": "swarm_0", "password": "anything-at-all" })),
+    )
+    .await
+    .expect_error(401, "INVALID_CREDENTIALS");
+
+    // A player's account is never handed out as a bot.
+    gw.player("swarm_9").await;
+    gw.call(Method::POST, "/api/admin/connect-tokens", &key, ask(9, 1))
+        .await
+        .expect_error(409, "CONFLICT");
+
+    for bad in [
+        ask(0, 0),
+        ask(0, 1001),
+        ask(u32::MAX, 2),
+        Some(json!({ "username_prefix": "no spaces ", "count": 1 })),
+        Some(json!({ "username_prefix": "x".repeat(40), "count": 1 })),
+    ] {
+        gw.call(Method::POST, "/api/admin/connect-tokens", &key, bad)
+            .await
+            .expect_error(400, "INVALID_INPUT");
+    }
+    let audit = gw.store.audit_log(0, 1000).await.unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e.event.kind == "admin.bulk_connect_tokens")
+            .count(),
+        2
+    );
+}
+
+both_backends!(admin_bulk_connect_tokens, bulk_connect_tokens);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_routes_need_the_server_secret() {
@@ -742,6 +847,7 @@ async fn openapi_document_lists_every_route() {
         "/api/admin/sectors",
         "/api/admin/write-behind/drain",
         "/api/admin/accounts/{id}/role",
+        "/api/admin/connect-tokens",
         "/internal/accounts/{id}",
         "/internal/items/grant",
     ] {

@@ -278,6 +278,7 @@ impl Sim {
                     client_id,
                     channel,
                     payload,
+                    ..
                 } => {
                     assert_eq!(
                         channel,

@@ -129,6 +129,7 @@ fn connect_exchange_disconnect_and_shutdown(batch_mode: BatchMode) {
                 client_id,
                 channel,
                 payload,
+                ..
             } => {
                 handle.send(client_id, channel, payload).unwrap();
                 received += 1;

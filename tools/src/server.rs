@@ -272,6 +272,7 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         clients: HashMap::new(),
         game: game_link,
         crafted_tx,
+        command_arrivals: Vec::with_capacity(1024),
     };
     let tick_thread = std::thread::Builder::new()
         .name("warpcore-tick".into())

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use warpcore_engine::wire::{GameEvent, ServerMsg};
+use warpcore_engine::wire::{GameEvent, ServerMsg, TYPE_ATTACK, TYPE_MOVE};
 use warpcore_engine::{
     CraftingCompleted, Engine, EngineError, EntityRecord, SectorId, ShipSpawn,
     TimeDilationController, REPLAY_HASH_EVERY_TICKS,
@@ -147,6 +147,10 @@ pub(crate) struct TickLoop {
     pub(crate) game: GameLink,
     /// Finished crafting jobs, to the store (which grants the product).
     pub(crate) crafted_tx: mpsc::Sender<u64>,
+    /// When each command the engine accepted since the last tick arrived (reused
+    /// buffer, bounded by the transport's event channel): timed to the tick that
+    /// applies them.
+    pub(crate) command_arrivals: Vec<Instant>,
 }
 
 /// A connected client as the tick loop knows it.
@@ -155,6 +159,10 @@ pub(crate) struct ClientInfo {
     ship_id: Option<u64>,
     connected_at: Instant,
 }
+
+/// Most command arrival times kept per tick for the latency histogram (the transport's
+/// default event channel capacity); commands past it are applied but not timed.
+const COMMAND_ARRIVALS_MAX: usize = 65_536;
 
 /// Most gateway commands applied in one tick (the rest wait for the next).
 const GAME_COMMANDS_PER_TICK_MAX: usize = 256;
@@ -232,6 +240,9 @@ pub(crate) struct TickMetrics {
     simulate_us: LocalHistogram,
     replicate_us: LocalHistogram,
     persist_us: LocalHistogram,
+    /// Datagram received to the start of the tick that applies the command.
+    command_latency_us: LocalHistogram,
+    commands_deferred: Gauge,
     time_dilation: Gauge,
     connected_clients: Gauge,
     entities: Gauge,
@@ -275,6 +286,18 @@ impl TickMetrics {
             simulate_us: phase("simulate"),
             replicate_us: phase("replicate"),
             persist_us: phase("persist"),
+            command_latency_us: registry
+                .histogram(
+                    "warpcore_command_latency_seconds",
+                    "Client command latency: from the datagram that carried it arriving at the server to the start of the tick that applies it.",
+                    &[],
+                )
+                .local(),
+            commands_deferred: registry.gauge(
+                "warpcore_commands_deferred",
+                "Low-priority commands left in sector inboxes for a later tick (overload).",
+                &[],
+            ),
             time_dilation: registry.gauge(
                 "warpcore_time_dilation",
                 "Game time per real time (1 = real time).",
@@ -345,6 +368,7 @@ impl TickMetrics {
             &mut self.simulate_us,
             &mut self.replicate_us,
             &mut self.persist_us,
+            &mut self.command_latency_us,
         ] {
             h.publish();
         }
@@ -428,6 +452,15 @@ impl TickLoop {
             let phase = Instant::now();
             let report = self.engine.tick();
             self.metrics.simulate_us.record(elapsed_us(phase));
+            for arrived in self.command_arrivals.drain(..) {
+                let waited = phase.saturating_duration_since(arrived);
+                self.metrics
+                    .command_latency_us
+                    .record(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
+            }
+            self.metrics
+                .commands_deferred
+                .set(report.commands_deferred as f64);
             if self.log_hashes && report.tick % REPLAY_HASH_EVERY_TICKS == 0 {
                 // The same line `warpcore replay` prints, for a line-by-line comparison.
                 tracing::info!(target: "warpcore::hash", "{} {:016x}", report.tick, self.engine.state_hash());
@@ -648,12 +681,25 @@ impl TickLoop {
                     }
                 }
                 ServerEvent::Message {
-                    client_id, payload, ..
-                } => {
-                    if let Err(e) = self.engine.handle_client_message(client_id.0, &payload) {
-                        tracing::debug!(?client_id, "command refused: {e}");
+                    client_id,
+                    payload,
+                    received_at,
+                    ..
+                } => match self.engine.handle_client_message(client_id.0, &payload) {
+                    // Game commands (not acks or telemetry) are timed until applied.
+                    Ok(())
+                        if payload
+                            .first()
+                            .is_some_and(|t| (TYPE_MOVE..=TYPE_ATTACK).contains(t)) =>
+                    {
+                        // Past the bound the sample is skipped, not the command.
+                        if self.command_arrivals.len() < COMMAND_ARRIVALS_MAX {
+                            self.command_arrivals.push(received_at);
+                        }
                     }
-                }
+                    Ok(()) => {}
+                    Err(e) => tracing::debug!(?client_id, "command refused: {e}"),
+                },
                 ServerEvent::Disconnected { client_id, .. } => {
                     self.clients.remove(&client_id);
                     self.engine.detach_client(client_id.0);

@@ -247,3 +247,74 @@ async fn bots_behind_a_lossy_slow_link_stay_connected_and_fly() {
     assert!(server.tick_p99_ms.is_some());
     running.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_minted_bots_warp_between_star_systems() {
+    const KEY: &str = "e2e-admin-key-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = server_args(&dir);
+    args.admin_api_key = Some(KEY.into());
+    let running = server::start(args).await.expect("server starts");
+    let mut config = swarm_config(running.http_addr, Duration::from_secs(14));
+    config.clients = 12;
+    config.username_prefix = "warp_bot_".into();
+    config.behaviour = warpcore_tools::swarm::Behaviour::Warp;
+    config.admin_key = Some(KEY.into());
+    let report = swarm::run(config).await.expect("swarm runs");
+    println!("{}", report.summary());
+    assert_eq!(report.bots.len(), 12);
+    assert!(
+        report.bots.iter().all(|b| b.connected),
+        "every bulk-minted bot connects"
+    );
+    assert!(report.bots.iter().all(|b| b.warps_ordered > 0));
+    let arrived = report.bots.iter().filter(|b| b.warps_arrived > 0).count();
+    assert!(
+        arrived * 2 >= report.bots.len(),
+        "only {arrived} of 12 bots arrived from a warp"
+    );
+    // The engine spools 5 game seconds before the jump, and game time never runs
+    // faster than real time.
+    assert!(
+        report.warp_time_us.min() >= 5_000_000,
+        "a warp arrived {} µs after its order",
+        report.warp_time_us.min()
+    );
+    let server = report.server.as_ref().expect("the swarm read /metrics");
+    let latency = server
+        .command_latency_p99_ms
+        .expect("the server times commands from datagram to tick");
+    assert!(latency > 0.0);
+    assert!(report
+        .server_packets_per_s
+        .is_some_and(|(i, o)| i > 0.0 && o > 0.0));
+    running.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn craft_bots_start_and_cancel_jobs_while_they_fly() {
+    const SECRET: &str = "e2e-server-secret-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = server_args(&dir);
+    args.server_secret = Some(SECRET.into());
+    let running = server::start(args).await.expect("server starts");
+    let mut config = swarm_config(running.http_addr, Duration::from_secs(4));
+    config.clients = 4;
+    config.username_prefix = "craft_bot_".into();
+    config.behaviour = warpcore_tools::swarm::Behaviour::Craft;
+    config.server_secret = Some(SECRET.into());
+    let report = swarm::run(config).await.expect("swarm runs");
+    println!("{}", report.summary());
+    assert!(report.all_ok(), "craft bots connect and fly too");
+    let craft = report.craft.as_ref().expect("craft report");
+    assert!(
+        craft.jobs_started >= 4,
+        "{} jobs started by 4 bots",
+        craft.jobs_started
+    );
+    assert_eq!(craft.refused, 0, "no call was refused");
+    assert_eq!(craft.errors, 0, "no call failed");
+    assert_eq!(craft.start_us.len(), craft.jobs_started);
+    assert!(craft.list_us.len() >= 4);
+    running.stop().await.expect("clean stop");
+}

@@ -1,17 +1,21 @@
 //! `/api/admin/*`: operator actions, for the `admin` role or the admin API key (RBAC).
 //!
 //! For: online players, kick, broadcast, sector load, draining the write-behind queue,
-//! and granting or removing the admin role. Each action is audited with who did it.
+//! granting or removing the admin role, and minting connect tokens for load-test bots
+//! in bulk. Each action is audited with who did it.
 //! Not for: deciding who is an admin (`access::AdminCaller`).
 
 use axum::extract::{Path, State};
-use warpcore_persistence::store::AccountId;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use warpcore_persistence::store::{AccountId, NewAccount, StoreError};
 
 use crate::access::AdminCaller;
 use crate::api::{
-    AccountReply, BroadcastReply, BroadcastRequest, KickReply, KickRequest, OnlinePlayersReply,
-    RoleRequest, SectorLoadReply, BROADCAST_CHARS_MAX,
+    AccountReply, BroadcastReply, BroadcastRequest, BulkToken, BulkTokensReply, BulkTokensRequest,
+    KickReply, KickRequest, OnlinePlayersReply, RoleRequest, SectorLoadReply, BROADCAST_CHARS_MAX,
 };
+use crate::auth::PASSWORD_LOGIN_DISABLED;
 use crate::envelope::ApiOk;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
@@ -130,4 +134,91 @@ pub(super) async fn set_role(
         username: account.username,
         role: account.role,
     }))
+}
+
+/// 200 with a connect token for each bot account `{username_prefix}{first}` ..
+/// `{username_prefix}{first + count - 1}`, creating the missing ones (with a ship, as a
+/// registration does, but with password login disabled: they connect only with
+/// minted tokens). 400 for a bad range or names; 409 if a name belongs to an account
+/// that is not such a bot (tokens are never minted for a player's account).
+///
+/// For load tests past what argon2id logins allow (about 37/s here): 10,000 bots
+/// are ten requests.
+#[utoipa::path(post, path = "/api/admin/connect-tokens", request_body = crate::api::BulkTokensRequest, responses((status = 200, description = "success", body = crate::routes::openapi::Envelope<crate::api::BulkTokensReply>), (status = 400, description = "invalid input", body = crate::routes::openapi::ErrorEnvelope), (status = 401, description = "missing or invalid credentials", body = crate::routes::openapi::ErrorEnvelope), (status = 403, description = "not the caller's resource or role", body = crate::routes::openapi::ErrorEnvelope), (status = 404, description = "not found", body = crate::routes::openapi::ErrorEnvelope), (status = 409, description = "conflict", body = crate::routes::openapi::ErrorEnvelope), (status = 413, description = "body too large", body = crate::routes::openapi::ErrorEnvelope), (status = 415, description = "not JSON", body = crate::routes::openapi::ErrorEnvelope), (status = 429, description = "rate limited", body = crate::routes::openapi::ErrorEnvelope), (status = 500, description = "internal error", body = crate::routes::openapi::ErrorEnvelope), (status = 503, description = "database or game unavailable", body = crate::routes::openapi::ErrorEnvelope)))]
+pub(super) async fn bulk_connect_tokens(
+    State(state): State<AppState>,
+    admin: AdminCaller,
+    ApiJson(request): ApiJson<BulkTokensRequest>,
+) -> Result<ApiOk<BulkTokensReply>, ApiError> {
+    let usernames = request.usernames()?;
+    let mut tokens = Vec::with_capacity(usernames.len());
+    let mut created = 0u32;
+    let mut expires_at_unix_s = 0;
+    for username in usernames {
+        let (account_id, new) = bot_account(&state, &username).await?;
+        created += u32::from(new);
+        let id = u64::try_from(account_id)
+            .map_err(|_| ApiError::Internal(format!("negative account id {account_id}")))?;
+        let token = super::session::issue(&state, id)?;
+        expires_at_unix_s = token.expire_unix_s;
+        tokens.push(BulkToken {
+            username,
+            account_id,
+            connect_token: STANDARD.encode(token.to_bytes()),
+        });
+    }
+    let detail = format!(
+        "{} prefix={} first={} count={} created={created}",
+        by(admin),
+        request.username_prefix,
+        request.first,
+        request.count
+    );
+    super::auth::audit(
+        &state,
+        admin.account_id,
+        "admin.bulk_connect_tokens",
+        &detail,
+    )
+    .await;
+    let connect = &state.connect;
+    Ok(ApiOk::ok(BulkTokensReply {
+        tokens,
+        created,
+        server_address: connect.udp_public_addr.to_string(),
+        protocol_id: connect.protocol_id,
+        expires_at_unix_s,
+    }))
+}
+
+/// The bot account named `username` (and whether this call created it): created with
+/// password login disabled if missing; a `Conflict` if the name is a player's.
+async fn bot_account(state: &AppState, username: &str) -> Result<(AccountId, bool), ApiError> {
+    let not_a_bot = || {
+        ApiError::Conflict(format!(
+            "username {username} belongs to an account that is not a bulk-token bot"
+        ))
+    };
+    if let Some(account) = state.store.account_by_username(username).await? {
+        if account.password_hash != PASSWORD_LOGIN_DISABLED {
+            return Err(not_a_bot());
+        }
+        return Ok((account.id, false));
+    }
+    let new = NewAccount {
+        username: username.to_owned(),
+        password_hash: PASSWORD_LOGIN_DISABLED.to_owned(),
+        created_at_unix_ms: state.now_unix_ms(),
+    };
+    match state.store.register_account(new).await {
+        Ok(registered) => Ok((registered.account_id, true)),
+        // Created meanwhile by another request: use it if it is a bot.
+        Err(StoreError::Conflict(_)) => match state.store.account_by_username(username).await? {
+            Some(account) if account.password_hash == PASSWORD_LOGIN_DISABLED => {
+                Ok((account.id, false))
+            }
+            _ => Err(not_a_bot()),
+        },
+        Err(other) => Err(ApiError::from(other)),
+    }
 }

@@ -77,6 +77,10 @@ pub fn router(store: Arc<dyn Store>, config: GatewayConfig, clock: Arc<dyn Clock
         .route("/api/admin/sectors", get(admin::sectors))
         .route("/api/admin/write-behind/drain", post(admin::drain))
         .route("/api/admin/accounts/{id}/role", post(admin::set_role))
+        .route(
+            "/api/admin/connect-tokens",
+            post(admin::bulk_connect_tokens),
+        )
         .route("/internal/accounts/{id}", get(internal::account))
         .route("/internal/items/grant", post(internal::grant))
         .route("/health", get(health::health))

@@ -7,7 +7,7 @@ use axum::extract::State;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use rand::rngs::OsRng;
-use warpcore_net::token::{self, TokenParams};
+use warpcore_net::token::{self, ConnectToken, TokenParams};
 
 use crate::api::ConnectTokenReply;
 use crate::auth::AuthAccount;
@@ -28,6 +28,22 @@ pub(super) async fn connect_token(
             caller.account_id
         ))
     })?;
+    let token = issue(&state, account_id)?;
+    let connect = &state.connect;
+    Ok(ApiOk::ok(ConnectTokenReply {
+        connect_token: STANDARD.encode(token.to_bytes()),
+        server_address: connect.udp_public_addr.to_string(),
+        protocol_id: connect.protocol_id,
+        expires_at_unix_s: token.expire_unix_s,
+    }))
+}
+
+/// A connect token for `account_id` naming this gateway's UDP server (shared with the
+/// admin bulk route).
+///
+/// # Errors
+/// `Internal` if sealing the token fails.
+pub(super) fn issue(state: &AppState, account_id: u64) -> Result<ConnectToken, ApiError> {
     let connect = &state.connect;
     let params = TokenParams {
         account_id,
@@ -39,12 +55,6 @@ pub(super) async fn connect_token(
         // Nothing for the UDP server beyond the account id yet.
         user_data: [0; 32],
     };
-    let token = token::issue(&connect.key, &params, &mut OsRng)
-        .map_err(|e| ApiError::Internal(format!("issuing a connect token: {e}")))?;
-    Ok(ApiOk::ok(ConnectTokenReply {
-        connect_token: STANDARD.encode(token.to_bytes()),
-        server_address: connect.udp_public_addr.to_string(),
-        protocol_id: connect.protocol_id,
-        expires_at_unix_s: token.expire_unix_s,
-    }))
+    token::issue(&connect.key, &params, &mut OsRng)
+        .map_err(|e| ApiError::Internal(format!("issuing a connect token: {e}")))
 }

@@ -100,6 +100,10 @@ pub enum ServerEvent {
         client_id: ClientId,
         channel: Channel,
         payload: Vec<u8>,
+        /// The `now` of the datagram that delivered the message (for a fragmented or
+        /// reordered reliable message: the one that completed it), so the application
+        /// can time a command from arrival to use.
+        received_at: Instant,
     },
     Disconnected {
         client_id: ClientId,
@@ -747,6 +751,7 @@ impl Server {
                                 client_id,
                                 channel,
                                 payload,
+                                received_at: now,
                             });
                         }
                     });

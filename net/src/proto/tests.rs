@@ -241,6 +241,7 @@ impl Sim {
                     client_id,
                     channel: c,
                     payload,
+                    ..
                 } if *client_id == id && *c == channel => Some(payload.clone()),
                 _ => None,
             })

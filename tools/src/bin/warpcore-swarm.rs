@@ -31,7 +31,8 @@ struct Args {
     /// Threads driving bot sockets (each runs one mio poll loop).
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// What the bots do.
+    /// What the bots do: roam, battle (converge and fire), warp (between star
+    /// systems), craft (roam while crafting over HTTP; needs --server-secret).
     #[arg(long, value_enum, default_value_t = Behaviour::Roam)]
     behaviour: Behaviour,
     /// Username prefix (bots are `{prefix}{n}`; existing ones log in). Default: fresh per run.
@@ -63,12 +64,21 @@ struct Args {
     jitter_ms: f64,
     /// An objective checked at the end, `name=limit` (repeatable): rtt-p99-ms,
     /// rtt-max-ms, rx-bytes-per-s-p99, snapshots-per-s-min, connect-failures,
-    /// disconnects, server-tick-p99-ms.
+    /// disconnects, server-tick-p99-ms, server-command-latency-p99-ms.
     #[arg(long = "slo")]
     slos: Vec<Slo>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// The server's admin key: mint bot accounts and connect tokens in bulk
+    /// (`POST /api/admin/connect-tokens`, a thousand per request) instead of
+    /// registering and logging in each bot (argon2id: a few dozen a second).
+    #[arg(long, env = "WARPCORE_ADMIN_API_KEY")]
+    admin_key: Option<String>,
+    /// The server's secret for internal routes: the craft behaviour grants its bots
+    /// materials with it.
+    #[arg(long, env = "WARPCORE_SERVER_SECRET")]
+    server_secret: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,6 +124,8 @@ fn main() -> anyhow::Result<()> {
             jitter: Duration::from_secs_f64(args.jitter_ms / 1000.0),
         },
         progress: !args.quiet,
+        admin_key: args.admin_key,
+        server_secret: args.server_secret,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     eprintln!(

@@ -35,6 +35,13 @@ const MOVED_EPSILON_M: f64 = 1.0;
 const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(5);
 /// Datagrams read from one socket per readiness event before moving on (fairness).
 const RECV_BATCH_MAX: usize = 64;
+/// A jump of own ship at least this far between two snapshots is a warp arrival
+/// (flight at bot speeds covers a few hundred metres between snapshots at most).
+const WARP_JUMP_M: f64 = 2_000.0;
+/// Roaming between a warp's arrival and the next order.
+const WARP_REST: Duration = Duration::from_secs(3);
+/// A warp not seen to arrive within this is given up (counted as ordered, not arrived).
+const WARP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Counters every swarm thread updates, read by the progress bar.
 #[derive(Default)]
@@ -49,6 +56,7 @@ pub struct ThreadReport {
     pub bots: Vec<BotReport>,
     pub rtt_us: Histogram<u64>,
     pub snapshot_interval_us: Histogram<u64>,
+    pub warp_time_us: Histogram<u64>,
     pub lost_by_impairment: u64,
 }
 
@@ -59,6 +67,8 @@ pub struct FlightPlan {
     pub connect_timeout: Duration,
     pub flight: Duration,
     pub seed: u64,
+    /// Star systems the warp behaviour picks from.
+    pub warp_systems: Vec<u32>,
 }
 
 struct Bot {
@@ -77,6 +87,9 @@ struct Bot {
     desired: (f32, f32),
     seq: u32,
     was_connected: bool,
+    /// When the warp in progress was ordered (warp behaviour).
+    warp_ordered_at: Option<Instant>,
+    next_warp_at: Instant,
 }
 
 /// Flies `tickets` until the plan's flight ends.
@@ -112,6 +125,8 @@ pub fn fly(
             desired: (0.0, 0.0),
             seq: 0,
             was_connected: false,
+            warp_ordered_at: None,
+            next_warp_at: start + Duration::from_millis(rng.gen_range(2000..5000)),
         });
     }
 
@@ -119,6 +134,7 @@ pub fn fly(
         bots: Vec::new(),
         rtt_us: histogram::micros(),
         snapshot_interval_us: histogram::micros(),
+        warp_time_us: histogram::micros(),
         lost_by_impairment: 0,
     };
     let mut impairer = Impairer::new(plan.impairment);
@@ -256,7 +272,13 @@ impl Bot {
             }
         }
         if self.was_connected && self.report.ship_id != 0 && now >= self.next_command_at {
-            self.command(now, plan.behaviour, rng);
+            if plan.behaviour == Behaviour::Warp && self.warp(now, &plan.warp_systems, rng) {
+                // Spooling: no move orders until the ship arrives (the ack still rides).
+                self.send_ack();
+                self.next_command_at = now + COMMAND_INTERVAL;
+            } else {
+                self.command(now, plan.behaviour, rng);
+            }
         }
         let mut scratch = [0u8; MTU_BYTES];
         while let Some(len) = self.client.poll_transmit(now, &mut scratch) {
@@ -328,6 +350,36 @@ impl Bot {
         self.next_command_at = now + COMMAND_INTERVAL;
     }
 
+    /// The warp behaviour's turn: orders a warp when one is due. Whether a warp is
+    /// under way (ordered, not yet arrived or given up).
+    fn warp(&mut self, now: Instant, systems: &[u32], rng: &mut StdRng) -> bool {
+        if let Some(ordered) = self.warp_ordered_at {
+            if now.duration_since(ordered) < WARP_TIMEOUT {
+                return true;
+            }
+            self.warp_ordered_at = None;
+            self.next_warp_at = now;
+        }
+        if now < self.next_warp_at || systems.is_empty() {
+            return false;
+        }
+        let system_id = systems[rng.gen_range(0..systems.len())];
+        self.seq = self.seq.wrapping_add(1);
+        let mut msg = Vec::with_capacity(24);
+        ClientMsg::Warp {
+            entity_id: self.report.ship_id,
+            seq: self.seq,
+            system_id,
+        }
+        .encode(&mut msg);
+        // A one-off order, unlike the repeated moves: reliable.
+        if self.client.send(Channel::Reliable, &msg).is_ok() {
+            self.report.warps_ordered += 1;
+            self.warp_ordered_at = Some(now);
+        }
+        true
+    }
+
     fn send_ack(&mut self) {
         let mut msg = Vec::with_capacity(8);
         self.replica.ack().encode(&mut msg);
@@ -394,6 +446,17 @@ impl Bot {
             (n_others > 0).then(|| (sum_x / f64::from(n_others), sum_y / f64::from(n_others)));
         self.nearest_other = nearest.map(|(_, id)| id);
         if let Some(pos) = own {
+            if let (Some(ordered), Some(before)) = (self.warp_ordered_at, self.position) {
+                if (pos.0 - before.0).hypot(pos.1 - before.1) >= WARP_JUMP_M {
+                    histogram::record(
+                        &mut out.warp_time_us,
+                        now.duration_since(ordered).as_micros() as u64,
+                    );
+                    self.report.warps_arrived += 1;
+                    self.warp_ordered_at = None;
+                    self.next_warp_at = now + WARP_REST;
+                }
+            }
             let first = *self.first_position.get_or_insert(pos);
             if (pos.0 - first.0).hypot(pos.1 - first.1) > MOVED_EPSILON_M {
                 self.report.saw_own_ship_move = true;

@@ -1,34 +1,36 @@
-//! Load bots: each registers and logs in through the gateway, asks it for a UDP
-//! connect token, connects over UDP, and flies (roaming, or converging into a battle),
-//! recording what it sees. Used by `warpcore-swarm` and by the end-to-end tests.
+//! Load bots: each registers and logs in through the gateway (or, for very large runs,
+//! gets a token minted in bulk by the admin route), connects over UDP, and flies
+//! (roaming, converging into a battle, warping between systems, or roaming while it
+//! crafts over HTTP), recording what it sees. Used by `warpcore-swarm` and by the
+//! end-to-end tests.
 //!
-//! Set-up (HTTP) runs on tokio with bounded concurrency; flight runs on a few plain
+//! Set-up (HTTP, [`setup`]) runs on tokio with bounded concurrency; flight runs on a few plain
 //! threads, each driving its share of the bots' sockets with one `mio::Poll`
 //! ([`flight`]), so thousands of bots cost a few threads. Optional client-side network
 //! impairment ([`impair`]) exercises reliability on loopback; [`slo`] checks the run
 //! against objectives; [`server_metrics`] reads the server's side from `/metrics`.
 
+pub mod craft;
 mod flight;
 pub mod impair;
 pub mod server_metrics;
+mod setup;
 pub mod slo;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
-use base64::Engine as _;
+use anyhow::{anyhow, bail};
 use hdrhistogram::Histogram;
-use serde_json::{json, Value};
 
 use warpcore_metrics as histogram;
-use warpcore_net::token::ConnectToken;
 
+use self::craft::CraftReport;
 use self::flight::{FlightPlan, Progress};
 use self::impair::Impairment;
 use self::server_metrics::ServerFigures;
+use self::setup::Ticket;
 use self::slo::{Slo, SloKind, SloResult};
 
 /// What the bots do once connected.
@@ -40,6 +42,13 @@ pub enum Behaviour {
     /// Converge on the crowd each bot can see and fire at the nearest ship: a dense
     /// battle (the Galaxy RTS document's MassiveBattle).
     Battle,
+    /// Roam a few seconds, then warp to a random star system (the engine spools,
+    /// then jumps), and again; each arrival is timed from the order.
+    Warp,
+    /// Roam while working the economy over HTTP: start crafting jobs, read the
+    /// queue, cancel the oldest (needs per-bot logins and `--server-secret` to grant
+    /// the bots materials).
+    Craft,
 }
 
 /// How a swarm run is shaped.
@@ -69,6 +78,11 @@ pub struct SwarmConfig {
     pub impairment: Impairment,
     /// Show a progress bar on stderr (when it is a terminal).
     pub progress: bool,
+    /// The server's admin key: bot accounts and tokens are minted in bulk by
+    /// `POST /api/admin/connect-tokens` instead of per-bot registration and login.
+    pub admin_key: Option<String>,
+    /// The server's `X-Server-Secret`: craft bots are granted materials with it.
+    pub server_secret: Option<String>,
 }
 
 impl SwarmConfig {
@@ -87,6 +101,8 @@ impl SwarmConfig {
             behaviour: Behaviour::Roam,
             impairment: Impairment::default(),
             progress: false,
+            admin_key: None,
+            server_secret: None,
         }
     }
 }
@@ -109,6 +125,9 @@ pub struct BotReport {
     pub moves_sent: u64,
     /// Times the connection was lost after it was up.
     pub disconnects: u64,
+    /// Warp orders sent, and arrivals seen (own ship jumped), warp behaviour.
+    pub warps_ordered: u64,
+    pub warps_arrived: u64,
     /// The bot's own ship moved between its first and a later snapshot.
     pub saw_own_ship_move: bool,
     /// Own ship position in the last snapshot.
@@ -130,6 +149,8 @@ impl BotReport {
             datagrams_sent: 0,
             moves_sent: 0,
             disconnects: 0,
+            warps_ordered: 0,
+            warps_arrived: 0,
             saw_own_ship_move: false,
             last_position: None,
             last_snapshot_at: None,
@@ -146,11 +167,18 @@ pub struct SwarmReport {
     pub snapshot_interval_us: Histogram<u64>,
     /// Received payload bytes per second, one sample per bot.
     pub rx_bytes_per_s: Histogram<u64>,
+    /// Warp order to the snapshot showing the arrival, microseconds (warp behaviour).
+    pub warp_time_us: Histogram<u64>,
+    /// The craft bots' HTTP side (craft behaviour).
+    pub craft: Option<CraftReport>,
     /// Datagrams the client-side impairment dropped.
     pub lost_by_impairment: u64,
     pub flight: Duration,
     /// The server's figures from `/metrics` at the end of the run, if it answered.
     pub server: Option<ServerFigures>,
+    /// Server UDP packets per second (in, out) over the UDP phase (connect and flight),
+    /// from `/metrics` read before and after it.
+    pub server_packets_per_s: Option<(f64, f64)>,
 }
 
 impl SwarmReport {
@@ -211,6 +239,21 @@ impl SwarmReport {
             ),
             quantile_line("rx bytes/s per client", &self.rx_bytes_per_s, 1.0, ""),
         ];
+        let (ordered, arrived): (u64, u64) = self.bots.iter().fold((0, 0), |(o, a), b| {
+            (o + b.warps_ordered, a + b.warps_arrived)
+        });
+        if ordered > 0 {
+            lines.push(format!("warps ordered {ordered} | arrived {arrived}"));
+            lines.push(quantile_line(
+                "warp order to arrival",
+                &self.warp_time_us,
+                1000.0,
+                "ms",
+            ));
+        }
+        if let Some(craft) = &self.craft {
+            lines.push(craft.summary());
+        }
         if self.lost_by_impairment > 0 {
             lines.push(format!(
                 "impairment dropped {} datagrams",
@@ -219,6 +262,11 @@ impl SwarmReport {
         }
         if let Some(server) = &self.server {
             lines.push(server.summary());
+        }
+        if let Some((inbound, outbound)) = self.server_packets_per_s {
+            lines.push(format!(
+                "server udp packets/s   in={inbound:.0} out={outbound:.0} (connect and flight)"
+            ));
         }
         lines.join("\n")
     }
@@ -239,6 +287,9 @@ impl SwarmReport {
                     SloKind::ConnectFailures => Some((self.bots.len() - self.connected()) as f64),
                     SloKind::Disconnects => Some(self.disconnects() as f64),
                     SloKind::ServerTickP99Ms => self.server.as_ref().and_then(|s| s.tick_p99_ms),
+                    SloKind::ServerCommandLatencyP99Ms => {
+                        self.server.as_ref().and_then(|s| s.command_latency_p99_ms)
+                    }
                 };
                 SloResult { slo, measured }
             })
@@ -263,20 +314,37 @@ fn quantile_line(name: &str, h: &Histogram<u64>, divisor: f64, unit: &str) -> St
     )
 }
 
-/// A bot's credentials for the UDP server, from the gateway.
-struct Ticket {
-    username: String,
-    token: ConnectToken,
-    server_addr: SocketAddr,
-}
-
 /// Runs the whole swarm: set-up over HTTP, then flight over UDP, then the server's
 /// figures from `/metrics`.
 ///
 /// # Errors
 /// The gateway refused a bot (the error names which and why), or a socket could not be opened.
 pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
-    let tickets = obtain_tickets(&config).await?;
+    let tickets = setup::obtain_tickets(&config).await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let base = config.http_base.trim_end_matches('/').to_string();
+    let warp_systems = if config.behaviour == Behaviour::Warp {
+        let scout = match tickets.iter().find_map(|t| t.session.clone()) {
+            Some(session) => session,
+            // Bulk tokens: one ordinary account reads the map.
+            None => {
+                let name = format!("{}scout", config.username_prefix);
+                setup::login(&http, &base, &name, &config.password).await?
+            }
+        };
+        setup::star_systems(&http, &base, &scout).await?
+    } else {
+        Vec::new()
+    };
+    let craft_bots = if config.behaviour == Behaviour::Craft {
+        craft_setup(&http, &base, &config, &tickets).await?
+    } else {
+        Vec::new()
+    };
+    let before = server_metrics::fetch(&http, &config.http_base).await.ok();
+    let udp_started = Instant::now();
     let threads = config.threads.clamp(1, tickets.len().max(1));
     let mut shares: Vec<Vec<Ticket>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, ticket) in tickets.into_iter().enumerate() {
@@ -291,6 +359,7 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
             connect_timeout: config.connect_timeout,
             flight: config.flight,
             seed: config.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            warp_systems: warp_systems.clone(),
         };
         let progress = progress.clone();
         handles.push(
@@ -299,6 +368,19 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
                 .spawn(move || flight::fly(share, &plan, &progress))?,
         );
     }
+    // Craft bots work the gateway for the connect timeout plus the flight (their
+    // flight ends no later), on this runtime, while the flight threads fly.
+    let craft_task = (!craft_bots.is_empty()).then(|| {
+        let until =
+            Instant::now() + config.connect_timeout.min(Duration::from_secs(5)) + config.flight;
+        tokio::spawn(craft::run_all(
+            http.clone(),
+            base.clone(),
+            craft_bots,
+            until,
+            config.seed,
+        ))
+    });
     let bar = config.progress.then(|| progress_bar(config.clients as u64));
     while handles.iter().any(|h| !h.is_finished()) {
         if let Some(bar) = &bar {
@@ -320,9 +402,12 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
         rtt_us: histogram::micros(),
         snapshot_interval_us: histogram::micros(),
         rx_bytes_per_s: Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds"),
+        warp_time_us: histogram::micros(),
+        craft: None,
         lost_by_impairment: 0,
         flight: config.flight,
         server: None,
+        server_packets_per_s: None,
     };
     for handle in handles {
         let part = handle
@@ -337,7 +422,17 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
             .snapshot_interval_us
             .add(&part.snapshot_interval_us)
             .map_err(|e| anyhow!("merging histograms: {e}"))?;
+        report
+            .warp_time_us
+            .add(&part.warp_time_us)
+            .map_err(|e| anyhow!("merging histograms: {e}"))?;
         report.lost_by_impairment += part.lost_by_impairment;
+    }
+    if let Some(task) = craft_task {
+        report.craft = Some(
+            task.await
+                .map_err(|e| anyhow!("the craft bots' task failed: {e}"))?,
+        );
     }
     let secs = config.flight.as_secs_f64().max(1e-9);
     for bot in &report.bots {
@@ -345,15 +440,17 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
             .rx_bytes_per_s
             .saturating_record(((bot.bytes_received as f64 / secs) as u64).max(1));
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let udp_elapsed_s = udp_started.elapsed().as_secs_f64();
     report.server = match server_metrics::fetch(&http, &config.http_base).await {
         Ok(figures) => Some(figures),
         Err(e) => {
             tracing::warn!("could not read the server's /metrics: {e}");
             None
         }
+    };
+    report.server_packets_per_s = match (&report.server, &before) {
+        (Some(after), Some(before)) => after.packets_per_s_since(before, udp_elapsed_s),
+        _ => None,
     };
     Ok(report)
 }
@@ -369,113 +466,40 @@ fn progress_bar(clients: u64) -> indicatif::ProgressBar {
     bar
 }
 
-/// Register (or log in to an existing account), log in, get a connect token: per bot.
-async fn obtain_tickets(config: &SwarmConfig) -> anyhow::Result<Vec<Ticket>> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()?;
-    let limit = Arc::new(tokio::sync::Semaphore::new(config.setup_concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..config.clients {
-        let http = http.clone();
-        let limit = limit.clone();
-        let base = config.http_base.trim_end_matches('/').to_string();
-        let username = format!("{}{}", config.username_prefix, i);
-        let password = config.password.clone();
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await?;
-            let ticket = ticket(&http, &base, &username, &password)
-                .await
-                .with_context(|| format!("bot {username}"))?;
-            anyhow::Ok((i, ticket))
-        });
-    }
-    let mut tickets: Vec<Option<Ticket>> = (0..config.clients).map(|_| None).collect();
-    while let Some(joined) = tasks.join_next().await {
-        let (i, ticket) = joined??;
-        tickets[i] = Some(ticket);
-    }
-    Ok(tickets.into_iter().flatten().collect())
-}
-
-async fn ticket(
+/// Each craft bot's session and recipe, with its materials granted.
+async fn craft_setup(
     http: &reqwest::Client,
     base: &str,
-    username: &str,
-    password: &str,
-) -> anyhow::Result<Ticket> {
-    let creds = json!({ "username": username, "password": password });
-    let (status, body) = post(http, &format!("{base}/api/auth/register"), &creds, None).await?;
-    if status != 201 && status != 409 {
-        bail!("register answered {status}: {body}");
-    }
-    let (status, body) = post(http, &format!("{base}/api/auth/login"), &creds, None).await?;
-    if status != 200 {
-        bail!("login answered {status}: {body}");
-    }
-    let access = body["data"]["access_token"]
-        .as_str()
-        .ok_or_else(|| anyhow!("login reply has no access_token: {body}"))?
-        .to_string();
-    let url = format!("{base}/api/session/connect-token");
-    let (status, body) = post(http, &url, &json!({}), Some(&access)).await?;
-    if status != 200 {
-        bail!("connect-token answered {status}: {body}");
-    }
-    let token_b64 = body["data"]["connect_token"]
-        .as_str()
-        .ok_or_else(|| anyhow!("reply has no connect_token: {body}"))?;
-    let token_bytes = base64::engine::general_purpose::STANDARD
-        .decode(token_b64)
-        .context("connect_token is not base64")?;
-    let token =
-        ConnectToken::from_bytes(&token_bytes).map_err(|e| anyhow!("bad connect token: {e}"))?;
-    let server_addr: SocketAddr = body["data"]["server_address"]
-        .as_str()
-        .ok_or_else(|| anyhow!("reply has no server_address: {body}"))?
-        .parse()
-        .context("server_address")?;
-    Ok(Ticket {
-        username: username.to_string(),
-        token,
-        server_addr,
-    })
-}
-
-/// Times a set-up request answered 429 is retried before the bot gives up.
-const RATE_LIMITED_RETRIES_MAX: u32 = 20;
-
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    body: &Value,
-    bearer: Option<&str>,
-) -> anyhow::Result<(u16, Value)> {
-    // A rate-limited answer (429) is retried after its Retry-After, a few times.
-    let mut attempt = 0;
-    let resp = loop {
-        let mut req = http.post(url).json(body);
-        if let Some(token) = bearer {
-            req = req.bearer_auth(token);
-        }
-        let resp = req.send().await.with_context(|| format!("POST {url}"))?;
-        if resp.status().as_u16() != 429 || attempt >= RATE_LIMITED_RETRIES_MAX {
-            break resp;
-        }
-        attempt += 1;
-        let wait_s = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(1)
-            .clamp(1, 30);
-        tokio::time::sleep(Duration::from_secs(wait_s)).await;
+    config: &SwarmConfig,
+    tickets: &[Ticket],
+) -> anyhow::Result<Vec<(setup::Session, craft::Recipe)>> {
+    let Some(secret) = &config.server_secret else {
+        bail!("craft bots need materials: pass --server-secret (the server's WARPCORE_SERVER_SECRET) so the swarm can grant them");
     };
-    let status = resp.status().as_u16();
-    let body: Value = resp
-        .json()
-        .await
-        .with_context(|| format!("POST {url}: body"))?;
-    Ok((status, body))
+    let sessions: Vec<setup::Session> = tickets.iter().filter_map(|t| t.session.clone()).collect();
+    let Some(first) = sessions.first() else {
+        bail!("craft bots need per-bot logins");
+    };
+    let recipe = craft::pick_recipe(http, base, first).await?;
+    let limit = Arc::new(tokio::sync::Semaphore::new(config.setup_concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for session in sessions {
+        let (http, base, secret, recipe, limit) = (
+            http.clone(),
+            base.to_string(),
+            secret.clone(),
+            recipe.clone(),
+            limit.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await?;
+            craft::grant_materials(&http, &base, &secret, &session, &recipe).await?;
+            anyhow::Ok((session, recipe))
+        });
+    }
+    let mut bots = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        bots.push(joined??);
+    }
+    Ok(bots)
 }

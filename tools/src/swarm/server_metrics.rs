@@ -10,6 +10,13 @@ pub struct ServerFigures {
     pub time_dilation: Option<f64>,
     pub connected_clients: Option<f64>,
     pub entities: Option<f64>,
+    /// Datagram arrival to the start of the tick that applies the command.
+    pub command_latency_p50_ms: Option<f64>,
+    pub command_latency_p99_ms: Option<f64>,
+    pub command_latency_max_ms: Option<f64>,
+    /// Authenticated UDP packets since the server started (counters).
+    pub udp_packets_in: Option<f64>,
+    pub udp_packets_out: Option<f64>,
 }
 
 impl ServerFigures {
@@ -32,6 +39,13 @@ impl ServerFigures {
             time_dilation: value("warpcore_time_dilation"),
             connected_clients: value("warpcore_connected_clients"),
             entities: value("warpcore_entities"),
+            command_latency_p50_ms: ms(value("warpcore_command_latency_seconds{quantile=\"0.5\"}")),
+            command_latency_p99_ms: ms(value(
+                "warpcore_command_latency_seconds{quantile=\"0.99\"}",
+            )),
+            command_latency_max_ms: ms(value("warpcore_command_latency_seconds{quantile=\"1\"}")),
+            udp_packets_in: value("warpcore_udp_packets_total{dir=\"in\"}"),
+            udp_packets_out: value("warpcore_udp_packets_total{dir=\"out\"}"),
         }
     }
 
@@ -39,14 +53,34 @@ impl ServerFigures {
     pub fn summary(&self) -> String {
         let f = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.3}"));
         format!(
-            "server tick            p50={}ms p99={}ms max={}ms\nserver time dilation={} connected clients={} entities={}",
+            "server tick            p50={}ms p99={}ms max={}ms\nserver command latency p50={}ms p99={}ms max={}ms\nserver time dilation={} connected clients={} entities={}",
             f(self.tick_p50_ms),
             f(self.tick_p99_ms),
             f(self.tick_max_ms),
+            f(self.command_latency_p50_ms),
+            f(self.command_latency_p99_ms),
+            f(self.command_latency_max_ms),
             f(self.time_dilation),
             f(self.connected_clients),
             f(self.entities),
         )
+    }
+
+    /// Server UDP packets per second (in, out) between an `earlier` reading and this
+    /// one, `elapsed_s` apart.
+    pub fn packets_per_s_since(
+        &self,
+        earlier: &ServerFigures,
+        elapsed_s: f64,
+    ) -> Option<(f64, f64)> {
+        if elapsed_s <= 0.0 {
+            return None;
+        }
+        let rate = |now: Option<f64>, then: Option<f64>| Some((now? - then?).max(0.0) / elapsed_s);
+        Some((
+            rate(self.udp_packets_in, earlier.udp_packets_in)?,
+            rate(self.udp_packets_out, earlier.udp_packets_out)?,
+        ))
     }
 }
 
@@ -76,7 +110,10 @@ mod tests {
                     warpcore_tick_seconds{quantile=\"0.99\"} 0.002\n\
                     warpcore_tick_seconds{quantile=\"1\"} 0.004\n\
                     warpcore_time_dilation 0.75\n\
-                    warpcore_connected_clients 200\n";
+                    warpcore_connected_clients 200\n\
+                    warpcore_command_latency_seconds{quantile=\"0.99\"} 0.03\n\
+                    warpcore_udp_packets_total{dir=\"in\"} 1000\n\
+                    warpcore_udp_packets_total{dir=\"out\"} 3000\n";
         let f = ServerFigures::parse(text);
         assert_eq!(f.tick_p50_ms, Some(0.5));
         assert_eq!(f.tick_p99_ms, Some(2.0));
@@ -84,5 +121,14 @@ mod tests {
         assert_eq!(f.time_dilation, Some(0.75));
         assert_eq!(f.connected_clients, Some(200.0));
         assert_eq!(f.entities, None);
+        assert_eq!(f.command_latency_p99_ms, Some(30.0));
+        assert_eq!(f.command_latency_p50_ms, None);
+        let earlier = ServerFigures {
+            udp_packets_in: Some(400.0),
+            udp_packets_out: Some(1000.0),
+            ..ServerFigures::default()
+        };
+        assert_eq!(f.packets_per_s_since(&earlier, 2.0), Some((300.0, 1000.0)));
+        assert_eq!(f.packets_per_s_since(&ServerFigures::default(), 2.0), None);
     }
 }

@@ -22,10 +22,13 @@ pub enum SloKind {
     Disconnects,
     /// Server tick time p99 from `/metrics`, milliseconds (at most).
     ServerTickP99Ms,
+    /// Server command latency p99 (datagram to the tick that applies it) from
+    /// `/metrics`, milliseconds (at most).
+    ServerCommandLatencyP99Ms,
 }
 
 impl SloKind {
-    const ALL: [(&'static str, SloKind); 7] = [
+    const ALL: [(&'static str, SloKind); 8] = [
         ("rtt-p99-ms", SloKind::RttP99Ms),
         ("rtt-max-ms", SloKind::RttMaxMs),
         ("rx-bytes-per-s-p99", SloKind::RxBytesPerSP99),
@@ -33,6 +36,10 @@ impl SloKind {
         ("connect-failures", SloKind::ConnectFailures),
         ("disconnects", SloKind::Disconnects),
         ("server-tick-p99-ms", SloKind::ServerTickP99Ms),
+        (
+            "server-command-latency-p99-ms",
+            SloKind::ServerCommandLatencyP99Ms,
+        ),
     ];
 
     fn name(self) -> &'static str {
