@@ -215,7 +215,7 @@ async fn bots_behind_a_lossy_slow_link_stay_connected_and_fly() {
     let mut config = swarm_config(running.http_addr, Duration::from_secs(3));
     config.clients = 20;
     config.username_prefix = "lossy_bot_".into();
-    config.behaviour = warpcore_tools::swarm::Behaviour::Battle;
+    config.behaviour = warpcore_tools::swarm::Behaviour::Battle.into();
     config.impairment = warpcore_tools::swarm::impair::Impairment {
         loss: 0.10,
         duplicate: 0.05,
@@ -258,7 +258,7 @@ async fn bulk_minted_bots_warp_between_star_systems() {
     let mut config = swarm_config(running.http_addr, Duration::from_secs(14));
     config.clients = 12;
     config.username_prefix = "warp_bot_".into();
-    config.behaviour = warpcore_tools::swarm::Behaviour::Warp;
+    config.behaviour = warpcore_tools::swarm::Behaviour::Warp.into();
     config.admin_key = Some(KEY.into());
     let report = swarm::run(config).await.expect("swarm runs");
     println!("{}", report.summary());
@@ -301,7 +301,7 @@ async fn craft_bots_start_and_cancel_jobs_while_they_fly() {
     let mut config = swarm_config(running.http_addr, Duration::from_secs(4));
     config.clients = 4;
     config.username_prefix = "craft_bot_".into();
-    config.behaviour = warpcore_tools::swarm::Behaviour::Craft;
+    config.behaviour = warpcore_tools::swarm::Behaviour::Craft.into();
     config.server_secret = Some(SECRET.into());
     let report = swarm::run(config).await.expect("swarm runs");
     println!("{}", report.summary());

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use warpcore_tools::swarm::impair::Impairment;
 use warpcore_tools::swarm::slo::Slo;
-use warpcore_tools::swarm::{self, Behaviour, SwarmConfig};
+use warpcore_tools::swarm::{self, BehaviourMix, SwarmConfig};
 
 /// Run bot clients against a warpcore server.
 #[derive(Debug, Parser)]
@@ -32,9 +32,10 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// What the bots do: roam, battle (converge and fire), warp (between star
-    /// systems), craft (roam while crafting over HTTP; needs --server-secret).
-    #[arg(long, value_enum, default_value_t = Behaviour::Roam)]
-    behaviour: Behaviour,
+    /// systems), craft (roam while crafting over HTTP; needs --server-secret), or a
+    /// mix by percentage of the bots, e.g. roam=50,battle=30,warp=20.
+    #[arg(long, default_value = "roam")]
+    behaviour: BehaviourMix,
     /// Username prefix (bots are `{prefix}{n}`; existing ones log in). Default: fresh per run.
     #[arg(long)]
     prefix: Option<String>,

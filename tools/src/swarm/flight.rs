@@ -62,7 +62,6 @@ pub struct ThreadReport {
 
 /// The plan of one thread's run.
 pub struct FlightPlan {
-    pub behaviour: Behaviour,
     pub impairment: Impairment,
     pub connect_timeout: Duration,
     pub flight: Duration,
@@ -87,6 +86,7 @@ struct Bot {
     desired: (f32, f32),
     seq: u32,
     was_connected: bool,
+    behaviour: Behaviour,
     /// When the warp in progress was ordered (warp behaviour).
     warp_ordered_at: Option<Instant>,
     next_warp_at: Instant,
@@ -125,6 +125,7 @@ pub fn fly(
             desired: (0.0, 0.0),
             seq: 0,
             was_connected: false,
+            behaviour: ticket.behaviour,
             warp_ordered_at: None,
             next_warp_at: start + Duration::from_millis(rng.gen_range(2000..5000)),
         });
@@ -272,12 +273,12 @@ impl Bot {
             }
         }
         if self.was_connected && self.report.ship_id != 0 && now >= self.next_command_at {
-            if plan.behaviour == Behaviour::Warp && self.warp(now, &plan.warp_systems, rng) {
+            if self.behaviour == Behaviour::Warp && self.warp(now, &plan.warp_systems, rng) {
                 // Spooling: no move orders until the ship arrives (the ack still rides).
                 self.send_ack();
                 self.next_command_at = now + COMMAND_INTERVAL;
             } else {
-                self.command(now, plan.behaviour, rng);
+                self.command(now, self.behaviour, rng);
             }
         }
         let mut scratch = [0u8; MTU_BYTES];

@@ -10,6 +10,7 @@
 //! impairment ([`impair`]) exercises reliability on loopback; [`slo`] checks the run
 //! against objectives; [`server_metrics`] reads the server's side from `/metrics`.
 
+mod behaviour;
 pub mod craft;
 mod flight;
 pub mod impair;
@@ -26,30 +27,13 @@ use hdrhistogram::Histogram;
 
 use warpcore_metrics as histogram;
 
+pub use self::behaviour::{Behaviour, BehaviourMix};
 use self::craft::CraftReport;
 use self::flight::{FlightPlan, Progress};
 use self::impair::Impairment;
 use self::server_metrics::ServerFigures;
 use self::setup::Ticket;
 use self::slo::{Slo, SloKind, SloResult};
-
-/// What the bots do once connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Behaviour {
-    /// Fly random headings at honest speeds.
-    #[default]
-    Roam,
-    /// Converge on the crowd each bot can see and fire at the nearest ship: a dense
-    /// battle (the Galaxy RTS document's MassiveBattle).
-    Battle,
-    /// Roam a few seconds, then warp to a random star system (the engine spools,
-    /// then jumps), and again; each arrival is timed from the order.
-    Warp,
-    /// Roam while working the economy over HTTP: start crafting jobs, read the
-    /// queue, cancel the oldest (needs per-bot logins and `--server-secret` to grant
-    /// the bots materials).
-    Craft,
-}
 
 /// How a swarm run is shaped.
 #[derive(Debug, Clone)]
@@ -72,8 +56,8 @@ pub struct SwarmConfig {
     pub seed: u64,
     /// How long a bot may take to connect over UDP before it counts as failed.
     pub connect_timeout: Duration,
-    /// What the bots do.
-    pub behaviour: Behaviour,
+    /// What the bots do: one behaviour, or a mix by percentage.
+    pub behaviour: BehaviourMix,
     /// Client-side loss, duplication, latency and jitter.
     pub impairment: Impairment,
     /// Show a progress bar on stderr (when it is a terminal).
@@ -98,7 +82,7 @@ impl SwarmConfig {
             setup_concurrency: 8,
             seed: 1,
             connect_timeout: Duration::from_secs(15),
-            behaviour: Behaviour::Roam,
+            behaviour: BehaviourMix::from(Behaviour::Roam),
             impairment: Impairment::default(),
             progress: false,
             admin_key: None,
@@ -325,7 +309,15 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
         .timeout(Duration::from_secs(10))
         .build()?;
     let base = config.http_base.trim_end_matches('/').to_string();
-    let warp_systems = if config.behaviour == Behaviour::Warp {
+    let tickets: Vec<Ticket> = tickets
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ticket)| {
+            ticket.behaviour = config.behaviour.for_bot(i, config.clients);
+            ticket
+        })
+        .collect();
+    let warp_systems = if tickets.iter().any(|t| t.behaviour == Behaviour::Warp) {
         let scout = match tickets.iter().find_map(|t| t.session.clone()) {
             Some(session) => session,
             // Bulk tokens: one ordinary account reads the map.
@@ -338,7 +330,7 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
     } else {
         Vec::new()
     };
-    let craft_bots = if config.behaviour == Behaviour::Craft {
+    let craft_bots = if tickets.iter().any(|t| t.behaviour == Behaviour::Craft) {
         craft_setup(&http, &base, &config, &tickets).await?
     } else {
         Vec::new()
@@ -354,7 +346,6 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
     let mut handles = Vec::new();
     for (i, share) in shares.into_iter().enumerate() {
         let plan = FlightPlan {
-            behaviour: config.behaviour,
             impairment: config.impairment,
             connect_timeout: config.connect_timeout,
             flight: config.flight,
@@ -476,7 +467,11 @@ async fn craft_setup(
     let Some(secret) = &config.server_secret else {
         bail!("craft bots need materials: pass --server-secret (the server's WARPCORE_SERVER_SECRET) so the swarm can grant them");
     };
-    let sessions: Vec<setup::Session> = tickets.iter().filter_map(|t| t.session.clone()).collect();
+    let sessions: Vec<setup::Session> = tickets
+        .iter()
+        .filter(|t| t.behaviour == Behaviour::Craft)
+        .filter_map(|t| t.session.clone())
+        .collect();
     let Some(first) = sessions.first() else {
         bail!("craft bots need per-bot logins");
     };

@@ -29,6 +29,8 @@ pub(super) struct Ticket {
     pub(super) server_addr: SocketAddr,
     /// The bot's gateway session, when it logged in (per-bot set-up only).
     pub(super) session: Option<Session>,
+    /// What this bot does (from the run's mix).
+    pub(super) behaviour: Behaviour,
 }
 
 /// A logged-in account: what the craft behaviour calls the gateway with.
@@ -50,7 +52,7 @@ pub(super) async fn obtain_tickets(config: &SwarmConfig) -> anyhow::Result<Vec<T
     let base = config.http_base.trim_end_matches('/');
     match &config.admin_key {
         Some(key) => {
-            if config.behaviour == Behaviour::Craft {
+            if config.behaviour.includes(Behaviour::Craft) {
                 bail!("craft bots call the gateway as players: they need per-bot logins, so drop --admin-key");
             }
             bulk_tickets(&http, base, key, config).await
@@ -166,6 +168,7 @@ async fn ticket(
         token,
         server_addr,
         session: Some(session),
+        behaviour: Behaviour::Roam,
     })
 }
 
@@ -218,6 +221,7 @@ async fn bulk_tickets(
                 token: decode_token(&entry["connect_token"])?,
                 server_addr,
                 session: None,
+                behaviour: Behaviour::Roam,
             });
         }
         first += count;
