@@ -6,15 +6,20 @@
 #   tools/bench-e2e.sh [SECONDS] [CLIENTS...]      e.g. tools/bench-e2e.sh 60 1000 5000 10000
 #
 # Everything runs on 127.0.0.1 on ports 17777/18080, with a temporary SQLite file.
-# Password hashing is set cheap (argon2 m=1024 KiB, t=1) and the gateway rate limits
-# are off (every bot shares one IP): the scenario measures the
-# game path, not login throughput. The swarm runs on the same machine as the server.
+# The bots' accounts and connect tokens are minted in bulk by the admin route (a
+# thousand per request, no argon2 login per bot) and the gateway rate limits are off
+# (every bot shares one IP): the scenario measures the game path, not login
+# throughput. The swarm runs on the same machine as the server.
+#
+# BEHAVIOUR (default roam) is passed to --behaviour, e.g. BEHAVIOUR=battle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${1:-60}
 shift || true
 clients=("$@")
+behaviour=${BEHAVIOUR:-roam}
+admin_key=bench-e2e-admin-key-$$-$RANDOM
 [ ${#clients[@]} -gt 0 ] || clients=(1000 5000 10000)
 
 cargo build --release --bins --quiet
@@ -26,14 +31,14 @@ http=127.0.0.1:18080
 hz=$(getconf CLK_TCK)
 
 {
-  echo "| clients | connected | disconnects | rtt p50 / p99 / max (ms) | snapshots/s per bot | rx bytes/s per client p50 / p99 | server tick p50 / p99 / max (ms) | server CPU (% of one core) | server RSS (MB) | RSS per client (KB) |"
-  echo "|---:|---:|---:|---|---:|---|---|---:|---:|---:|"
+  echo "| clients | connected | disconnects | rtt p50 / p99 / max (ms) | snapshots/s per bot | rx bytes/s per client p50 / p99 | server tick p50 / p99 / max (ms) | command latency p50 / p99 (ms) | server UDP packets/s in / out | server CPU (% of one core) | server RSS (MB) | RSS per client (KB) |"
+  echo "|---:|---:|---:|---|---:|---|---|---|---|---:|---:|---:|"
 } > "$results"
 
 for n in "${clients[@]}"; do
   db=$(mktemp -d)/bench.db
   ./target/release/warpcore --udp-addr $udp --http-addr $http --database "$db" \
-    --argon2-m-kib 1024 --argon2-t 1 --max-clients $((n + 100)) \
+    --argon2-m-kib 1024 --argon2-t 1 --max-clients $((n + 100)) --admin-api-key "$admin_key" \
     --udp-source-requests-per-s 100000 --no-http-rate-limits --log warn > "$out/server-$n.log" 2>&1 &
   server=$!
   trap 'kill $server 2>/dev/null || true' EXIT
@@ -55,7 +60,8 @@ for n in "${clients[@]}"; do
   cpu_start=$(awk '{print $14 + $15}' /proc/$server/stat)
   t_start=$(date +%s.%N)
   ./target/release/warpcore-swarm --http "http://$http" --clients "$n" --seconds "$seconds" \
-    --threads 2 --quiet --connect-timeout 60 > "$out/swarm-$n.txt" 2>&1 || true
+    --threads 2 --quiet --connect-timeout 60 --behaviour "$behaviour" \
+    --admin-key "$admin_key" > "$out/swarm-$n.txt" 2>&1 || true
   t_end=$(date +%s.%N)
   cpu_end=$(awk '{print $14 + $15}' /proc/$server/stat)
 
@@ -74,8 +80,10 @@ for n in "${clients[@]}"; do
   snaps=$(sed -n 's/.*(\([0-9.]*\)\/s per bot).*/\1/p' "$s")
   rx=$(awk '$1 == "rx" { split($6,a,"="); split($8,b,"="); printf "%s / %s", a[2], b[2] }' "$s")
   tick=$(awk '$1 == "server" && $2 == "tick" { gsub(/ms/, ""); split($3,a,"="); split($4,b,"="); split($5,c,"="); printf "%s / %s / %s", a[2], b[2], c[2] }' "$s")
+  cmd=$(awk '$1 == "server" && $2 == "command" { gsub(/ms/, ""); split($4,a,"="); split($5,b,"="); printf "%s / %s", a[2], b[2] }' "$s")
+  pps=$(awk '$1 == "server" && $2 == "udp" { split($4,a,"="); split($5,b,"="); printf "%s / %s", a[2], b[2] }' "$s")
   per_client=$(awk -v p="$peak_kb" -v i="$rss_idle_kb" -v n="$n" 'BEGIN { printf "%.1f", (p - i) / n }')
-  echo "| $n | ${connected:-?} | ${disconnects:-?} | ${rtt:-?} | ${snaps:-?} | ${rx:-?} | ${tick:-?} | $cpu_pct | $((peak_kb / 1024)) | $per_client |" >> "$results"
+  echo "| $n | ${connected:-?} | ${disconnects:-?} | ${rtt:-?} | ${snaps:-?} | ${rx:-?} | ${tick:-?} | ${cmd:-?} | ${pps:-?} | $cpu_pct | $((peak_kb / 1024)) | $per_client |" >> "$results"
 done
 
 cat "$results"
