@@ -53,6 +53,14 @@ pub struct ServerArgs {
     #[arg(long, env = "WARPCORE_MAX_CLIENTS", default_value_t = 10_000)]
     pub max_clients: usize,
 
+    /// Snapshot bytes per second each client may receive (its replication budget).
+    #[arg(long, env = "WARPCORE_REPLICATION_BYTES_PER_S", default_value_t = 16_000, value_parser = clap::value_parser!(u32).range(1..=(1 << 30)))]
+    pub replication_bytes_per_s: u32,
+
+    /// Snapshot rates, `idle,moving,fighting` per second (each capped by the tick rate).
+    #[arg(long, env = "WARPCORE_REPLICATION_RATES_HZ", default_value = "10,20,60", value_parser = parse_rates)]
+    pub replication_rates_hz: ReplicationRates,
+
     /// Seconds of silence before a UDP connection times out.
     #[arg(long, env = "WARPCORE_UDP_TIMEOUT_S", default_value_t = 10)]
     pub udp_timeout_s: u32,
@@ -163,5 +171,47 @@ impl ServerArgs {
     /// The defaults, as if started with no flags and no environment (tests start from here).
     pub fn defaults() -> Self {
         Self::parse_from(["warpcore"])
+    }
+}
+
+/// `idle,moving,fighting` snapshot rates per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicationRates(pub [u32; 3]);
+
+fn parse_rates(text: &str) -> Result<ReplicationRates, String> {
+    let rates: Vec<u32> = text
+        .split(',')
+        .map(|r| r.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{text:?}: expected three whole numbers, idle,moving,fighting"))?;
+    match rates[..] {
+        [idle, moving, fighting]
+            if [idle, moving, fighting]
+                .iter()
+                .all(|r| (1..=1000).contains(r)) =>
+        {
+            Ok(ReplicationRates([idle, moving, fighting]))
+        }
+        _ => Err(format!(
+            "{text:?}: expected three rates in 1..=1000 per second, idle,moving,fighting"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_rates_parse_idle_moving_fighting() {
+        assert_eq!(ServerArgs::defaults().replication_rates_hz.0, [10, 20, 60]);
+        let args = ServerArgs::parse_from(["warpcore", "--replication-rates-hz", "5, 10,30"]);
+        assert_eq!(args.replication_rates_hz.0, [5, 10, 30]);
+        for bad in ["10,20", "10,20,60,1", "0,20,60", "a,b,c", "10,20,1001"] {
+            assert!(
+                ServerArgs::try_parse_from(["warpcore", "--replication-rates-hz", bad]).is_err(),
+                "{bad} accepted"
+            );
+        }
     }
 }

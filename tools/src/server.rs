@@ -143,6 +143,8 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         worker_threads: args.worker_threads,
         // One snapshot fills one datagram: the transport's largest single message.
         snapshot_bytes_max: MESSAGE_BYTES_MAX,
+        replication_bytes_per_s: args.replication_bytes_per_s,
+        replication_rates_hz: args.replication_rates_hz.0,
         ..EngineConfig::default()
     })?;
     if let Some(path) = &args.record_inputs {
