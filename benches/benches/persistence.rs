@@ -2,9 +2,16 @@
 //! absorbs from the engine (producer side: `try_submit` plus the queue's coalescing,
 //! no flushing), and flush throughput per backend and method, measured in one run so
 //! the ratios are like for like: the batched flush (SQLite: one prepared upsert in one
-//! transaction; PostgreSQL: `COPY` into a staging table + `UPDATE ... FROM` (the
-//! flush's method), `UNNEST` arrays + upsert, `COPY` to staging + upsert) against
-//! naive one-statement-per-row upserts and against a raw insert / `COPY` with no upsert.
+//! transaction; PostgreSQL: binary array parameters + `UPDATE ... FROM` them (the
+//! flush's method), `COPY` into a staging table + `UPDATE ... FROM`, `UNNEST` arrays +
+//! upsert, `COPY` to staging + upsert) against naive one-statement-per-row upserts and
+//! against a raw insert / `COPY` with no upsert.
+//!
+//! `flush_postgres_interleaved` (not a criterion benchmark; it prints its table) runs
+//! the flush's method, its predecessor and raw `COPY` in turns, so the ratio between
+//! them does not depend on how the shared machine's load drifts from one criterion
+//! benchmark to the next, and counts CPU time as well as wall time. It runs with the
+//! whole suite, or with the filter `flush_postgres` or `interleaved`.
 //!
 //! PostgreSQL benches use `WARPCORE_TEST_PG` (default
 //! `postgres://postgres@127.0.0.1:5432`), create their own database and drop it; they
@@ -164,6 +171,20 @@ async fn pg_drop(base: &str, name: &str) {
     }
 }
 
+/// The PostgreSQL flush methods measured, with their bench labels and rows per flush.
+const PG_METHODS: [(&str, PgFlushMethod, usize); 6] = [
+    ("unnest_update", PgFlushMethod::UnnestUpdate, FLUSH_ROWS),
+    ("copy_update", PgFlushMethod::CopyUpdate, FLUSH_ROWS),
+    ("unnest_upsert", PgFlushMethod::Unnest, FLUSH_ROWS),
+    (
+        "copy_staging_upsert",
+        PgFlushMethod::CopyStaging,
+        FLUSH_ROWS,
+    ),
+    ("naive_per_row", PgFlushMethod::NaivePerRow, NAIVE_ROWS),
+    ("raw_copy", PgFlushMethod::RawCopy, FLUSH_ROWS),
+];
+
 fn flush_postgres(c: &mut Criterion) {
     let rt = runtime();
     let Some((base, name)) = rt.block_on(pg_database()) else {
@@ -175,17 +196,7 @@ fn flush_postgres(c: &mut Criterion) {
     let mut group = c.benchmark_group("flush_postgres");
     group.sample_size(10);
     let mut tick = 0u64;
-    for (label, method, rows) in [
-        ("copy_update", PgFlushMethod::CopyUpdate, FLUSH_ROWS),
-        ("unnest_upsert", PgFlushMethod::Unnest, FLUSH_ROWS),
-        (
-            "copy_staging_upsert",
-            PgFlushMethod::CopyStaging,
-            FLUSH_ROWS,
-        ),
-        ("naive_per_row", PgFlushMethod::NaivePerRow, NAIVE_ROWS),
-        ("raw_copy", PgFlushMethod::RawCopy, FLUSH_ROWS),
-    ] {
+    for (label, method, rows) in PG_METHODS {
         rt.block_on(store.write_entity_states(&states(FLUSH_ROWS, 0)))
             .expect("prefill");
         group.throughput(Throughput::Elements(rows as u64));
@@ -199,9 +210,180 @@ fn flush_postgres(c: &mut Criterion) {
         });
     }
     group.finish();
+    if interleaved_selected() {
+        flush_postgres_interleaved(&rt, &store, &name, &mut tick);
+    }
     store.close();
     drop(store);
     rt.block_on(pg_drop(&base, &name));
+}
+
+/// Rounds of [`flush_postgres_interleaved`]; each round runs every method in turn.
+const INTERLEAVED_ROUNDS: usize = 30;
+/// The methods [`flush_postgres_interleaved`] compares: the flush's method, the one it
+/// replaced, and the raw `COPY` (the upserts are far behind; see the criterion group).
+const INTERLEAVED_METHODS: [&str; 3] = ["unnest_update", "copy_update", "raw_copy"];
+/// Flushes per method and round in [`flush_postgres_interleaved`].
+const INTERLEAVED_FLUSHES: u32 = 3;
+
+/// Whether [`flush_postgres_interleaved`] runs: in a measuring run (not `--test`,
+/// `--list` or `--profile-time`) with no name filter, or a filter that names it or the
+/// whole `flush_postgres` group. (Criterion does not expose its filter; this reads the
+/// first argument that is not an option or an option's value.)
+fn interleaved_selected() -> bool {
+    const VALUED: [&str; 15] = [
+        "--color",
+        "--save-baseline",
+        "--baseline",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--plotting-backend",
+        "--output-format",
+        "--format",
+    ];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--test" || arg == "--list" || arg == "--profile-time" {
+            // A smoke run, a listing or a profile: not a measurement.
+            return false;
+        }
+        if VALUED.contains(&arg.as_str()) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            return arg == "flush_postgres" || arg.contains("interleaved");
+        }
+    }
+    true
+}
+
+/// The 10,000-row methods in turns, [`INTERLEAVED_ROUNDS`] times (the order rotating),
+/// so that every method sees the same machine: on a shared machine the load drifts
+/// within seconds, and criterion measures one method after the other. Per method it
+/// prints the median over rounds of the wall time and of the CPU time per flush, and
+/// the median of each round's throughput relative to `raw_copy` in that round. CPU
+/// time is this process's (client: building the batch, encoding, the tokio-postgres
+/// connection task) plus that of the PostgreSQL backends serving the bench's database
+/// (server: parsing, executing, WAL, the commit's WAL flush), from `/proc/*/schedstat`
+/// (Linux, server on this host; the CPU columns are NaN otherwise).
+fn flush_postgres_interleaved(
+    rt: &tokio::runtime::Runtime,
+    store: &PgStore,
+    db: &str,
+    tick: &mut u64,
+) {
+    let methods: Vec<(&str, PgFlushMethod)> = PG_METHODS
+        .iter()
+        .filter(|(label, _, _)| INTERLEAVED_METHODS.contains(label))
+        .map(|(label, method, _)| (*label, *method))
+        .collect();
+    let Some(raw_idx) = methods.iter().position(|(label, _)| *label == "raw_copy") else {
+        return;
+    };
+    let cpu_ns = || Some(own_cpu_ns()? + backend_cpu_ns(db)?);
+    let has_cpu = backend_cpu_ns(db).is_some_and(|ns| ns > 0);
+    // [method][round] = (wall ns, cpu ns) per flush
+    let mut samples = vec![Vec::with_capacity(INTERLEAVED_ROUNDS); methods.len()];
+    let started_loadavg = loadavg();
+    for round in 0..INTERLEAVED_ROUNDS {
+        for k in 0..methods.len() {
+            let i = (k + round) % methods.len();
+            rt.block_on(store.write_entity_states(&states(FLUSH_ROWS, *tick)))
+                .expect("prefill");
+            let cpu_before = cpu_ns();
+            let wall = Instant::now();
+            for _ in 0..INTERLEAVED_FLUSHES {
+                *tick += 1;
+                let batch = states(FLUSH_ROWS, *tick);
+                rt.block_on(store.write_entity_states_with(methods[i].1, &batch))
+                    .expect("flush");
+            }
+            let wall_ns = wall.elapsed().as_nanos() as f64 / f64::from(INTERLEAVED_FLUSHES);
+            let cpu_per_flush = match (cpu_before, cpu_ns()) {
+                (Some(before), Some(after)) if has_cpu => {
+                    after.saturating_sub(before) as f64 / f64::from(INTERLEAVED_FLUSHES)
+                }
+                _ => f64::NAN,
+            };
+            samples[i].push((wall_ns, cpu_per_flush));
+        }
+    }
+    println!(
+        "flush_postgres_interleaved: {FLUSH_ROWS} rows per flush, {INTERLEAVED_ROUNDS} rounds \
+         of {INTERLEAVED_FLUSHES} flushes per method; medians over rounds; loadavg at start \
+         {started_loadavg}, at end {}",
+        loadavg()
+    );
+    for (i, (label, _)) in methods.iter().enumerate() {
+        let column = |f: &dyn Fn(usize) -> f64| median((0..INTERLEAVED_ROUNDS).map(f).collect());
+        let wall_ms = column(&|r| samples[i][r].0 / 1e6);
+        let cpu_ms = column(&|r| samples[i][r].1 / 1e6);
+        let wall_of_raw = column(&|r| 100.0 * samples[raw_idx][r].0 / samples[i][r].0);
+        let cpu_of_raw = column(&|r| 100.0 * samples[raw_idx][r].1 / samples[i][r].1);
+        println!(
+            "  {label:<20} wall {wall_ms:6.2} ms ({wall_of_raw:3.0}% of raw_copy's rows/s)   \
+             CPU {cpu_ms:6.2} ms ({cpu_of_raw:3.0}% of raw_copy's rows/s per CPU-second)"
+        );
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// Nanoseconds on a CPU so far of every thread of this process.
+fn own_cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        total += schedstat_ns(&task.ok()?.path())?;
+    }
+    Some(total)
+}
+
+/// Nanoseconds on a CPU so far of every PostgreSQL backend connected to `db` (a
+/// backend's process title names its database). `None` if `/proc` cannot be read.
+fn backend_cpu_ns(db: &str) -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").ok()? {
+        let Ok(entry) = entry else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let title = String::from_utf8_lossy(&cmdline);
+        if title.starts_with("postgres:") && title.split_whitespace().any(|w| w == db) {
+            // A backend that exits between the two reads counts as zero.
+            total += schedstat_ns(&entry.path()).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
+/// The first field of `<dir>/schedstat`: time spent on a CPU, in nanoseconds.
+fn schedstat_ns(dir: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(dir.join("schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 criterion_group!(benches, write_behind_absorb, flush_sqlite, flush_postgres);

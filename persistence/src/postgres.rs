@@ -17,10 +17,11 @@
 //! unique index of `ship_modules` for slots, so the loser of two conflicting requests
 //! waits for the winner, then sees its result.
 //!
-//! World-state flushes (`write_entity_states`) binary-`COPY` one batch into a temporary
-//! staging table, then `UPDATE ... FROM` it (plus one insert for entities not yet in the
-//! table), in one transaction; `world_entities` is kept at fillfactor 50 so those
-//! updates are HOT. `BENCHMARKS.md` has the measurement against `UNNEST` and `COPY`
+//! World-state flushes (`write_entity_states`) send one batch as seven binary array
+//! parameters (one per column) of one `UPDATE world_entities ... FROM` them (plus one
+//! insert for entities not yet in the table), in one transaction; `world_entities` is
+//! kept at fillfactor 50 so those updates are HOT. `BENCHMARKS.md` has the measurement
+//! against a `COPY` into a staging table + the same `UPDATE`, `UNNEST` and `COPY`
 //! upserts, naive per-row upserts and raw `COPY` that chose it; every method is kept
 //! ([`PgFlushMethod`]) for the bench.
 //!
@@ -59,6 +60,8 @@ use crate::store::{
 mod accounts;
 mod crafting;
 mod economy;
+#[cfg(test)]
+mod flush_tests;
 
 /// The server's clock as Unix milliseconds, for audit columns only.
 const SQL_NOW_UNIX_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
@@ -96,19 +99,23 @@ impl Default for PgConfig {
     }
 }
 
-/// How [`PgStore::write_entity_states_with`] writes a batch. `CopyUpdate`,
-/// `Unnest` and `CopyStaging` are correct flushes (each one transaction, last writer
-/// wins); `NaivePerRow` and `RawCopy` exist for the benchmark.
+/// How [`PgStore::write_entity_states_with`] writes a batch. `UnnestUpdate`,
+/// `CopyUpdate`, `Unnest` and `CopyStaging` are correct flushes (each one transaction,
+/// last writer wins); `NaivePerRow` and `RawCopy` exist for the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PgFlushMethod {
-    /// The default: binary `COPY` into a temporary staging table, then one
-    /// `UPDATE world_entities ... FROM staging` for the rows that exist and, only if
-    /// some did not, one `INSERT ... SELECT ... WHERE NOT EXISTS ... ON CONFLICT DO
-    /// UPDATE` for the new ones, in one transaction. Cheaper per row than an upsert
-    /// (no speculative insertion, no separate row lock) and the planner sees the batch's
-    /// real size, so it hash-joins a batch that covers much of the table.
+    /// The default: the batch as seven binary array parameters (one per column), turned
+    /// back into rows by subscript in one `UPDATE world_entities ... FROM` them and, only
+    /// if some entities were not in the table yet, one `INSERT ... WHERE NOT EXISTS ...
+    /// ON CONFLICT DO UPDATE` for those, in one transaction of three round trips. No
+    /// staging table to fill, and the statement is planned for the batch's real size
+    /// (a hash join for a batch that covers much of the table, index lookups for a few
+    /// rows).
+    UnnestUpdate,
+    /// Binary `COPY` into a temporary staging table, then the same `UPDATE ... FROM`
+    /// (and insert of new entities) from it, in one transaction.
     CopyUpdate,
-    /// One `INSERT ... SELECT FROM UNNEST($1..$6) ON CONFLICT DO UPDATE`.
+    /// One `INSERT ... SELECT FROM UNNEST($1..$7) ON CONFLICT DO UPDATE`.
     Unnest,
     /// Binary `COPY` into a temporary staging table, then one
     /// `INSERT ... SELECT ... ON CONFLICT DO UPDATE` from it, in one transaction.
@@ -258,7 +265,7 @@ impl PgStore {
     }
 
     /// Writes a batch of entity states with the given method (see [`PgFlushMethod`]).
-    /// [`Store::write_entity_states`] is `Unnest`.
+    /// [`Store::write_entity_states`] is `UnnestUpdate`.
     ///
     /// # Errors
     /// As [`Store::write_entity_states`].
@@ -275,6 +282,9 @@ impl PgStore {
         let mut client = self.client().await?;
         let work = async {
             match method {
+                PgFlushMethod::UnnestUpdate => {
+                    flush_unnest_update(&mut client, &cols, UNNEST_STATEMENT_ROWS_MAX).await
+                }
                 PgFlushMethod::CopyUpdate => flush_copy_update(&mut client, &cols).await,
                 PgFlushMethod::Unnest => flush_unnest(&client, &cols).await,
                 PgFlushMethod::CopyStaging => flush_copy_staging(&mut client, &cols).await,
@@ -414,6 +424,18 @@ impl Columns {
 
     fn len(&self) -> usize {
         self.entity_id.len()
+    }
+
+    fn slice(&self, rows: std::ops::Range<usize>) -> ColumnSlices<'_> {
+        ColumnSlices {
+            entity_id: &self.entity_id[rows.clone()],
+            x_m: &self.x_m[rows.clone()],
+            y_m: &self.y_m[rows.clone()],
+            vx_mps: &self.vx_mps[rows.clone()],
+            vy_mps: &self.vy_mps[rows.clone()],
+            tick: &self.tick[rows.clone()],
+            hit_points: &self.hit_points[rows],
+        }
     }
 }
 
@@ -560,6 +582,94 @@ async fn flush_copy_update(client: &mut Object, c: &Columns) -> Result<(), Store
         )
         .await
         .map_err(map_err)?;
+    }
+    tx.commit().await.map_err(map_err)
+}
+
+/// The batch's seven array parameters as rows: element `i` of every array, for `i`
+/// from 1 to the batch's length. Subscripting an array of fixed-width elements with
+/// no NULLs is an offset computation, cheaper per row than seven `UNNEST` calls in the
+/// select list (each a set-returning call per element), which are in turn much cheaper
+/// than `FROM UNNEST(a, b, ...)` (which first copies each array into a tuplestore).
+const UNNEST_BATCH: &str = "(SELECT ($1::BIGINT[])[i] AS entity_id,
+        ($2::FLOAT8[])[i] AS x_m, ($3::FLOAT8[])[i] AS y_m,
+        ($4::FLOAT8[])[i] AS vx_mps, ($5::FLOAT8[])[i] AS vy_mps,
+        ($6::BIGINT[])[i] AS tick, ($7::FLOAT8[])[i] AS hit_points
+    FROM generate_series(1, cardinality($1::BIGINT[])) AS i) s";
+
+/// Rows per statement of [`flush_unnest_update`]. Its seven arrays travel in one bind
+/// message of about 84 bytes per row, and PostgreSQL refuses a message past 1 GB; a
+/// larger batch (a world of millions of entities after a long outage) is written by
+/// several statements in the same transaction.
+const UNNEST_STATEMENT_ROWS_MAX: usize = 1_000_000;
+
+/// A run of rows of a [`Columns`], as the typed array parameters of [`UNNEST_BATCH`].
+struct ColumnSlices<'a> {
+    entity_id: &'a [i64],
+    x_m: &'a [f64],
+    y_m: &'a [f64],
+    vx_mps: &'a [f64],
+    vy_mps: &'a [f64],
+    tick: &'a [i64],
+    hit_points: &'a [f64],
+}
+
+impl ColumnSlices<'_> {
+    fn params(&self) -> [(&(dyn ToSql + Sync), Type); 7] {
+        [
+            (&self.entity_id, Type::INT8_ARRAY),
+            (&self.x_m, Type::FLOAT8_ARRAY),
+            (&self.y_m, Type::FLOAT8_ARRAY),
+            (&self.vx_mps, Type::FLOAT8_ARRAY),
+            (&self.vy_mps, Type::FLOAT8_ARRAY),
+            (&self.tick, Type::INT8_ARRAY),
+            (&self.hit_points, Type::FLOAT8_ARRAY),
+        ]
+    }
+}
+
+/// The `UnnestUpdate` flush, at most `rows_per_statement` rows per statement (the
+/// server uses [`UNNEST_STATEMENT_ROWS_MAX`]; tests pass a few rows).
+async fn flush_unnest_update(
+    client: &mut Object,
+    c: &Columns,
+    rows_per_statement: usize,
+) -> Result<(), StoreError> {
+    let rows_per_statement = rows_per_statement.max(1);
+    let update = format!(
+        "UPDATE world_entities w SET x_m = s.x_m, y_m = s.y_m, vx_mps = s.vx_mps,
+             vy_mps = s.vy_mps, tick = s.tick, hit_points = s.hit_points,
+             updated_at_unix_ms = (SELECT (EXTRACT(EPOCH FROM statement_timestamp())
+                 * 1000)::BIGINT)
+         FROM {UNNEST_BATCH}
+         WHERE w.entity_id = s.entity_id"
+    );
+    let tx = client.transaction().await.map_err(map_err)?;
+    for start in (0..c.len()).step_by(rows_per_statement) {
+        let rows = c.slice(start..c.len().min(start + rows_per_statement));
+        let params = rows.params();
+        // Sent with its parameter types (`execute_typed`): an unnamed statement, parsed,
+        // planned and run in one round trip, and planned for this batch (a cached
+        // generic plan could not see the arrays' length).
+        let updated = tx.execute_typed(&update, &params).await.map_err(map_err)?;
+        if usize::try_from(updated).map_or(true, |n| n < rows.entity_id.len()) {
+            // New entities, as in `flush_copy_update`.
+            tx.execute_typed(
+                &format!(
+                    "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps,
+                         tick, hit_points, updated_at_unix_ms)
+                     SELECT s.entity_id, 'ship', s.x_m, s.y_m, s.vx_mps, s.vy_mps, s.tick,
+                         s.hit_points, {SQL_NOW_UNIX_MS}
+                     FROM {UNNEST_BATCH}
+                     WHERE NOT EXISTS
+                         (SELECT 1 FROM world_entities w WHERE w.entity_id = s.entity_id)
+                     {UPSERT_SET}"
+                ),
+                &params,
+            )
+            .await
+            .map_err(map_err)?;
+        }
     }
     tx.commit().await.map_err(map_err)
 }
@@ -1043,7 +1153,7 @@ impl Store for PgStore {
     }
 
     async fn write_entity_states(&self, states: &[EntityState]) -> Result<(), StoreError> {
-        self.write_entity_states_with(PgFlushMethod::CopyUpdate, states)
+        self.write_entity_states_with(PgFlushMethod::UnnestUpdate, states)
             .await
     }
 
