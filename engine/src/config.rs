@@ -58,6 +58,12 @@ pub struct EngineConfig {
     /// `[idle, moving, fighting]` (each at most `tick_hz`: a rate at or above it means
     /// every tick). A spectator counts as moving.
     pub replication_rates_hz: [u32; 3],
+    /// Keep, per delta-snapshot client, the view its last snapshot was built from, so
+    /// that `Engine::replica_expected` can report it (tests, the bots' check mode). Off
+    /// by default: it copies every entity of a client's view at each of its snapshots
+    /// and holds about 56 bytes per entity per client, where replication otherwise
+    /// keeps no entity values per client.
+    pub replication_check: bool,
 }
 
 /// Largest `replication_bytes_per_s`.
@@ -79,6 +85,7 @@ impl Default for EngineConfig {
             massive_battle_participants: 100,
             replication_bytes_per_s: 16_000,
             replication_rates_hz: [10, 20, 60],
+            replication_check: false,
         }
     }
 }

@@ -27,8 +27,8 @@ use crate::crafting::{Crafting, CraftingCompleted, CraftingJob};
 use crate::hash::Fnv1a64;
 use crate::recording::{Input, Recorder};
 use crate::replicate::{
-    ClientReplication, DeltaWriteCounts, GroupKey, InterestGroups, Plan, RateParams,
-    SnapshotWriter, NO_GROUP,
+    CacheRef, ClientReplication, DeltaContext, DeltaWriteCounts, GroupKey, InterestGroups, Plan,
+    RateParams, SnapshotWriter, NO_GROUP,
 };
 use crate::report::{EngineStats, RejectCounts, TickReport, Violation, ViolationCounts};
 use crate::sector::{clamp_magnitude, find_sector, Sector, ShotOutcome, StepParams};
@@ -709,7 +709,9 @@ impl Engine {
     /// Appends the entities a delta client should hold after the last snapshot written
     /// to it, with their quantized values then, sorted by id (empty for a client on
     /// full snapshots). A converged [`crate::ReplicaWorld`] holds exactly these: tests
-    /// and the bots' check mode compare the two.
+    /// and the bots' check mode compare the two. Only kept with
+    /// `EngineConfig::replication_check` (replication holds no entity values per client
+    /// otherwise); without it this appends nothing.
     pub fn replica_expected(&self, client: u64, out: &mut Vec<crate::wire::delta::ReplicaEntity>) {
         if let Ok(index) = self.replicas.binary_search_by_key(&client, |r| r.client) {
             let replica = &self.replicas[index].state;
@@ -1046,12 +1048,13 @@ impl Engine {
             return;
         }
         let sector_size_m = self.config.sector_size_m;
+        self.replication_epoch += 1;
+        let epoch = self.replication_epoch;
         let chunk_len = self.sectors.len().div_ceil(self.threads * 4);
         self.workers
             .for_each_chunked(&mut self.sectors, chunk_len, &|sector| {
-                sector.refresh_views(sector_size_m)
+                sector.refresh_views(sector_size_m, epoch)
             });
-        self.replication_epoch += 1;
         let header = SnapshotHeader {
             tick: self.tick,
             time_dilation_permille: self.time_dilation_permille(),
@@ -1066,8 +1069,14 @@ impl Engine {
         self.workers.for_each_chunked(groups, chunk_len, &|group| {
             group.fill(sectors, sector_size_m)
         });
-        let groups = &self.groups;
-        let epoch = self.replication_epoch;
+        let ctx = DeltaContext {
+            sectors: &self.sectors,
+            groups: &self.groups,
+            header,
+            epoch,
+            rates,
+            keep_expected: self.config.replication_check,
+        };
         let chunk_len = self.replicas.len().div_ceil(self.threads * 16);
         self.workers
             .for_each_chunked(&mut self.replicas, chunk_len, &|replica| {
@@ -1077,15 +1086,10 @@ impl Engine {
                     bytes_max,
                 } = replica.plan
                 {
-                    replica.counts = replica.state.write_delta(
-                        &mut replica.buf,
-                        groups.get(group),
-                        own.as_ref(),
-                        header,
-                        bytes_max,
-                        epoch,
-                        &rates,
-                    );
+                    replica.counts =
+                        replica
+                            .state
+                            .write_delta(&mut replica.buf, &ctx, group, own, bytes_max);
                 }
             });
 
@@ -1150,13 +1154,18 @@ impl Engine {
                 Client::Pilot { entity_id, .. } => {
                     let found = self.locations.get(&entity_id).and_then(|location| {
                         let sector_index = find_sector(&self.sectors, location.sector).ok()?;
-                        let own = self.sectors[sector_index].cached(entity_id)?;
-                        Some((location.sector, *own))
+                        let sector = &self.sectors[sector_index];
+                        let index = sector.cached_index(entity_id)?;
+                        let at = CacheRef {
+                            sector: sector_index as u32,
+                            index: index as u32,
+                        };
+                        Some((location.sector, at, sector.replica()[index]))
                     });
                     match found {
-                        Some((sector, own)) => (
+                        Some((sector, at, own)) => (
                             Some(GroupKey::pilot(sector, &own, sector_size_m)),
-                            Some(own),
+                            Some((at, own)),
                         ),
                         None => (None, None),
                     }
@@ -1165,15 +1174,16 @@ impl Engine {
                     (Some(GroupKey::spectator(sector, sector_size_m)), None)
                 }
             };
-            let Some(bytes_max) = replica
-                .state
-                .plan(replica.client, own.as_ref(), epoch, rates)
+            let Some(bytes_max) =
+                replica
+                    .state
+                    .plan(replica.client, own.as_ref().map(|o| &o.1), epoch, rates)
             else {
                 continue;
             };
             replica.plan = Plan::Delta {
                 group: NO_GROUP,
-                own,
+                own: own.map(|o| o.0),
                 bytes_max,
             };
             if let Some(key) = key {

@@ -5,18 +5,21 @@
 //!   out, ties by entity id). Every client starts here; it needs nothing from the client.
 //! - **Delta** (`0x84`, [`ClientReplication`]): once a client sends an `Ack`, it gets
 //!   deltas against what it has acknowledged, Quake 3 / Fiedler style, per field. The
-//!   server keeps, per client, one slot per entity in the client's view (at most
-//!   [`KNOWN_SLOTS_MAX`]) with the values last sent and, per field, the sequence of the
-//!   newest snapshot that carried it; and a ring of the last [`SNAPSHOT_RING_LEN`]
-//!   snapshots' (entity, mask) lists. An ack of snapshot `s` settles every field whose
-//!   newest carrier is `s`. A field is sent when its quantized value differs from the
-//!   last sent one or its newest carrier is not yet acknowledged, so whatever subset of
-//!   snapshots reaches the client (it applies them in increasing order and acks the
-//!   newest applied), the fields it did not get are ones it already holds exactly.
-//!   Presence is a field too: an entity is created by a complete record and removed by
-//!   a REMOVED record, each resent until acknowledged. A client that acknowledges
-//!   nothing for a ring's worth of snapshots is reset: the server forgets its slots,
-//!   and the next snapshots (with a new `reset_seq`) rebuild its view from nothing.
+//!   server keeps, per client, one 16-byte slot per entity in the client's view (at
+//!   most [`KNOWN_SLOTS_MAX`]) and no entity values: a slot's `dirty` fields changed
+//!   since a record last carried them (known from the sector cache's per-field change
+//!   epochs, so a client written every few ticks misses nothing), its `inflight` fields
+//!   were carried by its newest record and are not acknowledged yet. Every record
+//!   carries all of `inflight` again, so one sequence per slot names the snapshot that
+//!   carried all of it; an ack of that snapshot settles them (noted in a ring of the
+//!   last [`SNAPSHOT_RING_LEN`] acknowledged sequences, applied at the next write). A
+//!   field is sent while dirty or in flight, so whatever subset of snapshots reaches
+//!   the client (it applies them in increasing order and acks the newest applied), the
+//!   fields it did not get are ones it already holds exactly. Presence is a field too:
+//!   an entity is created by a complete record and removed by a REMOVED record, each
+//!   resent until acknowledged. A client that acknowledges nothing for a ring's worth
+//!   of snapshots is reset: the server forgets its slots, and the next snapshots (with a
+//!   new `reset_seq`) rebuild its view from nothing.
 //!
 //! Interest is found through the sector index (binary search over the sorted sectors,
 //! and each sector's 8x8 fine-cell index), never by scanning the world: a pilot sees
@@ -26,27 +29,33 @@
 //! [`REPLICA_ENTITIES_MAX`] entities) and spectators of the same cell form one
 //! [`InterestGroup`] per write, whose [`REPLICA_ENTITIES_MAX`] candidates nearest to
 //! the cell's middle are found once (ring by ring through the fine cells) and read by
-//! every client of the group; a pilot's own ship is always added. Groups are filled,
-//! then clients written, in parallel on the engine's workers, each into its own reused
-//! buffers; the bytes do not depend on the thread count.
+//! every client of the group (32 bytes each: id, position, change bits, and where the
+//! values are in the sector cache, read only for the records sent); a pilot's own ship
+//! is always added. Groups are filled, then clients written, in parallel on the
+//! engine's workers, each into its own reused buffer with per-thread scratch; the
+//! bytes do not depend on the thread count.
 //!
-//! Which changed entities go in a snapshot is decided by a priority accumulator (own
-//! ship first, then the nearest [`NEAR_ENTITIES`] several times as often as the far
-//! ones, every waiting entity gaining priority each write) filling the snapshot from
-//! the top. How often a client gets one is its rate (the fighting / moving / idle
-//! rates of `EngineConfig::replication_rates_hz`, 60 / 20 / 10 Hz by default, capped
-//! by the tick rate) and its budget (`replication_bytes_per_s`, a token bucket: a
+//! Which changed entities go in a snapshot is decided by an integer priority
+//! accumulator (own ship first, then the entities within the group's near radius,
+//! about the nearest [`NEAR_ENTITIES`], sixteen times as often as the far ones, every
+//! waiting entity gaining priority each write) filling the snapshot from the top; only
+//! the candidates that can fit are sorted. How often a client gets one is its rate
+//! (the fighting / moving / idle rates of `EngineConfig::replication_rates_hz`, 60 / 20
+//! / 10 Hz by default, capped by the tick rate) and its budget (`replication_bytes_per_s`, a token bucket: a
 //! snapshot is never bigger than what the client has saved). A join into a crowd is
 //! spread the same way over as many snapshots as the budget needs. It is not the
 //! transport: it produces payload bytes and never sees a socket.
+
+use std::cell::RefCell;
+use std::collections::BinaryHeap;
 
 use crate::config::EngineConfig;
 use crate::sector::{find_sector, fine_cell_of, CachedReplica, Sector, FINE_CELLS_PER_SIDE};
 use crate::sector_id::SectorId;
 use crate::wire::delta::{
-    quantize_cm, record_len, DeltaEncoder, DeltaHeader, DeltaRecord, ReplicaEntity,
-    DELTA_HEADER_BYTES_MAX, DELTA_RECORDS_MAX, DELTA_RECORD_BYTES_MAX, FIELDS_ALL, FIELD_HEALTH,
-    FIELD_POSITION, FIELD_VELOCITY, RECORD_REMOVED,
+    position_bytes, quantize_cm, record_len_of, DeltaEncoder, DeltaHeader, DeltaRecord,
+    ReplicaEntity, DELTA_HEADER_BYTES_MAX, DELTA_RECORDS_MAX, DELTA_RECORD_BYTES_MAX, FIELDS_ALL,
+    FIELD_HEALTH, FIELD_POSITION, FIELD_VELOCITY, RECORD_REMOVED,
 };
 use crate::wire::{snapshot_entities_fitting, EntityView, SnapshotEncoder, SnapshotHeader};
 
@@ -199,14 +208,22 @@ pub const KNOWN_SLOTS_MAX: usize = 2 * REPLICA_ENTITIES_MAX;
 /// Coarsest spectator scale replicated as such; coarser subscriptions see the cell of
 /// this scale around the centre of theirs.
 pub const SPECTATOR_SCALE_MAX: u8 = 4;
-/// Priority gained per tick by the client's own ship (always first).
-const PRIORITY_OWN: f32 = 1.0e6;
-/// Priority gained per tick by a removal waiting to be sent.
-const PRIORITY_REMOVAL: f32 = 2.0;
-/// Index of the presence entry in `Slot::sent_seq`.
-const PRESENCE: usize = 6;
+/// Priority gained per write by an entity far beyond the near radius: the least any
+/// waiting entity gains, so none waits for ever.
+const PRIORITY_FAR: u16 = 16;
+/// Priority gained per write by an entity within the near radius.
+const PRIORITY_NEAR: u16 = 16 * PRIORITY_FAR;
+/// Priority gained per write by a removal waiting to be sent.
+const PRIORITY_REMOVAL: u16 = 2 * PRIORITY_FAR;
 /// Bit of `Slot::inflight` for presence (an enter or a removal not yet acknowledged).
 const PRESENCE_BIT: u8 = RECORD_REMOVED;
+/// `Slot::state`: the server wants the client to hold the entity (entered, not
+/// removed). Bits 0..6 of the state are the dirty fields.
+const STATE_PRESENT: u8 = 1 << 6;
+/// `Slot::state`: the last change of presence has not been sent yet.
+const STATE_PRESENCE_DUE: u8 = 1 << 7;
+/// `SlotView::cand` of a slot whose entity is not in the client's view this write.
+const CAND_NONE: u16 = u16::MAX;
 /// Group cell of a whole-interest group: a spectator, or pilots whose 3x3 block holds
 /// at most [`REPLICA_ENTITIES_MAX`] entities (all of them are shown, wherever the pilot
 /// is in its sector).
@@ -215,12 +232,44 @@ const CELL_WHOLE: u16 = u16::MAX;
 pub(crate) const NO_GROUP: u32 = u32::MAX;
 /// The entities nearest to a client that replication favours (sent most often).
 pub const NEAR_ENTITIES: usize = 64;
-/// Priority gained per tick by an entity at the near radius is `1 + NEAR_GAIN / 2`,
-/// close to the client `1 + NEAR_GAIN`, twice as far away about `1 + NEAR_GAIN / 17`:
-/// with every entity changing, how often each is sent is about proportional to it.
-const NEAR_GAIN: f32 = 40.0;
 /// Seconds a client stays at the fighting rate after its ship last fought.
 const COMBAT_HOLD_S: u32 = 2;
+/// Records that did not fit after which a snapshot is taken as full: the rest are
+/// rarely smaller, and trying each would cost as much as the whole choice.
+const MISFITS_MAX: usize = 4;
+
+/// Priority gained per write by an entity `ratio_sq` (squared distance over squared
+/// near radius) from the client: [`PRIORITY_NEAR`] within the near radius, then falling
+/// with the eighth power of the distance towards [`PRIORITY_FAR`] (half at 1.09 radii,
+/// a tenth at 1.33). With every entity changing, how often each is sent is about
+/// proportional to it, so the nearest [`NEAR_ENTITIES`] get most of the budget.
+fn distance_gain(ratio_sq: f32) -> u16 {
+    if ratio_sq <= 1.0 {
+        return PRIORITY_NEAR;
+    }
+    let fourth = ratio_sq * ratio_sq * ratio_sq * ratio_sq;
+    // `as` saturates, and `fourth` > 1: the quotient is below the span.
+    PRIORITY_FAR + (f32::from(PRIORITY_NEAR - PRIORITY_FAR) / fourth) as u16
+}
+
+/// Where one entity's replication cache entry is during a write: the index of its
+/// sector in the engine's sector list and of the entry in that sector's cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CacheRef {
+    pub(crate) sector: u32,
+    pub(crate) index: u32,
+}
+
+impl CacheRef {
+    /// The cache entry (every sector's cache must be the one the reference was taken
+    /// from; `None` only on a bug, which the caller treats as "not in view").
+    fn get(self, sectors: &[Box<Sector>]) -> Option<&CachedReplica> {
+        sectors
+            .get(self.sector as usize)?
+            .replica()
+            .get(self.index as usize)
+    }
+}
 
 /// Which clients share one candidate list: pilots whose ships are in the same fine cell
 /// of the same sector (or anywhere in a sparse sector), spectators of the same cell.
@@ -252,6 +301,50 @@ impl GroupKey {
     }
 }
 
+/// One candidate of an interest group: what every client's loop reads for each entity
+/// in its view (id, position for the priority, change bits), and where the rest is.
+/// 32 bytes; the entity's values stay in its sector's cache, read only for the records
+/// a client sends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupEntry {
+    entity_id: u64,
+    /// Position relative to the group's origin, metres.
+    x_m: f32,
+    y_m: f32,
+    at: CacheRef,
+    /// Fields changed since the previous refresh.
+    changed: u8,
+    /// Encoded bytes of each field in a snapshot at the group's origin, so a record's
+    /// length is known without reading the entity's values.
+    field_bytes: [u8; 6],
+}
+
+impl GroupEntry {
+    /// The entry of `cached` in a group whose origin is `origin` (metres, and the same
+    /// quantized to centimetres as in the snapshot header).
+    fn new(
+        at: CacheRef,
+        cached: &CachedReplica,
+        origin: (f64, f64),
+        origin_cm: (i64, i64),
+    ) -> GroupEntry {
+        let value = &cached.value;
+        GroupEntry {
+            entity_id: value.entity_id,
+            x_m: (value.x_m() - origin.0) as f32,
+            y_m: (value.y_m() - origin.1) as f32,
+            at,
+            changed: cached.changed,
+            field_bytes: {
+                // The cache measured the other fields once for every group.
+                let mut bytes = cached.field_bytes;
+                bytes[0] = position_bytes(value, origin_cm.0, origin_cm.1) as u8;
+                bytes
+            },
+        }
+    }
+}
+
 /// One interest group's candidates this tick: the [`REPLICA_ENTITIES_MAX`] entities of
 /// the 3x3 block nearest to the group's reference point, sorted by id. Built once per
 /// tick and shared by every client of the group, so a crowd of clients in one place
@@ -265,8 +358,20 @@ pub(crate) struct InterestGroup {
     /// Distance from the reference of the [`NEAR_ENTITIES`]-th nearest candidate: a
     /// client's entities within about this range are its nearest, sent most often.
     near_radius_m: f64,
-    candidates: Vec<CachedReplica>,
-    work: Vec<(f64, CachedReplica)>,
+    candidates: Vec<GroupEntry>,
+    /// Candidates still in the running.
+    work: Vec<WorkItem>,
+    /// Squared distances of candidates, as bits (which order like the distances).
+    keys: Vec<u64>,
+}
+
+/// A candidate being ranked: squared distance to the reference, entity id (ties), and
+/// where its cache entry is (24 bytes: cheap to partition).
+#[derive(Debug, Clone, Copy)]
+struct WorkItem {
+    distance_sq_m2: f64,
+    entity_id: u64,
+    at: CacheRef,
 }
 
 impl InterestGroup {
@@ -278,6 +383,7 @@ impl InterestGroup {
             near_radius_m: 0.0,
             candidates: Vec::new(),
             work: Vec::new(),
+            keys: Vec::new(),
         }
     }
 
@@ -294,30 +400,49 @@ impl InterestGroup {
         } else {
             self.gather_rings(sectors, sector_size_m);
         }
-        let order = |a: &(f64, CachedReplica), b: &(f64, CachedReplica)| {
-            a.0.total_cmp(&b.0)
-                .then(a.1.value.entity_id.cmp(&b.1.value.entity_id))
-        };
         if self.work.len() > REPLICA_ENTITIES_MAX {
             self.work
-                .select_nth_unstable_by(REPLICA_ENTITIES_MAX, order);
+                .select_nth_unstable_by(REPLICA_ENTITIES_MAX, nearest_first);
             self.work.truncate(REPLICA_ENTITIES_MAX);
         }
-        self.near_radius_m = if self.work.len() > NEAR_ENTITIES {
-            self.work.select_nth_unstable_by(NEAR_ENTITIES, order);
-            self.work[NEAR_ENTITIES].0.sqrt()
+        // Squared distances are non-negative, so their bits order like them: the near
+        // radius is a selection over plain integers (ties do not change the value).
+        self.keys.clear();
+        self.keys
+            .extend(self.work.iter().map(|w| w.distance_sq_m2.to_bits()));
+        self.near_radius_m = if self.keys.len() > NEAR_ENTITIES {
+            let (_, &mut nth, _) = self.keys.select_nth_unstable(NEAR_ENTITIES);
+            f64::from_bits(nth).sqrt()
         } else {
             f64::INFINITY
         };
-        self.candidates.extend(self.work.iter().map(|w| w.1));
-        self.candidates
-            .sort_unstable_by_key(|cached| cached.value.entity_id);
+        self.work.sort_unstable_by_key(|w| w.entity_id);
+        let origin = self.origin;
+        let origin_cm = (quantize_cm(origin.0), quantize_cm(origin.1));
+        self.candidates.extend(
+            self.work
+                .iter()
+                .filter_map(|w| Some(GroupEntry::new(w.at, w.at.get(sectors)?, origin, origin_cm))),
+        );
     }
 
-    fn push(&mut self, cached: &CachedReplica) {
+    /// Adds a candidate unless it is farther than `cutoff_sq_m2` from the reference.
+    fn push(&mut self, sector: usize, index: usize, cached: &CachedReplica, cutoff_sq_m2: f64) {
         let dx = cached.value.x_m() - self.reference.0;
         let dy = cached.value.y_m() - self.reference.1;
-        self.work.push((dx * dx + dy * dy, *cached));
+        let distance_sq_m2 = dx * dx + dy * dy;
+        if distance_sq_m2 > cutoff_sq_m2 {
+            return;
+        }
+        let at = CacheRef {
+            sector: sector as u32,
+            index: index as u32,
+        };
+        self.work.push(WorkItem {
+            distance_sq_m2,
+            entity_id: cached.value.entity_id,
+            at,
+        });
     }
 
     /// Every entity of the centre cell and its 8 neighbours (at the centre's scale).
@@ -325,13 +450,13 @@ impl InterestGroup {
         let (x_first, x_last, y_first, y_last) = scale0_range(self.key.centre);
         for column in x_first..=x_last {
             let start = sectors.partition_point(|s| (s.id().x, s.id().y) < (column, y_first));
-            for sector in &sectors[start..] {
+            for (offset, sector) in sectors[start..].iter().enumerate() {
                 let id = sector.id();
                 if id.x != column || id.y > y_last {
                     break;
                 }
-                for cached in sector.replica() {
-                    self.push(cached);
+                for (index, cached) in sector.replica().iter().enumerate() {
+                    self.push(start + offset, index, cached, f64::INFINITY);
                 }
             }
         }
@@ -339,9 +464,12 @@ impl InterestGroup {
 
     /// The entities of the 3x3 block around a scale-0 centre, fine cell ring by ring
     /// outwards from the group's cell, until the rings collected surely hold the
-    /// [`REPLICA_ENTITIES_MAX`] nearest to the cell's middle: once ring `r` brings the
-    /// count to that many, they all lie within `(r + 0.5)·√2` cell widths, and every
-    /// entity of ring `t` is at least `(t - 0.5)` widths away.
+    /// [`REPLICA_ENTITIES_MAX`] nearest to the cell's middle. Once the rings hold that
+    /// many, the farthest of the nearest [`REPLICA_ENTITIES_MAX`] so far, at distance
+    /// `d`, bounds the answer: nothing farther can be in it (later candidates are only
+    /// kept within `d`), and every entity of ring `t` is at least `(t - 0.5)` cell
+    /// widths away, so rings up to `d / width + 0.5` are visited, plus one for ships
+    /// just past their sector's border (indexed in its border cell until handed over).
     fn gather_rings(&mut self, sectors: &[Box<Sector>], sector_size_m: f64) {
         const SIDE: i64 = 3 * FINE_CELLS_PER_SIDE as i64;
         let centre = self.key.centre;
@@ -360,39 +488,56 @@ impl InterestGroup {
             self.origin.0 + ((gx0 - per_side) as f64 + 0.5) * cell_w_m,
             self.origin.1 + ((gy0 - per_side) as f64 + 0.5) * cell_w_m,
         );
-        let visit = |this: &mut InterestGroup, gx: i64, gy: i64| {
+        let visit = |this: &mut InterestGroup, gx: i64, gy: i64, cutoff_sq_m2: f64| {
             if !(0..SIDE).contains(&gx) || !(0..SIDE).contains(&gy) {
                 return;
             }
-            let Some(index) = block[(gy / per_side * 3 + gx / per_side) as usize] else {
+            let Some(sector) = block[(gy / per_side * 3 + gx / per_side) as usize] else {
                 return;
             };
             let (cx, cy) = ((gx % per_side) as usize, (gy % per_side) as usize);
-            for cached in sectors[index].fine_cell(cx, cy) {
-                this.push(cached);
+            let cache = sectors[sector].replica();
+            for &index in sectors[sector].fine_cell(cx, cy) {
+                if let Some(cached) = cache.get(index as usize) {
+                    this.push(sector, index as usize, cached, cutoff_sq_m2);
+                }
             }
         };
         let mut last_ring = SIDE;
+        let mut cutoff_sq_m2 = f64::INFINITY;
         let mut r = 0;
         while r <= last_ring && r < SIDE {
             if r == 0 {
-                visit(self, gx0, gy0);
+                visit(self, gx0, gy0, cutoff_sq_m2);
             } else {
                 for gx in gx0 - r..=gx0 + r {
-                    visit(self, gx, gy0 - r);
-                    visit(self, gx, gy0 + r);
+                    visit(self, gx, gy0 - r, cutoff_sq_m2);
+                    visit(self, gx, gy0 + r, cutoff_sq_m2);
                 }
                 for gy in gy0 - r + 1..gy0 + r {
-                    visit(self, gx0 - r, gy);
-                    visit(self, gx0 + r, gy);
+                    visit(self, gx0 - r, gy, cutoff_sq_m2);
+                    visit(self, gx0 + r, gy, cutoff_sq_m2);
                 }
             }
             if last_ring == SIDE && self.work.len() >= REPLICA_ENTITIES_MAX {
-                last_ring = ((r as f64 + 0.5) * std::f64::consts::SQRT_2 + 0.5).ceil() as i64;
+                // The distance of the farthest of the nearest so far (bits: see `fill`).
+                self.keys.clear();
+                self.keys
+                    .extend(self.work.iter().map(|w| w.distance_sq_m2.to_bits()));
+                let (_, &mut kth, _) = self.keys.select_nth_unstable(REPLICA_ENTITIES_MAX - 1);
+                cutoff_sq_m2 = f64::from_bits(kth);
+                last_ring = (cutoff_sq_m2.sqrt() / cell_w_m + 0.5).floor() as i64 + 1;
             }
             r += 1;
         }
     }
+}
+
+/// Candidates nearest first, ties by entity id.
+fn nearest_first(a: &WorkItem, b: &WorkItem) -> std::cmp::Ordering {
+    a.distance_sq_m2
+        .total_cmp(&b.distance_sq_m2)
+        .then(a.entity_id.cmp(&b.entity_id))
 }
 
 /// The interest groups of one write, built from the clients' requests.
@@ -514,66 +659,122 @@ pub(crate) enum Plan {
     Skip,
     /// A full snapshot (the client never acknowledged one).
     Full,
-    /// A delta snapshot of at most `bytes_max` bytes from interest group `group`.
+    /// A delta snapshot of at most `bytes_max` bytes from interest group `group`, with
+    /// the client's own ship (if any) at `own`.
     Delta {
         group: u32,
-        own: Option<CachedReplica>,
+        own: Option<CacheRef>,
         bytes_max: usize,
     },
 }
 
-/// What the server knows of one entity in a delta client's view.
+/// What every client's delta write of one tick shares.
+pub(crate) struct DeltaContext<'a> {
+    /// The engine's sectors, caches fresh.
+    pub(crate) sectors: &'a [Box<Sector>],
+    pub(crate) groups: &'a InterestGroups,
+    pub(crate) header: SnapshotHeader,
+    /// This write's replication epoch.
+    pub(crate) epoch: u64,
+    pub(crate) rates: RateParams,
+    /// Keep each client's view for [`ClientReplication::expected`].
+    pub(crate) keep_expected: bool,
+}
+
+/// What the server knows of one entity in a delta client's view: 16 bytes. No values:
+/// which fields the client may lack is the dirty bits (changed since last sent, from
+/// the cache's change epochs) plus `inflight` (sent, not yet acknowledged).
 #[derive(Debug, Clone, Copy)]
 struct Slot {
-    /// Values last sent, per field (the entity id is the slot's key).
-    sent: ReplicaEntity,
-    /// Values as of the last write, while in view.
-    current: ReplicaEntity,
-    /// Per field (bit order) and presence: the newest snapshot that carried it.
-    sent_seq: [u32; 7],
-    /// Fields (and [`PRESENCE_BIT`]) whose newest carrier is not acknowledged.
+    entity_id: u64,
+    /// The newest snapshot that carried a record of this entity. Every record carries
+    /// all of `inflight` again, so this one snapshot carried every bit of it.
+    carrier_seq: u32,
+    /// Priority accumulator: grows every write the entity has something due, and loses
+    /// the write's cutoff (the lowest priority sent) when a record is sent. Saturates:
+    /// entities at the top then go in id order, each dropping back once sent.
+    priority: u16,
+    /// Fields (and [`PRESENCE_BIT`]) carried by `carrier_seq`, not yet acknowledged.
     inflight: u8,
-    /// Presence as the server wants the client to see it: entered (true) or removed.
-    present: bool,
-    /// The last change of `present` has not been sent yet.
-    presence_due: bool,
-    /// In the client's view at the last write.
-    in_view: bool,
-    /// The client's own ship.
-    own: bool,
-    /// Something was due and did not fit: compare in full next time.
-    stale: bool,
-    priority: f32,
-    /// This write: what is due ([`FIELDS_ALL`] subset, or [`RECORD_REMOVED`]).
+    /// Dirty fields ([`FIELDS_ALL`] bits: changed since a record last carried them),
+    /// [`STATE_PRESENT`] and [`STATE_PRESENCE_DUE`].
+    state: u8,
+}
+
+/// What one slot is this write: where its entity is among the client's candidates
+/// ([`CAND_NONE`]: not in view) and what is due. Kept in the writing thread's scratch,
+/// next to the slots, so the slots stay small.
+#[derive(Debug, Clone, Copy)]
+struct SlotView {
+    cand: u16,
+    /// [`FIELDS_ALL`] subset, or [`RECORD_REMOVED`].
     pending: u8,
 }
 
 impl Slot {
-    fn new(value: ReplicaEntity, own: bool) -> Slot {
+    /// An entity entering the view: due complete.
+    fn entering(entity_id: u64) -> Slot {
         Slot {
-            sent: ReplicaEntity {
-                entity_id: value.entity_id,
-                ..ReplicaEntity::default()
-            },
-            current: value,
-            sent_seq: [0; 7],
+            entity_id,
+            carrier_seq: 0,
+            priority: 0,
             inflight: 0,
-            present: true,
-            presence_due: true,
-            in_view: true,
-            own,
-            stale: false,
-            priority: 0.0,
-            pending: FIELDS_ALL,
+            state: FIELDS_ALL | STATE_PRESENT | STATE_PRESENCE_DUE,
         }
+    }
+
+    fn presence_unsettled(&self) -> bool {
+        self.state & STATE_PRESENCE_DUE != 0 || self.inflight & PRESENCE_BIT != 0
+    }
+
+    /// Still in view, with `changed` fields since the last write: what is due.
+    fn update_in_view(&mut self, changed: u8) -> u8 {
+        self.state |= changed & FIELDS_ALL;
+        if self.state & STATE_PRESENT == 0 {
+            // Back after a removal: complete again.
+            self.state |= STATE_PRESENT | STATE_PRESENCE_DUE | FIELDS_ALL;
+        }
+        if self.presence_unsettled() {
+            FIELDS_ALL
+        } else {
+            (self.inflight | self.state) & FIELDS_ALL
+        }
+    }
+
+    /// Out of view (left the interest or destroyed): a removal is due until
+    /// acknowledged. False when the slot can be forgotten.
+    fn update_out_of_view(&mut self) -> bool {
+        if self.state & STATE_PRESENT != 0 {
+            self.state = (self.state & !STATE_PRESENT) | STATE_PRESENCE_DUE;
+        }
+        self.presence_unsettled()
     }
 }
 
-/// One remembered snapshot: what it carried.
-#[derive(Debug, Default)]
-struct RingEntry {
-    seq: u32,
-    records: Vec<(u64, u8)>,
+/// One worker thread's scratch buffers for delta writes (cleared at each use, so the
+/// bytes never depend on which thread wrote which client).
+struct WriteScratch {
+    slots: Vec<Slot>,
+    /// This write's view of each slot, aligned with the client's slots.
+    views: Vec<SlotView>,
+    /// Sort keys of the slots with something due (priority, slot index).
+    keys: Vec<u64>,
+    /// Chosen slot indices.
+    order: Vec<u32>,
+    /// A group's candidates plus the client's own ship, when the group left it out.
+    merged: Vec<GroupEntry>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<WriteScratch> = const {
+        RefCell::new(WriteScratch {
+            slots: Vec::new(),
+            views: Vec::new(),
+            keys: Vec::new(),
+            order: Vec::new(),
+            merged: Vec::new(),
+        })
+    };
 }
 
 /// Why an ack was refused.
@@ -592,7 +793,30 @@ pub(crate) struct DeltaWriteCounts {
     pub(crate) resets: u64,
 }
 
-/// One client's replication state and reused buffers (see the module docs).
+/// How to tell which fields of a candidate changed since a client's last write.
+#[derive(Clone, Copy)]
+struct Changes<'a> {
+    sectors: &'a [Box<Sector>],
+    last_epoch: u64,
+    epoch: u64,
+}
+
+impl Changes<'_> {
+    #[inline]
+    fn of(&self, entry: &GroupEntry) -> u8 {
+        if self.last_epoch.wrapping_add(1) == self.epoch {
+            // Written at the previous refresh too (the usual case): this refresh's bits.
+            entry.changed
+        } else {
+            entry.at.get(self.sectors).map_or(FIELDS_ALL, |cached| {
+                cached.changed_since(self.last_epoch, self.epoch)
+            })
+        }
+    }
+}
+
+/// One client's replication state (see the module docs): about 18 bytes per entity in
+/// its view and 150 bytes besides.
 #[derive(Debug, Default)]
 pub(crate) struct ClientReplication {
     /// The client sent an ack: it gets delta snapshots.
@@ -601,24 +825,21 @@ pub(crate) struct ClientReplication {
     /// 0 until the first delta snapshot.
     reset_seq: u32,
     newest_ack: u32,
-    /// The replication epoch of the last delta write, to know whether change masks
-    /// were missed in between.
+    /// The replication epoch of the last delta write: the fields changed since then are
+    /// the ones to compare.
     last_epoch: u64,
     /// Bandwidth saved, in byte-ticks (bytes times `tick_hz`), so the bucket is exact
     /// in integers.
     saved: u64,
     /// Fighting-rate snapshots until this epoch.
     combat_until: u64,
-    /// The client's ship position at the last write (priority by distance).
-    reference: (f64, f64),
-    /// Its group's near radius at the last write.
-    near_radius_m: f64,
+    /// Acknowledged sequences, at `seq % SNAPSHOT_RING_LEN`: a slot's inflight bits are
+    /// settled at the next write once its carrier is here.
+    acked: [u32; SNAPSHOT_RING_LEN],
+    /// Sorted by entity id.
     slots: Vec<Slot>,
-    slots_scratch: Vec<Slot>,
-    ring: Vec<RingEntry>,
-    /// Sort keys of the slots with something due (priority, slot index).
-    keys: Vec<u64>,
-    order: Vec<u32>,
+    /// The view the last snapshot was built from, when the engine keeps it.
+    expected: Vec<ReplicaEntity>,
 }
 
 impl ClientReplication {
@@ -632,18 +853,15 @@ impl ClientReplication {
     pub(crate) fn forget(&mut self) {
         self.reset_seq = 0;
         self.slots.clear();
+        self.expected.clear();
     }
 
-    /// Appends what the last delta snapshot was built from: every entity the client
-    /// should hold, with its values at that snapshot, sorted by id. A client that has
-    /// converged holds exactly this.
+    /// Appends what the last delta snapshot was built from, if the engine keeps it
+    /// ([`DeltaContext::keep_expected`]): every entity the client should hold, with its
+    /// values at that snapshot, sorted by id. A client that has converged holds exactly
+    /// this.
     pub(crate) fn expected(&self, out: &mut Vec<ReplicaEntity>) {
-        out.extend(
-            self.slots
-                .iter()
-                .filter(|slot| slot.in_view)
-                .map(|slot| slot.current),
-        );
+        out.extend_from_slice(&self.expected);
     }
 
     /// Credits this write's bandwidth and decides whether the client gets a delta
@@ -681,7 +899,7 @@ impl ClientReplication {
     }
 
     /// Handles the client's ack of snapshot `seq` (0: none yet). Switches the client to
-    /// deltas.
+    /// deltas. An ack older than the ring is ignored (its records count as lost).
     ///
     /// # Errors
     /// [`AckRefused::NeverSent`] for a sequence not sent yet (a hostile or broken client).
@@ -694,52 +912,27 @@ impl ClientReplication {
             return Err(AckRefused::NeverSent);
         }
         self.newest_ack = self.newest_ack.max(seq);
-        let Some(entry) = self.ring.get(seq as usize % SNAPSHOT_RING_LEN) else {
-            return Ok(());
-        };
-        if entry.seq != seq {
-            return Ok(());
-        }
-        for &(entity_id, mask) in &entry.records {
-            let Ok(index) = self
-                .slots
-                .binary_search_by_key(&entity_id, |slot| slot.sent.entity_id)
-            else {
-                continue;
-            };
-            let slot = &mut self.slots[index];
-            let fields = if mask == RECORD_REMOVED { 0 } else { mask };
-            for bit in 0..6 {
-                if fields & (1 << bit) != 0 && slot.sent_seq[bit] == seq {
-                    slot.inflight &= !(1 << bit);
-                }
-            }
-            if (mask == RECORD_REMOVED || mask == FIELDS_ALL) && slot.sent_seq[PRESENCE] == seq {
-                slot.inflight &= !PRESENCE_BIT;
-            }
+        if self.next_seq - seq <= SNAPSHOT_RING_LEN as u32 {
+            self.acked[seq as usize % SNAPSHOT_RING_LEN] = seq;
         }
         Ok(())
     }
 
     /// Encodes this client's next delta snapshot into `buf` (cleared first): the
-    /// candidates of `group` (none: an empty view) plus its own ship `own` if the group
-    /// left it out, at most `bytes_max` bytes, and pays for it from the budget.
-    #[allow(clippy::too_many_arguments)]
+    /// candidates of group `group` (none: an empty view) plus its own ship `own` if the
+    /// group left it out, at most `bytes_max` bytes, and pays for it from the budget.
     pub(crate) fn write_delta(
         &mut self,
         buf: &mut Vec<u8>,
-        group: Option<&InterestGroup>,
-        own: Option<&CachedReplica>,
-        header: SnapshotHeader,
+        ctx: &DeltaContext<'_>,
+        group: u32,
+        own: Option<CacheRef>,
         bytes_max: usize,
-        epoch: u64,
-        rates: &RateParams,
     ) -> DeltaWriteCounts {
         let mut counts = DeltaWriteCounts::default();
         buf.clear();
-        if self.ring.is_empty() {
-            self.ring.resize_with(SNAPSHOT_RING_LEN, RingEntry::default);
-        }
+        // Exactly one snapshot's worth, not the doubling of pushes.
+        buf.reserve_exact(ctx.rates.snapshot_bytes_max);
         self.next_seq = self.next_seq.max(1);
         let anchor = self.newest_ack.max(self.reset_seq);
         if self.reset_seq == 0 || self.next_seq - anchor >= SNAPSHOT_RING_LEN as u32 {
@@ -747,262 +940,371 @@ impl ClientReplication {
             self.slots.clear();
             counts.resets = 1;
         }
-        let compare_all = self.last_epoch + 1 != epoch;
-        self.last_epoch = epoch;
+        let last_epoch = std::mem::replace(&mut self.last_epoch, ctx.epoch);
+        let group = ctx.groups.get(group);
+        let origin = group.map_or((0.0, 0.0), |g| g.origin);
         let list = group.map_or(&[][..], |g| g.candidates.as_slice());
-        let own = group.and(own);
-        let own_id = own.map_or(0, |own| own.value.entity_id);
-        self.reference = match (own, group) {
-            (Some(own), _) => (own.value.x_m(), own.value.y_m()),
-            (None, Some(group)) => group.reference,
+        let own = group.and(own).and_then(|at| {
+            let origin_cm = (quantize_cm(origin.0), quantize_cm(origin.1));
+            Some(GroupEntry::new(at, at.get(ctx.sectors)?, origin, origin_cm))
+        });
+        let own_id = own.map_or(0, |own| own.entity_id);
+        let extra = own.filter(|own| {
+            list.binary_search_by_key(&own.entity_id, |c| c.entity_id)
+                .is_err()
+        });
+        let reference = match (own, group) {
+            (Some(own), _) => (own.x_m, own.y_m),
+            (None, Some(g)) => (
+                (g.reference.0 - origin.0) as f32,
+                (g.reference.1 - origin.1) as f32,
+            ),
             (None, None) => (0.0, 0.0),
         };
-        self.near_radius_m = group.map_or(f64::INFINITY, |g| g.near_radius_m);
-        let extra = own
-            .filter(|own| {
-                list.binary_search_by_key(&own.value.entity_id, |c| c.value.entity_id)
-                    .is_err()
-            })
-            .copied();
-        self.merge(list, extra, own_id, compare_all);
-        let origin = group.map_or((0.0, 0.0), |g| g.origin);
+        let near_sq = group.map_or(f32::INFINITY, |g| {
+            (g.near_radius_m * g.near_radius_m).max(1.0) as f32
+        });
         let delta_header = DeltaHeader {
             seq: self.next_seq,
             reset_seq: self.reset_seq,
-            tick: header.tick,
-            time_dilation_permille: header.time_dilation_permille,
+            tick: ctx.header.tick,
+            time_dilation_permille: ctx.header.time_dilation_permille,
             controlled_entity: own_id,
             origin_x_cm: quantize_cm(origin.0),
             origin_y_cm: quantize_cm(origin.1),
         };
-        self.choose(&delta_header, bytes_max, &mut counts);
-        self.encode(buf, &delta_header, bytes_max, &mut counts);
+        SCRATCH.with(|scratch| {
+            let WriteScratch {
+                slots,
+                views,
+                keys,
+                order,
+                merged,
+            } = &mut *scratch.borrow_mut();
+            let cands = match extra {
+                None => list,
+                Some(extra) => {
+                    let at = list.partition_point(|c| c.entity_id < extra.entity_id);
+                    merged.clear();
+                    merged.extend_from_slice(&list[..at]);
+                    merged.push(extra);
+                    merged.extend_from_slice(&list[at..]);
+                    merged.as_slice()
+                }
+            };
+            let changes = Changes {
+                sectors: ctx.sectors,
+                last_epoch,
+                epoch: ctx.epoch,
+            };
+            self.merge(cands, changes, slots, views);
+            let choice = Choice {
+                cands,
+                views,
+                own_id,
+                sectors: ctx.sectors,
+                reference,
+                near_sq,
+                header: &delta_header,
+                bytes_max,
+            };
+            let cutoff = self.choose(&choice, keys, order, &mut counts);
+            self.encode(buf, &choice, order, cutoff, &mut counts);
+            if ctx.keep_expected {
+                self.keep_expected(&choice);
+            }
+        });
         self.next_seq += 1;
-        self.saved = self.saved.saturating_sub(buf.len() as u64 * rates.tick_hz);
+        self.saved = self
+            .saved
+            .saturating_sub(buf.len() as u64 * ctx.rates.tick_hz);
         counts
     }
 
-    /// Joins the slots with this write's candidates (`list` plus `extra`, both sorted
-    /// by id): new slots for entities that entered, removals for those that left, and
-    /// each slot's due fields.
+    /// Joins the slots with this write's candidates (both sorted by id): new slots for
+    /// entities that entered, removals for those that left, and each slot's due fields
+    /// (into `views`, aligned with the slots).
     fn merge(
         &mut self,
-        list: &[CachedReplica],
-        extra: Option<CachedReplica>,
-        own_id: u64,
-        compare_all: bool,
+        cands: &[GroupEntry],
+        changes: Changes<'_>,
+        scratch: &mut Vec<Slot>,
+        views: &mut Vec<SlotView>,
     ) {
-        let extra_at = extra.map_or(usize::MAX, |e| {
-            list.partition_point(|c| c.value.entity_id < e.value.entity_id)
-        });
-        let total = list.len() + usize::from(extra.is_some());
-        let candidate = |j: usize| -> &CachedReplica {
-            match (j.cmp(&extra_at), &extra) {
-                (std::cmp::Ordering::Equal, Some(e)) => e,
-                (std::cmp::Ordering::Greater, Some(_)) => &list[j - 1],
-                _ => &list[j],
+        let acked = &self.acked;
+        let settle = |slot: &mut Slot| {
+            if slot.inflight != 0
+                && acked[slot.carrier_seq as usize % SNAPSHOT_RING_LEN] == slot.carrier_seq
+            {
+                slot.inflight = 0;
             }
         };
+        views.clear();
         // The common case: the same entities as last time, updated in place.
         let mut same = 0;
-        while same < self.slots.len()
-            && same < total
-            && self.slots[same].sent.entity_id == candidate(same).value.entity_id
-        {
-            update_slot(&mut self.slots[same], candidate(same), own_id, compare_all);
+        for (slot, entry) in self.slots.iter_mut().zip(cands) {
+            if slot.entity_id != entry.entity_id {
+                break;
+            }
+            settle(slot);
+            views.push(SlotView {
+                cand: same as u16,
+                pending: slot.update_in_view(changes.of(entry)),
+            });
             same += 1;
         }
-        if same == self.slots.len() && same == total {
+        if same == self.slots.len() && same == cands.len() {
             return;
         }
-        self.slots_scratch.clear();
-        self.slots_scratch.extend_from_slice(&self.slots[..same]);
+        scratch.clear();
+        scratch.extend_from_slice(&self.slots[..same]);
         let (mut i, mut j) = (same, same);
         let slots = &self.slots;
-        while i < slots.len() || j < total {
-            let slot_id = slots.get(i).map_or(u64::MAX, |s| s.sent.entity_id);
-            let candidate_id = if j < total {
-                candidate(j).value.entity_id
-            } else {
-                u64::MAX
-            };
-            if i < slots.len() && (j >= total || slot_id < candidate_id) {
-                // Left the interest (or was destroyed): remove until acknowledged.
-                let mut slot = slots[i];
-                i += 1;
-                slot.in_view = false;
-                slot.own = false;
-                if slot.present {
-                    slot.present = false;
-                    slot.presence_due = true;
-                    slot.pending = RECORD_REMOVED;
-                } else if slot.presence_due || slot.inflight & PRESENCE_BIT != 0 {
-                    slot.pending = RECORD_REMOVED;
-                } else {
+        loop {
+            let (slot, entry) = match (slots.get(i), cands.get(j)) {
+                (None, None) => break,
+                (Some(slot), entry) if entry.is_none_or(|e| slot.entity_id < e.entity_id) => {
+                    // Left the interest (or was destroyed): removed until acknowledged.
+                    let mut slot = *slot;
+                    i += 1;
+                    settle(&mut slot);
+                    if slot.update_out_of_view() {
+                        scratch.push(slot);
+                        views.push(SlotView {
+                            cand: CAND_NONE,
+                            pending: RECORD_REMOVED,
+                        });
+                    }
                     continue;
                 }
-                self.slots_scratch.push(slot);
-            } else if j < total && (i >= slots.len() || candidate_id < slot_id) {
-                if self.slots_scratch.len() + (slots.len() - i) < KNOWN_SLOTS_MAX {
-                    let value = candidate(j).value;
-                    self.slots_scratch
-                        .push(Slot::new(value, value.entity_id == own_id));
+                (slot, Some(entry)) if slot.is_none_or(|s| entry.entity_id < s.entity_id) => {
+                    if scratch.len() + (slots.len() - i) < KNOWN_SLOTS_MAX {
+                        scratch.push(Slot::entering(entry.entity_id));
+                        views.push(SlotView {
+                            cand: j as u16,
+                            pending: FIELDS_ALL,
+                        });
+                    }
+                    j += 1;
+                    continue;
                 }
-                j += 1;
-            } else {
-                let mut slot = slots[i];
-                update_slot(&mut slot, candidate(j), own_id, compare_all);
-                self.slots_scratch.push(slot);
-                i += 1;
-                j += 1;
-            }
+                (Some(slot), Some(entry)) => (slot, entry),
+                // Covered above: one side is `None` and the other takes its branch.
+                _ => break,
+            };
+            let mut slot = *slot;
+            settle(&mut slot);
+            views.push(SlotView {
+                cand: j as u16,
+                pending: slot.update_in_view(changes.of(entry)),
+            });
+            scratch.push(slot);
+            i += 1;
+            j += 1;
         }
-        std::mem::swap(&mut self.slots, &mut self.slots_scratch);
+        self.slots.clear();
+        if self.slots.capacity() < scratch.len() {
+            // An eighth to spare rather than doubling: this is most of a client's memory.
+            self.slots.reserve_exact(scratch.len() + scratch.len() / 8);
+        }
+        self.slots.extend_from_slice(scratch);
     }
 
     /// Raises the priority of every slot with something due and picks, from the top,
-    /// the records that fit the budget (in `order`, sorted by slot index = entity id).
-    fn choose(&mut self, header: &DeltaHeader, bytes_max: usize, counts: &mut DeltaWriteCounts) {
-        self.keys.clear();
-        let reference = self.reference;
-        let near_sq = (self.near_radius_m * self.near_radius_m).max(1.0) as f32;
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            if slot.pending == 0 {
+    /// the records that fit the budget (into `order`, sorted by slot index = entity id).
+    /// Returns the lowest priority picked.
+    fn choose(
+        &mut self,
+        choice: &Choice<'_>,
+        keys: &mut Vec<u64>,
+        order: &mut Vec<u32>,
+        counts: &mut DeltaWriteCounts,
+    ) -> u16 {
+        keys.clear();
+        order.clear();
+        let inv_near_sq = 1.0 / choice.near_sq;
+        let reference = choice.reference;
+        for (index, (slot, view)) in self.slots.iter_mut().zip(choice.views).enumerate() {
+            if view.pending == 0 {
                 continue;
             }
-            let gain = if !slot.in_view {
+            let own = view.cand != CAND_NONE && slot.entity_id == choice.own_id;
+            let gain = if view.cand == CAND_NONE {
                 PRIORITY_REMOVAL
-            } else if slot.own {
-                PRIORITY_OWN
             } else {
-                // Steep in distance: the nearest are sent several times as often as
-                // the far ones, and every waiting entity still gains something.
-                let dx = (slot.current.x_m() - reference.0) as f32;
-                let dy = (slot.current.y_m() - reference.1) as f32;
-                let ratio_sq = (dx * dx + dy * dy) / near_sq;
-                1.0 + NEAR_GAIN / (1.0 + ratio_sq * ratio_sq)
+                match choice.cands.get(usize::from(view.cand)) {
+                    Some(entry) => {
+                        let dx = entry.x_m - reference.0;
+                        let dy = entry.y_m - reference.1;
+                        distance_gain((dx * dx + dy * dy) * inv_near_sq)
+                    }
+                    None => PRIORITY_FAR,
+                }
             };
-            slot.priority += gain;
-            // Highest priority first, ties by slot index (= entity id): priorities are
-            // positive, so their bits order like the floats.
-            let inverted = u64::from(!slot.priority.to_bits());
-            self.keys.push((inverted << 32) | index as u64);
+            slot.priority = slot.priority.saturating_add(gain);
+            // A max-heap pops the client's own ship first, then the highest priority,
+            // ties by lowest slot index (= entity id).
+            keys.push(
+                (u64::from(own) << 48)
+                    | (u64::from(slot.priority) << 32)
+                    | u64::from(!(index as u32)),
+            );
         }
-        self.keys.sort_unstable();
-        self.order.clear();
         // The smallest record: id, mask and one one-byte field.
         const RECORD_BYTES_MIN: usize = 3;
+        // A heap: built in linear time, and only the records that get a look (about
+        // what fits) are popped, each in logarithmic time; no full sort.
+        let mut heap = BinaryHeap::from(std::mem::take(keys));
+        let mut cutoff = 0;
         let mut used = DELTA_HEADER_BYTES_MAX;
-        for k in 0..self.keys.len() {
-            let index = (self.keys[k] & u64::from(u32::MAX)) as usize;
-            let fits =
-                if used + RECORD_BYTES_MIN > bytes_max || self.order.len() >= DELTA_RECORDS_MAX {
-                    false
-                } else {
-                    // Measured after id 0: an upper bound of the real (delta-coded) length.
-                    let len = record_len(0, &self.record(index), header);
-                    let fits = used + len <= bytes_max;
-                    used += if fits { len } else { 0 };
-                    fits
-                };
-            if fits {
-                self.order.push(index as u32);
+        let mut misfits = 0;
+        while let Some(key) = heap.pop() {
+            if used + RECORD_BYTES_MIN > choice.bytes_max
+                || order.len() >= DELTA_RECORDS_MAX
+                || misfits > MISFITS_MAX
+            {
+                counts.deferred += heap.len() as u64 + 1;
+                break;
+            }
+            let index = !(key as u32) as usize;
+            // Measured after id 0: an upper bound of the real (delta-coded) length.
+            let len = self.record_len(index, choice);
+            if used + len <= choice.bytes_max {
+                used += len;
+                order.push(index as u32);
+                cutoff = (key >> 32) as u16;
             } else {
-                self.slots[index].stale = true;
                 counts.deferred += 1;
+                misfits += 1;
             }
         }
-        self.order.sort_unstable();
+        *keys = heap.into_vec();
+        order.sort_unstable();
+        cutoff
+    }
+
+    /// The length of the record slot `index` is due, measured after id 0 (as if first),
+    /// without reading the entity's values: the same as `record_len(0, &record)`.
+    fn record_len(&self, index: usize, choice: &Choice<'_>) -> usize {
+        let slot = &self.slots[index];
+        let view = choice.views[index];
+        let entry = if view.pending == RECORD_REMOVED {
+            None
+        } else {
+            choice.cands.get(usize::from(view.cand))
+        };
+        match entry {
+            Some(entry) => record_len_of(slot.entity_id, view.pending, &entry.field_bytes),
+            None => record_len_of(slot.entity_id, RECORD_REMOVED, &[0; 6]),
+        }
     }
 
     /// The record slot `index` is due.
-    fn record(&self, index: usize) -> DeltaRecord {
+    fn record(&self, index: usize, choice: &Choice<'_>) -> DeltaRecord {
         let slot = &self.slots[index];
-        if slot.in_view && slot.pending != RECORD_REMOVED {
-            DeltaRecord {
-                mask: slot.pending,
-                value: slot.current,
-            }
+        let view = choice.views[index];
+        let cached = if view.cand == CAND_NONE || view.pending == RECORD_REMOVED {
+            None
         } else {
-            DeltaRecord {
+            choice
+                .cands
+                .get(usize::from(view.cand))
+                .and_then(|entry| entry.at.get(choice.sectors))
+        };
+        match cached {
+            Some(cached) => DeltaRecord {
+                mask: view.pending,
+                value: cached.value,
+            },
+            None => DeltaRecord {
                 mask: RECORD_REMOVED,
                 value: ReplicaEntity {
-                    entity_id: slot.sent.entity_id,
+                    entity_id: slot.entity_id,
                     ..ReplicaEntity::default()
                 },
-            }
+            },
         }
     }
 
-    /// Writes the chosen records and notes what each carried.
+    /// Writes the chosen records and notes what each carried. A sent entity keeps the
+    /// priority it had above `cutoff` (the lowest picked): an entity that gains more
+    /// than the cutoff every two writes, and less every write, is then sent at a rate
+    /// in between, instead of every second write like all its peers.
     fn encode(
         &mut self,
         buf: &mut Vec<u8>,
-        header: &DeltaHeader,
-        bytes_max: usize,
+        choice: &Choice<'_>,
+        order: &[u32],
+        cutoff: u16,
         counts: &mut DeltaWriteCounts,
     ) {
-        let seq = header.seq;
-        let entry_index = seq as usize % SNAPSHOT_RING_LEN;
-        self.ring[entry_index].seq = seq;
-        self.ring[entry_index].records.clear();
-        let Ok(mut encoder) = DeltaEncoder::new(buf, header, bytes_max) else {
-            debug_assert!(false, "snapshot budget {bytes_max} below the delta header");
+        let seq = choice.header.seq;
+        let Ok(mut encoder) = DeltaEncoder::new(buf, choice.header, choice.bytes_max) else {
+            debug_assert!(false, "snapshot budget below the delta header");
             return;
         };
-        for k in 0..self.order.len() {
-            let index = self.order[k] as usize;
-            let record = self.record(index);
+        for &index in order {
+            let index = index as usize;
+            let record = self.record(index, choice);
             if encoder.push(&record).is_err() {
-                // Cannot happen (lengths were bounded above); keep it due all the same.
-                self.slots[index].stale = true;
+                // Cannot happen (lengths were bounded above); it stays due all the same.
                 continue;
             }
             counts.records += 1;
             let slot = &mut self.slots[index];
-            if record.mask == RECORD_REMOVED {
-                slot.sent_seq[PRESENCE] = seq;
-                slot.inflight |= PRESENCE_BIT;
-                slot.presence_due = false;
+            slot.carrier_seq = seq;
+            slot.priority = if record.value.entity_id == choice.own_id {
+                0
             } else {
-                slot.sent.set_fields(record.mask, &record.value);
-                for bit in 0..6 {
-                    if record.mask & (1 << bit) != 0 {
-                        slot.sent_seq[bit] = seq;
-                    }
+                slot.priority.saturating_sub(cutoff)
+            };
+            if record.mask == RECORD_REMOVED {
+                slot.inflight = PRESENCE_BIT;
+                slot.state = (slot.state & !STATE_PRESENCE_DUE) | FIELDS_ALL;
+            } else {
+                if record.mask == FIELDS_ALL && slot.presence_unsettled() {
+                    slot.inflight |= PRESENCE_BIT;
+                    slot.state &= !STATE_PRESENCE_DUE;
                 }
                 slot.inflight |= record.mask;
-                if record.mask == FIELDS_ALL {
-                    slot.sent_seq[PRESENCE] = seq;
-                    slot.inflight |= PRESENCE_BIT;
-                    slot.presence_due = false;
-                }
+                slot.state &= !record.mask;
             }
-            slot.priority = 0.0;
-            slot.stale = false;
-            self.ring[entry_index]
-                .records
-                .push((record.value.entity_id, record.mask));
+        }
+    }
+
+    /// Keeps the view this snapshot was built from (see [`ClientReplication::expected`]).
+    fn keep_expected(&mut self, choice: &Choice<'_>) {
+        self.expected.clear();
+        for view in choice.views {
+            if view.cand == CAND_NONE {
+                continue;
+            }
+            let cached = choice
+                .cands
+                .get(usize::from(view.cand))
+                .and_then(|entry| entry.at.get(choice.sectors));
+            if let Some(cached) = cached {
+                self.expected.push(cached.value);
+            }
         }
     }
 }
 
-/// Brings a slot whose entity is still in view up to date and decides what is due.
-fn update_slot(slot: &mut Slot, cached: &CachedReplica, own_id: u64, compare_all: bool) {
-    slot.current = cached.value;
-    slot.in_view = true;
-    slot.own = cached.value.entity_id == own_id;
-    slot.pending = if !slot.present {
-        slot.present = true;
-        slot.presence_due = true;
-        FIELDS_ALL
-    } else if slot.presence_due || slot.inflight & PRESENCE_BIT != 0 {
-        FIELDS_ALL
-    } else if !compare_all && cached.changed == 0 && slot.inflight == 0 && !slot.stale {
-        0
-    } else {
-        (slot.inflight & FIELDS_ALL) | cached.value.diff(&slot.sent)
-    };
+/// What choosing and encoding one client's records read.
+struct Choice<'a> {
+    /// The client's candidates, by id (what `SlotView::cand` indexes).
+    cands: &'a [GroupEntry],
+    /// This write's view of each slot.
+    views: &'a [SlotView],
+    /// The client's own ship (0: none).
+    own_id: u64,
+    sectors: &'a [Box<Sector>],
+    /// The client's ship (or its group's reference) relative to the group's origin.
+    reference: (f32, f32),
+    /// Squared near radius.
+    near_sq: f32,
+    header: &'a DeltaHeader,
+    bytes_max: usize,
 }
 
 /// A spectated cell no coarser than [`SPECTATOR_SCALE_MAX`]: the cell of that scale
@@ -1051,6 +1353,59 @@ mod tests {
                 vy_mps: 0.0,
             },
         }
+    }
+
+    #[test]
+    fn per_client_state_stays_small() {
+        // Most of a client's memory is one slot per entity in view; candidates are
+        // read by every client of a group.
+        assert_eq!(std::mem::size_of::<Slot>(), 16);
+        assert_eq!(std::mem::size_of::<GroupEntry>(), 32);
+    }
+
+    #[test]
+    fn near_entities_gain_most_and_every_entity_gains() {
+        assert_eq!(distance_gain(0.0), PRIORITY_NEAR);
+        assert_eq!(distance_gain(1.0), PRIORITY_NEAR);
+        let mut previous = PRIORITY_NEAR;
+        for step in 1..200 {
+            let gain = distance_gain(1.0 + step as f32 * 0.05);
+            assert!(gain <= previous && gain >= PRIORITY_FAR, "{step}: {gain}");
+            previous = gain;
+        }
+        assert_eq!(distance_gain(f32::INFINITY), PRIORITY_FAR);
+        assert_eq!(distance_gain(f32::MAX), PRIORITY_FAR);
+    }
+
+    #[test]
+    fn changed_since_reports_every_field_changed_after_the_last_write() {
+        let cached = CachedReplica {
+            value: ReplicaEntity::default(),
+            changed: FIELD_HEALTH,
+            // Position changed at epoch 10, velocity at 7, health at 12 (this refresh),
+            // the rest at 3.
+            changed_epoch: [10, 7, 12, 3, 3, 3],
+            field_bytes: [0; 6],
+        };
+        // Written at the previous refresh: this refresh's bits.
+        assert_eq!(cached.changed_since(11, 12), FIELD_HEALTH);
+        assert_eq!(cached.changed_since(9, 12), FIELD_POSITION | FIELD_HEALTH);
+        assert_eq!(
+            cached.changed_since(6, 12),
+            FIELD_POSITION | FIELD_VELOCITY | FIELD_HEALTH
+        );
+        assert_eq!(cached.changed_since(2, 12), FIELDS_ALL);
+        // Epochs past 2^32 wrap; a gap of 2^31 writes or more reports everything.
+        let wrapped = CachedReplica {
+            changed_epoch: [5, 1, 5, 1, 1, 1],
+            ..cached
+        };
+        let now = (1u64 << 32) + 5;
+        assert_eq!(
+            wrapped.changed_since(now - 2, now),
+            FIELD_POSITION | FIELD_HEALTH
+        );
+        assert_eq!(wrapped.changed_since(now - (1 << 31), now), FIELDS_ALL);
     }
 
     #[test]

@@ -21,8 +21,8 @@ use crate::report::Violation;
 use crate::sector_id::SectorId;
 use crate::ship::{EntityRecord, ShipStats, POSITION_ABS_MAX_M};
 use crate::wire::delta::{
-    quantize_cm, quantize_cmps, quantize_hit_points, ReplicaEntity, FIELD_HEALTH, FIELD_POSITION,
-    FIELD_STATE, FIELD_TARGET, FIELD_VELOCITY, STATE_AI_PILOT, STATE_WARPING,
+    field_bytes, quantize_cm, quantize_cmps, quantize_hit_points, ReplicaEntity, FIELD_HEALTH,
+    FIELD_POSITION, FIELD_STATE, FIELD_TARGET, FIELD_VELOCITY, STATE_AI_PILOT, STATE_WARPING,
 };
 use crate::wire::EntityView;
 
@@ -94,6 +94,11 @@ pub(crate) struct Sector {
     /// The same entities quantized for delta replication, with the fields changed since
     /// the previous refresh (same order as `views`).
     replica: Vec<CachedReplica>,
+    /// `replica` as of the previous refresh, kept to carry each field's change epoch
+    /// over to the next one.
+    replica_prev: Vec<CachedReplica>,
+    /// Replication epoch of the last refresh (0: none yet).
+    refreshed_epoch: u64,
     /// Spatial index of `replica` for interest queries: the entries of fine cell `c`
     /// (row-major, [`FINE_CELLS_PER_SIDE`] per side) are
     /// `fine_entries[fine_start[c]..fine_start[c + 1]]`, indices into `replica`.
@@ -128,6 +133,9 @@ pub(crate) fn fine_cell_of(
     (clamp(x_m - corner.0), clamp(y_m - corner.1))
 }
 
+/// Fields of a [`ReplicaEntity`] with a change epoch (`wire::delta::FIELD_*` bits 0..6).
+pub(crate) const TRACKED_FIELDS: usize = 6;
+
 /// One entity of the quantized replication cache.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CachedReplica {
@@ -135,6 +143,38 @@ pub(crate) struct CachedReplica {
     pub(crate) value: ReplicaEntity,
     /// `wire::delta::FIELD_*` bits written by the systems since the previous refresh.
     pub(crate) changed: u8,
+    /// Per field (bit order): the replication epoch, modulo 2^32, of the newest refresh
+    /// that saw the field change (or that first saw the entity in this sector, whose
+    /// history is then unknown). A client last written at epoch `e` needs the fields
+    /// changed after `e` (see [`CachedReplica::changed_since`]).
+    pub(crate) changed_epoch: [u32; TRACKED_FIELDS],
+    /// Encoded bytes of each field in a delta record (`wire::delta::field_bytes`), the
+    /// position's relative to the origin (0, 0): groups only redo the position.
+    pub(crate) field_bytes: [u8; TRACKED_FIELDS],
+}
+
+impl CachedReplica {
+    /// The fields changed after epoch `last` as seen at epoch `now` (`last < now`): the
+    /// ones whose change epoch is less than `now - last` writes old. Ages are taken
+    /// modulo 2^32, so a field unchanged for more than 2^32 writes may be reported
+    /// changed (a resend, harmless); a gap of 2^31 writes or more reports every field.
+    pub(crate) fn changed_since(&self, last: u64, now: u64) -> u8 {
+        let gap = now.wrapping_sub(last);
+        if gap == 1 {
+            return self.changed;
+        }
+        if gap >= 1 << 31 {
+            return (1 << TRACKED_FIELDS) - 1;
+        }
+        let now32 = now as u32;
+        let mut mask = 0;
+        for (bit, &epoch) in self.changed_epoch.iter().enumerate() {
+            if u64::from(now32.wrapping_sub(epoch)) < gap {
+                mask |= 1 << bit;
+            }
+        }
+        mask
+    }
 }
 
 /// Index of sector `id` in a slice sorted by id, or where it would be inserted.
@@ -195,6 +235,8 @@ impl Sector {
             cold_active: false,
             views: Vec::new(),
             replica: Vec::new(),
+            replica_prev: Vec::new(),
+            refreshed_epoch: 0,
             fine_start: [0; FINE_CELLS + 1],
             fine_entries: Vec::new(),
             counters: SectorTickCounters::default(),
@@ -215,6 +257,8 @@ impl Sector {
         self.violations.clear();
         self.views.clear();
         self.replica.clear();
+        self.replica_prev.clear();
+        self.refreshed_epoch = 0;
         self.fine_start = [0; FINE_CELLS + 1];
         self.fine_entries.clear();
         self.leavers.clear();
@@ -634,11 +678,13 @@ impl Sector {
         }
     }
 
-    /// Rebuilds the replication cache from the world, clears the change masks and
-    /// rebuilds the fine-cell index (a counting sort: no comparison, no allocation once
-    /// warm).
-    pub(crate) fn refresh_views(&mut self, sector_size_m: f64) {
+    /// Rebuilds the replication cache from the world as of replication epoch `epoch`,
+    /// clears the change masks and rebuilds the fine-cell index (a counting sort: no
+    /// comparison, no allocation once warm).
+    pub(crate) fn refresh_views(&mut self, sector_size_m: f64, epoch: u64) {
+        std::mem::swap(&mut self.replica, &mut self.replica_prev);
         self.refresh_cache();
+        self.carry_change_epochs(epoch);
         let corner = self.id.min_corner_m(sector_size_m);
         let cell_w_m =
             SectorId::cell_width_m(self.id.scale, sector_size_m) / FINE_CELLS_PER_SIDE as f64;
@@ -664,13 +710,12 @@ impl Sector {
         }
     }
 
-    /// The cached entities in fine cell (`cx`, `cy`), each [`FINE_CELLS_PER_SIDE`] wide.
-    pub(crate) fn fine_cell(&self, cx: usize, cy: usize) -> impl Iterator<Item = &CachedReplica> {
+    /// Indices into [`Sector::replica`] of the cached entities in fine cell (`cx`,
+    /// `cy`), each [`FINE_CELLS_PER_SIDE`] wide.
+    pub(crate) fn fine_cell(&self, cx: usize, cy: usize) -> &[u32] {
         let cell = cy * FINE_CELLS_PER_SIDE + cx;
         let range = self.fine_start[cell] as usize..self.fine_start[cell + 1] as usize;
-        self.fine_entries[range]
-            .iter()
-            .map(|&index| &self.replica[index as usize])
+        &self.fine_entries[range]
     }
 
     fn refresh_cache(&mut self) {
@@ -702,6 +747,8 @@ impl Sector {
                     target: weapons.target,
                 },
                 changed: changed.0,
+                changed_epoch: [0; TRACKED_FIELDS],
+                field_bytes: [0; TRACKED_FIELDS],
             });
             changed.0 = 0;
             self.views.push(EntityView {
@@ -719,18 +766,48 @@ impl Sector {
             .sort_unstable_by_key(|cached| cached.value.entity_id);
     }
 
+    /// Sets each cache entry's change epochs: `epoch` for the fields changed since the
+    /// previous refresh, the previous entry's for the others; every field of an entity
+    /// the previous refresh (which must be of epoch `epoch - 1`) did not see here.
+    fn carry_change_epochs(&mut self, epoch: u64) {
+        let now = epoch as u32;
+        let prev: &[CachedReplica] = if self.refreshed_epoch.wrapping_add(1) == epoch {
+            &self.replica_prev
+        } else {
+            &[]
+        };
+        let mut j = 0;
+        for cached in &mut self.replica {
+            cached.field_bytes = field_bytes(&cached.value, 0, 0);
+            let id = cached.value.entity_id;
+            while j < prev.len() && prev[j].value.entity_id < id {
+                j += 1;
+            }
+            if j < prev.len() && prev[j].value.entity_id == id {
+                for (bit, slot) in cached.changed_epoch.iter_mut().enumerate() {
+                    *slot = if cached.changed & (1 << bit) != 0 {
+                        now
+                    } else {
+                        prev[j].changed_epoch[bit]
+                    };
+                }
+            } else {
+                cached.changed_epoch = [now; TRACKED_FIELDS];
+            }
+        }
+        self.refreshed_epoch = epoch;
+    }
+
+    /// Index in [`Sector::replica`] of one entity's cache entry.
+    pub(crate) fn cached_index(&self, entity_id: u64) -> Option<usize> {
+        self.replica
+            .binary_search_by_key(&entity_id, |cached| cached.value.entity_id)
+            .ok()
+    }
+
     /// The quantized replication cache, same order as [`Sector::views`].
     pub(crate) fn replica(&self) -> &[CachedReplica] {
         &self.replica
-    }
-
-    /// One entity of the quantized replication cache.
-    pub(crate) fn cached(&self, entity_id: u64) -> Option<&CachedReplica> {
-        let index = self
-            .replica
-            .binary_search_by_key(&entity_id, |cached| cached.value.entity_id)
-            .ok()?;
-        self.replica.get(index)
     }
 
     /// The replication cache as of the last [`Sector::refresh_views`], sorted by id.

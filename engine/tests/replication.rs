@@ -15,10 +15,18 @@ use warpcore_engine::{Engine, EngineConfig, ReplicaWorld, ShipSpawn, ShipStats, 
 const TICK_HZ: u32 = 20;
 
 fn engine() -> Engine {
+    engine_at(TICK_HZ)
+}
+
+/// At most 20 snapshots a second whatever the tick rate, so a view of moving ships
+/// fits the budget of each snapshot and can converge.
+fn engine_at(tick_hz: u32) -> Engine {
     Engine::new(EngineConfig {
-        tick_hz: TICK_HZ,
+        tick_hz,
+        replication_rates_hz: [10, 20, 20],
         worker_threads: 1,
         pin_workers: false,
+        replication_check: true,
         ..EngineConfig::default()
     })
     .unwrap()
@@ -135,18 +143,30 @@ impl Link {
 #[test]
 fn lossy_network_converges_once_loss_stops() {
     for seed in [1u64, 2, 3] {
-        run_lossy(seed);
+        run_lossy(seed, TICK_HZ);
     }
 }
 
-fn run_lossy(seed: u64) {
+/// At 60 Hz a client gets a snapshot every third tick: what changed on the ticks in
+/// between must reach it all the same.
+#[test]
+fn lossy_network_converges_with_snapshots_every_few_ticks() {
+    for seed in [4u64, 5] {
+        run_lossy(seed, 60);
+    }
+}
+
+fn run_lossy(seed: u64, tick_hz: u32) {
     const CLIENTS: u64 = 8;
     const SHIPS: u64 = 60;
-    const LOSSY_TICKS: u64 = 300;
-    const CONVERGE_TICKS_MAX: u64 = 10;
-    const CHECKED_TICKS: u64 = 60;
+    // The same game time whatever the tick rate; convergence within ten snapshots at
+    // 20 Hz.
+    let ticks_per_snapshot = u64::from(tick_hz).div_ceil(20);
+    let lossy_ticks = 300 * ticks_per_snapshot;
+    let checked_ticks = 60 * ticks_per_snapshot;
+    let converge_ticks_max = 10 * ticks_per_snapshot;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut engine = engine();
+    let mut engine = engine_at(tick_hz);
     // Ships 1..=CLIENTS are the clients' own; the rest drift. All inside a 3x3 block.
     for id in 1..=SHIPS {
         let x = rng.gen_range(-900.0..1900.0);
@@ -169,11 +189,11 @@ fn run_lossy(seed: u64) {
     let mut up = Link::new();
     let mut seq = 0u32;
     let mut converged_at = vec![None; CLIENTS as usize];
-    let end = LOSSY_TICKS + CHECKED_TICKS;
+    let end = lossy_ticks + checked_ticks;
     let mut respawned = false;
     let mut sent_bytes = vec![0usize; CLIENTS as usize];
     for now in 0..end {
-        let lossy = now < LOSSY_TICKS;
+        let lossy = now < lossy_ticks;
         // Clients steer now and then; ships 1..=4 fight.
         for client in 1..=CLIENTS {
             if rng.gen_bool(0.05) {
@@ -234,9 +254,9 @@ fn run_lossy(seed: u64) {
             match converged_at[index] {
                 None if same => converged_at[index] = Some(now),
                 None => assert!(
-                    now < LOSSY_TICKS + CONVERGE_TICKS_MAX,
+                    now < lossy_ticks + converge_ticks_max,
                     "seed {seed}: client {client} not converged {} ticks after loss stopped",
-                    now - LOSSY_TICKS
+                    now - lossy_ticks
                 ),
                 Some(_) => assert!(same, "seed {seed}: client {client} diverged at tick {now}"),
             }
@@ -257,7 +277,7 @@ fn run_lossy(seed: u64) {
     // every client stayed within its bytes per second (plus the one burst it may save).
     assert!(stats.delta_records_deferred > 0, "seed {seed}: {stats:?}");
     let config = engine.config();
-    let allowed = config.replication_bytes_per_s as usize * end as usize / TICK_HZ as usize
+    let allowed = config.replication_bytes_per_s as usize * end as usize / tick_hz as usize
         + 2 * config.snapshot_bytes_max;
     for (index, &bytes) in sent_bytes.iter().enumerate() {
         assert!(
@@ -601,6 +621,7 @@ fn rates_follow_what_the_ship_does_within_the_budget() {
         worker_threads: 1,
         pin_workers: false,
         replication_bytes_per_s: 8000,
+        replication_check: true,
         ..EngineConfig::default()
     })
     .unwrap();

@@ -237,6 +237,72 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+/// Encoded bytes of each field of `value` in a record of a snapshot whose origin is
+/// (`origin_x_cm`, `origin_y_cm`), in bit order (position, velocity, health, state,
+/// target, owner): with [`record_len_of`], a record's length without its values.
+pub fn field_bytes(value: &ReplicaEntity, origin_x_cm: i64, origin_y_cm: i64) -> [u8; 6] {
+    let len = |n: usize| n as u8;
+    [
+        len(position_bytes(value, origin_x_cm, origin_y_cm)),
+        len(varint_len(zigzag(i64::from(value.vx_cmps)))
+            + varint_len(zigzag(i64::from(value.vy_cmps)))),
+        len(varint_len(value.hit_points_centi)),
+        1,
+        len(varint_len(value.target)),
+        len(varint_len(value.owner_account)),
+    ]
+}
+
+/// Encoded bytes of `value`'s position relative to (`origin_x_cm`, `origin_y_cm`).
+pub fn position_bytes(value: &ReplicaEntity, origin_x_cm: i64, origin_y_cm: i64) -> usize {
+    varint_len(zigzag(value.x_cm.wrapping_sub(origin_x_cm)))
+        + varint_len(zigzag(value.y_cm.wrapping_sub(origin_y_cm)))
+}
+
+/// Encoded size of a record with id delta `id_delta` and `mask`, for an entity whose
+/// [`field_bytes`] are `fields`: the same as [`record_len`].
+pub fn record_len_of(id_delta: u64, mask: u8, fields: &[u8; 6]) -> usize {
+    let mut len = varint_len(id_delta) + 1;
+    if mask != RECORD_REMOVED {
+        for (bit, &bytes) in fields.iter().enumerate() {
+            if mask & (1 << bit) != 0 {
+                len += usize::from(bytes);
+            }
+        }
+    }
+    len
+}
+
+/// One record being encoded: at most [`DELTA_RECORD_BYTES_MAX`] bytes.
+struct RecordBytes {
+    buf: [u8; DELTA_RECORD_BYTES_MAX],
+    len: usize,
+}
+
+impl Default for RecordBytes {
+    fn default() -> RecordBytes {
+        RecordBytes {
+            buf: [0; DELTA_RECORD_BYTES_MAX],
+            len: 0,
+        }
+    }
+}
+
+impl RecordBytes {
+    fn byte(&mut self, value: u8) {
+        self.buf[self.len] = value;
+        self.len += 1;
+    }
+
+    fn varint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.byte((value as u8) | 0x80);
+            value >>= 7;
+        }
+        self.byte(value as u8);
+    }
+}
+
 /// Encoded size of `record` after a record for `previous_id` (0 for the first).
 pub fn record_len(previous_id: u64, record: &DeltaRecord, header: &DeltaHeader) -> usize {
     let v = &record.value;
@@ -341,36 +407,40 @@ impl<'a> DeltaEncoder<'a> {
             "invalid mask {:#x}",
             record.mask
         );
-        let len = record_len(self.previous_id, record, &self.header);
-        if usize::from(self.count) >= DELTA_RECORDS_MAX || self.encoded_len() + len > self.bytes_max
-        {
+        if usize::from(self.count) >= DELTA_RECORDS_MAX {
             return Err(EncodeError::Full);
         }
+        // Encoded on the stack first: one copy into `out`, and nothing written when it
+        // does not fit.
         let v = &record.value;
-        let out = &mut *self.out;
-        put_varint(out, v.entity_id - self.previous_id);
-        out.push(record.mask);
         let m = record.mask;
+        let mut bytes = RecordBytes::default();
+        bytes.varint(v.entity_id - self.previous_id);
+        bytes.byte(m);
         if m & FIELD_POSITION != 0 {
-            put_varint(out, zigzag(v.x_cm.wrapping_sub(self.header.origin_x_cm)));
-            put_varint(out, zigzag(v.y_cm.wrapping_sub(self.header.origin_y_cm)));
+            bytes.varint(zigzag(v.x_cm.wrapping_sub(self.header.origin_x_cm)));
+            bytes.varint(zigzag(v.y_cm.wrapping_sub(self.header.origin_y_cm)));
         }
         if m & FIELD_VELOCITY != 0 {
-            put_varint(out, zigzag(i64::from(v.vx_cmps)));
-            put_varint(out, zigzag(i64::from(v.vy_cmps)));
+            bytes.varint(zigzag(i64::from(v.vx_cmps)));
+            bytes.varint(zigzag(i64::from(v.vy_cmps)));
         }
         if m & FIELD_HEALTH != 0 {
-            put_varint(out, v.hit_points_centi);
+            bytes.varint(v.hit_points_centi);
         }
         if m & FIELD_STATE != 0 {
-            out.push(v.state);
+            bytes.byte(v.state);
         }
         if m & FIELD_TARGET != 0 {
-            put_varint(out, v.target);
+            bytes.varint(v.target);
         }
         if m & FIELD_OWNER != 0 {
-            put_varint(out, v.owner_account);
+            bytes.varint(v.owner_account);
         }
+        if self.encoded_len() + bytes.len > self.bytes_max {
+            return Err(EncodeError::Full);
+        }
+        self.out.extend_from_slice(&bytes.buf[..bytes.len]);
         self.previous_id = v.entity_id;
         self.count += 1;
         let at = self.start + COUNT_OFFSET;
@@ -687,6 +757,50 @@ mod tests {
         assert_eq!(view.header(), header());
         let records: Vec<DeltaRecord> = view.records().collect();
         assert_eq!(records, vec![full, partial, removed]);
+    }
+
+    #[test]
+    fn lengths_from_field_bytes_match_record_len() {
+        let header = header();
+        let values = [
+            ReplicaEntity {
+                entity_id: 5,
+                owner_account: 77,
+                x_cm: -100_123,
+                y_cm: 250_000,
+                vx_cmps: -1500,
+                vy_cmps: 30,
+                hit_points_centi: 1_000_000_000,
+                state: STATE_WARPING,
+                target: 9,
+            },
+            ReplicaEntity {
+                entity_id: u64::MAX,
+                owner_account: u64::MAX,
+                x_cm: i64::MIN,
+                y_cm: i64::MAX,
+                vx_cmps: i32::MIN,
+                vy_cmps: i32::MAX,
+                hit_points_centi: u64::MAX,
+                state: 0,
+                target: u64::MAX,
+            },
+            ReplicaEntity::default(),
+        ];
+        for value in values {
+            let fields = field_bytes(&value, header.origin_x_cm, header.origin_y_cm);
+            for mask in (1..=FIELDS_ALL).chain([RECORD_REMOVED]) {
+                let record = DeltaRecord { mask, value };
+                for previous in [0, 1, value.entity_id / 2] {
+                    let id_delta = value.entity_id.wrapping_sub(previous);
+                    assert_eq!(
+                        record_len_of(id_delta, mask, &fields),
+                        record_len(previous, &record, &header),
+                        "{value:?} {mask:#x}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
