@@ -712,13 +712,25 @@ impl Engine {
     /// and the bots' check mode compare the two. Only kept with
     /// `EngineConfig::replication_check` (replication holds no entity values per client
     /// otherwise); without it this appends nothing.
-    pub fn replica_expected(&self, client: u64, out: &mut Vec<crate::wire::delta::ReplicaEntity>) {
-        if let Ok(index) = self.replicas.binary_search_by_key(&client, |r| r.client) {
-            let replica = &self.replicas[index].state;
-            if replica.is_delta() {
-                replica.expected(out);
-            }
+    ///
+    /// Returns the sequence number of that snapshot (a client that applied it as its
+    /// newest holds exactly these), or `None` if the client has had no delta snapshot.
+    pub fn replica_expected(
+        &self,
+        client: u64,
+        out: &mut Vec<crate::wire::delta::ReplicaEntity>,
+    ) -> Option<u32> {
+        let index = self
+            .replicas
+            .binary_search_by_key(&client, |r| r.client)
+            .ok()?;
+        let replica = &self.replicas[index].state;
+        let seq = replica.last_seq();
+        if !replica.is_delta() || seq == 0 {
+            return None;
         }
+        replica.expected(out);
+        Some(seq)
     }
 
     /// A client's ack: switches it to delta snapshots and settles what that snapshot

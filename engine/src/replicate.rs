@@ -860,6 +860,11 @@ impl ClientReplication {
     /// ([`DeltaContext::keep_expected`]): every entity the client should hold, with its
     /// values at that snapshot, sorted by id. A client that has converged holds exactly
     /// this.
+    /// The sequence number of the last delta snapshot written (0 before the first).
+    pub(crate) fn last_seq(&self) -> u32 {
+        self.next_seq.saturating_sub(1)
+    }
+
     pub(crate) fn expected(&self, out: &mut Vec<ReplicaEntity>) {
         out.extend_from_slice(&self.expected);
     }

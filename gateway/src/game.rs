@@ -98,6 +98,35 @@ pub struct CraftingJobOrder {
     pub duration_s: f64,
 }
 
+/// One entity as the server believes a client holds it: the quantized values of the
+/// delta replication (`warpcore_engine::wire::delta::ReplicaEntity`, field for field),
+/// so a client's reconstruction can be compared exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaEntityView {
+    pub entity_id: u64,
+    pub owner_account: u64,
+    pub x_cm: i64,
+    pub y_cm: i64,
+    pub vx_cmps: i32,
+    pub vy_cmps: i32,
+    pub hit_points_centi: u64,
+    /// Warping / AI-pilot flags.
+    pub state: u8,
+    /// Entity under fire, 0 for none.
+    pub target: u64,
+}
+
+/// What the server believes a client holds after the last snapshot it wrote to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaView {
+    pub account_id: AccountId,
+    /// The sequence number of that snapshot: a client that applied it as its newest
+    /// holds exactly `entities`.
+    pub snapshot_seq: u32,
+    /// Sorted by entity id.
+    pub entities: Vec<ReplicaEntityView>,
+}
+
 /// Why the game refused a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GameError {
@@ -170,6 +199,15 @@ pub trait Game: Send + Sync + 'static {
 
     /// Flushes the write-behind queue now and reports what it wrote.
     async fn drain_write_behind(&self) -> DrainReport;
+
+    /// What the server believes the account's client holds (the replication check,
+    /// for load bots and tests): `None` if the account has no client on delta
+    /// snapshots yet. Async: the tick thread answers.
+    ///
+    /// # Errors
+    /// `Refused` if the server keeps no such views (started without the replication
+    /// check); `Busy` if the command queue is full or the reply did not come in time.
+    async fn replica_view(&self, account_id: AccountId) -> Result<Option<ReplicaView>, GameError>;
 
     /// The events for one account, for WebSocket push.
     fn subscribe(&self, account_id: AccountId) -> tokio::sync::broadcast::Receiver<PushEvent>;

@@ -452,6 +452,7 @@ async fn admin_routes_need_the_admin_role_or_key() {
             "/api/admin/connect-tokens",
             Some(json!({ "username_prefix": "rbac_", "count": 1 })),
         ),
+        (Method::GET, "/api/admin/replica/1", None),
     ];
     for (method, path, body) in &routes {
         gw.anonymous(method.clone(), path, body.clone())
@@ -508,6 +509,15 @@ async fn admin_routes_need_the_admin_role_or_key() {
         .post("/api/admin/broadcast", &boss_token, json!({ "text": "" }))
         .await;
     cast.expect_error(400, "INVALID_INPUT");
+    let replica = gw.get("/api/admin/replica/1", &boss_token).await;
+    assert_eq!(replica.data()["snapshot_seq"], 12);
+    assert_eq!(replica.data()["entities"][0]["x_cm"], 150);
+    gw.get("/api/admin/replica/2", &boss_token)
+        .await
+        .expect_error(409, "CONFLICT");
+    gw.get("/api/admin/replica/3", &boss_token)
+        .await
+        .expect_error(404, "NOT_FOUND");
     let drained = gw
         .post("/api/admin/write-behind/drain", &boss_token, json!({}))
         .await;
@@ -848,6 +858,7 @@ async fn openapi_document_lists_every_route() {
         "/api/admin/write-behind/drain",
         "/api/admin/accounts/{id}/role",
         "/api/admin/connect-tokens",
+        "/api/admin/replica/{account_id}",
         "/internal/accounts/{id}",
         "/internal/items/grant",
     ] {

@@ -11,7 +11,7 @@ pub mod open;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;
-#[cfg(feature = "test-util")]
+#[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 pub mod write_behind;
 

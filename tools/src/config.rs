@@ -61,6 +61,12 @@ pub struct ServerArgs {
     #[arg(long, env = "WARPCORE_REPLICATION_RATES_HZ", default_value = "10,20,60", value_parser = parse_rates)]
     pub replication_rates_hz: ReplicationRates,
 
+    /// Keep, per client, the view its last snapshot was built from, and serve it at
+    /// `GET /api/admin/replica/{account_id}` (the swarm's `--verify` compares it with
+    /// each bot's reconstruction). Costs memory per client: for tests and load checks.
+    #[arg(long, env = "WARPCORE_REPLICATION_CHECK")]
+    pub replication_check: bool,
+
     /// Seconds of silence before a UDP connection times out.
     #[arg(long, env = "WARPCORE_UDP_TIMEOUT_S", default_value_t = 10)]
     pub udp_timeout_s: u32,

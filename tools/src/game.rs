@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+use warpcore_engine::wire::delta::ReplicaEntity;
 use warpcore_engine::{CraftingJob, EngineError, HullInput, ModuleInput, ShipStats};
 use warpcore_gateway::game::{
-    CraftingJobOrder, DrainReport, GameStatus, OnlinePlayer, PushEvent, SectorLoad, ShipStatsView,
+    CraftingJobOrder, DrainReport, GameStatus, OnlinePlayer, PushEvent, ReplicaEntityView,
+    ReplicaView, SectorLoad, ShipStatsView,
 };
 use warpcore_gateway::{Game, GameError};
 use warpcore_persistence::store::{AccountId, CraftingJobId, HullStats, ModuleType, ShipId};
@@ -32,7 +34,8 @@ pub const GAME_COMMANDS_MAX: usize = 1024;
 pub const PUSH_EVENTS_PER_SUBSCRIBER_MAX: usize = 256;
 /// Longest broadcast text, in bytes (longer texts are cut at a character boundary).
 pub const BROADCAST_TEXT_BYTES_MAX: usize = 1024;
-/// How long a crafting start waits for the tick thread's answer before it is `Busy`.
+/// How long a crafting start or a replica view waits for the tick thread's answer
+/// before it is `Busy`.
 const CRAFTING_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The engine counts as ticking if its view is younger than this.
 const TICKING_VIEW_AGE_MAX: Duration = Duration::from_secs(3);
@@ -55,7 +58,16 @@ pub enum GameCommand {
     },
     /// Drop a job the store has cancelled and refunded.
     CancelCrafting { account_id: u64, job_id: u64 },
+    /// What the server believes the account's client holds: the sequence of the last
+    /// snapshot written to it and its entities; `Err` without the replication check.
+    ReplicaView {
+        account_id: u64,
+        reply: tokio::sync::oneshot::Sender<Result<Option<ExpectedView>, String>>,
+    },
 }
+
+/// The engine's expected view of a client: the last snapshot's sequence and entities.
+pub type ExpectedView = (u32, Vec<ReplicaEntity>);
 
 /// What the tick thread last told the gateway about the game.
 #[derive(Debug, Clone, Default)]
@@ -317,6 +329,37 @@ impl Game for LiveGame {
 
     fn subscribe(&self, account_id: AccountId) -> broadcast::Receiver<PushEvent> {
         self.push.subscribe(account_id)
+    }
+
+    async fn replica_view(&self, account_id: AccountId) -> Result<Option<ReplicaView>, GameError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(GameCommand::ReplicaView {
+            account_id: u64::try_from(account_id)
+                .map_err(|_| GameError::NotFound(format!("account {account_id}")))?,
+            reply,
+        })?;
+        let answer = match tokio::time::timeout(CRAFTING_REPLY_TIMEOUT, answer).await {
+            Ok(Ok(answer)) => answer.map_err(GameError::Refused)?,
+            Ok(Err(_)) | Err(_) => return Err(GameError::Busy),
+        };
+        Ok(answer.map(|(snapshot_seq, entities)| ReplicaView {
+            account_id,
+            snapshot_seq,
+            entities: entities
+                .iter()
+                .map(|e| ReplicaEntityView {
+                    entity_id: e.entity_id,
+                    owner_account: e.owner_account,
+                    x_cm: e.x_cm,
+                    y_cm: e.y_cm,
+                    vx_cmps: e.vx_cmps,
+                    vy_cmps: e.vy_cmps,
+                    hit_points_centi: e.hit_points_centi,
+                    state: e.state,
+                    target: e.target,
+                })
+                .collect(),
+        }))
     }
 
     async fn start_crafting(&self, order: CraftingJobOrder) -> Result<u16, GameError> {

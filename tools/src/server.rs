@@ -145,6 +145,7 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         snapshot_bytes_max: MESSAGE_BYTES_MAX,
         replication_bytes_per_s: args.replication_bytes_per_s,
         replication_rates_hz: args.replication_rates_hz.0,
+        replication_check: args.replication_check,
         ..EngineConfig::default()
     })?;
     if let Some(path) = &args.record_inputs {
@@ -275,6 +276,7 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         game: game_link,
         crafted_tx,
         command_arrivals: Vec::with_capacity(1024),
+        replication_check: args.replication_check,
     };
     let tick_thread = std::thread::Builder::new()
         .name("warpcore-tick".into())

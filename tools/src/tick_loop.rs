@@ -151,6 +151,8 @@ pub(crate) struct TickLoop {
     /// buffer, bounded by the transport's event channel): timed to the tick that
     /// applies them.
     pub(crate) command_arrivals: Vec<Instant>,
+    /// The engine keeps each delta client's expected view (`--replication-check`).
+    pub(crate) replication_check: bool,
 }
 
 /// A connected client as the tick loop knows it.
@@ -583,6 +585,27 @@ impl TickLoop {
                 }
                 GameCommand::StartCrafting { job, reply } => {
                     let _ = reply.send(self.engine.start_crafting(job));
+                }
+                GameCommand::ReplicaView { account_id, reply } => {
+                    let answer = if self.replication_check {
+                        let client = self
+                            .clients
+                            .iter()
+                            .find(|(_, info)| info.account_id == account_id)
+                            .map(|(client, _)| *client);
+                        let mut entities = Vec::new();
+                        Ok(client.and_then(|client| {
+                            self.engine
+                                .replica_expected(client.0, &mut entities)
+                                .map(|seq| (seq, entities))
+                        }))
+                    } else {
+                        Err(
+                            "the server keeps no replica views: start it with --replication-check"
+                                .to_owned(),
+                        )
+                    };
+                    let _ = reply.send(answer);
                 }
                 GameCommand::CancelCrafting { account_id, job_id } => {
                     // The store already refunded; the engine may have finished it.

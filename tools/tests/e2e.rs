@@ -318,3 +318,41 @@ async fn craft_bots_start_and_cancel_jobs_while_they_fly() {
     assert!(craft.list_us.len() >= 4);
     running.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_reconstruct_exactly_what_the_server_believes_they_hold() {
+    const KEY: &str = "e2e-admin-key-verify-0123";
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = server_args(&dir);
+    args.admin_api_key = Some(KEY.into());
+    args.replication_check = true;
+    let running = server::start(args).await.expect("server starts");
+    let mut config = swarm_config(running.http_addr, Duration::from_secs(5));
+    config.clients = 16;
+    config.username_prefix = "check_bot_".into();
+    config.behaviour = warpcore_tools::swarm::Behaviour::Battle.into();
+    config.admin_key = Some(KEY.into());
+    config.verify = 16;
+    // Lost, duplicated and reordered snapshots and acks: the views must still agree.
+    config.impairment = warpcore_tools::swarm::impair::Impairment {
+        loss: 0.05,
+        duplicate: 0.05,
+        latency: Duration::from_millis(5),
+        jitter: Duration::from_millis(5),
+    };
+    let report = swarm::run(config).await.expect("swarm runs");
+    println!("{}", report.summary());
+    assert!(report.bots.iter().all(|b| b.connected));
+    let checks = &report.checks;
+    assert_eq!(
+        checks.mismatched, 0,
+        "first mismatch: {:?}",
+        checks.first_mismatch
+    );
+    assert!(
+        checks.matched >= 20,
+        "only {} views compared and matched",
+        checks.matched
+    );
+    running.stop().await.expect("clean stop");
+}

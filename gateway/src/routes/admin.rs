@@ -1,8 +1,8 @@
 //! `/api/admin/*`: operator actions, for the `admin` role or the admin API key (RBAC).
 //!
 //! For: online players, kick, broadcast, sector load, draining the write-behind queue,
-//! granting or removing the admin role, and minting connect tokens for load-test bots
-//! in bulk. Each action is audited with who did it.
+//! granting or removing the admin role, minting connect tokens for load-test bots in
+//! bulk, and the replication check (what the server believes a client holds). Each action is audited with who did it.
 //! Not for: deciding who is an admin (`access::AdminCaller`).
 
 use axum::extract::{Path, State};
@@ -19,7 +19,7 @@ use crate::auth::PASSWORD_LOGIN_DISABLED;
 use crate::envelope::ApiOk;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::game::DrainReport;
+use crate::game::{DrainReport, GameError, ReplicaView};
 use crate::state::AppState;
 
 fn by(admin: AdminCaller) -> String {
@@ -220,5 +220,26 @@ async fn bot_account(state: &AppState, username: &str) -> Result<(AccountId, boo
             _ => Err(not_a_bot()),
         },
         Err(other) => Err(ApiError::from(other)),
+    }
+}
+
+/// 200 with what the server believes the account's client holds after the last
+/// snapshot written to it (the replication check: a bot compares it with its own
+/// reconstruction of the same snapshot); 404 if the account has no client on delta
+/// snapshots; 409 if the server runs without `--replication-check`.
+#[utoipa::path(get, path = "/api/admin/replica/{account_id}", params(("account_id" = i64, Path, description = "account id")), responses((status = 200, description = "success", body = crate::routes::openapi::Envelope<crate::game::ReplicaView>), (status = 400, description = "invalid input", body = crate::routes::openapi::ErrorEnvelope), (status = 401, description = "missing or invalid credentials", body = crate::routes::openapi::ErrorEnvelope), (status = 403, description = "not the caller's resource or role", body = crate::routes::openapi::ErrorEnvelope), (status = 404, description = "not found", body = crate::routes::openapi::ErrorEnvelope), (status = 409, description = "conflict", body = crate::routes::openapi::ErrorEnvelope), (status = 413, description = "body too large", body = crate::routes::openapi::ErrorEnvelope), (status = 415, description = "not JSON", body = crate::routes::openapi::ErrorEnvelope), (status = 429, description = "rate limited", body = crate::routes::openapi::ErrorEnvelope), (status = 500, description = "internal error", body = crate::routes::openapi::ErrorEnvelope), (status = 503, description = "database or game unavailable", body = crate::routes::openapi::ErrorEnvelope)))]
+pub(super) async fn replica(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(account_id): Path<AccountId>,
+) -> Result<ApiOk<ReplicaView>, ApiError> {
+    match state.game()?.replica_view(account_id).await {
+        Ok(Some(view)) => Ok(ApiOk::ok(view)),
+        Ok(None) => Err(ApiError::Missing(format!(
+            "a client of account {account_id} on delta snapshots"
+        ))),
+        Err(GameError::Refused(reason)) => Err(ApiError::Conflict(reason)),
+        Err(GameError::NotFound(what)) => Err(ApiError::Missing(what)),
+        Err(GameError::Busy) => Err(ApiError::Busy { retry_after_s: 1 }),
     }
 }

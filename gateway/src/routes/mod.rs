@@ -81,6 +81,7 @@ pub fn router(store: Arc<dyn Store>, config: GatewayConfig, clock: Arc<dyn Clock
             "/api/admin/connect-tokens",
             post(admin::bulk_connect_tokens),
         )
+        .route("/api/admin/replica/{account_id}", get(admin::replica))
         .route("/internal/accounts/{id}", get(internal::account))
         .route("/internal/items/grant", post(internal::grant))
         .route("/health", get(health::health))

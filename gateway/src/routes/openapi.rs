@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         title = "warpcore gateway",
         description = "Every answer is the envelope {success, data, error: {code, message, details}, timestamp}."
     ),
-    paths(super::auth::register, super::auth::login, super::auth::refresh, super::auth::logout, super::session::connect_token, super::ships::stats, super::ships::fitting, super::ships::fit, super::ships::unfit, super::inventory::inventory, super::inventory::transfer, super::inventory::ships, super::universe::systems, super::universe::stations, super::universe::warp, super::crafting::recipes, super::crafting::start, super::crafting::jobs, super::crafting::cancel, super::admin::players, super::admin::kick, super::admin::broadcast, super::admin::sectors, super::admin::drain, super::admin::set_role, super::admin::bulk_connect_tokens, super::internal::account, super::internal::grant, super::health::health, super::health::batch),
+    paths(super::auth::register, super::auth::login, super::auth::refresh, super::auth::logout, super::session::connect_token, super::ships::stats, super::ships::fitting, super::ships::fit, super::ships::unfit, super::inventory::inventory, super::inventory::transfer, super::inventory::ships, super::universe::systems, super::universe::stations, super::universe::warp, super::crafting::recipes, super::crafting::start, super::crafting::jobs, super::crafting::cancel, super::admin::players, super::admin::kick, super::admin::broadcast, super::admin::sectors, super::admin::drain, super::admin::set_role, super::admin::bulk_connect_tokens, super::admin::replica, super::internal::account, super::internal::grant, super::health::health, super::health::batch),
     modifiers(&Security)
 )]
 pub struct ApiDoc;

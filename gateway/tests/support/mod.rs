@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 use warpcore_gateway::game::{
-    CraftingJobOrder, DrainReport, GameStatus, OnlinePlayer, PushEvent, SectorLoad, ShipStatsView,
+    CraftingJobOrder, DrainReport, GameStatus, OnlinePlayer, PushEvent, ReplicaEntityView,
+    ReplicaView, SectorLoad, ShipStatsView,
 };
 use warpcore_gateway::{router, serve, Argon2Params, Clock, Game, GameError, GatewayConfig};
 use warpcore_net::token::TokenKey;
@@ -154,6 +155,29 @@ impl Game for TestGame {
         DrainReport {
             written: 7,
             pending: 0,
+        }
+    }
+    /// Account 1 has a one-entity view; account 2 stands for a server without the
+    /// replication check; others have no delta client.
+    async fn replica_view(&self, account_id: AccountId) -> Result<Option<ReplicaView>, GameError> {
+        match account_id {
+            1 => Ok(Some(ReplicaView {
+                account_id,
+                snapshot_seq: 12,
+                entities: vec![ReplicaEntityView {
+                    entity_id: 1,
+                    owner_account: 1,
+                    x_cm: 150,
+                    y_cm: -20,
+                    vx_cmps: 0,
+                    vy_cmps: 0,
+                    hit_points_centi: 100_000,
+                    state: 0,
+                    target: 0,
+                }],
+            })),
+            2 => Err(GameError::Refused("replication check off".to_owned())),
+            _ => Ok(None),
         }
     }
     fn subscribe(&self, _account_id: AccountId) -> broadcast::Receiver<PushEvent> {

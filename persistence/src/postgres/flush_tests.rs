@@ -4,11 +4,8 @@
 //! PostgreSQL at `WARPCORE_TEST_PG`, like the rest of the suite; skipped with a message
 //! when it is unreachable, except under `CI=true`.
 
-#[path = "../test_util.rs"]
-mod test_util;
-
 use super::*;
-use test_util::PgDatabase;
+use crate::test_util::PgDatabase;
 
 fn state(entity_id: i64, tick: u64) -> EntityState {
     EntityState {

@@ -80,6 +80,11 @@ struct Args {
     /// materials with it.
     #[arg(long, env = "WARPCORE_SERVER_SECRET")]
     server_secret: Option<String>,
+    /// Check this many bots' reconstructed worlds against what the server believes
+    /// they hold, snapshot for snapshot (needs --admin-key and a server started with
+    /// --replication-check); any mismatch fails the run.
+    #[arg(long, default_value_t = 0)]
+    verify: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -127,6 +132,7 @@ fn main() -> anyhow::Result<()> {
         progress: !args.quiet,
         admin_key: args.admin_key,
         server_secret: args.server_secret,
+        verify: args.verify,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     eprintln!(
@@ -150,6 +156,13 @@ fn main() -> anyhow::Result<()> {
             .collect();
         eprintln!(
             "FAILED: some bots did not connect or never saw their ship move (first: {names:?})"
+        );
+        failed = true;
+    }
+    if report.checks.mismatched > 0 {
+        eprintln!(
+            "FAILED: {} bot views differ from the server's",
+            report.checks.mismatched
         );
         failed = true;
     }

@@ -3,6 +3,7 @@
 //! The thread sleeps in `poll` until a socket is readable, a held-back (impaired)
 //! datagram is due, or a bot's next command or protocol timer is due.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use mio::{Events, Interest, Poll, Token};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use warpcore_engine::wire::delta::TYPE_DELTA_SNAPSHOT;
+use warpcore_engine::wire::delta::{ReplicaEntity, TYPE_DELTA_SNAPSHOT};
 use warpcore_engine::wire::{ClientMsg, ServerMsg, TYPE_SNAPSHOT};
 use warpcore_engine::ReplicaWorld;
 use warpcore_metrics as histogram;
@@ -38,6 +39,12 @@ const RECV_BATCH_MAX: usize = 64;
 /// A jump of own ship at least this far between two snapshots is a warp arrival
 /// (flight at bot speeds covers a few hundred metres between snapshots at most).
 const WARP_JUMP_M: f64 = 2_000.0;
+/// Views a checked bot keeps (newest last): 3 s of snapshots at 20 Hz, far more than
+/// the server's answer takes to arrive.
+const CHECK_RING_LEN: usize = 64;
+/// How long a check waits for its bot to apply the snapshot it names.
+const CHECK_WAIT_MAX: Duration = Duration::from_secs(2);
+
 /// Roaming between a warp's arrival and the next order.
 const WARP_REST: Duration = Duration::from_secs(3);
 /// A warp not seen to arrive within this is given up (counted as ordered, not arrived).
@@ -58,6 +65,28 @@ pub struct ThreadReport {
     pub snapshot_interval_us: Histogram<u64>,
     pub warp_time_us: Histogram<u64>,
     pub lost_by_impairment: u64,
+    pub checks: CheckCounts,
+}
+
+/// What the server believes a bot holds after snapshot `seq` (the replication check),
+/// for the bot at `bot` in this thread's share.
+pub struct CheckRequest {
+    pub bot: usize,
+    pub seq: u32,
+    /// Sorted by entity id.
+    pub entities: Vec<ReplicaEntity>,
+}
+
+/// Outcomes of the replication check.
+#[derive(Debug, Default, Clone)]
+pub struct CheckCounts {
+    /// The bot's view after that snapshot equals the server's, field for field.
+    pub matched: u64,
+    pub mismatched: u64,
+    /// The bot never applied that snapshot (lost, or superseded before it arrived).
+    pub not_held: u64,
+    /// The first mismatch, described.
+    pub first_mismatch: Option<String>,
 }
 
 /// The plan of one thread's run.
@@ -68,6 +97,8 @@ pub struct FlightPlan {
     pub seed: u64,
     /// Star systems the warp behaviour picks from.
     pub warp_systems: Vec<u32>,
+    /// The server's views for checked bots (the replication check).
+    pub checks: crossbeam_channel::Receiver<CheckRequest>,
 }
 
 struct Bot {
@@ -90,6 +121,8 @@ struct Bot {
     /// When the warp in progress was ordered (warp behaviour).
     warp_ordered_at: Option<Instant>,
     next_warp_at: Instant,
+    /// A checked bot's views after its last snapshots, `(seq, entities)`.
+    views: Option<VecDeque<(u32, Vec<ReplicaEntity>)>>,
 }
 
 /// Flies `tickets` until the plan's flight ends.
@@ -128,6 +161,9 @@ pub fn fly(
             behaviour: ticket.behaviour,
             warp_ordered_at: None,
             next_warp_at: start + Duration::from_millis(rng.gen_range(2000..5000)),
+            views: ticket
+                .checked
+                .then(|| VecDeque::with_capacity(CHECK_RING_LEN)),
         });
     }
 
@@ -137,7 +173,10 @@ pub fn fly(
         snapshot_interval_us: histogram::micros(),
         warp_time_us: histogram::micros(),
         lost_by_impairment: 0,
+        checks: CheckCounts::default(),
     };
+    // Checks waiting for their bot to apply the snapshot they name.
+    let mut pending: Vec<(Instant, CheckRequest)> = Vec::new();
     let mut impairer = Impairer::new(plan.impairment);
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 2048];
@@ -184,6 +223,27 @@ pub fn fly(
             }
             bot.service(i, now, plan, &mut rng, &mut impairer, &mut out, progress);
         }
+
+        // The server's views for checked bots.
+        while let Ok(request) = plan.checks.try_recv() {
+            pending.push((now, request));
+        }
+        pending.retain(|(arrived, request)| {
+            let Some(bot) = bots.get(request.bot) else {
+                return false;
+            };
+            match check(bot, request) {
+                Some(outcome) => {
+                    outcome.count(&mut out.checks);
+                    false
+                }
+                None if now.duration_since(*arrived) > CHECK_WAIT_MAX => {
+                    out.checks.not_held += 1;
+                    false
+                }
+                None => true,
+            }
+        });
 
         // Timers and commands of every bot, a few hundred times a second at most.
         if now >= next_sweep {
@@ -413,6 +473,12 @@ impl Bot {
         }
         self.report.snapshots += 1;
         progress.snapshots.fetch_add(1, Ordering::Relaxed);
+        if let Some(views) = &mut self.views {
+            if views.len() == CHECK_RING_LEN {
+                views.pop_front();
+            }
+            views.push_back((self.replica.newest_seq(), self.replica.entities().to_vec()));
+        }
         if let Some(last) = self.report.last_snapshot_at {
             histogram::record(
                 &mut out.snapshot_interval_us,
@@ -466,4 +532,56 @@ impl Bot {
             self.report.last_position = Some(pos);
         }
     }
+}
+
+/// How one check came out.
+enum CheckOutcome {
+    Matched,
+    Mismatched(String),
+    NotHeld,
+}
+
+impl CheckOutcome {
+    fn count(self, counts: &mut CheckCounts) {
+        match self {
+            CheckOutcome::Matched => counts.matched += 1,
+            CheckOutcome::NotHeld => counts.not_held += 1,
+            CheckOutcome::Mismatched(what) => {
+                counts.mismatched += 1;
+                counts.first_mismatch.get_or_insert(what);
+            }
+        }
+    }
+}
+
+/// Compares `bot`'s view after the snapshot `request` names with the server's; `None`
+/// while the bot has not got that far yet.
+fn check(bot: &Bot, request: &CheckRequest) -> Option<CheckOutcome> {
+    let views = bot.views.as_ref()?;
+    if let Some((_, view)) = views.iter().find(|(seq, _)| *seq == request.seq) {
+        if *view == request.entities {
+            return Some(CheckOutcome::Matched);
+        }
+        let first_diff = view
+            .iter()
+            .zip(&request.entities)
+            .find(|(mine, theirs)| mine != theirs)
+            .map_or_else(
+                || {
+                    format!(
+                        "{} entities held, {} expected",
+                        view.len(),
+                        request.entities.len()
+                    )
+                },
+                |(mine, theirs)| format!("held {mine:?}, expected {theirs:?}"),
+            );
+        return Some(CheckOutcome::Mismatched(format!(
+            "{} after snapshot {}: {first_diff}",
+            bot.report.username, request.seq
+        )));
+    }
+    // Past that snapshot already (it was lost or skipped), or not there yet.
+    let newest = views.back().map_or(0, |(seq, _)| *seq);
+    (newest > request.seq).then_some(CheckOutcome::NotHeld)
 }

@@ -29,7 +29,8 @@ use warpcore_metrics as histogram;
 
 pub use self::behaviour::{Behaviour, BehaviourMix};
 use self::craft::CraftReport;
-use self::flight::{FlightPlan, Progress};
+pub use self::flight::CheckCounts;
+use self::flight::{CheckRequest, FlightPlan, Progress};
 use self::impair::Impairment;
 use self::server_metrics::ServerFigures;
 use self::setup::Ticket;
@@ -67,6 +68,10 @@ pub struct SwarmConfig {
     pub admin_key: Option<String>,
     /// The server's `X-Server-Secret`: craft bots are granted materials with it.
     pub server_secret: Option<String>,
+    /// Bots whose reconstructed world is checked against what the server believes
+    /// they hold (`GET /api/admin/replica/{account}`; the server runs with
+    /// `--replication-check`, the swarm with an admin key). 0: no check.
+    pub verify: usize,
 }
 
 impl SwarmConfig {
@@ -87,6 +92,7 @@ impl SwarmConfig {
             progress: false,
             admin_key: None,
             server_secret: None,
+            verify: 0,
         }
     }
 }
@@ -155,6 +161,8 @@ pub struct SwarmReport {
     pub warp_time_us: Histogram<u64>,
     /// The craft bots' HTTP side (craft behaviour).
     pub craft: Option<CraftReport>,
+    /// The replication check (`verify`).
+    pub checks: CheckCounts,
     /// Datagrams the client-side impairment dropped.
     pub lost_by_impairment: u64,
     pub flight: Duration,
@@ -238,6 +246,19 @@ impl SwarmReport {
         if let Some(craft) = &self.craft {
             lines.push(craft.summary());
         }
+        let c = &self.checks;
+        if c.matched + c.mismatched + c.not_held > 0 {
+            lines.push(format!(
+                "replication check: {} views compared, {} matched, {} mismatched, {} not held by the bot (lost or superseded)",
+                c.matched + c.mismatched,
+                c.matched,
+                c.mismatched,
+                c.not_held
+            ));
+            if let Some(first) = &c.first_mismatch {
+                lines.push(format!("first mismatch: {first}"));
+            }
+        }
         if self.lost_by_impairment > 0 {
             lines.push(format!(
                 "impairment dropped {} datagrams",
@@ -314,6 +335,7 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
         .enumerate()
         .map(|(i, mut ticket)| {
             ticket.behaviour = config.behaviour.for_bot(i, config.clients);
+            ticket.checked = i < config.verify;
             ticket
         })
         .collect();
@@ -339,9 +361,17 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
     let udp_started = Instant::now();
     let threads = config.threads.clamp(1, tickets.len().max(1));
     let mut shares: Vec<Vec<Ticket>> = (0..threads).map(|_| Vec::new()).collect();
+    // Checked bots: (account, thread, index in the thread's share).
+    let mut checked = Vec::new();
     for (i, ticket) in tickets.into_iter().enumerate() {
+        if ticket.checked {
+            checked.push((ticket.account_id, i % threads, shares[i % threads].len()));
+        }
         shares[i % threads].push(ticket);
     }
+    let (check_txs, mut check_rxs): (Vec<_>, Vec<_>) = (0..threads)
+        .map(|_| crossbeam_channel::bounded::<CheckRequest>(CHECKS_IN_FLIGHT_MAX))
+        .unzip();
     let progress = Arc::new(Progress::default());
     let mut handles = Vec::new();
     for (i, share) in shares.into_iter().enumerate() {
@@ -351,6 +381,7 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
             flight: config.flight,
             seed: config.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             warp_systems: warp_systems.clone(),
+            checks: check_rxs.remove(0),
         };
         let progress = progress.clone();
         handles.push(
@@ -372,6 +403,16 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
             config.seed,
         ))
     });
+    let check_task = match (&config.admin_key, checked.is_empty()) {
+        (Some(key), false) => Some(tokio::spawn(fetch_views(
+            http.clone(),
+            base.clone(),
+            key.clone(),
+            checked,
+            check_txs,
+        ))),
+        _ => None,
+    };
     let bar = config.progress.then(|| progress_bar(config.clients as u64));
     while handles.iter().any(|h| !h.is_finished()) {
         if let Some(bar) = &bar {
@@ -395,6 +436,7 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
         rx_bytes_per_s: Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds"),
         warp_time_us: histogram::micros(),
         craft: None,
+        checks: CheckCounts::default(),
         lost_by_impairment: 0,
         flight: config.flight,
         server: None,
@@ -418,6 +460,15 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
             .add(&part.warp_time_us)
             .map_err(|e| anyhow!("merging histograms: {e}"))?;
         report.lost_by_impairment += part.lost_by_impairment;
+        report.checks.matched += part.checks.matched;
+        report.checks.mismatched += part.checks.mismatched;
+        report.checks.not_held += part.checks.not_held;
+        if report.checks.first_mismatch.is_none() {
+            report.checks.first_mismatch = part.checks.first_mismatch;
+        }
+    }
+    if let Some(task) = check_task {
+        task.abort();
     }
     if let Some(task) = craft_task {
         report.craft = Some(
@@ -497,4 +548,71 @@ async fn craft_setup(
         bots.push(joined??);
     }
     Ok(bots)
+}
+
+/// Server views asked for per thread and not yet compared, at most.
+const CHECKS_IN_FLIGHT_MAX: usize = 64;
+/// Pause between two view requests (the check asks for one bot at a time, in turn).
+const CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Asks the server, bot after bot, what it believes each checked bot holds, and hands
+/// the answers to the bots' threads; until aborted or every thread is gone.
+async fn fetch_views(
+    http: reqwest::Client,
+    base: String,
+    admin_key: String,
+    checked: Vec<(i64, usize, usize)>,
+    threads: Vec<crossbeam_channel::Sender<CheckRequest>>,
+) {
+    use warpcore_engine::wire::delta::ReplicaEntity;
+    for &(account_id, thread, bot) in checked.iter().cycle() {
+        tokio::time::sleep(CHECK_INTERVAL).await;
+        let url = format!("{base}/api/admin/replica/{account_id}");
+        let Ok(response) = http
+            .get(&url)
+            .header("X-Admin-Key", &admin_key)
+            .send()
+            .await
+        else {
+            continue;
+        };
+        if response.status().as_u16() != 200 {
+            continue; // not on delta snapshots yet, or gone
+        }
+        let Ok(body) = response.json::<serde_json::Value>().await else {
+            continue;
+        };
+        let data = &body["data"];
+        // Every entity parses, or the answer is skipped (never a partial view).
+        let entities: Option<Vec<ReplicaEntity>> = data["entities"].as_array().and_then(|list| {
+            list.iter()
+                .map(|e| {
+                    Some(ReplicaEntity {
+                        entity_id: e["entity_id"].as_u64()?,
+                        owner_account: e["owner_account"].as_u64()?,
+                        x_cm: e["x_cm"].as_i64()?,
+                        y_cm: e["y_cm"].as_i64()?,
+                        vx_cmps: i32::try_from(e["vx_cmps"].as_i64()?).ok()?,
+                        vy_cmps: i32::try_from(e["vy_cmps"].as_i64()?).ok()?,
+                        hit_points_centi: e["hit_points_centi"].as_u64()?,
+                        state: u8::try_from(e["state"].as_u64()?).ok()?,
+                        target: e["target"].as_u64()?,
+                    })
+                })
+                .collect()
+        });
+        let (Some(entities), Some(seq)) = (
+            entities,
+            data["snapshot_seq"]
+                .as_u64()
+                .and_then(|s| u32::try_from(s).ok()),
+        ) else {
+            continue;
+        };
+        let request = CheckRequest { bot, seq, entities };
+        match threads[thread].try_send(request) {
+            Ok(()) | Err(crossbeam_channel::TrySendError::Full(_)) => {}
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
+        }
+    }
 }

@@ -31,6 +31,10 @@ pub(super) struct Ticket {
     pub(super) session: Option<Session>,
     /// What this bot does (from the run's mix).
     pub(super) behaviour: Behaviour,
+    /// The bot's account (known with bulk tokens; 0 otherwise).
+    pub(super) account_id: i64,
+    /// The replication check compares this bot's view with the server's.
+    pub(super) checked: bool,
 }
 
 /// A logged-in account: what the craft behaviour calls the gateway with.
@@ -56,6 +60,9 @@ pub(super) async fn obtain_tickets(config: &SwarmConfig) -> anyhow::Result<Vec<T
                 bail!("craft bots call the gateway as players: they need per-bot logins, so drop --admin-key");
             }
             bulk_tickets(&http, base, key, config).await
+        }
+        None if config.verify > 0 => {
+            bail!("--verify reads the server's views through an admin route: pass --admin-key")
         }
         None => per_bot_tickets(http, base, config).await,
     }
@@ -169,6 +176,8 @@ async fn ticket(
         server_addr,
         session: Some(session),
         behaviour: Behaviour::Roam,
+        account_id: 0,
+        checked: false,
     })
 }
 
@@ -222,6 +231,8 @@ async fn bulk_tickets(
                 server_addr,
                 session: None,
                 behaviour: Behaviour::Roam,
+                account_id: entry["account_id"].as_i64().unwrap_or(0),
+                checked: false,
             });
         }
         first += count;
