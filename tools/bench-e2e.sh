@@ -23,6 +23,7 @@ admin_key=bench-e2e-admin-key-$$-$RANDOM
 [ ${#clients[@]} -gt 0 ] || clients=(1000 5000 10000)
 
 cargo build --release --bins --quiet
+bin=${CARGO_TARGET_DIR:-target}/release
 out=target/bench-e2e
 mkdir -p "$out"
 results=$out/results.md
@@ -37,7 +38,7 @@ hz=$(getconf CLK_TCK)
 
 for n in "${clients[@]}"; do
   db=$(mktemp -d)/bench.db
-  ./target/release/warpcore --udp-addr $udp --http-addr $http --database "$db" \
+  "$bin/warpcore" --udp-addr $udp --http-addr $http --database "$db" \
     --argon2-m-kib 1024 --argon2-t 1 --max-clients $((n + 100)) --admin-api-key "$admin_key" \
     --udp-source-requests-per-s 100000 --no-http-rate-limits --log warn > "$out/server-$n.log" 2>&1 &
   server=$!
@@ -59,7 +60,7 @@ for n in "${clients[@]}"; do
 
   cpu_start=$(awk '{print $14 + $15}' /proc/$server/stat)
   t_start=$(date +%s.%N)
-  ./target/release/warpcore-swarm --http "http://$http" --clients "$n" --seconds "$seconds" \
+  "$bin/warpcore-swarm" --http "http://$http" --clients "$n" --seconds "$seconds" \
     --threads 2 --quiet --connect-timeout 60 --behaviour "$behaviour" \
     --admin-key "$admin_key" > "$out/swarm-$n.txt" 2>&1 || true
   t_end=$(date +%s.%N)

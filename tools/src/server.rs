@@ -9,7 +9,7 @@
 //! gets its ship from the store on tokio (never on the tick thread) and is attached
 //! at the start of a later tick.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -266,6 +266,7 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         net,
         write_behind: wb_sender,
         attach_tx,
+        attach_backlog: VecDeque::new(),
         ready_rx,
         stop: stop_tick.clone(),
         tick_period: Duration::from_secs(1) / args.tick_hz,

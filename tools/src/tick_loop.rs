@@ -7,7 +7,7 @@
 //! Not for: starting or stopping the server (`server.rs`) or the gateway's view of the
 //! game (`game.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,6 +134,10 @@ pub(crate) struct TickLoop {
     pub(crate) net: ServerHandle,
     pub(crate) write_behind: WriteBehindSender,
     pub(crate) attach_tx: mpsc::Sender<AttachRequest>,
+    /// Connected clients whose ship is not asked for yet: the attach channel was full
+    /// (a burst of connections). At most one per connected client; offered again every
+    /// tick, in order.
+    pub(crate) attach_backlog: VecDeque<AttachRequest>,
     pub(crate) ready_rx: crossbeam_channel::Receiver<AttachReady>,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) tick_period: Duration,
@@ -447,6 +451,7 @@ impl TickLoop {
         while !self.stop.load(Ordering::Acquire) {
             let started = Instant::now();
             self.ingress();
+            self.request_attachments();
             self.attach_ready();
             self.apply_game_commands();
             self.metrics.ingress_us.record(elapsed_us(started));
@@ -694,14 +699,10 @@ impl TickLoop {
                             connected_at: Instant::now(),
                         },
                     );
-                    let req = AttachRequest {
+                    self.attach_backlog.push_back(AttachRequest {
                         client: client_id,
                         account_id,
-                    };
-                    if self.attach_tx.try_send(req).is_err() {
-                        tracing::warn!(?client_id, "attach queue full; disconnecting client");
-                        self.net.disconnect(client_id);
-                    }
+                    });
                 }
                 ServerEvent::Message {
                     client_id,
@@ -726,6 +727,28 @@ impl TickLoop {
                 ServerEvent::Disconnected { client_id, .. } => {
                     self.clients.remove(&client_id);
                     self.engine.detach_client(client_id.0);
+                }
+            }
+        }
+    }
+
+    /// Asks tokio for the ships of newly connected clients, as many as the attach
+    /// channel takes now; the rest wait for the next tick (a connection burst is
+    /// attached over several ticks, never refused).
+    fn request_attachments(&mut self) {
+        while let Some(req) = self.attach_backlog.pop_front() {
+            if !self.clients.contains_key(&req.client) {
+                continue; // gone before its turn
+            }
+            match self.attach_tx.try_send(req) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(req)) => {
+                    self.attach_backlog.push_front(req);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(req)) => {
+                    tracing::error!(client_id = ?req.client, "attach task gone; disconnecting client");
+                    self.net.disconnect(req.client);
                 }
             }
         }
