@@ -2,7 +2,8 @@
 //!
 //! For: online players, kick, broadcast, sector load, draining the write-behind queue,
 //! granting or removing the admin role, minting connect tokens for load-test bots in
-//! bulk, and the replication check (what the server believes a client holds). Each action is audited with who did it.
+//! bulk, and the replication check (what the server believes a client holds). Each
+//! action is audited with who did it.
 //! Not for: deciding who is an admin (`access::AdminCaller`).
 
 use axum::extract::{Path, State};
