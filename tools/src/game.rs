@@ -66,6 +66,36 @@ pub enum GameCommand {
     },
 }
 
+/// An engine replica entity as the admin API shows it (field for field).
+pub fn replica_entity_view(e: &ReplicaEntity) -> ReplicaEntityView {
+    ReplicaEntityView {
+        entity_id: e.entity_id,
+        owner_account: e.owner_account,
+        x_cm: e.x_cm,
+        y_cm: e.y_cm,
+        vx_cmps: e.vx_cmps,
+        vy_cmps: e.vy_cmps,
+        hit_points_centi: e.hit_points_centi,
+        state: e.state,
+        target: e.target,
+    }
+}
+
+/// The inverse of [`replica_entity_view`]: what a client's `ReplicaWorld` holds.
+pub fn replica_entity(v: &ReplicaEntityView) -> ReplicaEntity {
+    ReplicaEntity {
+        entity_id: v.entity_id,
+        owner_account: v.owner_account,
+        x_cm: v.x_cm,
+        y_cm: v.y_cm,
+        vx_cmps: v.vx_cmps,
+        vy_cmps: v.vy_cmps,
+        hit_points_centi: v.hit_points_centi,
+        state: v.state,
+        target: v.target,
+    }
+}
+
 /// The engine's expected view of a client: the last snapshot's sequence and entities.
 pub type ExpectedView = (u32, Vec<ReplicaEntity>);
 
@@ -345,20 +375,7 @@ impl Game for LiveGame {
         Ok(answer.map(|(snapshot_seq, entities)| ReplicaView {
             account_id,
             snapshot_seq,
-            entities: entities
-                .iter()
-                .map(|e| ReplicaEntityView {
-                    entity_id: e.entity_id,
-                    owner_account: e.owner_account,
-                    x_cm: e.x_cm,
-                    y_cm: e.y_cm,
-                    vx_cmps: e.vx_cmps,
-                    vy_cmps: e.vy_cmps,
-                    hit_points_centi: e.hit_points_centi,
-                    state: e.state,
-                    target: e.target,
-                })
-                .collect(),
+            entities: entities.iter().map(replica_entity_view).collect(),
         }))
     }
 

@@ -474,10 +474,14 @@ impl Bot {
         self.report.snapshots += 1;
         progress.snapshots.fetch_add(1, Ordering::Relaxed);
         if let Some(views) = &mut self.views {
-            if views.len() == CHECK_RING_LEN {
-                views.pop_front();
-            }
-            views.push_back((self.replica.newest_seq(), self.replica.entities().to_vec()));
+            // The oldest view's buffer is reused once the ring is full.
+            let mut view = match views.len() {
+                CHECK_RING_LEN => views.pop_front().map(|(_, v)| v).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            view.clear();
+            view.extend_from_slice(self.replica.entities());
+            views.push_back((self.replica.newest_seq(), view));
         }
         if let Some(last) = self.report.last_snapshot_at {
             histogram::record(

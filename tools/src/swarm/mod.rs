@@ -555,6 +555,12 @@ const CHECKS_IN_FLIGHT_MAX: usize = 64;
 /// Pause between two view requests (the check asks for one bot at a time, in turn).
 const CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
+/// The `data` of the admin replica route's envelope.
+#[derive(serde::Deserialize)]
+struct ViewEnvelope {
+    data: warpcore_gateway::game::ReplicaView,
+}
+
 /// Asks the server, bot after bot, what it believes each checked bot holds, and hands
 /// the answers to the bots' threads; until aborted or every thread is gone.
 async fn fetch_views(
@@ -564,7 +570,6 @@ async fn fetch_views(
     checked: Vec<(i64, usize, usize)>,
     threads: Vec<crossbeam_channel::Sender<CheckRequest>>,
 ) {
-    use warpcore_engine::wire::delta::ReplicaEntity;
     for &(account_id, thread, bot) in checked.iter().cycle() {
         tokio::time::sleep(CHECK_INTERVAL).await;
         let url = format!("{base}/api/admin/replica/{account_id}");
@@ -579,36 +584,17 @@ async fn fetch_views(
         if response.status().as_u16() != 200 {
             continue; // not on delta snapshots yet, or gone
         }
-        let Ok(body) = response.json::<serde_json::Value>().await else {
+        // The whole view parses, or the answer is skipped (never a partial view).
+        let Ok(body) = response.json::<ViewEnvelope>().await else {
             continue;
         };
-        let data = &body["data"];
-        // Every entity parses, or the answer is skipped (never a partial view).
-        let entities: Option<Vec<ReplicaEntity>> = data["entities"].as_array().and_then(|list| {
-            list.iter()
-                .map(|e| {
-                    Some(ReplicaEntity {
-                        entity_id: e["entity_id"].as_u64()?,
-                        owner_account: e["owner_account"].as_u64()?,
-                        x_cm: e["x_cm"].as_i64()?,
-                        y_cm: e["y_cm"].as_i64()?,
-                        vx_cmps: i32::try_from(e["vx_cmps"].as_i64()?).ok()?,
-                        vy_cmps: i32::try_from(e["vy_cmps"].as_i64()?).ok()?,
-                        hit_points_centi: e["hit_points_centi"].as_u64()?,
-                        state: u8::try_from(e["state"].as_u64()?).ok()?,
-                        target: e["target"].as_u64()?,
-                    })
-                })
-                .collect()
-        });
-        let (Some(entities), Some(seq)) = (
-            entities,
-            data["snapshot_seq"]
-                .as_u64()
-                .and_then(|s| u32::try_from(s).ok()),
-        ) else {
-            continue;
-        };
+        let seq = body.data.snapshot_seq;
+        let entities = body
+            .data
+            .entities
+            .iter()
+            .map(crate::game::replica_entity)
+            .collect();
         let request = CheckRequest { bot, seq, entities };
         match threads[thread].try_send(request) {
             Ok(()) | Err(crossbeam_channel::TrySendError::Full(_)) => {}
