@@ -6,12 +6,14 @@
 //! - [`proto`]: the sans-IO server and client state machines (no sockets, no clock).
 //! - [`driver`]: the only module with sockets and the clock (mio server thread, UDP client).
 //! - [`client`]: the client-side types in one path (re-exports).
+//! - [`sim`]: test support, the seeded in-memory lossy network of the simulations.
 //!
 //! The wire format is specified byte by byte in `PROTOCOL.md` at the repository root.
 
 pub mod client;
 pub mod driver;
 pub mod proto;
+pub mod sim;
 pub mod token;
 mod wire;
 

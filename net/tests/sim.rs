@@ -10,14 +10,13 @@
 //! in every assertion; replay a run with `WARPCORE_SIM_SEED=<seed> cargo test -p
 //! warpcore-net --test sim`.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use warpcore_net::proto::MTU_BYTES;
+use warpcore_net::sim::{Impairment, LossyWire};
 use warpcore_net::token::{issue, TokenKey, TokenParams};
 use warpcore_net::{
     Channel, Client, ClientEvent, ClientState, EndpointConfig, Server, ServerEvent,
@@ -99,9 +98,6 @@ fn index_of(payload: &[u8], seed: u64) -> u32 {
     index
 }
 
-/// A datagram on the simulated wire: delivery time, tie-breaker, destination, bytes.
-type InFlight = (Instant, u64, Dest, Vec<u8>);
-
 struct Sim {
     seed: u64,
     rng: StdRng,
@@ -109,9 +105,7 @@ struct Sim {
     server: Server,
     peers: Vec<Peer>,
     ids: Vec<Option<warpcore_net::ClientId>>,
-    /// (delivery time, tie-breaker, destination, bytes), earliest first.
-    in_flight: BinaryHeap<Reverse<InFlight>>,
-    n_datagrams: u64,
+    wire: LossyWire<Dest>,
     buf: Vec<u8>,
 }
 
@@ -156,39 +150,28 @@ impl Sim {
             server,
             peers,
             ids: vec![None; N_CLIENTS],
-            in_flight: BinaryHeap::new(),
-            n_datagrams: 0,
+            wire: LossyWire::new(Impairment {
+                loss: LOSS,
+                duplicate: DUPLICATE,
+                reorder: REORDER,
+                latency: LATENCY,
+                jitter: Duration::from_millis(JITTER_MS),
+                reorder_delay: REORDER_DELAY,
+            }),
             buf: vec![0u8; MTU_BYTES],
         }
     }
 
-    /// Puts a datagram on the wire: maybe lost, maybe duplicated, delayed with jitter and
-    /// sometimes held back long enough to be reordered.
+    /// Puts the first `len` bytes of the scratch buffer on the wire.
     fn emit(&mut self, dest: Dest, len: usize) {
-        let copies = if self.rng.gen_bool(LOSS) {
-            0
-        } else if self.rng.gen_bool(DUPLICATE) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let mut delay = LATENCY + Duration::from_millis(self.rng.gen_range(0..=JITTER_MS));
-            if self.rng.gen_bool(REORDER) {
-                delay += REORDER_DELAY;
-            }
-            self.n_datagrams += 1;
-            let bytes = self.buf[..len].to_vec();
-            self.in_flight
-                .push(Reverse((self.now + delay, self.n_datagrams, dest, bytes)));
-        }
+        self.wire
+            .send(&mut self.rng, self.now, dest, &self.buf[..len]);
     }
 
     fn step(&mut self, traffic: bool) {
         self.now += STEP;
         let now = self.now;
-        while self.in_flight.peek().is_some_and(|Reverse(d)| d.0 <= now) {
-            let Reverse((_, _, dest, bytes)) = self.in_flight.pop().unwrap();
+        while let Some((dest, bytes)) = self.wire.pop_due(now) {
             match dest {
                 Dest::Server { from } => {
                     self.server.handle_datagram(now, client_addr(from), &bytes)

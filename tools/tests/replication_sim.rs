@@ -14,8 +14,7 @@
 //! Replay a run with `WARPCORE_SIM_SEED=<seed> cargo test -p warpcore --test
 //! replication_sim`.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,7 @@ use warpcore_engine::wire::delta::ReplicaEntity;
 use warpcore_engine::wire::ClientMsg;
 use warpcore_engine::{Engine, EngineConfig, ReplicaWorld, ShipSpawn, ShipStats};
 use warpcore_net::proto::MTU_BYTES;
+use warpcore_net::sim::{Impairment, LossyWire};
 use warpcore_net::token::{issue, TokenKey, TokenParams};
 use warpcore_net::{Channel, Client, ClientEvent, EndpointConfig, Server, ServerEvent};
 
@@ -69,8 +69,6 @@ enum Dest {
     Client(usize),
 }
 
-type InFlight = (Instant, u64, Dest, Vec<u8>);
-
 struct Peer {
     /// The account, which owns the ship with the same id.
     account: u64,
@@ -88,16 +86,12 @@ struct Sim {
     seed: u64,
     rng: StdRng,
     now: Instant,
-    lossy: bool,
     engine: Engine,
     server: Server,
     peers: Vec<Peer>,
     /// Per engine client: (seq, what it should hold after that snapshot), newest last.
     expected: HashMap<u64, VecDeque<(u32, Vec<ReplicaEntity>)>>,
-    in_flight: BinaryHeap<Reverse<InFlight>>,
-    n_datagrams: u64,
-    /// Datagrams the network dropped.
-    lost: u64,
+    wire: LossyWire<Dest>,
     buf: Vec<u8>,
     next_tick_at: Instant,
     ticks: u64,
@@ -166,51 +160,34 @@ impl Sim {
             seed,
             rng,
             now,
-            lossy: true,
             engine,
             server,
             peers,
             expected: HashMap::new(),
-            in_flight: BinaryHeap::new(),
-            n_datagrams: 0,
-            lost: 0,
+            wire: LossyWire::new(Impairment {
+                loss: LOSS,
+                duplicate: DUPLICATE,
+                reorder: REORDER,
+                latency: LATENCY,
+                jitter: Duration::from_millis(JITTER_MS),
+                reorder_delay: REORDER_DELAY,
+            }),
             buf: vec![0u8; MTU_BYTES],
             next_tick_at: now,
             ticks: 0,
         }
     }
 
+    /// Puts the first `len` bytes of the scratch buffer on the wire.
     fn emit(&mut self, dest: Dest, len: usize) {
-        let copies = if !self.lossy {
-            1
-        } else if self.rng.gen_bool(LOSS) {
-            self.lost += 1;
-            0
-        } else if self.rng.gen_bool(DUPLICATE) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let mut delay = LATENCY;
-            if self.lossy {
-                delay += Duration::from_millis(self.rng.gen_range(0..=JITTER_MS));
-                if self.rng.gen_bool(REORDER) {
-                    delay += REORDER_DELAY;
-                }
-            }
-            self.n_datagrams += 1;
-            let bytes = self.buf[..len].to_vec();
-            self.in_flight
-                .push(Reverse((self.now + delay, self.n_datagrams, dest, bytes)));
-        }
+        self.wire
+            .send(&mut self.rng, self.now, dest, &self.buf[..len]);
     }
 
     fn step(&mut self) {
         self.now += STEP;
         let now = self.now;
-        while self.in_flight.peek().is_some_and(|Reverse(d)| d.0 <= now) {
-            let Reverse((_, _, dest, bytes)) = self.in_flight.pop().unwrap();
+        while let Some((dest, bytes)) = self.wire.pop_due(now) {
             match dest {
                 Dest::Server { from } => {
                     self.server.handle_datagram(now, client_addr(from), &bytes)
@@ -391,16 +368,13 @@ fn run(seed: u64) {
         "seed {seed}: every client connected through the loss"
     );
     let checked_under_loss: u64 = sim.peers.iter().map(|p| p.checked).sum();
-    assert!(
-        sim.lost > 100,
-        "seed {seed}: the network lost only {}",
-        sim.lost
-    );
+    let lost = sim.wire.lost;
+    assert!(lost > 100, "seed {seed}: the network lost only {lost}");
     assert!(
         checked_under_loss > 10 * N_CLIENTS as u64,
         "seed {seed}: only {checked_under_loss} snapshots checked under loss"
     );
-    sim.lossy = false;
+    sim.wire.impairment = Impairment::none(LATENCY);
     let clean_from = sim.ticks;
     let mut converged_at = None;
     while sim.now - start < LOSSY + CLEAN {
@@ -413,8 +387,7 @@ fn run(seed: u64) {
     let converged_at =
         converged_at.unwrap_or_else(|| panic!("seed {seed}: clients never caught up"));
     println!(
-        "seed {seed}: {} datagrams lost, {checked_under_loss} applied snapshots checked under loss; caught up {converged_at} ticks after the loss stopped",
-        sim.lost
+        "seed {seed}: {lost} datagrams lost, {checked_under_loss} applied snapshots checked under loss; caught up {converged_at} ticks after the loss stopped"
     );
     assert!(
         converged_at <= CONVERGE_TICKS_MAX,
