@@ -2,25 +2,30 @@
 //! absorbs from the engine (producer side: `try_submit` plus the queue's coalescing,
 //! no flushing), and flush throughput per backend and method, measured in one run so
 //! the ratios are like for like: the batched flush (SQLite: one prepared upsert in one
-//! transaction; PostgreSQL: binary array parameters + `UPDATE ... FROM` them (the
-//! flush's method), `COPY` into a staging table + `UPDATE ... FROM`, `UNNEST` arrays +
-//! upsert, `COPY` to staging + upsert) against naive one-statement-per-row upserts and
-//! against a raw insert / `COPY` with no upsert.
+//! transaction; PostgreSQL: binary `COPY` into the world-state log, with the log's
+//! compactions as they fall due (the flush's method), binary array parameters +
+//! `UPDATE ... FROM` them (its predecessor), `COPY` into a staging table + `UPDATE ...
+//! FROM`, `UNNEST` arrays + upsert, `COPY` to staging + upsert) against naive
+//! one-statement-per-row upserts and against a raw insert / `COPY` with no upsert.
 //!
 //! `flush_postgres_interleaved` (not a criterion benchmark; it prints its table) runs
 //! the flush's method, its predecessor and raw `COPY` in turns, so the ratio between
 //! them does not depend on how the shared machine's load drifts from one criterion
-//! benchmark to the next, and counts CPU time as well as wall time. It runs with the
-//! whole suite, or with the filter `flush_postgres` or `interleaved`.
+//! benchmark to the next, and counts CPU time as well as wall time. The log method runs
+//! as many flushes per turn as the compaction policy's period, so every turn pays for
+//! exactly one compaction; it is reported with that compaction and, apart, without it.
+//! It runs with the whole suite, or with the filter `flush_postgres` or `interleaved`.
 //!
 //! PostgreSQL benches use `WARPCORE_TEST_PG` (default
 //! `postgres://postgres@127.0.0.1:5432`), create their own database and drop it; they
-//! are skipped with a message when the server is unreachable.
+//! are skipped with a message when the server is unreachable. `WARPCORE_BENCH_LOG_FLUSHES=N`
+//! compacts the world-state log every N flushes instead of the default policy.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use warpcore_persistence::postgres::{LogPolicy, PgConfig, WORLD_LOG_POLICY_DEFAULT};
 use warpcore_persistence::{
     spawn_write_behind, EntityState, PgFlushMethod, PgStore, SqliteFlushMethod, SqliteStore, Store,
     SubmitError, WriteBehindConfig,
@@ -172,7 +177,8 @@ async fn pg_drop(base: &str, name: &str) {
 }
 
 /// The PostgreSQL flush methods measured, with their bench labels and rows per flush.
-const PG_METHODS: [(&str, PgFlushMethod, usize); 6] = [
+const PG_METHODS: [(&str, PgFlushMethod, usize); 7] = [
+    ("log_copy", PgFlushMethod::Log, FLUSH_ROWS),
     ("unnest_update", PgFlushMethod::UnnestUpdate, FLUSH_ROWS),
     ("copy_update", PgFlushMethod::CopyUpdate, FLUSH_ROWS),
     ("unnest_upsert", PgFlushMethod::Unnest, FLUSH_ROWS),
@@ -190,15 +196,18 @@ fn flush_postgres(c: &mut Criterion) {
     let Some((base, name)) = rt.block_on(pg_database()) else {
         return;
     };
+    let config = PgConfig {
+        world_log: log_policy(),
+        ..PgConfig::default()
+    };
     let store = rt
-        .block_on(PgStore::open(&format!("{base}/{name}")))
+        .block_on(PgStore::open_with(&format!("{base}/{name}"), &config))
         .expect("store");
     let mut group = c.benchmark_group("flush_postgres");
     group.sample_size(10);
     let mut tick = 0u64;
     for (label, method, rows) in PG_METHODS {
-        rt.block_on(store.write_entity_states(&states(FLUSH_ROWS, 0)))
-            .expect("prefill");
+        prefill_postgres(&rt, &store, 0, false);
         group.throughput(Throughput::Elements(rows as u64));
         group.bench_function(BenchmarkId::new(label, rows), |b| {
             b.iter(|| {
@@ -218,12 +227,44 @@ fn flush_postgres(c: &mut Criterion) {
     rt.block_on(pg_drop(&base, &name));
 }
 
+/// The world-state log's compaction policy for the PostgreSQL benches: the default, or
+/// every `WARPCORE_BENCH_LOG_FLUSHES` flushes (to measure the trade-off; the row bound
+/// is lifted then, so the flush count alone decides).
+fn log_policy() -> LogPolicy {
+    match std::env::var("WARPCORE_BENCH_LOG_FLUSHES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        Some(after_flushes) if after_flushes > 0 => LogPolicy {
+            after_flushes,
+            after_rows: usize::MAX,
+        },
+        _ => WORLD_LOG_POLICY_DEFAULT,
+    }
+}
+
+/// Every entity of the flush benches in `world_entities` (not only in the log), so
+/// every flush row is an update of an existing entity, as in play, and the log empty.
+/// With `log_steady`, one more flush is logged after that, as in the steady state of
+/// the log method: then any `after_flushes` consecutive flushes of it compact once.
+fn prefill_postgres(rt: &tokio::runtime::Runtime, store: &PgStore, tick: u64, log_steady: bool) {
+    rt.block_on(store.write_entity_states(&states(FLUSH_ROWS, tick)))
+        .expect("prefill");
+    rt.block_on(store.compact_world_log())
+        .expect("prefill compaction");
+    if log_steady {
+        rt.block_on(store.write_entity_states(&states(FLUSH_ROWS, tick)))
+            .expect("prefill log");
+    }
+}
+
 /// Rounds of [`flush_postgres_interleaved`]; each round runs every method in turn.
 const INTERLEAVED_ROUNDS: usize = 30;
 /// The methods [`flush_postgres_interleaved`] compares: the flush's method, the one it
 /// replaced, and the raw `COPY` (the upserts are far behind; see the criterion group).
-const INTERLEAVED_METHODS: [&str; 3] = ["unnest_update", "copy_update", "raw_copy"];
-/// Flushes per method and round in [`flush_postgres_interleaved`].
+const INTERLEAVED_METHODS: [&str; 3] = ["log_copy", "unnest_update", "raw_copy"];
+/// Flushes per method and round in [`flush_postgres_interleaved`], for the methods
+/// without a log; the log method runs one compaction period.
 const INTERLEAVED_FLUSHES: u32 = 3;
 
 /// Whether [`flush_postgres_interleaved`] runs: in a measuring run (not `--test`,
@@ -271,7 +312,15 @@ fn interleaved_selected() -> bool {
 /// time is this process's (client: building the batch, encoding, the tokio-postgres
 /// connection task) plus that of the PostgreSQL backends serving the bench's database
 /// (server: parsing, executing, WAL, the commit's WAL flush), from `/proc/*/schedstat`
-/// (Linux, server on this host; the CPU columns are NaN otherwise).
+/// (Linux, server on this host; the CPU columns are NaN otherwise); the backends are
+/// found once per turn, before it is timed, so the `/proc` scan is not in the timings.
+///
+/// The log method (`log_copy`) runs `after_flushes` flushes of [`log_policy`] per turn
+/// (every entity updated in every flush; with the default policy the row bound,
+/// 10 flushes of 10,000, does not trigger first): exactly one of them compacts the log first. Its
+/// row is the whole turn per flush, compaction included; `log_copy w/o compaction` is
+/// the mean of the turn's other flushes, and `log_copy compacting flush` the one that
+/// compacted.
 fn flush_postgres_interleaved(
     rt: &tokio::runtime::Runtime,
     store: &PgStore,
@@ -286,50 +335,87 @@ fn flush_postgres_interleaved(
     let Some(raw_idx) = methods.iter().position(|(label, _)| *label == "raw_copy") else {
         return;
     };
-    let cpu_ns = || Some(own_cpu_ns()? + backend_cpu_ns(db)?);
-    let has_cpu = backend_cpu_ns(db).is_some_and(|ns| ns > 0);
-    // [method][round] = (wall ns, cpu ns) per flush
-    let mut samples = vec![Vec::with_capacity(INTERLEAVED_ROUNDS); methods.len()];
+    let has_cpu = backend_pids(db).is_some_and(|pids| !pids.is_empty());
+    let log_period = log_policy().after_flushes;
+    // Rows of the table: one per method, then the log method's two parts.
+    let mut labels: Vec<String> = methods.iter().map(|(l, _)| (*l).to_owned()).collect();
+    let log_idx = methods.iter().position(|(_, m)| *m == PgFlushMethod::Log);
+    let (without_idx, compacting_idx) = (labels.len(), labels.len() + 1);
+    if log_idx.is_some() {
+        labels.push("log_copy w/o compaction".to_owned());
+        labels.push("log_copy compacting flush".to_owned());
+    }
+    // [row][round] = (wall ns, cpu ns) per flush
+    let mut samples = vec![Vec::with_capacity(INTERLEAVED_ROUNDS); labels.len()];
     let started_loadavg = loadavg();
     for round in 0..INTERLEAVED_ROUNDS {
         for k in 0..methods.len() {
             let i = (k + round) % methods.len();
-            rt.block_on(store.write_entity_states(&states(FLUSH_ROWS, *tick)))
-                .expect("prefill");
-            let cpu_before = cpu_ns();
-            let wall = Instant::now();
-            for _ in 0..INTERLEAVED_FLUSHES {
+            let method = methods[i].1;
+            prefill_postgres(rt, store, *tick, method == PgFlushMethod::Log);
+            let flushes = if method == PgFlushMethod::Log {
+                log_period
+            } else {
+                INTERLEAVED_FLUSHES
+            };
+            let pids = backend_pids(db).unwrap_or_default();
+            let cpu_ns = || own_cpu_ns().map(|own| own + pids_cpu_ns(&pids));
+            let mut each = Vec::with_capacity(flushes as usize);
+            let (turn_cpu_before, turn_wall) = (cpu_ns(), Instant::now());
+            for _ in 0..flushes {
                 *tick += 1;
                 let batch = states(FLUSH_ROWS, *tick);
-                rt.block_on(store.write_entity_states_with(methods[i].1, &batch))
+                let compactions = store.world_log_stats().compactions;
+                let (cpu_before, wall) = (cpu_ns(), Instant::now());
+                rt.block_on(store.write_entity_states_with(method, &batch))
                     .expect("flush");
+                let wall_ns = wall.elapsed().as_nanos() as f64;
+                let cpu = cpu_diff(has_cpu, cpu_before, cpu_ns());
+                let compacted = store.world_log_stats().compactions > compactions;
+                each.push((wall_ns, cpu, compacted));
             }
-            let wall_ns = wall.elapsed().as_nanos() as f64 / f64::from(INTERLEAVED_FLUSHES);
-            let cpu_per_flush = match (cpu_before, cpu_ns()) {
-                (Some(before), Some(after)) if has_cpu => {
-                    after.saturating_sub(before) as f64 / f64::from(INTERLEAVED_FLUSHES)
-                }
-                _ => f64::NAN,
-            };
-            samples[i].push((wall_ns, cpu_per_flush));
+            let n = f64::from(flushes);
+            let turn = (
+                turn_wall.elapsed().as_nanos() as f64 / n,
+                cpu_diff(has_cpu, turn_cpu_before, cpu_ns()) / n,
+            );
+            samples[i].push(turn);
+            if Some(i) == log_idx {
+                let (compacting, rest): (Vec<_>, Vec<_>) = each.iter().partition(|e| e.2);
+                assert_eq!(compacting.len(), 1, "one compaction per period");
+                let mean = |v: &[&(f64, f64, bool)], f: fn(&(f64, f64, bool)) -> f64| {
+                    v.iter().map(|e| f(e)).sum::<f64>() / v.len() as f64
+                };
+                samples[without_idx].push((mean(&rest, |e| e.0), mean(&rest, |e| e.1)));
+                samples[compacting_idx].push((compacting[0].0, compacting[0].1));
+            }
         }
     }
     println!(
         "flush_postgres_interleaved: {FLUSH_ROWS} rows per flush, {INTERLEAVED_ROUNDS} rounds \
-         of {INTERLEAVED_FLUSHES} flushes per method; medians over rounds; loadavg at start \
-         {started_loadavg}, at end {}",
+         of {INTERLEAVED_FLUSHES} flushes per method ({log_period} for log_copy, one \
+         compaction among them); medians over rounds; loadavg at start {started_loadavg}, \
+         at end {}",
         loadavg()
     );
-    for (i, (label, _)) in methods.iter().enumerate() {
+    for (i, label) in labels.iter().enumerate() {
         let column = |f: &dyn Fn(usize) -> f64| median((0..INTERLEAVED_ROUNDS).map(f).collect());
         let wall_ms = column(&|r| samples[i][r].0 / 1e6);
         let cpu_ms = column(&|r| samples[i][r].1 / 1e6);
         let wall_of_raw = column(&|r| 100.0 * samples[raw_idx][r].0 / samples[i][r].0);
         let cpu_of_raw = column(&|r| 100.0 * samples[raw_idx][r].1 / samples[i][r].1);
         println!(
-            "  {label:<20} wall {wall_ms:6.2} ms ({wall_of_raw:3.0}% of raw_copy's rows/s)   \
+            "  {label:<26} wall {wall_ms:6.2} ms ({wall_of_raw:3.0}% of raw_copy's rows/s)   \
              CPU {cpu_ms:6.2} ms ({cpu_of_raw:3.0}% of raw_copy's rows/s per CPU-second)"
         );
+    }
+}
+
+/// CPU nanoseconds between two readings, or NaN when CPU time cannot be read.
+fn cpu_diff(has_cpu: bool, before: Option<u64>, after: Option<u64>) -> f64 {
+    match (before, after) {
+        (Some(before), Some(after)) if has_cpu => after.saturating_sub(before) as f64,
+        _ => f64::NAN,
     }
 }
 
@@ -358,10 +444,10 @@ fn own_cpu_ns() -> Option<u64> {
     Some(total)
 }
 
-/// Nanoseconds on a CPU so far of every PostgreSQL backend connected to `db` (a
-/// backend's process title names its database). `None` if `/proc` cannot be read.
-fn backend_cpu_ns(db: &str) -> Option<u64> {
-    let mut total = 0;
+/// The `/proc` directories of every PostgreSQL backend connected to `db` (a backend's
+/// process title names its database). `None` if `/proc` cannot be read.
+fn backend_pids(db: &str) -> Option<Vec<std::path::PathBuf>> {
+    let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").ok()? {
         let Ok(entry) = entry else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
@@ -369,11 +455,16 @@ fn backend_cpu_ns(db: &str) -> Option<u64> {
         };
         let title = String::from_utf8_lossy(&cmdline);
         if title.starts_with("postgres:") && title.split_whitespace().any(|w| w == db) {
-            // A backend that exits between the two reads counts as zero.
-            total += schedstat_ns(&entry.path()).unwrap_or(0);
+            pids.push(entry.path());
         }
     }
-    Some(total)
+    Some(pids)
+}
+
+/// Nanoseconds on a CPU so far of the given processes; one that has exited counts as
+/// zero.
+fn pids_cpu_ns(pids: &[std::path::PathBuf]) -> u64 {
+    pids.iter().map(|p| schedstat_ns(p).unwrap_or(0)).sum()
 }
 
 /// The first field of `<dir>/schedstat`: time spent on a CPU, in nanoseconds.

@@ -245,6 +245,57 @@ UPDATE world_entities SET hit_points = COALESCE(
      FROM ships s WHERE s.id = world_entities.entity_id), 0);
 ",
     },
+    Migration {
+        version: 7,
+        name: "world_entity_log",
+        sql: "
+-- The append-only world-state log the PostgreSQL write-behind flush COPYs into (the
+-- crate's README, \"The world-state log\"); compaction folds it into world_entities and
+-- empties it. SQLite flushes straight into world_entities and leaves it empty: the
+-- schema is the same on both. No index: each one would cost every flush a b-tree
+-- insertion per row, and only compaction (a full scan) and readers through
+-- world_entities_current read it. Columns and CHECK as world_entities, so a state the
+-- table would refuse is refused when it is logged, not when it is compacted.
+CREATE TABLE world_entity_log (
+    seq BIGINT NOT NULL,
+    entity_id BIGINT NOT NULL,
+    x_m DOUBLE PRECISION NOT NULL,
+    y_m DOUBLE PRECISION NOT NULL,
+    vx_mps DOUBLE PRECISION NOT NULL,
+    vy_mps DOUBLE PRECISION NOT NULL,
+    tick BIGINT NOT NULL CHECK (tick >= 0),
+    hit_points DOUBLE PRECISION NOT NULL
+);
+-- One row. last_seq: the newest flush sequence number handed out (a flush increments
+-- it in its own transaction, so a rolled-back flush leaves no gap, and holds the row
+-- lock until it commits, so flushes commit in seq order). compacted_seq: every log row
+-- up to it has been folded into world_entities (the log holds exactly the rows with
+-- compacted_seq < seq <= last_seq).
+CREATE TABLE world_entity_log_seq (
+    id BIGINT PRIMARY KEY CHECK (id = 1),
+    last_seq BIGINT NOT NULL,
+    compacted_seq BIGINT NOT NULL,
+    CHECK (compacted_seq <= last_seq)
+);
+INSERT INTO world_entity_log_seq (id, last_seq, compacted_seq) VALUES (1, 0, 0);
+-- World state as of the last completed flush: world_entities, with each entity's newest
+-- log row (highest seq) in place of its row. Every reader of world state reads this.
+-- The newest row is picked with a window partitioned by entity_id (both dialects have
+-- it), so a filter on entity_id is pushed into the log's one scan.
+CREATE VIEW world_entities_current AS
+SELECT w.entity_id, w.kind, w.x_m, w.y_m, w.vx_mps, w.vy_mps, w.tick, w.hit_points
+FROM world_entities w
+WHERE NOT EXISTS (SELECT 1 FROM world_entity_log l WHERE l.entity_id = w.entity_id)
+UNION ALL
+SELECT l.entity_id,
+    COALESCE((SELECT w.kind FROM world_entities w WHERE w.entity_id = l.entity_id), 'ship'),
+    l.x_m, l.y_m, l.vx_mps, l.vy_mps, l.tick, l.hit_points
+FROM (SELECT g.entity_id, g.x_m, g.y_m, g.vx_mps, g.vy_mps, g.tick, g.hit_points,
+          ROW_NUMBER() OVER (PARTITION BY g.entity_id ORDER BY g.seq DESC) AS newness
+      FROM world_entity_log g) l
+WHERE l.newness = 1;
+",
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -17,12 +17,16 @@
 //! unique index of `ship_modules` for slots, so the loser of two conflicting requests
 //! waits for the winner, then sees its result.
 //!
-//! World-state flushes (`write_entity_states`) send one batch as seven binary array
-//! parameters (one per column) of one `UPDATE world_entities ... FROM` them (plus one
-//! insert for entities not yet in the table), in one transaction; `world_entities` is
-//! kept at fillfactor 50 so those updates are HOT. `BENCHMARKS.md` has the measurement
-//! against a `COPY` into a staging table + the same `UPDATE`, `UNNEST` and `COPY`
-//! upserts, naive per-row upserts and raw `COPY` that chose it; every method is kept
+//! World-state flushes (`write_entity_states`) append one batch to the world-state log
+//! with a binary `COPY`, in one transaction, and every few flushes compact the log into
+//! `world_entities` first (`postgres/world_log.rs`); readers read the view
+//! `world_entities_current`, which puts each entity's newest logged state over its row.
+//! The compaction's fold is the previous flush method: seven binary array parameters
+//! (one per column) of one `UPDATE world_entities ... FROM` them (plus one insert for
+//! entities not yet in the table); `world_entities` is kept at fillfactor 50 so those
+//! updates are HOT. `BENCHMARKS.md` has the measurements against the direct methods
+//! (that `UPDATE`, a `COPY` into a staging table + the same `UPDATE`, `UNNEST` and `COPY`
+//! upserts), naive per-row upserts and raw `COPY`; every method is kept
 //! ([`PgFlushMethod`]) for the bench.
 //!
 //! This module is an I/O driver: a flush or health check that outlives
@@ -35,6 +39,7 @@
 //! (`economy.rs`). Audit columns (`applied_at_unix_ms`, `updated_at_unix_ms`,
 //! `failed_at_unix_ms`) are stamped by the server's clock, never read back by the game.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -62,6 +67,10 @@ mod crafting;
 mod economy;
 #[cfg(test)]
 mod flush_tests;
+mod world_log;
+
+use world_log::WorldLog;
+pub use world_log::{LogPolicy, WorldLogStats};
 
 /// The server's clock as Unix milliseconds, for audit columns only.
 const SQL_NOW_UNIX_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
@@ -69,6 +78,12 @@ const SQL_NOW_UNIX_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::B
 const MIGRATION_LOCK_KEY: i64 = 0x5741_5250_4D49_4752; // "WARPMIGR"
 /// Fill percentage of `world_entities` pages (see `PgStore::tune_storage`).
 const WORLD_ENTITIES_FILLFACTOR: u32 = 50;
+/// The default [`PgConfig::world_log`]: compact every 8 flushes (0.8 s of world time at
+/// the default flush interval), or past 100,000 logged rows.
+pub const WORLD_LOG_POLICY_DEFAULT: LogPolicy = LogPolicy {
+    after_flushes: 8,
+    after_rows: 100_000,
+};
 /// Idle time before TCP keepalive probes start on a pooled connection.
 const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
@@ -86,6 +101,11 @@ pub struct PgConfig {
     /// dropped, not returned to the pool: a peer that stopped answering (a network
     /// partition, a half-open TCP connection) cannot hang the write-behind queue.
     pub operation_timeout: Duration,
+    /// When the world-state log is compacted (see `postgres/world_log.rs`): before a
+    /// flush, once this many flushes or rows were appended since the last compaction.
+    /// More flushes per compaction make flushes cheaper on average and the log longer,
+    /// which readers of one entity scan (the log has no index); see `BENCHMARKS.md`.
+    pub world_log: LogPolicy,
 }
 
 impl Default for PgConfig {
@@ -95,16 +115,25 @@ impl Default for PgConfig {
             connect_timeout: Duration::from_secs(5),
             pool_wait_timeout: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(30),
+            world_log: WORLD_LOG_POLICY_DEFAULT,
         }
     }
 }
 
-/// How [`PgStore::write_entity_states_with`] writes a batch. `UnnestUpdate`,
-/// `CopyUpdate`, `Unnest` and `CopyStaging` are correct flushes (each one transaction,
-/// last writer wins); `NaivePerRow` and `RawCopy` exist for the benchmark.
+/// How [`PgStore::write_entity_states_with`] writes a batch. `Log` (the flush's method),
+/// `UnnestUpdate`, `CopyUpdate`, `Unnest` and `CopyStaging` are correct flushes (each one
+/// transaction, last writer wins); `NaivePerRow` and `RawCopy` exist for the benchmark.
+/// Every method but `Log` and `RawCopy` writes `world_entities` directly: it first
+/// compacts the log if this store appended to it since its last compaction, so that
+/// no older logged state hides the row it writes (another store appending to the same
+/// database meanwhile is not covered; the server has one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PgFlushMethod {
-    /// The default: the batch as seven binary array parameters (one per column), turned
+    /// The default: compact the world-state log if due, then binary `COPY` the batch
+    /// into it, tagged with the next flush sequence number, in one transaction (see
+    /// `postgres/world_log.rs`).
+    Log,
+    /// The batch as seven binary array parameters (one per column), turned
     /// back into rows by subscript in one `UPDATE world_entities ... FROM` them and, only
     /// if some entities were not in the table yet, one `INSERT ... WHERE NOT EXISTS ...
     /// ON CONFLICT DO UPDATE` for those, in one transaction of three round trips. No
@@ -132,6 +161,7 @@ pub enum PgFlushMethod {
 pub struct PgStore {
     pool: Pool,
     operation_timeout: Duration,
+    world_log: Arc<WorldLog>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -181,9 +211,13 @@ impl PgStore {
         let store = PgStore {
             pool,
             operation_timeout: config.operation_timeout,
+            world_log: Arc::new(WorldLog::new(config.world_log)),
         };
         store.migrate().await?;
         store.tune_storage().await?;
+        // What a previous run logged and did not compact (a crash, a kill) is folded
+        // now, so this store starts with an empty log it knows completely.
+        store.compact_world_log().await?;
         Ok(store)
     }
 
@@ -281,7 +315,14 @@ impl PgStore {
         let cols = Columns::new(&states)?;
         let mut client = self.client().await?;
         let work = async {
+            let direct = !matches!(method, PgFlushMethod::Log | PgFlushMethod::RawCopy);
+            if direct && self.world_log.dirty() {
+                world_log::compact(&mut client, &self.world_log).await?;
+            }
             match method {
+                PgFlushMethod::Log => {
+                    world_log::flush_log(&mut client, &self.world_log, &states, &cols).await
+                }
                 PgFlushMethod::UnnestUpdate => {
                     flush_unnest_update(&mut client, &cols, UNNEST_STATEMENT_ROWS_MAX).await
                 }
@@ -315,6 +356,26 @@ impl PgStore {
                 )))
             }
         }
+    }
+
+    /// Folds the world-state log into `world_entities` and empties it, in one
+    /// transaction, now (flushes also do it when [`PgConfig::world_log`] says it is
+    /// due). Returns whether the log held anything. Readers see the same world before
+    /// and after.
+    ///
+    /// # Errors
+    /// As [`Store::write_entity_states`]; on a timeout the connection is dropped.
+    pub async fn compact_world_log(&self) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let work = world_log::compact(&mut client, &self.world_log);
+        let outcome = tokio::time::timeout(self.operation_timeout, work).await;
+        self.settle_timed(client, outcome, "world-state log compaction")
+    }
+
+    /// Counters of this store's world-state log (compactions, what was appended since
+    /// the last one).
+    pub fn world_log_stats(&self) -> WorldLogStats {
+        self.world_log.stats()
     }
 
     /// Closes the pool: pooled connections are dropped, new `get`s fail.
@@ -635,6 +696,18 @@ async fn flush_unnest_update(
     c: &Columns,
     rows_per_statement: usize,
 ) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(map_err)?;
+    update_from_arrays(&tx, c, rows_per_statement).await?;
+    tx.commit().await.map_err(map_err)
+}
+
+/// Writes the rows of `c` (one per entity) into `world_entities` inside `tx`: the
+/// `UnnestUpdate` flush's statements, also the world-state log compaction's fold.
+async fn update_from_arrays(
+    tx: &tokio_postgres::Transaction<'_>,
+    c: &Columns,
+    rows_per_statement: usize,
+) -> Result<(), StoreError> {
     let rows_per_statement = rows_per_statement.max(1);
     let update = format!(
         "UPDATE world_entities w SET x_m = s.x_m, y_m = s.y_m, vx_mps = s.vx_mps,
@@ -644,7 +717,6 @@ async fn flush_unnest_update(
          FROM {UNNEST_BATCH}
          WHERE w.entity_id = s.entity_id"
     );
-    let tx = client.transaction().await.map_err(map_err)?;
     for start in (0..c.len()).step_by(rows_per_statement) {
         let rows = c.slice(start..c.len().min(start + rows_per_statement));
         let params = rows.params();
@@ -671,7 +743,7 @@ async fn flush_unnest_update(
             .map_err(map_err)?;
         }
     }
-    tx.commit().await.map_err(map_err)
+    Ok(())
 }
 
 async fn flush_naive(client: &Object, c: &Columns) -> Result<(), StoreError> {
@@ -752,7 +824,7 @@ const SHIP_SELECT: &str = "SELECT s.id, c.account_id, c.id, s.name, s.hull_name,
         w.entity_id, w.x_m, w.y_m, w.vx_mps, w.vy_mps, w.tick, w.hit_points
     FROM ships s
     JOIN characters c ON c.id = s.character_id
-    JOIN world_entities w ON w.entity_id = s.id";
+    JOIN world_entities_current w ON w.entity_id = s.id";
 
 fn ship_record_at(row: &Row) -> Result<ShipRecord, StoreError> {
     Ok(ShipRecord {
@@ -1153,7 +1225,7 @@ impl Store for PgStore {
     }
 
     async fn write_entity_states(&self, states: &[EntityState]) -> Result<(), StoreError> {
-        self.write_entity_states_with(PgFlushMethod::UnnestUpdate, states)
+        self.write_entity_states_with(PgFlushMethod::Log, states)
             .await
     }
 
@@ -1217,7 +1289,7 @@ impl Store for PgStore {
         let rows = client
             .query(
                 "SELECT entity_id, x_m, y_m, vx_mps, vy_mps, tick, hit_points
-                 FROM world_entities ORDER BY entity_id",
+                 FROM world_entities_current ORDER BY entity_id",
                 &[],
             )
             .await

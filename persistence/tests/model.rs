@@ -5,6 +5,11 @@
 //! model: after each restart the store equals the model as of the last completed flush,
 //! and every poisoned row is in the dead-letter table. A failing run prints its seed.
 //!
+//! A third variant runs the same steps on PostgreSQL with a world-state log compacted
+//! every few flushes, plus explicit compactions (through a second store on the same
+//! database, so some fold the log by reading it) among the steps: compaction
+//! interleaved with flushes, outages and crashes never changes what readers see.
+//!
 //! Not for: a real network outage (`tests/pg_outage.rs`).
 
 mod common;
@@ -18,10 +23,11 @@ use async_trait::async_trait;
 use common::TestDb;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use warpcore_persistence::postgres::{LogPolicy, PgConfig, WorldLogStats};
 use warpcore_persistence::store::{DeadLetter, StoredDeadLetter};
 use warpcore_persistence::{
-    spawn_write_behind, Account, AccountId, EntityState, NewAccount, Registered, ShipRecord,
-    StarSystem, Station, Store, StoreError, SubmitError, WriteBehindConfig,
+    spawn_write_behind, Account, AccountId, EntityState, NewAccount, PgStore, Registered,
+    ShipRecord, StarSystem, Station, Store, StoreError, SubmitError, WriteBehindConfig,
 };
 
 const STEPS: usize = 400;
@@ -147,21 +153,87 @@ async fn check_store(store: &dyn Store, model: &Model, seed: u64, step: usize) {
     assert_eq!(dead.len(), model.dead, "seed {seed:#x} step {step}");
 }
 
+/// Compaction policy of the log variant: every 3 flushes or 40 rows, so that most
+/// flushes land in a non-empty log and many of them compact it first.
+const LOG_POLICY: LogPolicy = LogPolicy {
+    after_flushes: 3,
+    after_rows: 40,
+};
+
+/// The stores of one run: the one the queue writes through, and, in the log variant,
+/// a second `PgStore` on the same database for explicit compactions.
+struct Stores {
+    compactor: Option<PgStore>,
+    /// The store the queue writes through, as a `PgStore` (log variant), and its log
+    /// counters right after it opened (which may have compacted a log left behind).
+    writer: Option<(PgStore, WorldLogStats)>,
+}
+
+impl Stores {
+    async fn open(db: &TestDb, log: bool) -> (Arc<dyn Store>, Stores) {
+        if !log {
+            let stores = Stores {
+                compactor: None,
+                writer: None,
+            };
+            return (db.open_again().await.unwrap(), stores);
+        }
+        let url = db.pg.as_ref().expect("log variant runs on postgres").url();
+        let config = PgConfig {
+            world_log: LOG_POLICY,
+            ..PgConfig::default()
+        };
+        let store = PgStore::open_with(&url, &config).await.unwrap();
+        let compactor = PgStore::open_with(&url, &config).await.unwrap();
+        let stores = Stores {
+            compactor: Some(compactor),
+            writer: Some((store.clone(), store.world_log_stats())),
+        };
+        (Arc::new(store), stores)
+    }
+
+    /// Compactions the writing store did inside its flushes, and how many of them
+    /// folded from its memory.
+    fn flush_compactions(&self) -> (u64, u64) {
+        self.writer.as_ref().map_or((0, 0), |(w, at_open)| {
+            let stats = w.world_log_stats();
+            let in_flushes = stats.compactions - at_open.compactions;
+            let from_log = stats.compactions_from_log - at_open.compactions_from_log;
+            (in_flushes, in_flushes - from_log)
+        })
+    }
+}
+
 async fn run_model(db: TestDb) {
+    run_model_with(db, false).await;
+}
+
+async fn run_model_with(db: TestDb, log: bool) {
     let seed: u64 = std::env::var("WARPCORE_MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x0DE1_5EED);
-    eprintln!("model seed {seed:#x} ({:?})", db.backend);
+    eprintln!("model seed {seed:#x} ({:?}, log {log})", db.backend);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut model = Model::default();
+    let (first, mut stores) = if log {
+        Stores::open(&db, true).await
+    } else {
+        let stores = Stores {
+            compactor: None,
+            writer: None,
+        };
+        (db.store.clone(), stores)
+    };
     let mut switch = Arc::new(SwitchStore {
-        inner: db.store.clone(),
+        inner: first,
         down: AtomicBool::new(false),
     });
     let (mut sender, mut queue) = spawn_write_behind(switch.clone(), config());
     let mut tick = 0u64;
-    let (mut n_crashes, mut n_outage_flushes) = (0, 0);
+    let (mut n_crashes, mut n_outage_flushes, mut n_compactions) = (0, 0, 0);
+    // Compactions inside flushes (all, and those folded from the store's memory).
+    let (mut n_flush_compactions, mut n_from_memory) = (0, 0);
 
     for step in 0..STEPS {
         match rng.gen_range(0..100) {
@@ -215,6 +287,18 @@ async fn run_model(db: TestDb) {
                     check_store(db.store.as_ref(), &model, seed, step).await;
                 }
             }
+            80..=85 if stores.compactor.is_some() => {
+                // Explicit compaction by the second store: it never appended, so it
+                // folds whatever the log holds by reading it.
+                let compactor = stores.compactor.as_ref().expect("log variant");
+                let compacted = compactor.compact_world_log().await.unwrap();
+                if std::env::var("WARPCORE_MODEL_TRACE").is_ok() {
+                    eprintln!("{step}: compact {compacted}");
+                }
+                n_compactions += u32::from(compacted);
+                check_store(compactor, &model, seed, step).await;
+                check_store(db.store.as_ref(), &model, seed, step).await;
+            }
             80..=91 => {
                 let down = !switch.down.load(Ordering::SeqCst);
                 if std::env::var("WARPCORE_MODEL_TRACE").is_ok() {
@@ -231,7 +315,11 @@ async fn run_model(db: TestDb) {
                 queue.abort().await;
                 n_crashes += 1;
                 model.pending.clear();
-                let reopened = db.open_again().await.unwrap();
+                let (in_flushes, from_memory) = stores.flush_compactions();
+                n_flush_compactions += in_flushes;
+                n_from_memory += from_memory;
+                let reopened;
+                (reopened, stores) = Stores::open(&db, log).await;
                 check_store(reopened.as_ref(), &model, seed, step).await;
                 switch = Arc::new(SwitchStore {
                     inner: reopened,
@@ -251,8 +339,33 @@ async fn run_model(db: TestDb) {
         n_crashes > 0 && n_outage_flushes > 0 && model.dead > 0,
         "the seed exercised every step kind"
     );
+    if log {
+        let (in_flushes, from_memory) = stores.flush_compactions();
+        n_flush_compactions += in_flushes;
+        n_from_memory += from_memory;
+        eprintln!(
+            "compactions: {n_compactions} explicit, {n_flush_compactions} in flushes \
+             ({n_from_memory} from memory)"
+        );
+        // Explicit compactions always read the log (the compactor never appends);
+        // flushes fold from memory unless a crash or an explicit compaction came
+        // between (then from the log, when the seed has one).
+        assert!(n_compactions > 0, "explicit compactions folded something");
+        assert!(n_from_memory > 0, "flushes compacted from memory");
+        let url = db.pg.as_ref().expect("postgres").url();
+        let store = PgStore::open(&url).await.unwrap();
+        check_store(&store, &model, seed, STEPS).await;
+    }
 }
 both_backends!(
     random_updates_flushes_outages_and_crashes_match_a_model,
     run_model
 );
+
+/// PostgreSQL only: SQLite has no world-state log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_log_compactions_among_flushes_outages_and_crashes_match_a_model() {
+    if let Some(db) = TestDb::open(common::Backend::Postgres).await {
+        run_model_with(db, true).await;
+    }
+}

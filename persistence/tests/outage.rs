@@ -416,6 +416,7 @@ async fn pg_through_proxy(
         connect_timeout: Duration::from_secs(1),
         pool_wait_timeout: Duration::from_secs(1),
         operation_timeout,
+        ..PgConfig::default()
     };
     let store = PgStore::open_with(&url, &config)
         .await

@@ -387,10 +387,14 @@ async fn hit_points_backfill(mut db: TestDb) {
         .register_account(new_account("erin"))
         .await
         .unwrap();
-    // Back to schema 5: no hit_points column, migration 6 not applied.
+    // Back to schema 5: no world-state log (migration 7) and no hit_points column
+    // (migration 6).
     db.exec_raw(
-        "ALTER TABLE world_entities DROP COLUMN hit_points;
-         DELETE FROM schema_migrations WHERE version = 6;",
+        "DROP VIEW world_entities_current;
+         DROP TABLE world_entity_log;
+         DROP TABLE world_entity_log_seq;
+         ALTER TABLE world_entities DROP COLUMN hit_points;
+         DELETE FROM schema_migrations WHERE version IN (6, 7);",
     )
     .await;
     db.reopen().await;

@@ -1,0 +1,235 @@
+//! The PostgreSQL world-state log (`src/postgres/world_log.rs`): flushes append to
+//! `world_entity_log`, compaction folds it into `world_entities`, and every reader sees
+//! the world as of the last completed flush whatever is still in the log: after a
+//! restart on an uncompacted log, with a fold from this store's memory or from the log
+//! itself (a second writer), and when a direct `UPDATE` method follows logged flushes.
+//! On SQLite the log exists (same schema) and stays empty.
+//!
+//! Not for: the write-behind queue's contract (`tests/model.rs` runs it with
+//! compactions among flushes, outages and crashes).
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Backend, TestDb};
+use warpcore_persistence::postgres::{LogPolicy, PgConfig};
+use warpcore_persistence::{EntityState, PgFlushMethod, PgStore, Store};
+
+/// Never compacts by itself: the test decides.
+const NEVER: LogPolicy = LogPolicy {
+    after_flushes: u32::MAX,
+    after_rows: usize::MAX,
+};
+
+fn state(entity_id: i64, tick: u64) -> EntityState {
+    EntityState {
+        entity_id,
+        x_m: entity_id as f64 * 100.0 + tick as f64,
+        y_m: -(tick as f64),
+        vx_mps: 3.0,
+        vy_mps: -4.0,
+        tick,
+        hit_points: 500.0 - tick as f64,
+    }
+}
+
+async fn pg_store(db: &TestDb, policy: LogPolicy) -> PgStore {
+    let config = PgConfig {
+        world_log: policy,
+        ..PgConfig::default()
+    };
+    PgStore::open_with(&db.pg.as_ref().expect("postgres").url(), &config)
+        .await
+        .unwrap()
+}
+
+async fn log_rows(db: &TestDb) -> i64 {
+    db.query_i64("SELECT COUNT(*) FROM world_entity_log").await
+}
+
+/// What `entity_states` must answer after writing `flushes` in order.
+fn newest(flushes: &[Vec<EntityState>]) -> Vec<EntityState> {
+    let mut by_id = BTreeMap::new();
+    for s in flushes.iter().flatten() {
+        by_id.insert(s.entity_id, *s);
+    }
+    by_id.into_values().collect()
+}
+
+async fn postgres_db() -> Option<TestDb> {
+    TestDb::open(Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_an_uncompacted_log_loads_the_newest_state() {
+    let Some(db) = postgres_db().await else {
+        return;
+    };
+    db.store.seed_demo_content().await.unwrap();
+    let a = db
+        .store
+        .register_account(common::new_account("ann"))
+        .await
+        .unwrap();
+    let b = db
+        .store
+        .register_account(common::new_account("bob"))
+        .await
+        .unwrap();
+    let store = pg_store(&db, NEVER).await;
+    // Three flushes of both ships, the last one with an entity that has no row in
+    // world_entities yet (it lives in the log only until compaction).
+    let flushes = vec![
+        vec![state(a.ship_id, 1), state(b.ship_id, 1)],
+        vec![state(a.ship_id, 2), state(b.ship_id, 2)],
+        vec![state(a.ship_id, 3), state(1_000_000, 3)],
+    ];
+    for batch in &flushes {
+        store.write_entity_states(batch).await.unwrap();
+    }
+    assert_eq!(log_rows(&db).await, 6);
+    let want = newest(&flushes);
+    // Every reader sees the newest logged state before any compaction.
+    assert_eq!(store.entity_states().await.unwrap(), want);
+    assert_eq!(db.store.entity_states().await.unwrap(), want);
+    let world = store.load_world().await.unwrap();
+    let world_states: Vec<EntityState> = world.iter().map(|s| s.state).collect();
+    assert_eq!(world_states, vec![state(a.ship_id, 3), state(b.ship_id, 2)]);
+    let ship_a = store.ship(a.ship_id).await.unwrap().unwrap();
+    assert_eq!(ship_a.state, state(a.ship_id, 3));
+    let active_b = store.active_ship(b.account_id).await.unwrap().unwrap();
+    assert_eq!(active_b.state, state(b.ship_id, 2));
+    let of_a = store.ships_of_account(a.account_id).await.unwrap();
+    assert_eq!(of_a[0].state, state(a.ship_id, 3));
+    assert_eq!(store.world_log_stats().compactions, 0);
+
+    // Crash: the store goes away with its log uncompacted. The restart folds it.
+    store.close();
+    drop(store);
+    let restarted = PgStore::open(&db.pg.as_ref().unwrap().url()).await.unwrap();
+    let stats = restarted.world_log_stats();
+    assert_eq!((stats.compactions, stats.compactions_from_log), (1, 1));
+    assert_eq!(log_rows(&db).await, 0);
+    assert_eq!(restarted.entity_states().await.unwrap(), want);
+    let world = restarted.load_world().await.unwrap();
+    let world_states: Vec<EntityState> = world.iter().map(|s| s.state).collect();
+    assert_eq!(world_states, vec![state(a.ship_id, 3), state(b.ship_id, 2)]);
+    restarted.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_compaction_folds_the_newest_state_per_entity_before_the_next_flush() {
+    let Some(db) = postgres_db().await else {
+        return;
+    };
+    let store = pg_store(
+        &db,
+        LogPolicy {
+            after_flushes: 2,
+            after_rows: usize::MAX,
+        },
+    )
+    .await;
+    let flushes = vec![
+        (1..=5).map(|id| state(id, 1)).collect::<Vec<_>>(),
+        (3..=8).map(|id| state(id, 2)).collect(),
+        vec![state(1, 3)],
+    ];
+    store.write_entity_states(&flushes[0]).await.unwrap();
+    store.write_entity_states(&flushes[1]).await.unwrap();
+    assert_eq!(store.world_log_stats().compactions, 0);
+    assert_eq!(log_rows(&db).await, 11);
+    // Due: the third flush compacts the first two (from memory), then appends.
+    store.write_entity_states(&flushes[2]).await.unwrap();
+    let stats = store.world_log_stats();
+    assert_eq!((stats.compactions, stats.compactions_from_log), (1, 0));
+    assert_eq!(stats.flushes_since_compaction, 1);
+    assert_eq!(log_rows(&db).await, 1);
+    assert_eq!(
+        db.query_i64("SELECT COUNT(*) FROM world_entities").await,
+        8,
+        "entities 1..=8 folded into the base table"
+    );
+    assert_eq!(store.entity_states().await.unwrap(), newest(&flushes));
+    // An explicit compaction folds the rest; a second one has nothing to do.
+    assert!(store.compact_world_log().await.unwrap());
+    assert!(!store.compact_world_log().await.unwrap());
+    assert_eq!(log_rows(&db).await, 0);
+    assert_eq!(store.entity_states().await.unwrap(), newest(&flushes));
+    store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_makes_compaction_read_the_log() {
+    let Some(db) = postgres_db().await else {
+        return;
+    };
+    let first = pg_store(&db, NEVER).await;
+    let second = pg_store(&db, NEVER).await;
+    // The first store remembers entity 1 at tick 1, but the log's newest row for it is
+    // the second store's: folding the first store's memory would lose it.
+    first.write_entity_states(&[state(1, 1)]).await.unwrap();
+    second.write_entity_states(&[state(1, 2)]).await.unwrap();
+    first.write_entity_states(&[state(2, 3)]).await.unwrap();
+    assert!(first.compact_world_log().await.unwrap());
+    let stats = first.world_log_stats();
+    assert_eq!((stats.compactions, stats.compactions_from_log), (1, 1));
+    let want = vec![state(1, 2), state(2, 3)];
+    assert_eq!(first.entity_states().await.unwrap(), want);
+    // The second store's memory is stale now (someone else compacted): its next
+    // compaction reads the log too.
+    second.write_entity_states(&[state(2, 4)]).await.unwrap();
+    assert!(second.compact_world_log().await.unwrap());
+    assert_eq!(second.world_log_stats().compactions_from_log, 1);
+    assert_eq!(
+        second.entity_states().await.unwrap(),
+        vec![state(1, 2), state(2, 4)]
+    );
+    first.close();
+    second.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_update_after_logged_flushes_is_not_hidden_by_the_log() {
+    let Some(db) = postgres_db().await else {
+        return;
+    };
+    let store = pg_store(&db, NEVER).await;
+    store.write_entity_states(&[state(1, 1)]).await.unwrap();
+    store
+        .write_entity_states_with(PgFlushMethod::UnnestUpdate, &[state(1, 2)])
+        .await
+        .unwrap();
+    assert_eq!(store.entity_states().await.unwrap(), vec![state(1, 2)]);
+    assert_eq!(log_rows(&db).await, 0);
+    store.close();
+}
+
+/// The same migrations on both backends: SQLite has the log and the view too, and its
+/// flush leaves the log empty.
+async fn log_schema_on_both(db: TestDb) {
+    let flushes = vec![
+        (1..=4).map(|id| state(id, 1)).collect::<Vec<_>>(),
+        (2..=3).map(|id| state(id, 2)).collect(),
+    ];
+    for batch in &flushes {
+        db.store.write_entity_states(batch).await.unwrap();
+    }
+    let want = newest(&flushes);
+    assert_eq!(db.store.entity_states().await.unwrap(), want);
+    assert_eq!(
+        db.query_i64("SELECT COUNT(*) FROM world_entities_current")
+            .await,
+        want.len() as i64
+    );
+    let logged = log_rows(&db).await;
+    match db.backend {
+        Backend::Sqlite => assert_eq!(logged, 0),
+        Backend::Postgres => assert_eq!(logged, 6),
+    }
+}
+both_backends!(
+    the_log_and_its_view_exist_on_both_backends,
+    log_schema_on_both
+);
