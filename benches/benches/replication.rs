@@ -7,9 +7,12 @@
 //! not the simulate tick and not the clients. Counted: bytes per client per second, and,
 //! for a sample of clients, how often each of the 64 entities nearest to the client's
 //! ship (by the server's positions) gets a record. The same scenario is then run with
-//! full snapshots (clients that never ack, a budget big enough for the same 256-entity
-//! view, 40-byte unquantized entities) for the bytes ratio. Figures go to stderr; the
-//! criterion group times `write_snapshots` again in its own loop.
+//! full snapshots (clients that never ack, a budget big enough for the same
+//! `REPLICA_ENTITIES_MAX`-entity view, 40-byte unquantized entities) for the bytes ratio. Figures go to stderr; the
+//! criterion group times `write_snapshots` again in its own loop. With
+//! `REPLICATION_DELTAS_ONLY` set, only the delta run is made (a quick look while tuning);
+//! its payload digest changes only when the bytes written do. `REPLICATION_THREADS`
+//! sets the worker threads of that run (default 2).
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +21,7 @@ use warpcore_engine::wire::delta::{DeltaSnapshotView, TYPE_DELTA_SNAPSHOT};
 use warpcore_engine::wire::{ClientMsg, ENTITY_VIEW_BYTES, SNAPSHOT_HEADER_BYTES};
 use warpcore_engine::{
     Engine, EngineConfig, EntityRecord, ReplicaWorld, ShipSpawn, ShipStats, WeaponStats,
+    REPLICA_ENTITIES_MAX,
 };
 
 const CLIENTS: u64 = 5000;
@@ -31,7 +35,7 @@ const MEASURED_TICKS: usize = 100;
 const SAMPLE_EVERY: u64 = 50;
 const NEAREST: usize = 64;
 /// Entities in the view of a full-snapshot client in the comparison run.
-const FULL_VIEW_ENTITIES: usize = 256;
+const FULL_VIEW_ENTITIES: usize = REPLICA_ENTITIES_MAX;
 const CLIENT_BASE: u64 = 1_000_000;
 
 fn load_average() -> String {
@@ -174,6 +178,9 @@ struct Outcome {
     write_cpu_us: Vec<f64>,
     bytes_per_client_s: Vec<f64>,
     nearest_rate_hz: Vec<f64>,
+    /// FNV-1a over every payload in order: the bytes do not depend on the thread count
+    /// or the machine, so two builds that should write the same snapshots print the same.
+    digest: u64,
 }
 
 /// Runs the battle for `ticks` measured ticks; `delta` clients acknowledge.
@@ -187,6 +194,7 @@ fn run(engine: &mut Engine, worlds: &mut [ReplicaWorld], delta: bool, ticks: usi
     let mut near = Vec::new();
     let mut write_us = Vec::with_capacity(ticks);
     let mut write_cpu_us = Vec::with_capacity(ticks);
+    let mut digest = 0xcbf2_9ce4_8422_2325u64;
     for tick in 0..(WARM_UP_TICKS + ticks) as u64 {
         let measuring = tick >= WARM_UP_TICKS as u64;
         records.clear();
@@ -216,6 +224,9 @@ fn run(engine: &mut Engine, worlds: &mut [ReplicaWorld], delta: bool, ticks: usi
             let payload = &arena[offset..offset + len];
             if measuring {
                 bytes[index] += len as u64;
+            }
+            for &byte in client.to_le_bytes().iter().chain(payload) {
+                digest = (digest ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
             }
             worlds[index].apply(payload).expect("a valid snapshot");
         }
@@ -259,6 +270,7 @@ fn run(engine: &mut Engine, worlds: &mut [ReplicaWorld], delta: bool, ticks: usi
             .iter()
             .map(|&u| u as f64 / NEAREST as f64 / seconds)
             .collect(),
+        digest,
     }
 }
 
@@ -298,15 +310,24 @@ fn report(label: &str, outcome: &mut Outcome) {
         r[0],
         percentile(r, 0.5)
     );
+    eprintln!("{label}: payload digest {:016x}", outcome.digest);
 }
 
 fn replication(c: &mut Criterion) {
     eprintln!("replication: load average before {}", load_average());
-    let mut delta = battle(2, EngineConfig::default().snapshot_bytes_max);
+    let threads = std::env::var("REPLICATION_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
+    let mut delta = battle(threads, EngineConfig::default().snapshot_bytes_max);
     let mut worlds: Vec<ReplicaWorld> = (0..CLIENTS).map(|_| ReplicaWorld::new()).collect();
     let mut delta_outcome = run(&mut delta, &mut worlds, true, MEASURED_TICKS);
     report("deltas, 2 threads", &mut delta_outcome);
     eprintln!("replication: stats {:?}", delta.stats());
+    if std::env::var_os("REPLICATION_DELTAS_ONLY").is_some() {
+        // A quick look while tuning: the delta run's figures only.
+        return;
+    }
     let full_bytes = SNAPSHOT_HEADER_BYTES + (FULL_VIEW_ENTITIES + 1) * ENTITY_VIEW_BYTES;
     let mut full = battle(2, full_bytes);
     let mut full_worlds: Vec<ReplicaWorld> = (0..CLIENTS).map(|_| ReplicaWorld::new()).collect();

@@ -123,6 +123,10 @@ pub struct Engine {
     replication_epoch: u64,
     /// The shared candidate lists of the delta clients, rebuilt every write.
     groups: InterestGroups,
+    /// This write's delta clients (indices into `replicas`), grouped by interest group.
+    write_order: Vec<u32>,
+    /// Scratch for checking `write_order` names each client once.
+    write_seen: Vec<u64>,
     tick: u64,
     time_dilation: f64,
     commands_applied: u64,
@@ -173,6 +177,8 @@ impl Engine {
             replicas: Vec::new(),
             replication_epoch: 0,
             groups: InterestGroups::default(),
+            write_order: Vec::new(),
+            write_seen: Vec::new(),
             tick: 0,
             time_dilation: 1.0,
             commands_applied: 0,
@@ -1089,9 +1095,15 @@ impl Engine {
             rates,
             keep_expected: self.config.replication_check,
         };
-        let chunk_len = self.replicas.len().div_ceil(self.threads * 16);
-        self.workers
-            .for_each_chunked(&mut self.replicas, chunk_len, &|replica| {
+        // In group order: a group's candidates and its entities' values are read by its
+        // clients one after another, while they are in this core's cache.
+        let chunk_len = self.write_order.len().div_ceil(self.threads * 16);
+        self.workers.for_each_chunked_in_order(
+            &mut self.replicas,
+            &self.write_order,
+            &mut self.write_seen,
+            chunk_len,
+            &|replica| {
                 if let Plan::Delta {
                     group,
                     own,
@@ -1103,7 +1115,8 @@ impl Engine {
                             .state
                             .write_delta(&mut replica.buf, &ctx, group, own, bytes_max);
                 }
-            });
+            },
+        );
 
         for replica in &mut self.replicas {
             let client = replica.client;
@@ -1150,6 +1163,7 @@ impl Engine {
     /// its rate and budget) and which interest group each delta client reads from.
     fn plan_replication(&mut self, rates: &RateParams) {
         self.groups.clear();
+        self.write_order.clear();
         let sector_size_m = self.config.sector_size_m;
         let epoch = self.replication_epoch;
         for (index, replica) in self.replicas.iter_mut().enumerate() {
@@ -1198,15 +1212,19 @@ impl Engine {
                 own: own.map(|o| o.0),
                 bytes_max,
             };
-            if let Some(key) = key {
-                self.groups.request(key, index as u32);
+            match key {
+                Some(key) => self.groups.request(key, index as u32),
+                None => self.write_order.push(index as u32),
             }
         }
         let replicas = &mut self.replicas;
+        let order = &mut self.write_order;
+        // Called in group order.
         self.groups
             .build(&self.sectors, &mut |client_index, group_index| {
                 if let Plan::Delta { group, .. } = &mut replicas[client_index as usize].plan {
                     *group = group_index;
+                    order.push(client_index);
                 }
             });
     }

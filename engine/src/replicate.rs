@@ -29,11 +29,13 @@
 //! [`REPLICA_ENTITIES_MAX`] entities) and spectators of the same cell form one
 //! [`InterestGroup`] per write, whose [`REPLICA_ENTITIES_MAX`] candidates nearest to
 //! the cell's middle are found once (ring by ring through the fine cells) and read by
-//! every client of the group (32 bytes each: id, position, change bits, and where the
-//! values are in the sector cache, read only for the records sent); a pilot's own ship
-//! is always added. Groups are filled, then clients written, in parallel on the
-//! engine's workers, each into its own reused buffer with per-thread scratch; the
-//! bytes do not depend on the thread count.
+//! every client of the group (40 bytes each: id, position, change bits, where the
+//! values are in the sector cache, and where the group encoded its fields once, so a
+//! record's fields are copied, not encoded, by each client that sends it); a pilot's
+//! own ship is always added. Groups are filled, then clients written group after group
+//! (a group's list stays in the core's cache), in parallel on the engine's workers,
+//! each into its own reused buffer with per-thread scratch; the bytes do not depend on
+//! the thread count.
 //!
 //! Which changed entities go in a snapshot is decided by an integer priority
 //! accumulator (own ship first, then the entities within the group's near radius,
@@ -53,7 +55,7 @@ use crate::config::EngineConfig;
 use crate::sector::{find_sector, fine_cell_of, CachedReplica, Sector, FINE_CELLS_PER_SIDE};
 use crate::sector_id::SectorId;
 use crate::wire::delta::{
-    position_bytes, quantize_cm, record_len_of, DeltaEncoder, DeltaHeader, DeltaRecord,
+    position_bytes, put_fields, quantize_cm, record_len_of, DeltaEncoder, DeltaHeader,
     ReplicaEntity, DELTA_HEADER_BYTES_MAX, DELTA_RECORDS_MAX, DELTA_RECORD_BYTES_MAX, FIELDS_ALL,
     FIELD_HEALTH, FIELD_POSITION, FIELD_VELOCITY, RECORD_REMOVED,
 };
@@ -201,7 +203,7 @@ fn keep_nearest(candidates: &mut Vec<Candidate>, count_max: usize) {
 /// Snapshots remembered per delta client for matching acks.
 pub const SNAPSHOT_RING_LEN: usize = 32;
 /// Most entities a delta client is shown at once (the nearest in its interest).
-pub const REPLICA_ENTITIES_MAX: usize = 256;
+pub const REPLICA_ENTITIES_MAX: usize = 128;
 /// Most slots per delta client: the shown entities plus those whose removal is not yet
 /// acknowledged.
 pub const KNOWN_SLOTS_MAX: usize = 2 * REPLICA_ENTITIES_MAX;
@@ -303,8 +305,8 @@ impl GroupKey {
 
 /// One candidate of an interest group: what every client's loop reads for each entity
 /// in its view (id, position for the priority, change bits), and where the rest is.
-/// 32 bytes; the entity's values stay in its sector's cache, read only for the records
-/// a client sends.
+/// 40 bytes; the entity's values stay in its sector's cache, and its encoded fields in
+/// the group's buffer, read only for the records a client sends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GroupEntry {
     entity_id: u64,
@@ -317,7 +319,13 @@ pub(crate) struct GroupEntry {
     /// Encoded bytes of each field in a snapshot at the group's origin, so a record's
     /// length is known without reading the entity's values.
     field_bytes: [u8; 6],
+    /// Where the group's encoding of every field starts in `InterestGroup::fields`
+    /// ([`FIELDS_NONE`]: not encoded, read the values from the cache).
+    fields_at: u32,
 }
+
+/// `GroupEntry::fields_at` of an entry whose fields the group did not encode.
+const FIELDS_NONE: u32 = u32::MAX;
 
 impl GroupEntry {
     /// The entry of `cached` in a group whose origin is `origin` (metres, and the same
@@ -341,6 +349,7 @@ impl GroupEntry {
                 bytes[0] = position_bytes(value, origin_cm.0, origin_cm.1) as u8;
                 bytes
             },
+            fields_at: FIELDS_NONE,
         }
     }
 }
@@ -359,6 +368,9 @@ pub(crate) struct InterestGroup {
     /// client's entities within about this range are its nearest, sent most often.
     near_radius_m: f64,
     candidates: Vec<GroupEntry>,
+    /// Every candidate's fields encoded once at the group's origin (see
+    /// `GroupEntry::fields_at`): the clients of the group copy them into their records.
+    fields: Vec<u8>,
     /// Candidates still in the running.
     work: Vec<WorkItem>,
     /// Squared distances of candidates, as bits (which order like the distances).
@@ -382,6 +394,7 @@ impl InterestGroup {
             reference: (0.0, 0.0),
             near_radius_m: 0.0,
             candidates: Vec::new(),
+            fields: Vec::new(),
             work: Vec::new(),
             keys: Vec::new(),
         }
@@ -424,6 +437,19 @@ impl InterestGroup {
                 .iter()
                 .filter_map(|w| Some(GroupEntry::new(w.at, w.at.get(sectors)?, origin, origin_cm))),
         );
+        self.fields.clear();
+        for entry in &mut self.candidates {
+            if let Some(cached) = entry.at.get(sectors) {
+                entry.fields_at = self.fields.len() as u32;
+                put_fields(
+                    &mut self.fields,
+                    FIELDS_ALL,
+                    &cached.value,
+                    origin_cm.0,
+                    origin_cm.1,
+                );
+            }
+        }
     }
 
     /// Adds a candidate unless it is farther than `cutoff_sq_m2` from the reference.
@@ -562,7 +588,7 @@ impl InterestGroups {
     }
 
     /// Turns the requests into groups (merging the cells of sparse sectors) and tells
-    /// `assign(client_index, group_index)` where each client goes.
+    /// `assign(client_index, group_index)` where each client goes, group after group.
     pub(crate) fn build(&mut self, sectors: &[Box<Sector>], assign: &mut dyn FnMut(u32, u32)) {
         self.requests.sort_unstable();
         let mut last: Option<GroupKey> = None;
@@ -1005,6 +1031,7 @@ impl ClientReplication {
             self.merge(cands, changes, slots, views);
             let choice = Choice {
                 cands,
+                fields: group.map_or(&[][..], |g| g.fields.as_slice()),
                 views,
                 own_id,
                 sectors: ctx.sectors,
@@ -1204,33 +1231,6 @@ impl ClientReplication {
         }
     }
 
-    /// The record slot `index` is due.
-    fn record(&self, index: usize, choice: &Choice<'_>) -> DeltaRecord {
-        let slot = &self.slots[index];
-        let view = choice.views[index];
-        let cached = if view.cand == CAND_NONE || view.pending == RECORD_REMOVED {
-            None
-        } else {
-            choice
-                .cands
-                .get(usize::from(view.cand))
-                .and_then(|entry| entry.at.get(choice.sectors))
-        };
-        match cached {
-            Some(cached) => DeltaRecord {
-                mask: view.pending,
-                value: cached.value,
-            },
-            None => DeltaRecord {
-                mask: RECORD_REMOVED,
-                value: ReplicaEntity {
-                    entity_id: slot.entity_id,
-                    ..ReplicaEntity::default()
-                },
-            },
-        }
-    }
-
     /// Writes the chosen records and notes what each carried. A sent entity keeps the
     /// priority it had above `cutoff` (the lowest picked): an entity that gains more
     /// than the cutoff every two writes, and less every write, is then sent at a rate
@@ -1250,29 +1250,66 @@ impl ClientReplication {
         };
         for &index in order {
             let index = index as usize;
-            let record = self.record(index, choice);
-            if encoder.push(&record).is_err() {
+            let slot = &mut self.slots[index];
+            let view = choice.views[index];
+            let entry = if view.cand == CAND_NONE || view.pending == RECORD_REMOVED {
+                None
+            } else {
+                choice.cands.get(usize::from(view.cand))
+            };
+            let encoded = entry.filter(|entry| entry.fields_at != FIELDS_NONE);
+            let cached = entry
+                .filter(|entry| entry.fields_at == FIELDS_NONE)
+                .and_then(|entry| entry.at.get(choice.sectors));
+            let (mask, pushed) = match (encoded, cached) {
+                (Some(entry), _) => {
+                    let start = entry.fields_at as usize;
+                    let len: usize = entry.field_bytes.iter().map(|&b| usize::from(b)).sum();
+                    let fields = choice.fields.get(start..start + len).unwrap_or_default();
+                    let pushed = encoder.push_encoded(
+                        slot.entity_id,
+                        view.pending,
+                        fields,
+                        &entry.field_bytes,
+                    );
+                    (view.pending, pushed)
+                }
+                (None, Some(cached)) => (
+                    view.pending,
+                    encoder.push_entity(view.pending, &cached.value),
+                ),
+                (None, None) => {
+                    let removed = ReplicaEntity {
+                        entity_id: slot.entity_id,
+                        ..ReplicaEntity::default()
+                    };
+                    (
+                        RECORD_REMOVED,
+                        encoder.push_entity(RECORD_REMOVED, &removed),
+                    )
+                }
+            };
+            if pushed.is_err() {
                 // Cannot happen (lengths were bounded above); it stays due all the same.
                 continue;
             }
             counts.records += 1;
-            let slot = &mut self.slots[index];
             slot.carrier_seq = seq;
-            slot.priority = if record.value.entity_id == choice.own_id {
+            slot.priority = if slot.entity_id == choice.own_id {
                 0
             } else {
                 slot.priority.saturating_sub(cutoff)
             };
-            if record.mask == RECORD_REMOVED {
+            if mask == RECORD_REMOVED {
                 slot.inflight = PRESENCE_BIT;
                 slot.state = (slot.state & !STATE_PRESENCE_DUE) | FIELDS_ALL;
             } else {
-                if record.mask == FIELDS_ALL && slot.presence_unsettled() {
+                if mask == FIELDS_ALL && slot.presence_unsettled() {
                     slot.inflight |= PRESENCE_BIT;
                     slot.state &= !STATE_PRESENCE_DUE;
                 }
-                slot.inflight |= record.mask;
-                slot.state &= !record.mask;
+                slot.inflight |= mask;
+                slot.state &= !mask;
             }
         }
     }
@@ -1299,6 +1336,8 @@ impl ClientReplication {
 struct Choice<'a> {
     /// The client's candidates, by id (what `SlotView::cand` indexes).
     cands: &'a [GroupEntry],
+    /// The group's encoded fields (`GroupEntry::fields_at`).
+    fields: &'a [u8],
     /// This write's view of each slot.
     views: &'a [SlotView],
     /// The client's own ship (0: none).
@@ -1365,7 +1404,7 @@ mod tests {
         // Most of a client's memory is one slot per entity in view; candidates are
         // read by every client of a group.
         assert_eq!(std::mem::size_of::<Slot>(), 16);
-        assert_eq!(std::mem::size_of::<GroupEntry>(), 32);
+        assert_eq!(std::mem::size_of::<GroupEntry>(), 40);
     }
 
     #[test]

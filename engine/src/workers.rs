@@ -151,6 +151,60 @@ impl Workers {
         chunks
     }
 
+    /// Like [`Workers::for_each_chunked`], but visits `items[order[0]]`,
+    /// `items[order[1]]`, ... (chunks of `chunk_len` entries of `order`): elements that
+    /// read the same shared data can be visited one after another, while it is in the
+    /// cache. `seen` is a reused bitmap for checking that `order` names each element at
+    /// most once.
+    ///
+    /// # Panics
+    /// If `order` holds an index twice or one out of bounds (a bug in the caller), or
+    /// if `f` panics.
+    pub(crate) fn for_each_chunked_in_order<T: Send>(
+        &self,
+        items: &mut [T],
+        order: &[u32],
+        seen: &mut Vec<u64>,
+        chunk_len: usize,
+        f: &(dyn Fn(&mut T) + Sync),
+    ) -> usize {
+        // The check that makes the disjoint `&mut` below sound: O(n), one bit per item.
+        seen.clear();
+        seen.resize(items.len().div_ceil(64), 0);
+        for &index in order {
+            let index = index as usize;
+            assert!(
+                index < items.len(),
+                "order names element {index} of {}",
+                items.len()
+            );
+            let (word, bit) = (index / 64, 1u64 << (index % 64));
+            assert!(seen[word] & bit == 0, "order names element {index} twice");
+            seen[word] |= bit;
+        }
+        let chunk_len = chunk_len.max(1);
+        let chunks = order.len().div_ceil(chunk_len);
+        let base = SendPtr(items.as_mut_ptr());
+        let run_chunk = move |chunk: usize| {
+            let start = chunk * chunk_len;
+            let end = (start + chunk_len).min(order.len());
+            for &index in &order[start..end] {
+                // SAFETY: every index is in bounds and appears once in `order` (checked
+                // above), each chunk of `order` is claimed exactly once per run, so no
+                // two calls get the same element; the run ends (all workers out) before
+                // `items`' borrow does.
+                let item = unsafe { &mut *base.get().add(index as usize) };
+                f(item);
+            }
+        };
+        if self.threads.is_empty() || chunks <= 1 {
+            (0..chunks).for_each(run_chunk);
+        } else {
+            self.run(chunks, &run_chunk);
+        }
+        chunks.max(1)
+    }
+
     fn run(&self, chunks: usize, job: &(dyn Fn(usize) + Sync)) {
         let shared = &*self.shared;
         // SAFETY: only the lifetime is erased; the pointer is used by workers only
@@ -321,6 +375,37 @@ mod tests {
             }
             let mut empty: Vec<u64> = Vec::new();
             workers.for_each_chunked(&mut empty, 4, &|x| *x += 1);
+        }
+    }
+
+    #[test]
+    fn in_order_visits_each_named_element_once_and_refuses_a_repeat() {
+        let mut seen = Vec::new();
+        for threads in [1, 2] {
+            let workers = Workers::start(threads, false).unwrap();
+            let mut items = vec![0u64; 1000];
+            // Every third element, backwards: the others stay untouched.
+            let order: Vec<u32> = (0..1000).rev().step_by(3).collect();
+            for round in 1..=50u64 {
+                workers
+                    .for_each_chunked_in_order(&mut items, &order, &mut seen, 5, &|x| *x += round);
+            }
+            let total: u64 = (1..=50).sum();
+            for (i, &x) in items.iter().enumerate() {
+                let named = (999 - i) % 3 == 0;
+                assert_eq!(x, if named { total } else { 0 }, "element {i}");
+            }
+            let repeat = catch_unwind(AssertUnwindSafe(|| {
+                workers
+                    .for_each_chunked_in_order(&mut items, &[1, 2, 1], &mut seen, 1, &|x| *x = 0);
+            }));
+            assert!(repeat.is_err(), "an element named twice is refused");
+            let out_of_bounds = catch_unwind(AssertUnwindSafe(|| {
+                workers.for_each_chunked_in_order(&mut items, &[1000], &mut seen, 1, &|x| *x = 0);
+            }));
+            assert!(out_of_bounds.is_err());
+            assert_eq!(items[1], 0);
+            assert_eq!(items[999], total, "nothing ran when the order was refused");
         }
     }
 

@@ -10,7 +10,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use warpcore_engine::wire::delta::{ReplicaEntity, TYPE_DELTA_SNAPSHOT};
 use warpcore_engine::wire::{ClientMsg, TYPE_SNAPSHOT};
-use warpcore_engine::{Engine, EngineConfig, ReplicaWorld, ShipSpawn, ShipStats, WeaponStats};
+use warpcore_engine::{
+    Engine, EngineConfig, ReplicaWorld, ShipSpawn, ShipStats, WeaponStats, REPLICA_ENTITIES_MAX,
+};
 
 const TICK_HZ: u32 = 20;
 
@@ -538,7 +540,6 @@ fn malformed_and_out_of_order_snapshots_leave_the_world_untouched() {
 /// block the pilot sees every entity of it.
 #[test]
 fn crowded_interest_is_the_nearest_to_the_pilots_cell() {
-    const REPLICA_ENTITIES_MAX: usize = 256;
     const CELL_M: f64 = 125.0;
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut sparse = engine();

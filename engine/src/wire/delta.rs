@@ -273,36 +273,6 @@ pub fn record_len_of(id_delta: u64, mask: u8, fields: &[u8; 6]) -> usize {
     len
 }
 
-/// One record being encoded: at most [`DELTA_RECORD_BYTES_MAX`] bytes.
-struct RecordBytes {
-    buf: [u8; DELTA_RECORD_BYTES_MAX],
-    len: usize,
-}
-
-impl Default for RecordBytes {
-    fn default() -> RecordBytes {
-        RecordBytes {
-            buf: [0; DELTA_RECORD_BYTES_MAX],
-            len: 0,
-        }
-    }
-}
-
-impl RecordBytes {
-    fn byte(&mut self, value: u8) {
-        self.buf[self.len] = value;
-        self.len += 1;
-    }
-
-    fn varint(&mut self, mut value: u64) {
-        while value >= 0x80 {
-            self.byte((value as u8) | 0x80);
-            value >>= 7;
-        }
-        self.byte(value as u8);
-    }
-}
-
 /// Encoded size of `record` after a record for `previous_id` (0 for the first).
 pub fn record_len(previous_id: u64, record: &DeltaRecord, header: &DeltaHeader) -> usize {
     let v = &record.value;
@@ -401,51 +371,135 @@ impl<'a> DeltaEncoder<'a> {
     /// In debug builds, on an id not above the previous one or an invalid mask (a bug
     /// in the caller, which the decoder would reject).
     pub fn push(&mut self, record: &DeltaRecord) -> Result<(), EncodeError> {
-        debug_assert!(record.value.entity_id > self.previous_id, "ids must ascend");
+        self.push_entity(record.mask, &record.value)
+    }
+
+    /// [`DeltaEncoder::push`] of the record with `mask` for `value`, without building a
+    /// [`DeltaRecord`] (a REMOVED record reads only `value.entity_id`).
+    ///
+    /// # Errors
+    /// As [`DeltaEncoder::push`].
+    pub fn push_entity(&mut self, mask: u8, value: &ReplicaEntity) -> Result<(), EncodeError> {
+        debug_assert!(value.entity_id > self.previous_id, "ids must ascend");
         debug_assert!(
-            record.mask == RECORD_REMOVED || (record.mask != 0 && record.mask & !FIELDS_ALL == 0),
-            "invalid mask {:#x}",
-            record.mask
+            mask == RECORD_REMOVED || (mask != 0 && mask & !FIELDS_ALL == 0),
+            "invalid mask {mask:#x}"
         );
         if usize::from(self.count) >= DELTA_RECORDS_MAX {
             return Err(EncodeError::Full);
         }
-        // Encoded on the stack first: one copy into `out`, and nothing written when it
-        // does not fit.
-        let v = &record.value;
-        let m = record.mask;
-        let mut bytes = RecordBytes::default();
-        bytes.varint(v.entity_id - self.previous_id);
-        bytes.byte(m);
-        if m & FIELD_POSITION != 0 {
-            bytes.varint(zigzag(v.x_cm.wrapping_sub(self.header.origin_x_cm)));
-            bytes.varint(zigzag(v.y_cm.wrapping_sub(self.header.origin_y_cm)));
+        // Written in place and cut off again when over the budget: nothing stays
+        // written then.
+        let before = self.out.len();
+        put_varint(self.out, value.entity_id - self.previous_id);
+        self.out.push(mask);
+        if mask != RECORD_REMOVED {
+            put_fields(
+                self.out,
+                mask,
+                value,
+                self.header.origin_x_cm,
+                self.header.origin_y_cm,
+            );
         }
-        if m & FIELD_VELOCITY != 0 {
-            bytes.varint(zigzag(i64::from(v.vx_cmps)));
-            bytes.varint(zigzag(i64::from(v.vy_cmps)));
-        }
-        if m & FIELD_HEALTH != 0 {
-            bytes.varint(v.hit_points_centi);
-        }
-        if m & FIELD_STATE != 0 {
-            bytes.byte(v.state);
-        }
-        if m & FIELD_TARGET != 0 {
-            bytes.varint(v.target);
-        }
-        if m & FIELD_OWNER != 0 {
-            bytes.varint(v.owner_account);
-        }
-        if self.encoded_len() + bytes.len > self.bytes_max {
+        self.finish_record(before, value.entity_id)
+    }
+
+    /// [`DeltaEncoder::push_entity`] of a field record (`mask` within [`FIELDS_ALL`])
+    /// from the entity's fields already encoded: `fields` is what [`put_fields`] wrote
+    /// for [`FIELDS_ALL`] at this snapshot's origin, `field_bytes` its [`field_bytes`].
+    /// The bytes are the same; only the fields are copied instead of encoded, so one
+    /// encoding serves every snapshot with that origin.
+    ///
+    /// # Errors
+    /// As [`DeltaEncoder::push`].
+    pub fn push_encoded(
+        &mut self,
+        entity_id: u64,
+        mask: u8,
+        fields: &[u8],
+        field_bytes: &[u8; 6],
+    ) -> Result<(), EncodeError> {
+        debug_assert!(entity_id > self.previous_id, "ids must ascend");
+        debug_assert!(
+            mask != 0 && mask & !FIELDS_ALL == 0,
+            "invalid mask {mask:#x}"
+        );
+        if usize::from(self.count) >= DELTA_RECORDS_MAX {
             return Err(EncodeError::Full);
         }
-        self.out.extend_from_slice(&bytes.buf[..bytes.len]);
-        self.previous_id = v.entity_id;
+        debug_assert_eq!(
+            fields.len(),
+            field_bytes.iter().map(|&b| usize::from(b)).sum::<usize>(),
+            "fields and their lengths disagree"
+        );
+        let before = self.out.len();
+        put_varint(self.out, entity_id - self.previous_id);
+        self.out.push(mask);
+        // Runs of consecutive fields are copied at once (position and velocity, the
+        // usual pair, are one copy).
+        let mut at = 0;
+        let mut run: Option<(usize, usize)> = None;
+        for (bit, &len) in field_bytes.iter().enumerate() {
+            let len = usize::from(len);
+            if mask & (1 << bit) != 0 {
+                run = Some(run.map_or((at, at + len), |(start, _)| (start, at + len)));
+            } else if let Some((start, end)) = run.take() {
+                self.out
+                    .extend_from_slice(fields.get(start..end).unwrap_or_default());
+            }
+            at += len;
+        }
+        if let Some((start, end)) = run {
+            self.out
+                .extend_from_slice(fields.get(start..end).unwrap_or_default());
+        }
+        self.finish_record(before, entity_id)
+    }
+
+    /// Counts the record just written at `before..`, or cuts it off again when over the
+    /// budget (nothing stays written then).
+    fn finish_record(&mut self, before: usize, entity_id: u64) -> Result<(), EncodeError> {
+        if self.out.len() - self.start > self.bytes_max {
+            self.out.truncate(before);
+            return Err(EncodeError::Full);
+        }
+        self.previous_id = entity_id;
         self.count += 1;
         let at = self.start + COUNT_OFFSET;
         self.out[at..at + 2].copy_from_slice(&self.count.to_le_bytes());
         Ok(())
+    }
+}
+
+/// Appends the fields `mask` names of `v` (positions relative to the origin), in bit
+/// order: a record's body after its id and mask.
+pub fn put_fields(
+    out: &mut Vec<u8>,
+    mask: u8,
+    v: &ReplicaEntity,
+    origin_x_cm: i64,
+    origin_y_cm: i64,
+) {
+    if mask & FIELD_POSITION != 0 {
+        put_varint(out, zigzag(v.x_cm.wrapping_sub(origin_x_cm)));
+        put_varint(out, zigzag(v.y_cm.wrapping_sub(origin_y_cm)));
+    }
+    if mask & FIELD_VELOCITY != 0 {
+        put_varint(out, zigzag(i64::from(v.vx_cmps)));
+        put_varint(out, zigzag(i64::from(v.vy_cmps)));
+    }
+    if mask & FIELD_HEALTH != 0 {
+        put_varint(out, v.hit_points_centi);
+    }
+    if mask & FIELD_STATE != 0 {
+        out.push(v.state);
+    }
+    if mask & FIELD_TARGET != 0 {
+        put_varint(out, v.target);
+    }
+    if mask & FIELD_OWNER != 0 {
+        put_varint(out, v.owner_account);
     }
 }
 
