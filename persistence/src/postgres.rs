@@ -19,8 +19,11 @@
 //!
 //! World-state flushes (`write_entity_states`) append one batch to the world-state log
 //! with a binary `COPY`, in one transaction, and every few flushes compact the log into
-//! `world_entities` first (`postgres/world_log.rs`); readers read the view
-//! `world_entities_current`, which puts each entity's newest logged state over its row.
+//! `world_entities` first (`postgres/world_log.rs`); whole-world readers read the view
+//! `world_entities_current`, which puts each entity's newest logged state over its row;
+//! the ship reads take `world_entities` and the store's memory of what it logged when
+//! that memory is proven complete, and the view otherwise (no log scan in the usual
+//! case: the log has no index).
 //! The compaction's fold is the previous flush method: seven binary array parameters
 //! (one per column) of one `UPDATE world_entities ... FROM` them (plus one insert for
 //! entities not yet in the table); `world_entities` is kept at fillfactor 50 so those
@@ -59,7 +62,7 @@ use crate::store::{
     CraftingJobRecord, DeadLetter, EntityState, FitModule, FittedModule, GrantItems, HullStats,
     ItemStack, ItemStackId, ItemTransfer, ModuleType, NewAccount, Recipe, RefreshOutcome,
     RefreshRotation, Registered, ShipId, ShipRecord, StarSystem, StartCrafting, Station, Store,
-    StoreError, StoredDeadLetter, UnfitModule,
+    StoreError, StoredDeadLetter, UnfitModule, SHIPS_READ_ROWS_MAX,
 };
 
 mod accounts;
@@ -104,7 +107,8 @@ pub struct PgConfig {
     /// When the world-state log is compacted (see `postgres/world_log.rs`): before a
     /// flush, once this many flushes or rows were appended since the last compaction.
     /// More flushes per compaction make flushes cheaper on average and the log longer,
-    /// which readers of one entity scan (the log has no index); see `BENCHMARKS.md`.
+    /// which readers through the view scan (the log has no index; the ship reads do
+    /// not, while this store's memory covers the log); see `BENCHMARKS.md`.
     pub world_log: LogPolicy,
 }
 
@@ -376,6 +380,52 @@ impl PgStore {
     /// the last one).
     pub fn world_log_stats(&self) -> WorldLogStats {
         self.world_log.stats()
+    }
+
+    /// The ship reads' fast path (see `postgres/world_log.rs`, "Single-entity reads"):
+    /// [`SHIP_BASE_SELECT`] with `filter` (a `WHERE` clause and anything after it),
+    /// each ship's state overlaid by this store's memory of the log, and the modules.
+    /// `None` when the memory is not proven complete for the statement's snapshot, or
+    /// a ship has no `world_entities` row (it may live in the log only): the caller
+    /// then reads through `world_entities_current`, which is always right.
+    async fn ships_from_memory(
+        &self,
+        client: &Object,
+        filter: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Vec<ShipRecord>>, StoreError> {
+        let stmt = client
+            .prepare_cached(&format!("{SHIP_BASE_SELECT} {filter}"))
+            .await
+            .map_err(map_err)?;
+        let rows = client.query(&stmt, params).await.map_err(map_err)?;
+        let Some(first) = rows.first() else {
+            // No ship matched on `ships` and `characters` alone: none has a state either.
+            return Ok(Some(Vec::new()));
+        };
+        let last_seq: i64 = get(first, 16)?;
+        let compacted_seq: i64 = get(first, 17)?;
+        let mut ships = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if get::<Option<i64>>(row, 9)?.is_none() {
+                self.world_log.read_from_view();
+                return Ok(None);
+            }
+            ships.push(ship_record_at(row)?);
+        }
+        let mut states: Vec<EntityState> = ships.iter().map(|s| s.state).collect();
+        if !self.world_log.overlay(last_seq, compacted_seq, &mut states) {
+            return Ok(None);
+        }
+        for (ship, state) in ships.iter_mut().zip(states) {
+            ship.state = state;
+            ship.modules = PgStore::modules_of(client, Some(ship.ship_id))
+                .await?
+                .into_iter()
+                .map(|(_, _, module)| module)
+                .collect();
+        }
+        Ok(Some(ships))
     }
 
     /// Closes the pool: pooled connections are dropped, new `get`s fail.
@@ -826,6 +876,21 @@ const SHIP_SELECT: &str = "SELECT s.id, c.account_id, c.id, s.name, s.hull_name,
     JOIN characters c ON c.id = s.character_id
     JOIN world_entities_current w ON w.entity_id = s.id";
 
+/// [`SHIP_SELECT`]'s columns from `world_entities` itself (no log), `NULL` state for a
+/// ship without a row there, then the sequence row's `last_seq` and `compacted_seq`
+/// (columns 16 and 17), all of one statement's snapshot: the fast path of the ship
+/// reads ([`PgStore::ships_from_memory`]). Only the state columns (`w.*`) are
+/// overlaid from memory; the hull, including the hull's `s.hit_points`, comes from
+/// `ships`, and the modules from `ship_modules`, as through the view.
+const SHIP_BASE_SELECT: &str = "SELECT s.id, c.account_id, c.id, s.name, s.hull_name,
+        s.mass_kg, s.max_speed_mps, s.accel_mps2, s.hit_points,
+        w.entity_id, w.x_m, w.y_m, w.vx_mps, w.vy_mps, w.tick, w.hit_points,
+        q.last_seq, q.compacted_seq
+    FROM ships s
+    JOIN characters c ON c.id = s.character_id
+    JOIN world_entity_log_seq q ON q.id = 1
+    LEFT JOIN world_entities w ON w.entity_id = s.id";
+
 fn ship_record_at(row: &Row) -> Result<ShipRecord, StoreError> {
     Ok(ShipRecord {
         ship_id: get(row, 0)?,
@@ -1181,6 +1246,16 @@ impl Store for PgStore {
 
     async fn active_ship(&self, account_id: AccountId) -> Result<Option<ShipRecord>, StoreError> {
         let client = self.client().await?;
+        let fast = self
+            .ships_from_memory(
+                &client,
+                "WHERE c.account_id = $1 AND s.id = c.active_ship_id ORDER BY c.id LIMIT 1",
+                &[&account_id],
+            )
+            .await?;
+        if let Some(ships) = fast {
+            return Ok(ships.into_iter().next());
+        }
         let row = client
             .query_opt(
                 &format!(
@@ -1382,10 +1457,32 @@ impl Store for PgStore {
     }
 
     async fn ship(&self, ship_id: ShipId) -> Result<Option<ShipRecord>, StoreError> {
+        let client = self.client().await?;
+        let fast = self
+            .ships_from_memory(&client, "WHERE s.id = $1", &[&ship_id])
+            .await?;
+        if let Some(ships) = fast {
+            return Ok(ships.into_iter().next());
+        }
+        // The view's read takes its own connection: give this one back first.
+        drop(client);
         self.ship_pg(ship_id).await
     }
 
     async fn ships_of_account(&self, account_id: AccountId) -> Result<Vec<ShipRecord>, StoreError> {
+        let client = self.client().await?;
+        let limit = crate::economy::read_limit(SHIPS_READ_ROWS_MAX, SHIPS_READ_ROWS_MAX);
+        let fast = self
+            .ships_from_memory(
+                &client,
+                "WHERE c.account_id = $1 ORDER BY s.id LIMIT $2",
+                &[&account_id, &limit],
+            )
+            .await?;
+        if let Some(ships) = fast {
+            return Ok(ships);
+        }
+        drop(client);
         self.ships_of_account_pg(account_id).await
     }
 

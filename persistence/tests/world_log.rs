@@ -233,3 +233,232 @@ both_backends!(
     the_log_and_its_view_exist_on_both_backends,
     log_schema_on_both
 );
+
+/// The ship reads (`ship`, `active_ship`, `ships_of_account`) of the store that wrote
+/// the log answer from `world_entities` and its memory, without reading the log, and
+/// answer exactly what the view answers (`db.store` never wrote, so it reads through
+/// `world_entities_current`): same hull (`ships.hit_points` is not the state's), same
+/// modules, the newest state; with an uncompacted log, after a compaction, and after
+/// more flushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ship_reads_take_the_newest_state_from_memory_not_the_log() {
+    let Some(db) = postgres_db().await else {
+        return;
+    };
+    db.store.seed_demo_content().await.unwrap();
+    let a = db
+        .store
+        .register_account(common::new_account("ann"))
+        .await
+        .unwrap();
+    let b = db
+        .store
+        .register_account(common::new_account("bob"))
+        .await
+        .unwrap();
+    let store = pg_store(&db, NEVER).await;
+    let check = |want_a: EntityState, want_b: EntityState| {
+        let (store, view) = (&store, &db.store);
+        async move {
+            let ship_a = store.ship(a.ship_id).await.unwrap().unwrap();
+            assert_eq!(ship_a.state, want_a);
+            assert_eq!(Some(&ship_a), view.ship(a.ship_id).await.unwrap().as_ref());
+            let active_b = store.active_ship(b.account_id).await.unwrap().unwrap();
+            assert_eq!(active_b.state, want_b);
+            assert_eq!(
+                Some(&active_b),
+                view.active_ship(b.account_id).await.unwrap().as_ref()
+            );
+            let of_a = store.ships_of_account(a.account_id).await.unwrap();
+            assert_eq!(of_a, vec![ship_a.clone()]);
+            assert_eq!(of_a, view.ships_of_account(a.account_id).await.unwrap());
+            assert_eq!(store.ship(i64::MAX).await.unwrap(), None);
+            assert_eq!(store.active_ship(i64::MAX).await.unwrap(), None);
+            assert!(store.ships_of_account(i64::MAX).await.unwrap().is_empty());
+        }
+    };
+    // Never flushed: the registration's rows.
+    let registered_a = db.store.ship(a.ship_id).await.unwrap().unwrap().state;
+    let registered_b = db.store.ship(b.ship_id).await.unwrap().unwrap().state;
+    check(registered_a, registered_b).await;
+    assert_eq!(store.world_log_stats().reads_from_view, 0);
+
+    let flushes = [
+        vec![state(a.ship_id, 1), state(b.ship_id, 1)],
+        vec![state(a.ship_id, 2)],
+        vec![state(a.ship_id, 3), state(7_000_000, 3)],
+    ];
+    for batch in &flushes {
+        store.write_entity_states(batch).await.unwrap();
+    }
+    assert_eq!(log_rows(&db).await, 5);
+    check(state(a.ship_id, 3), state(b.ship_id, 1)).await;
+
+    assert!(store.compact_world_log().await.unwrap());
+    assert_eq!(log_rows(&db).await, 0);
+    check(state(a.ship_id, 3), state(b.ship_id, 1)).await;
+
+    store
+        .write_entity_states(&[state(b.ship_id, 4)])
+        .await
+        .unwrap();
+    check(state(a.ship_id, 3), state(b.ship_id, 4)).await;
+
+    let stats = store.world_log_stats();
+    assert_eq!(stats.reads_from_view, 0, "{stats:?}");
+    assert!(stats.reads_from_memory >= 4 * 3, "{stats:?}");
+    store.close();
+}
+
+/// A restarted store folds the log on open; when the old process still appends after
+/// that (its last flush racing the restart, or a second server), neither store's memory
+/// covers the log: both read through the view, and see that flush. The next
+/// compaction (from the log) makes the restarted store's memory complete again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ship_reads_fall_back_to_the_view_when_memory_does_not_cover_the_log() {
+    let Some(db) = postgres_db().await else {
+        return;
+    };
+    db.store.seed_demo_content().await.unwrap();
+    let a = db
+        .store
+        .register_account(common::new_account("ann"))
+        .await
+        .unwrap();
+    let old = pg_store(&db, NEVER).await;
+    old.write_entity_states(&[state(a.ship_id, 1)])
+        .await
+        .unwrap();
+    old.write_entity_states(&[state(a.ship_id, 2)])
+        .await
+        .unwrap();
+    let restarted = pg_store(&db, NEVER).await;
+    assert_eq!(restarted.world_log_stats().compactions_from_log, 1);
+    let ship = restarted.ship(a.ship_id).await.unwrap().unwrap();
+    assert_eq!(ship.state, state(a.ship_id, 2));
+    assert_eq!(restarted.world_log_stats().reads_from_view, 0);
+
+    // The old store's last flush lands after the restart's compaction.
+    old.write_entity_states(&[state(a.ship_id, 3)])
+        .await
+        .unwrap();
+    assert_eq!(log_rows(&db).await, 1);
+    for reader in [&restarted, &old] {
+        let views_before = reader.world_log_stats().reads_from_view;
+        let ship = reader.ship(a.ship_id).await.unwrap().unwrap();
+        assert_eq!(ship.state, state(a.ship_id, 3));
+        let active = reader.active_ship(a.account_id).await.unwrap().unwrap();
+        assert_eq!(active, ship);
+        assert_eq!(
+            reader.ships_of_account(a.account_id).await.unwrap(),
+            vec![ship]
+        );
+        assert_eq!(reader.world_log_stats().reads_from_view, views_before + 3);
+    }
+
+    assert!(restarted.compact_world_log().await.unwrap());
+    assert_eq!(restarted.world_log_stats().compactions_from_log, 2);
+    restarted
+        .write_entity_states(&[state(a.ship_id, 4)])
+        .await
+        .unwrap();
+    let memory_before = restarted.world_log_stats().reads_from_memory;
+    let ship = restarted.ship(a.ship_id).await.unwrap().unwrap();
+    assert_eq!(ship.state, state(a.ship_id, 4));
+    assert_eq!(
+        restarted.world_log_stats().reads_from_memory,
+        memory_before + 1
+    );
+    old.close();
+    restarted.close();
+}
+
+/// Reads racing flushes and compactions: every answer is one flush's state, whole
+/// (`state(id, tick)` is a function of its tick), no older than the last flush that
+/// had completed when the read started, and not newer than the last one started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ship_reads_racing_flushes_and_compactions_see_a_committed_state() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    const FLUSHES: u64 = 120;
+    let Some(db) = postgres_db().await else {
+        return;
+    };
+    db.store.seed_demo_content().await.unwrap();
+    let a = db
+        .store
+        .register_account(common::new_account("ann"))
+        .await
+        .unwrap();
+    let b = db
+        .store
+        .register_account(common::new_account("bob"))
+        .await
+        .unwrap();
+    let store = pg_store(
+        &db,
+        LogPolicy {
+            after_flushes: 3,
+            after_rows: usize::MAX,
+        },
+    )
+    .await;
+    // Flush `t` writes tick `t` for both ships and 500 other entities.
+    let started = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (store, started, completed) = (store.clone(), started.clone(), completed.clone());
+        tokio::spawn(async move {
+            for t in 1..=FLUSHES {
+                let mut batch = vec![state(a.ship_id, t), state(b.ship_id, t)];
+                batch.extend((10_000_000..10_000_500).map(|id| state(id, t)));
+                batch.sort_by_key(|s| s.entity_id);
+                started.store(t, Ordering::SeqCst);
+                store.write_entity_states(&batch).await.unwrap();
+                completed.store(t, Ordering::SeqCst);
+                if t % 5 == 0 {
+                    // Besides the due compactions before every third flush.
+                    store.compact_world_log().await.unwrap();
+                }
+            }
+        })
+    };
+    let check = |s: EntityState, id: i64, floor: u64, ceiling: u64| {
+        if floor == 0 && s.tick == 0 {
+            return; // the registration's row, before the first flush
+        }
+        assert_eq!(s, state(id, s.tick), "a state no flush wrote");
+        assert!(
+            (floor..=ceiling).contains(&s.tick),
+            "tick {} outside [{floor}, {ceiling}]",
+            s.tick
+        );
+    };
+    let mut reads = 0_u64;
+    loop {
+        let floor = completed.load(Ordering::SeqCst);
+        let ship_a = store.ship(a.ship_id).await.unwrap().unwrap();
+        let active_b = store.active_ship(b.account_id).await.unwrap().unwrap();
+        let of_a = store.ships_of_account(a.account_id).await.unwrap();
+        let ceiling = started.load(Ordering::SeqCst);
+        check(ship_a.state, a.ship_id, floor, ceiling);
+        check(active_b.state, b.ship_id, floor, ceiling);
+        assert_eq!(of_a.len(), 1);
+        check(of_a[0].state, a.ship_id, floor, ceiling);
+        reads += 3;
+        if floor == FLUSHES {
+            break;
+        }
+    }
+    writer.await.unwrap();
+    assert_eq!(
+        store.ship(a.ship_id).await.unwrap().unwrap().state,
+        state(a.ship_id, FLUSHES)
+    );
+    let stats = store.world_log_stats();
+    assert!(stats.compactions >= FLUSHES / 5, "{stats:?}");
+    assert_eq!(stats.reads_from_memory + stats.reads_from_view, reads + 1);
+    assert!(stats.reads_from_memory > 0, "{stats:?}");
+    store.close();
+}

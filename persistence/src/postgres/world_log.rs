@@ -28,6 +28,19 @@
 //! database) the fold reads the log itself (`DISTINCT ON (entity_id) ... ORDER BY
 //! entity_id, seq DESC`).
 //!
+//! Single-entity reads (`ship`, `active_ship`, `ships_of_account`) use the same memory
+//! so that they never scan the log ([`WorldLog::overlay`]): one statement reads the
+//! `world_entities` row(s) together with the sequence row, which pins what that
+//! snapshot holds (base as of `compacted_seq`, log rows in `(compacted_seq, last_seq]`);
+//! then, if the memory covers that interval (same `compacted_seq`, and every sequence
+//! number from it through at least `last_seq` committed by this store), each row is
+//! replaced by the remembered newest state of its entity, whole, under the memory's
+//! lock. The memory may be newer than the snapshot (a flush that committed after it):
+//! the read then answers that newer committed state, never one older than the
+//! snapshot's `last_seq`. Otherwise (a compaction or a flush between the snapshot and
+//! the check, a restart's store before it wrote, a second writer, a lost commit answer)
+//! the read goes through `world_entities_current`.
+//!
 //! Not for: SQLite, which writes `world_entities` directly (see the crate's README for
 //! why) and leaves the log empty.
 
@@ -73,6 +86,9 @@ struct Mirror {
     base_seq: i64,
     /// Sequence numbers above `base_seq` this store committed.
     seqs_committed: i64,
+    /// The highest of them (`base_seq` when none): the memory holds every log row up
+    /// to it exactly when `base_seq + seqs_committed == seq_max`.
+    seq_max: i64,
     /// Rows appended since `base_seq` (the compaction trigger).
     rows_appended: usize,
     /// Newest state per entity since `base_seq`, with its sequence number.
@@ -80,6 +96,9 @@ struct Mirror {
     /// Compactions committed by this store, and how many of them read the log itself.
     compactions: u64,
     compactions_from_log: u64,
+    /// Single-entity reads answered from base + memory, and through the view.
+    reads_from_memory: u64,
+    reads_from_view: u64,
 }
 
 /// The world-state log's bookkeeping, shared by the clones of one `PgStore`.
@@ -102,6 +121,12 @@ pub struct WorldLogStats {
     pub flushes_since_compaction: u64,
     /// Rows this store appended since its last compaction.
     pub rows_since_compaction: u64,
+    /// Single-entity reads (`ship`, `active_ship`, `ships_of_account`) answered from
+    /// `world_entities` and this store's memory of the log, without reading the log.
+    pub reads_from_memory: u64,
+    /// Single-entity reads that went through `world_entities_current` (the memory was
+    /// not proven complete for the read's snapshot).
+    pub reads_from_view: u64,
 }
 
 impl WorldLog {
@@ -136,6 +161,8 @@ impl WorldLog {
             compactions_from_log: m.compactions_from_log,
             flushes_since_compaction: u64::try_from(m.seqs_committed).unwrap_or(0),
             rows_since_compaction: m.rows_appended as u64,
+            reads_from_memory: m.reads_from_memory,
+            reads_from_view: m.reads_from_view,
         }
     }
 
@@ -147,6 +174,7 @@ impl WorldLog {
             return;
         }
         m.seqs_committed += 1;
+        m.seq_max = m.seq_max.max(seq);
         m.rows_appended += states.len();
         for s in states {
             match m.newest.get(&s.entity_id) {
@@ -171,11 +199,49 @@ impl WorldLog {
         Some(states)
     }
 
+    /// For a read whose snapshot saw the sequence row at `(last_seq, compacted_seq)`
+    /// and `states` in `world_entities`: replaces each state by the newest one this
+    /// store appended for its entity, if any, and returns `true`, when the memory
+    /// holds every log row of that snapshot (see the module docs); otherwise leaves
+    /// `states` alone and returns `false`, and the read must go through the view.
+    ///
+    /// Under the memory's lock, so each state is one flush's, whole. A state newer than
+    /// the snapshot (a flush committed since) may be answered: it is committed too.
+    pub(super) fn overlay(
+        &self,
+        last_seq: i64,
+        compacted_seq: i64,
+        states: &mut [EntityState],
+    ) -> bool {
+        let mut m = self.mirror();
+        let complete = m.base_seq == compacted_seq
+            && m.base_seq + m.seqs_committed == m.seq_max
+            && m.seq_max >= last_seq;
+        if !complete {
+            m.reads_from_view += 1;
+            return false;
+        }
+        for s in states.iter_mut() {
+            if let Some((_, newest)) = m.newest.get(&s.entity_id) {
+                *s = *newest;
+            }
+        }
+        m.reads_from_memory += 1;
+        true
+    }
+
+    /// A single-entity read went through the view without asking [`WorldLog::overlay`]
+    /// (its base row was missing).
+    pub(super) fn read_from_view(&self) {
+        self.mirror().reads_from_view += 1;
+    }
+
     /// The log was compacted through `compacted_seq` by this store.
     fn compacted(&self, compacted_seq: i64, fold: Fold) {
         let mut m = self.mirror();
         m.base_seq = compacted_seq;
         m.seqs_committed = 0;
+        m.seq_max = compacted_seq;
         m.rows_appended = 0;
         // Keeps its capacity: the next interval holds about as many entities.
         m.newest.clear();
