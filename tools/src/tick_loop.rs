@@ -267,6 +267,7 @@ pub(crate) struct TickMetrics {
     udp_bytes_out: Counter,
     udp_dropped: Counter,
     udp_refused_handshakes: Counter,
+    udp_unreliable_superseded: Counter,
 }
 
 impl TickMetrics {
@@ -358,6 +359,11 @@ impl TickMetrics {
                 "Datagrams dropped: malformed, unknown peer, failed authentication, replayed, rate limited.",
                 &[],
             ),
+            udp_unreliable_superseded: registry.counter(
+                "warpcore_udp_unreliable_superseded_total",
+                "Unsent snapshots dropped for newer ones to the same client: the net thread fell behind and the connection's unreliable queue (4 KiB) was full.",
+                &[],
+            ),
             udp_refused_handshakes: registry.counter(
                 "warpcore_udp_refused_handshakes_total",
                 "Connection requests refused (version, protocol, expired, bad or reused token, wrong server, denied).",
@@ -418,6 +424,8 @@ impl TickMetrics {
                 + e.dropped_malformed_body
                 + e.dropped_rate_limited,
         );
+        self.udp_unreliable_superseded
+            .set_total(e.dropped_unreliable_superseded);
         self.udp_refused_handshakes.set_total(
             e.rejected_version
                 + e.rejected_protocol

@@ -26,10 +26,17 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(100);
 /// Send a keepalive (ping) at least this often even while payloads flow, so RTT keeps
 /// being measured on busy connections.
 pub const KEEPALIVE_INTERVAL_MAX: Duration = Duration::from_secs(1);
-/// Unreliable messages queued per connection (count); past it `send` is refused.
-pub const UNRELIABLE_QUEUE_MAX: usize = 1024;
-/// Unreliable bytes queued per connection; past it `send` is refused.
-pub const UNRELIABLE_QUEUE_BYTES_MAX: usize = 256 * 1024;
+/// Unreliable messages queued per connection (count). Past it (or past the byte bound) the
+/// oldest queued unreliable messages are dropped to make room: the channel is "newest
+/// wins", so under backlog a stale snapshot is the one to lose, and both memory and the
+/// queueing delay stay bounded.
+pub const UNRELIABLE_QUEUE_MAX: usize = 32;
+/// Unreliable bytes queued per connection: three messages of the largest size, three
+/// ticks of snapshots (one per client per tick). This is what a connection holds of
+/// unsent snapshots when the net thread falls behind; at 256 KiB (before), 5,000
+/// overloaded clients let that backlog reach tens of KiB per client and seconds of RTT.
+pub const UNRELIABLE_QUEUE_BYTES_MAX: usize = 4 * 1024;
+const _: () = assert!(UNRELIABLE_QUEUE_BYTES_MAX >= 3 * MESSAGE_BYTES_MAX);
 /// Bytes of one reliable message being reassembled from fragments, per connection (one
 /// message at a time: fragments arrive in order). Past it the message is dropped (counted).
 pub const REASSEMBLY_BYTES_MAX: usize = RELIABLE_MESSAGE_BYTES_MAX;
@@ -55,6 +62,8 @@ pub struct ConnDrops {
     pub reliable_dropped: u64,
     /// Fragments out of sequence or a reassembled message over the limit.
     pub fragment_errors: u64,
+    /// Queued unreliable messages dropped unsent to make room for newer ones (send side).
+    pub unreliable_superseded: u64,
 }
 
 /// Per-connection network statistics (the Galaxy RTS document's NetworkStats).
@@ -409,11 +418,14 @@ impl Conn {
     }
 
     /// Queues a message for sending. Reliable messages above [`MESSAGE_BYTES_MAX`] are split
-    /// into fragments (all or nothing).
+    /// into fragments (all or nothing). An unreliable message always queues: when the
+    /// unreliable queue is at [`UNRELIABLE_QUEUE_MAX`] messages or
+    /// [`UNRELIABLE_QUEUE_BYTES_MAX`] bytes, the oldest unsent ones are dropped (counted in
+    /// [`ConnDrops::unreliable_superseded`]).
     ///
     /// # Errors
     /// [`SendError::TooLarge`] above [`MESSAGE_BYTES_MAX`] (unreliable) or
-    /// [`RELIABLE_MESSAGE_BYTES_MAX`] (reliable); [`SendError::QueueFull`] when the channel's
+    /// [`RELIABLE_MESSAGE_BYTES_MAX`] (reliable); [`SendError::QueueFull`] when the reliable
     /// queue has no room for the whole message.
     pub fn queue(&mut self, channel: Channel, payload: Vec<u8>) -> Result<(), SendError> {
         match channel {
@@ -424,10 +436,16 @@ impl Conn {
                         max: MESSAGE_BYTES_MAX,
                     });
                 }
-                if self.unreliable.len() >= UNRELIABLE_QUEUE_MAX
+                // Newest wins: make room by dropping the oldest unsent messages. A message
+                // of MESSAGE_BYTES_MAX always fits an empty queue.
+                while self.unreliable.len() >= UNRELIABLE_QUEUE_MAX
                     || self.unreliable_bytes + payload.len() > UNRELIABLE_QUEUE_BYTES_MAX
                 {
-                    return Err(SendError::QueueFull);
+                    let Some((_, old)) = self.unreliable.pop_front() else {
+                        break;
+                    };
+                    self.unreliable_bytes -= old.len();
+                    self.drops.unreliable_superseded += 1;
                 }
                 self.unreliable_bytes += payload.len();
                 self.unreliable
@@ -705,5 +723,62 @@ fn on_reliable(
                 payload: done.bytes,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seals every packet `from` has to send and feeds the payloads to `to`; returns the
+    /// messages delivered.
+    fn exchange(now: Instant, from: &mut Conn, to: &mut Conn) -> Vec<Delivered> {
+        let mut delivered = Vec::new();
+        let mut buf = [0u8; MTU_BYTES];
+        let mut scratch = [0u8; MTU_BYTES];
+        while let Some(len) = from.poll_packet(now, &mut buf) {
+            let (header, packet_type) = packet::read_header(&buf[..len]).unwrap();
+            let body = to.open(&buf[..len], &header, &mut scratch).unwrap();
+            to.on_authenticated(now, &header, len);
+            if packet_type == PacketType::Payload {
+                to.on_payload(header.flags, body, |d| delivered.push(d))
+                    .unwrap();
+            }
+        }
+        delivered
+    }
+
+    #[test]
+    fn a_backed_up_unreliable_queue_keeps_the_newest_messages_within_its_bounds() {
+        let now = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut a = Conn::new(7, [1; 32], [2; 32], 0, timeout, now);
+        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, now);
+        // Twenty 1000-byte messages queued before anything is sent: 4 KiB holds four.
+        for i in 0..20u8 {
+            a.queue(Channel::Unreliable, vec![i; 1000]).unwrap();
+            assert!(a.unreliable_bytes <= UNRELIABLE_QUEUE_BYTES_MAX);
+        }
+        assert_eq!(a.unreliable.len(), 4);
+        assert_eq!(a.drops.unreliable_superseded, 16);
+        let got: Vec<u8> = exchange(now, &mut a, &mut b)
+            .into_iter()
+            .map(|d| d.payload[0])
+            .collect();
+        assert_eq!(got, (16..20).collect::<Vec<u8>>());
+        // Many small messages: the count bound applies, newest kept.
+        for i in 0..200u8 {
+            a.queue(Channel::Unreliable, vec![i; 4]).unwrap();
+        }
+        assert_eq!(a.unreliable.len(), UNRELIABLE_QUEUE_MAX);
+        let got: Vec<u8> = exchange(now, &mut a, &mut b)
+            .into_iter()
+            .map(|d| d.payload[0])
+            .collect();
+        assert_eq!(got, (168..200).collect::<Vec<u8>>());
+        // A message of the largest size always queues.
+        a.queue(Channel::Unreliable, vec![9; MESSAGE_BYTES_MAX])
+            .unwrap();
+        assert_eq!(a.unreliable.len(), 1);
     }
 }

@@ -24,6 +24,8 @@ pub const RELIABLE_RECV_BUFFER_BYTES_MAX: usize = 128 * 1024;
 pub const RELIABLE_PER_PACKET_MAX: usize = 16;
 /// Sent packets remembered for ack matching (acks reach 33 packets back).
 const SENT_PACKETS_MAX: usize = 64;
+/// Queue slots kept allocated while nothing is queued (a few events' worth).
+const IDLE_QUEUE_CAPACITY_MAX: usize = 8;
 /// Resend interval before any RTT sample, and its bounds.
 pub const RESEND_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
 const RESEND_INTERVAL_MIN: Duration = Duration::from_millis(20);
@@ -55,7 +57,10 @@ const NO_PACKET: SentPacket = SentPacket {
 pub struct ReliableSender {
     queue: VecDeque<Outgoing>,
     next_id: u16,
-    /// Allocated on first use so connections that never send reliably pay nothing.
+    /// Allocated on first use so connections that never send reliably pay nothing, and
+    /// freed again once everything sent is acknowledged (its records then refer only to
+    /// acknowledged messages), so a connection that sends an event now and then does not
+    /// keep 3 KiB of records between them.
     sent: Vec<SentPacket>,
 }
 
@@ -170,6 +175,19 @@ impl ReliableSender {
         }
         while self.queue.front().is_some_and(|m| m.acked) {
             self.queue.pop_front();
+        }
+        if self.queue.is_empty() {
+            self.release_idle_memory();
+        }
+    }
+
+    /// Frees the sent-packet records and a queue buffer grown by a burst (a fragmented
+    /// message takes up to 57 slots); called when nothing is queued or in flight.
+    fn release_idle_memory(&mut self) {
+        debug_assert!(self.queue.is_empty());
+        self.sent = Vec::new();
+        if self.queue.capacity() > IDLE_QUEUE_CAPACITY_MAX {
+            self.queue = VecDeque::new();
         }
     }
 
@@ -383,6 +401,43 @@ mod tests {
         assert_eq!(tx.n_queued(), 0);
         assert!(!tx.has_due(t1 + resend * 5, resend));
         assert_eq!(carried, vec![0, 1]);
+    }
+
+    #[test]
+    fn sender_frees_its_records_once_everything_is_acked() {
+        let t0 = Instant::now();
+        let resend = Duration::from_millis(100);
+        let mut tx = ReliableSender::default();
+        for i in 0..40u8 {
+            tx.push(1, vec![i; 10]);
+        }
+        assert_eq!(
+            tx.fill(t0, resend, 0, |_, _, _| true),
+            RELIABLE_PER_PACKET_MAX
+        );
+        assert_eq!(
+            tx.fill(t0, resend, 1, |_, _, _| true),
+            RELIABLE_PER_PACKET_MAX
+        );
+        assert_eq!(tx.fill(t0, resend, 2, |_, _, _| true), 8);
+        assert_eq!(tx.sent.len(), SENT_PACKETS_MAX);
+        // Packets 0 and 1 acked: messages are still in flight, the records stay.
+        tx.on_acks(1, 0b1, Some(2));
+        assert_eq!(tx.n_queued(), 8);
+        assert_eq!(tx.sent.len(), SENT_PACKETS_MAX);
+        // Packet 2 acked: nothing in flight, records and the grown queue are freed.
+        tx.on_acks(2, 0, Some(2));
+        assert_eq!(tx.n_queued(), 0);
+        assert!(tx.sent.is_empty() && tx.sent.capacity() == 0);
+        assert!(tx.queue.capacity() <= IDLE_QUEUE_CAPACITY_MAX);
+        // A later message allocates them again and is acked as usual.
+        tx.push(1, b"again".to_vec());
+        assert_eq!(tx.fill(t0, resend, 3, |_, _, _| true), 1);
+        tx.on_acks(3, 0, Some(3));
+        assert_eq!(tx.n_queued(), 0);
+        // A late ack for an old packet finds no record and changes nothing.
+        tx.on_acks(0, 0, Some(3));
+        assert_eq!(tx.n_queued(), 0);
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub const SERVICE_INTERVAL: Duration = Duration::from_millis(10);
 /// Pending handshakes allowed per client slot (at least [`PENDING_MIN`]).
 const PENDING_PER_CLIENT: usize = 4;
 const PENDING_MIN: usize = 64;
+/// Pending-handshake tables above this capacity are shrunk once they are mostly empty.
+const PENDING_SHRINK_ABOVE: usize = 256;
 /// Used token nonces remembered per client slot (at least [`USED_TOKENS_MIN`]).
 const USED_TOKENS_PER_CLIENT: usize = 8;
 const USED_TOKENS_MIN: usize = 1024;
@@ -159,6 +161,9 @@ pub struct EndpointStats {
     pub dropped_reliable_window: u64,
     /// Fragments out of sequence or reassembled messages over the limit.
     pub dropped_fragment_errors: u64,
+    /// Queued unreliable messages dropped unsent because newer ones filled the
+    /// connection's unreliable queue (the net thread fell behind).
+    pub dropped_unreliable_superseded: u64,
     /// Datagrams from a connected address over its packets/s or bytes/s budget.
     pub dropped_rate_limited: u64,
     /// Connection requests over their source IP's requests/s budget.
@@ -228,6 +233,19 @@ impl PendingTable {
             }
             keep
         });
+        self.shrink_after_burst();
+    }
+
+    /// Gives back the room a burst of handshakes left behind (hash tables never shrink by
+    /// themselves): a connect storm of N clients would otherwise keep about 300 bytes per
+    /// client here for the life of the server. Only when the table is mostly empty, so a
+    /// steady trickle of handshakes does not reallocate it over and over.
+    fn shrink_after_burst(&mut self) {
+        let len = self.by_addr.len();
+        if self.by_addr.capacity() > PENDING_SHRINK_ABOVE.max(len * 4) {
+            self.by_addr.shrink_to(len * 2);
+            self.by_nonce.shrink_to(len * 2);
+        }
     }
 }
 
@@ -283,7 +301,10 @@ pub struct Server {
     challenge_sequence: u64,
     pre_connection_sequence: u64,
     unix_anchor: (Instant, u64),
-    conns: HashMap<ClientId, ServerConn>,
+    /// Boxed: a connection is about 0.8 KB, and a hash table stored inline would keep up
+    /// to twice that per client in empty buckets (and copy it all on each growth); the
+    /// table itself then holds 16 bytes per bucket.
+    conns: HashMap<ClientId, Box<ServerConn>>,
     by_addr: HashMap<SocketAddr, ClientId>,
     by_account: HashMap<u64, ClientId>,
     pending: PendingTable,
@@ -403,6 +424,7 @@ impl Server {
         s.dropped_reliable_duplicate = drops.reliable_duplicate;
         s.dropped_reliable_window = drops.reliable_dropped;
         s.dropped_fragment_errors = drops.fragment_errors;
+        s.dropped_unreliable_superseded = drops.unreliable_superseded;
         s
     }
 
@@ -664,7 +686,7 @@ impl Server {
         conn.request_keepalive();
         self.conns.insert(
             client_id,
-            ServerConn {
+            Box::new(ServerConn {
                 addr,
                 account_id: p.account_id,
                 conn,
@@ -672,7 +694,7 @@ impl Server {
                 in_ready: true,
                 confirmed: false,
                 closing_sends_left: None,
-            },
+            }),
         );
         self.ready.push_back(client_id);
         self.by_addr.insert(addr, client_id);
@@ -1019,4 +1041,5 @@ fn add_drops(total: &mut ConnDrops, d: &ConnDrops) {
     total.reliable_duplicate += d.reliable_duplicate;
     total.reliable_dropped += d.reliable_dropped;
     total.fragment_errors += d.fragment_errors;
+    total.unreliable_superseded += d.unreliable_superseded;
 }

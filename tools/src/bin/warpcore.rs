@@ -6,7 +6,10 @@ use clap::Parser;
 
 // mimalloc instead of the system allocator: the tick thread allocates every message
 // buffer and the net thread frees it; glibc's per-thread arenas grow under that
-// cross-thread churn (see BENCHMARKS.md, end-to-end scenario).
+// cross-thread churn (see BENCHMARKS.md, end-to-end scenario). Built with `no_thp`:
+// otherwise mimalloc marks its 1 GiB arena MADV_HUGEPAGE, and every 2 MiB region the
+// heap touches becomes resident whole (about half the server's RSS at 2,000 clients,
+// BENCHMARKS.md "Server memory per connected client").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use warpcore_tools::config::{Command, LogFormat, ServerArgs};
