@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use common::{Backend, TestDb};
 use warpcore_persistence::postgres::{LogPolicy, PgConfig};
-use warpcore_persistence::{EntityState, PgFlushMethod, PgStore, Store};
+use warpcore_persistence::{EntityState, PgFlushMethod, PgStore, Registered, Store};
 
 /// Never compacts by itself: the test decides.
 const NEVER: LogPolicy = LogPolicy {
@@ -61,22 +61,26 @@ async fn postgres_db() -> Option<TestDb> {
     TestDb::open(Backend::Postgres).await
 }
 
+/// A PostgreSQL database with the demo universe and the players `names` registered
+/// (account, character, starter ship), or `None` where `TestDb` skips PostgreSQL.
+async fn with_players<const N: usize>(names: [&str; N]) -> Option<(TestDb, [Registered; N])> {
+    let db = postgres_db().await?;
+    db.store.seed_demo_content().await.unwrap();
+    let mut players = Vec::with_capacity(N);
+    for name in names {
+        let registered = db.store.register_account(common::new_account(name));
+        players.push(registered.await.unwrap());
+    }
+    let players =
+        <[Registered; N]>::try_from(players).unwrap_or_else(|_| unreachable!("one per name"));
+    Some((db, players))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_on_an_uncompacted_log_loads_the_newest_state() {
-    let Some(db) = postgres_db().await else {
+    let Some((db, [a, b])) = with_players(["ann", "bob"]).await else {
         return;
     };
-    db.store.seed_demo_content().await.unwrap();
-    let a = db
-        .store
-        .register_account(common::new_account("ann"))
-        .await
-        .unwrap();
-    let b = db
-        .store
-        .register_account(common::new_account("bob"))
-        .await
-        .unwrap();
     let store = pg_store(&db, NEVER).await;
     // Three flushes of both ships, the last one with an entity that has no row in
     // world_entities yet (it lives in the log only until compaction).
@@ -242,20 +246,9 @@ both_backends!(
 /// more flushes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ship_reads_take_the_newest_state_from_memory_not_the_log() {
-    let Some(db) = postgres_db().await else {
+    let Some((db, [a, b])) = with_players(["ann", "bob"]).await else {
         return;
     };
-    db.store.seed_demo_content().await.unwrap();
-    let a = db
-        .store
-        .register_account(common::new_account("ann"))
-        .await
-        .unwrap();
-    let b = db
-        .store
-        .register_account(common::new_account("bob"))
-        .await
-        .unwrap();
     let store = pg_store(&db, NEVER).await;
     let check = |want_a: EntityState, want_b: EntityState| {
         let (store, view) = (&store, &db.store);
@@ -316,15 +309,9 @@ async fn ship_reads_take_the_newest_state_from_memory_not_the_log() {
 /// compaction (from the log) makes the restarted store's memory complete again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ship_reads_fall_back_to_the_view_when_memory_does_not_cover_the_log() {
-    let Some(db) = postgres_db().await else {
+    let Some((db, [a])) = with_players(["ann"]).await else {
         return;
     };
-    db.store.seed_demo_content().await.unwrap();
-    let a = db
-        .store
-        .register_account(common::new_account("ann"))
-        .await
-        .unwrap();
     let old = pg_store(&db, NEVER).await;
     old.write_entity_states(&[state(a.ship_id, 1)])
         .await
@@ -382,20 +369,9 @@ async fn ship_reads_racing_flushes_and_compactions_see_a_committed_state() {
     use std::sync::Arc;
 
     const FLUSHES: u64 = 120;
-    let Some(db) = postgres_db().await else {
+    let Some((db, [a, b])) = with_players(["ann", "bob"]).await else {
         return;
     };
-    db.store.seed_demo_content().await.unwrap();
-    let a = db
-        .store
-        .register_account(common::new_account("ann"))
-        .await
-        .unwrap();
-    let b = db
-        .store
-        .register_account(common::new_account("bob"))
-        .await
-        .unwrap();
     let store = pg_store(
         &db,
         LogPolicy {
