@@ -1085,7 +1085,7 @@ impl Engine {
         let groups = self.groups.active_mut();
         let chunk_len = groups.len().div_ceil(self.threads * 8);
         self.workers.for_each_chunked(groups, chunk_len, &|group| {
-            group.fill(sectors, sector_size_m)
+            group.fill(sectors, sector_size_m, epoch)
         });
         let ctx = DeltaContext {
             sectors: &self.sectors,

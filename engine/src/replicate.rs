@@ -30,8 +30,9 @@
 //! [`InterestGroup`] per write, whose [`REPLICA_ENTITIES_MAX`] candidates nearest to
 //! the cell's middle are found once (ring by ring through the fine cells) and read by
 //! every client of the group (40 bytes each: id, position, change bits, where the
-//! values are in the sector cache, and where the group encoded its fields once, so a
-//! record's fields are copied, not encoded, by each client that sends it); a pilot's
+//! values are in the sector cache; in a group of [`SHARED_GROUP_CLIENTS`] or more, also
+//! the fields changed over the last few writes and where the group encoded its fields
+//! once, so a record's fields are copied, not encoded, by each client that sends it); a pilot's
 //! own ship is always added. Groups are filled, then clients written group after group
 //! (a group's list stays in the core's cache), in parallel on the engine's workers,
 //! each into its own reused buffer with per-thread scratch; the bytes do not depend on
@@ -321,7 +322,20 @@ pub(crate) struct GroupEntry {
     /// Where the group's encoding of every field starts in `InterestGroup::fields`
     /// ([`FIELDS_NONE`]: not encoded, read the values from the cache).
     fields_at: u32,
+    /// Fields changed since the refresh 2, 3, 4 and 5 writes ago: for clients written
+    /// every few ticks (the moving and idle rates), without reading the cache entry.
+    /// [`GAP_UNKNOWN`] where the group did not compute them.
+    changed_by_gap: [u8; CHANGED_GAPS],
 }
+
+/// Write gaps (2 and up) whose changed fields a shared group's entries carry.
+const CHANGED_GAPS: usize = 4;
+/// `GroupEntry::changed_by_gap` not computed: read the cache entry.
+const GAP_UNKNOWN: u8 = u8::MAX;
+/// Clients from which a group encodes its candidates' fields and their changes over the
+/// last few writes once for all of them; a smaller group does it per record sent (a
+/// lone roaming pilot sends about 60 of its 128 candidates per write).
+const SHARED_GROUP_CLIENTS: u32 = 3;
 
 /// `GroupEntry::fields_at` of an entry whose fields the group did not encode.
 const FIELDS_NONE: u32 = u32::MAX;
@@ -349,6 +363,7 @@ impl GroupEntry {
                 bytes
             },
             fields_at: FIELDS_NONE,
+            changed_by_gap: [GAP_UNKNOWN; CHANGED_GAPS],
         }
     }
 }
@@ -360,6 +375,8 @@ impl GroupEntry {
 #[derive(Debug)]
 pub(crate) struct InterestGroup {
     key: GroupKey,
+    /// Clients reading this group this write.
+    clients: u32,
     /// Positions in snapshots are relative to this point (the centre cell's corner).
     origin: (f64, f64),
     reference: (f64, f64),
@@ -389,6 +406,7 @@ impl InterestGroup {
     fn new(key: GroupKey) -> InterestGroup {
         InterestGroup {
             key,
+            clients: 0,
             origin: (0.0, 0.0),
             reference: (0.0, 0.0),
             near_radius_m: 0.0,
@@ -400,7 +418,7 @@ impl InterestGroup {
     }
 
     /// Finds the group's candidates. Every sector's cache must be fresh.
-    pub(crate) fn fill(&mut self, sectors: &[Box<Sector>], sector_size_m: f64) {
+    pub(crate) fn fill(&mut self, sectors: &[Box<Sector>], sector_size_m: f64, epoch: u64) {
         self.work.clear();
         self.candidates.clear();
         let centre = self.key.centre;
@@ -437,6 +455,9 @@ impl InterestGroup {
                 .filter_map(|w| Some(GroupEntry::new(w.at, w.at.get(sectors)?, origin, origin_cm))),
         );
         self.fields.clear();
+        if self.clients < SHARED_GROUP_CLIENTS {
+            return;
+        }
         for entry in &mut self.candidates {
             if let Some(cached) = entry.at.get(sectors) {
                 entry.fields_at = self.fields.len() as u32;
@@ -447,6 +468,9 @@ impl InterestGroup {
                     origin_cm.0,
                     origin_cm.1,
                 );
+                entry.changed_by_gap = std::array::from_fn(|k| {
+                    cached.changed_since(epoch.wrapping_sub(k as u64 + 2), epoch)
+                });
             }
         }
     }
@@ -612,9 +636,11 @@ impl InterestGroups {
                     self.groups.push(InterestGroup::new(key));
                 }
                 self.groups[self.active].key = key;
+                self.groups[self.active].clients = 0;
                 self.active += 1;
                 last = Some(key);
             }
+            self.groups[self.active - 1].clients += 1;
             assign(client_index, (self.active - 1) as u32);
         }
     }
@@ -829,9 +855,17 @@ struct Changes<'a> {
 impl Changes<'_> {
     #[inline]
     fn of(&self, entry: &GroupEntry) -> u8 {
-        if self.last_epoch.wrapping_add(1) == self.epoch {
-            // Written at the previous refresh too (the usual case): this refresh's bits.
+        let gap = self.epoch.wrapping_sub(self.last_epoch);
+        if gap == 1 {
+            // Written at the previous refresh too: this refresh's bits.
             entry.changed
+        } else if let Some(&changed) = entry
+            .changed_by_gap
+            .get((gap as usize).wrapping_sub(2))
+            .filter(|&&changed| changed != GAP_UNKNOWN)
+        {
+            // Written a few refreshes ago (a client at the moving or idle rate).
+            changed
         } else {
             entry.at.get(self.sectors).map_or(FIELDS_ALL, |cached| {
                 cached.changed_since(self.last_epoch, self.epoch)
