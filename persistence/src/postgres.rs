@@ -619,8 +619,22 @@ async fn copy_into(
         .map_err(map_err)?;
     let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
     pin_mut!(writer);
+    write_copy_rows(writer, None, c).await
+}
+
+/// Writes every row of `c` to a binary `COPY` (entity_id, x_m, y_m, vx_mps, vy_mps,
+/// tick, hit_points), each preceded by `seq` when given (the log's first column), and
+/// finishes it.
+async fn write_copy_rows(
+    mut writer: std::pin::Pin<&mut BinaryCopyInWriter>,
+    seq: Option<i64>,
+    c: &Columns,
+) -> Result<(), StoreError> {
+    let seq_value = seq.unwrap_or_default();
+    let first = usize::from(seq.is_none());
     for i in 0..c.len() {
-        let row: [&(dyn ToSql + Sync); 7] = [
+        let row: [&(dyn ToSql + Sync); 8] = [
+            &seq_value,
             &c.entity_id[i],
             &c.x_m[i],
             &c.y_m[i],
@@ -629,7 +643,11 @@ async fn copy_into(
             &c.tick[i],
             &c.hit_points[i],
         ];
-        writer.as_mut().write(&row).await.map_err(map_err)?;
+        writer
+            .as_mut()
+            .write(&row[first..])
+            .await
+            .map_err(map_err)?;
     }
     writer.finish().await.map_err(map_err)?;
     Ok(())

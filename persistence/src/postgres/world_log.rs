@@ -50,10 +50,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use deadpool_postgres::Object;
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
-use super::{get, map_err, update_from_arrays, Columns, UNNEST_STATEMENT_ROWS_MAX};
+use super::{
+    get, map_err, update_from_arrays, write_copy_rows, Columns, UNNEST_STATEMENT_ROWS_MAX,
+};
 use crate::store::{EntityState, StoreError};
 
 /// When the log is compacted: before a flush, once this store has appended
@@ -330,21 +332,7 @@ async fn copy_into_log(
     let sink = tx.copy_in(&copy).await.map_err(map_err)?;
     let writer = BinaryCopyInWriter::new(sink, &LOG_COPY_TYPES);
     pin_mut!(writer);
-    for i in 0..c.len() {
-        let row: [&(dyn ToSql + Sync); 8] = [
-            &seq,
-            &c.entity_id[i],
-            &c.x_m[i],
-            &c.y_m[i],
-            &c.vx_mps[i],
-            &c.vy_mps[i],
-            &c.tick[i],
-            &c.hit_points[i],
-        ];
-        writer.as_mut().write(&row).await.map_err(map_err)?;
-    }
-    writer.finish().await.map_err(map_err)?;
-    Ok(())
+    write_copy_rows(writer, Some(seq), c).await
 }
 
 /// Folds the log into `world_entities` and empties it, in one transaction (see the
