@@ -857,6 +857,60 @@ mod tests {
         }
     }
 
+    /// A record copied from the fields encoded once (`push_encoded`) is byte for byte the
+    /// record encoded from the values (`push_entity`), for every field mask.
+    #[test]
+    fn pre_encoded_fields_give_the_same_records() {
+        let header = header();
+        let values = [
+            ReplicaEntity {
+                entity_id: 5,
+                owner_account: 77,
+                x_cm: -100_123,
+                y_cm: 250_000,
+                vx_cmps: -1500,
+                vy_cmps: 30,
+                hit_points_centi: 1_000_000_000,
+                state: STATE_WARPING,
+                target: 9,
+            },
+            ReplicaEntity {
+                entity_id: u64::MAX,
+                owner_account: u64::MAX,
+                x_cm: i64::MIN,
+                y_cm: i64::MAX,
+                vx_cmps: i32::MIN,
+                vy_cmps: i32::MAX,
+                hit_points_centi: u64::MAX,
+                state: 0,
+                target: u64::MAX,
+            },
+        ];
+        for value in values {
+            let lengths = field_bytes(&value, header.origin_x_cm, header.origin_y_cm);
+            let mut fields = Vec::new();
+            put_fields(
+                &mut fields,
+                FIELDS_ALL,
+                &value,
+                header.origin_x_cm,
+                header.origin_y_cm,
+            );
+            for mask in 1..=FIELDS_ALL {
+                let (mut direct, mut copied) = (Vec::new(), Vec::new());
+                DeltaEncoder::new(&mut direct, &header, 1200)
+                    .unwrap()
+                    .push_entity(mask, &value)
+                    .unwrap();
+                DeltaEncoder::new(&mut copied, &header, 1200)
+                    .unwrap()
+                    .push_encoded(value.entity_id, mask, &fields, &lengths)
+                    .unwrap();
+                assert_eq!(copied, direct, "{value:?} {mask:#x}");
+            }
+        }
+    }
+
     #[test]
     fn budget_and_malformed_input() {
         let mut out = Vec::new();
