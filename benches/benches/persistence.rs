@@ -1,25 +1,30 @@
 //! Persistence hot paths: how many entity updates per second the write-behind queue
 //! absorbs from the engine (producer side: `try_submit` plus the queue's coalescing,
 //! no flushing), and flush throughput per backend and method, measured in one run so
-//! the ratios are like for like: the batched flush (SQLite: one prepared upsert in one
-//! transaction; PostgreSQL: binary `COPY` into the world-state log, with the log's
-//! compactions as they fall due (the flush's method), binary array parameters +
-//! `UPDATE ... FROM` them (its predecessor), `COPY` into a staging table + `UPDATE ...
+//! the ratios are like for like: the flush (both backends: an append to the world-state
+//! log, with the log's compactions as they fall due; SQLite: prepared 64-row `INSERT`s
+//! in one transaction; PostgreSQL: binary `COPY`), the direct writes it replaced
+//! (SQLite: prepared 64-row upserts in one transaction; PostgreSQL: binary array
+//! parameters + `UPDATE ... FROM` them, `COPY` into a staging table + `UPDATE ...
 //! FROM`, `UNNEST` arrays + upsert, `COPY` to staging + upsert) against naive
-//! one-statement-per-row upserts and against a raw insert / `COPY` with no upsert.
+//! one-statement-per-row upserts and against a raw insert / `COPY` with no upsert
+//! (SQLite: the same 64-row `INSERT`s as the log's, into an unindexed table of six
+//! columns, emptied first).
 //!
-//! `flush_postgres_interleaved` (not a criterion benchmark; it prints its table) runs
-//! the flush's method, its predecessor and raw `COPY` in turns, so the ratio between
-//! them does not depend on how the shared machine's load drifts from one criterion
-//! benchmark to the next, and counts CPU time as well as wall time. The log method runs
-//! as many flushes per turn as the compaction policy's period, so every turn pays for
-//! exactly one compaction; it is reported with that compaction and, apart, without it.
-//! It runs with the whole suite, or with the filter `flush_postgres` or `interleaved`.
+//! `flush_postgres_interleaved` and `flush_sqlite_interleaved` (not criterion
+//! benchmarks; they print their tables) run the flush's method, its predecessor and
+//! the baselines in turns, so the ratios between them do not depend on how the shared
+//! machine's load drifts from one criterion benchmark to the next, and count CPU time
+//! as well as wall time. The log method runs as many flushes per turn as the compaction
+//! policy's period, so every turn pays for exactly one compaction; it is reported with
+//! that compaction and, apart, without it. They run with the whole suite, or with the
+//! filter `flush_postgres` / `flush_sqlite` or `interleaved`.
 //!
 //! PostgreSQL benches use `WARPCORE_TEST_PG` (default
 //! `postgres://postgres@127.0.0.1:5432`), create their own database and drop it; they
 //! are skipped with a message when the server is unreachable. `WARPCORE_BENCH_LOG_FLUSHES=N`
-//! compacts the world-state log every N flushes instead of the default policy.
+//! compacts the world-state log (both backends) every N flushes instead of the default
+//! policy.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,21 +116,24 @@ fn write_behind_absorb(c: &mut Criterion) {
     rt.block_on(async { queue.abort().await });
 }
 
+/// The SQLite flush methods measured, with their bench labels and rows per flush.
+const SQLITE_METHODS: [(&str, SqliteFlushMethod, usize); 4] = [
+    ("log_insert", SqliteFlushMethod::Batched, FLUSH_ROWS),
+    ("upsert", SqliteFlushMethod::Upsert, FLUSH_ROWS),
+    ("naive_per_row", SqliteFlushMethod::NaivePerRow, NAIVE_ROWS),
+    ("raw_insert", SqliteFlushMethod::RawInsert, FLUSH_ROWS),
+];
+
 fn flush_sqlite(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(&dir.path().join("bench.sqlite")).expect("store");
+    let store =
+        SqliteStore::open_with(&dir.path().join("bench.sqlite"), log_policy()).expect("store");
     let mut group = c.benchmark_group("flush_sqlite");
     group.sample_size(10);
     let mut tick = 0u64;
-    for (name, method, rows) in [
-        ("batched_upsert", SqliteFlushMethod::Batched, FLUSH_ROWS),
-        ("naive_per_row", SqliteFlushMethod::NaivePerRow, NAIVE_ROWS),
-        ("raw_insert", SqliteFlushMethod::RawInsert, FLUSH_ROWS),
-    ] {
-        // Rows exist before measuring, so every upsert is an update, as in play.
-        rt.block_on(store.write_entity_states(&states(FLUSH_ROWS, 0)))
-            .expect("prefill");
+    for (name, method, rows) in SQLITE_METHODS {
+        prefill_sqlite(&rt, &store, 0, false);
         group.throughput(Throughput::Elements(rows as u64));
         group.bench_function(BenchmarkId::new(name, rows), |b| {
             b.iter(|| {
@@ -137,6 +145,209 @@ fn flush_sqlite(c: &mut Criterion) {
         });
     }
     group.finish();
+    if interleaved_selected("flush_sqlite") {
+        flush_sqlite_interleaved(&rt, &store, &mut tick);
+    }
+}
+
+/// As [`prefill_postgres`], on SQLite: every entity in `world_entities`, the log empty,
+/// and with `log_steady` one logged flush; then the WAL checkpointed, so that the
+/// checkpoints during the next turn copy that turn's pages only (SQLite checkpoints
+/// inside the commit that crosses 1000 WAL pages, whichever method's it is).
+fn prefill_sqlite(rt: &tokio::runtime::Runtime, store: &SqliteStore, tick: u64, log_steady: bool) {
+    let all = states(FLUSH_ROWS, tick);
+    rt.block_on(store.write_entity_states_with(SqliteFlushMethod::Upsert, &all))
+        .expect("prefill");
+    rt.block_on(store.compact_world_log())
+        .expect("prefill compaction");
+    if log_steady {
+        rt.block_on(store.write_entity_states(&all))
+            .expect("prefill log");
+    }
+    rt.block_on(store.checkpoint_wal()).expect("checkpoint");
+}
+
+/// [`flush_postgres_interleaved`] for SQLite: every method of [`SQLITE_METHODS`] in
+/// turns, [`INTERLEAVED_ROUNDS`] times, the order rotating; `log_insert` (the flush)
+/// runs one compaction period per turn, the others [`INTERLEAVED_FLUSHES`] flushes.
+/// Per method: the median over rounds of wall and CPU time per flush, and of each
+/// round's throughput (rows/s, and rows per CPU-second) relative to `raw_insert` and to
+/// `naive_per_row` in that round (naive writes [`NAIVE_ROWS`] rows per flush, the
+/// others [`FLUSH_ROWS`]). SQLite runs in this process, so CPU time is the process's
+/// (`CLOCK_PROCESS_CPUTIME_ID`: every thread, those of tokio's blocking pool included).
+fn flush_sqlite_interleaved(rt: &tokio::runtime::Runtime, store: &SqliteStore, tick: &mut u64) {
+    let methods = SQLITE_METHODS;
+    let label_idx = |want: &str| methods.iter().position(|(label, _, _)| *label == want);
+    let (Some(raw_idx), Some(naive_idx)) = (label_idx("raw_insert"), label_idx("naive_per_row"))
+    else {
+        return;
+    };
+    let log_period = log_policy().after_flushes;
+    let labels: Vec<&str> = methods.iter().map(|(label, _, _)| *label).collect();
+    let mut table = Turns::new(&labels, label_idx("log_insert"));
+    let started_loadavg = loadavg();
+    for round in 0..INTERLEAVED_ROUNDS {
+        for k in 0..methods.len() {
+            let i = (k + round) % methods.len();
+            let (_, method, rows) = methods[i];
+            let logged = method == SqliteFlushMethod::Batched;
+            prefill_sqlite(rt, store, *tick, logged);
+            let compactions = || store.world_log_stats().compactions;
+            let (turn, each) = timed_turn(
+                logged,
+                rows,
+                tick,
+                &process_cpu_ns,
+                &compactions,
+                &mut |b| {
+                    rt.block_on(store.write_entity_states_with(method, b))
+                        .expect("flush")
+                },
+            );
+            table.record(i, turn, &each);
+        }
+    }
+    let Turns {
+        labels, samples, ..
+    } = table;
+    println!(
+        "flush_sqlite_interleaved: {FLUSH_ROWS} rows per flush ({NAIVE_ROWS} for \
+         naive_per_row), {INTERLEAVED_ROUNDS} rounds of {INTERLEAVED_FLUSHES} flushes per \
+         method ({log_period} for log_insert, one compaction among them); medians over \
+         rounds; loadavg at start {started_loadavg}, at end {}",
+        loadavg()
+    );
+    // Rows per flush of each table row (the log method's parts write FLUSH_ROWS).
+    let rows_of = |i: usize| methods.get(i).map_or(FLUSH_ROWS, |m| m.2) as f64;
+    for (i, label) in labels.iter().enumerate() {
+        let column = |f: &dyn Fn(usize) -> f64| median((0..INTERLEAVED_ROUNDS).map(f).collect());
+        // Rows per second (per wall or CPU second) of row `i` in round `r`.
+        let rate = |i: usize, r: usize, cpu: bool| {
+            let (wall, cpu_ns) = samples[i][r];
+            rows_of(i) / if cpu { cpu_ns } else { wall } * 1e9
+        };
+        let wall_ms = column(&|r| samples[i][r].0 / 1e6);
+        let cpu_ms = column(&|r| samples[i][r].1 / 1e6);
+        let rows_k = column(&|r| rate(i, r, false) / 1e3);
+        let of_raw = column(&|r| 100.0 * rate(i, r, false) / rate(raw_idx, r, false));
+        let x_naive = column(&|r| rate(i, r, false) / rate(naive_idx, r, false));
+        let cpu_of_raw = column(&|r| 100.0 * rate(i, r, true) / rate(raw_idx, r, true));
+        let cpu_x_naive = column(&|r| rate(i, r, true) / rate(naive_idx, r, true));
+        println!(
+            "  {label:<28} wall {wall_ms:6.2} ms {rows_k:5.0} k rows/s ({of_raw:3.0}% of raw, \
+             {x_naive:5.1}x naive)   CPU {cpu_ms:6.2} ms ({cpu_of_raw:3.0}% of raw, \
+             {cpu_x_naive:5.1}x naive per CPU-second)"
+        );
+    }
+}
+
+/// Wall and CPU nanoseconds per flush.
+type PerFlush = (f64, f64);
+/// One flush's wall and CPU nanoseconds, and whether it compacted the log.
+type FlushTiming = (f64, f64, bool);
+
+/// One turn of an interleaved table: one compaction period of the log policy's
+/// flushes for the log method (`logged`), else [`INTERLEAVED_FLUSHES`], of `rows` rows
+/// each (ticks from `tick` on), through `flush`; `compactions` counts the store's
+/// compactions, so each flush knows whether it compacted. Returns the turn's wall and
+/// CPU nanoseconds per flush, and each flush's. `cpu_ns` reads a CPU clock (`None`:
+/// the CPU columns are NaN).
+fn timed_turn(
+    logged: bool,
+    rows: usize,
+    tick: &mut u64,
+    cpu_ns: &dyn Fn() -> Option<u64>,
+    compactions: &dyn Fn() -> u64,
+    flush: &mut dyn FnMut(&[EntityState]),
+) -> (PerFlush, Vec<FlushTiming>) {
+    let flushes = if logged {
+        log_policy().after_flushes
+    } else {
+        INTERLEAVED_FLUSHES
+    };
+    let mut each = Vec::with_capacity(flushes as usize);
+    let (turn_cpu, turn_wall) = (cpu_ns(), Instant::now());
+    for _ in 0..flushes {
+        *tick += 1;
+        let batch = states(rows, *tick);
+        let before = compactions();
+        let (cpu, wall) = (cpu_ns(), Instant::now());
+        flush(&batch);
+        let wall_ns = wall.elapsed().as_nanos() as f64;
+        let cpu = cpu_diff(cpu, cpu_ns());
+        each.push((wall_ns, cpu, compactions() > before));
+    }
+    let n = f64::from(flushes);
+    let turn = (
+        turn_wall.elapsed().as_nanos() as f64 / n,
+        cpu_diff(turn_cpu, cpu_ns()) / n,
+    );
+    (turn, each)
+}
+
+/// The samples of an interleaved table: a row per method, then, for the log method,
+/// its flushes without compaction and its compacting flush.
+struct Turns {
+    labels: Vec<String>,
+    /// `[row][round]`: wall and CPU nanoseconds per flush.
+    samples: Vec<Vec<PerFlush>>,
+    /// The log method's row, if measured.
+    log_idx: Option<usize>,
+}
+
+impl Turns {
+    fn new(methods: &[&str], log_idx: Option<usize>) -> Turns {
+        let mut labels: Vec<String> = methods.iter().map(|l| (*l).to_owned()).collect();
+        if let Some(i) = log_idx {
+            let log = labels[i].clone();
+            labels.push(format!("{log} w/o compaction"));
+            labels.push(format!("{log} compacting flush"));
+        }
+        let samples = vec![Vec::with_capacity(INTERLEAVED_ROUNDS); labels.len()];
+        Turns {
+            labels,
+            samples,
+            log_idx,
+        }
+    }
+
+    /// Method `i`'s turn (see [`timed_turn`]).
+    fn record(&mut self, i: usize, turn: PerFlush, each: &[FlushTiming]) {
+        self.samples[i].push(turn);
+        if Some(i) == self.log_idx {
+            let (without, compacting) = split_compacting(each);
+            let n = self.samples.len();
+            self.samples[n - 2].push(without);
+            self.samples[n - 1].push(compacting);
+        }
+    }
+}
+
+/// A log turn's flushes `(wall ns, cpu ns, compacted)`: the mean of those that did
+/// not compact, and the one that did.
+fn split_compacting(each: &[FlushTiming]) -> (PerFlush, PerFlush) {
+    let (compacting, rest): (Vec<&FlushTiming>, Vec<_>) = each.iter().partition(|e| e.2);
+    assert_eq!(compacting.len(), 1, "one compaction per period");
+    let n = rest.len() as f64;
+    let mean_wall = rest.iter().map(|e| e.0).sum::<f64>() / n;
+    let mean_cpu = rest.iter().map(|e| e.1).sum::<f64>() / n;
+    ((mean_wall, mean_cpu), (compacting[0].0, compacting[0].1))
+}
+
+/// CPU nanoseconds used so far by this whole process (every thread, live or exited).
+fn process_cpu_ns() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return None;
+    }
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u64::try_from(ts.tv_nsec).ok()?;
+    Some(secs * 1_000_000_000 + nanos)
 }
 
 async fn pg_database() -> Option<(String, String)> {
@@ -219,7 +430,7 @@ fn flush_postgres(c: &mut Criterion) {
         });
     }
     group.finish();
-    if interleaved_selected() {
+    if interleaved_selected("flush_postgres") {
         flush_postgres_interleaved(&rt, &store, &name, &mut tick);
     }
     store.close();
@@ -267,11 +478,12 @@ const INTERLEAVED_METHODS: [&str; 3] = ["log_copy", "unnest_update", "raw_copy"]
 /// without a log; the log method runs one compaction period.
 const INTERLEAVED_FLUSHES: u32 = 3;
 
-/// Whether [`flush_postgres_interleaved`] runs: in a measuring run (not `--test`,
-/// `--list` or `--profile-time`) with no name filter, or a filter that names it or the
-/// whole `flush_postgres` group. (Criterion does not expose its filter; this reads the
-/// first argument that is not an option or an option's value.)
-fn interleaved_selected() -> bool {
+/// Whether the interleaved table of `group` (`flush_postgres_interleaved`,
+/// `flush_sqlite_interleaved`) runs: in a measuring run (not `--test`, `--list` or
+/// `--profile-time`) with no name filter, or a filter that names the table, the whole
+/// group, or `interleaved`. (Criterion does not expose its filter; this reads the first
+/// argument that is not an option or an option's value.)
+fn interleaved_selected(group: &str) -> bool {
     const VALUED: [&str; 15] = [
         "--color",
         "--save-baseline",
@@ -298,7 +510,10 @@ fn interleaved_selected() -> bool {
         if VALUED.contains(&arg.as_str()) {
             args.next();
         } else if !arg.starts_with('-') {
-            return arg == "flush_postgres" || arg.contains("interleaved");
+            // "interleaved" selects both tables, "sqlite_interleaved" only SQLite's.
+            return arg == group
+                || (arg.contains("interleaved")
+                    && format!("{group}_interleaved").contains(arg.as_str()));
         }
     }
     true
@@ -338,59 +553,34 @@ fn flush_postgres_interleaved(
     let has_cpu = backend_pids(db).is_some_and(|pids| !pids.is_empty());
     let log_period = log_policy().after_flushes;
     // Rows of the table: one per method, then the log method's two parts.
-    let mut labels: Vec<String> = methods.iter().map(|(l, _)| (*l).to_owned()).collect();
+    let labels: Vec<&str> = methods.iter().map(|(label, _)| *label).collect();
     let log_idx = methods.iter().position(|(_, m)| *m == PgFlushMethod::Log);
-    let (without_idx, compacting_idx) = (labels.len(), labels.len() + 1);
-    if log_idx.is_some() {
-        labels.push("log_copy w/o compaction".to_owned());
-        labels.push("log_copy compacting flush".to_owned());
-    }
-    // [row][round] = (wall ns, cpu ns) per flush
-    let mut samples = vec![Vec::with_capacity(INTERLEAVED_ROUNDS); labels.len()];
+    let mut table = Turns::new(&labels, log_idx);
     let started_loadavg = loadavg();
     for round in 0..INTERLEAVED_ROUNDS {
         for k in 0..methods.len() {
             let i = (k + round) % methods.len();
             let method = methods[i].1;
-            prefill_postgres(rt, store, *tick, method == PgFlushMethod::Log);
-            let flushes = if method == PgFlushMethod::Log {
-                log_period
-            } else {
-                INTERLEAVED_FLUSHES
-            };
+            let logged = method == PgFlushMethod::Log;
+            prefill_postgres(rt, store, *tick, logged);
             let pids = backend_pids(db).unwrap_or_default();
-            let cpu_ns = || own_cpu_ns().map(|own| own + pids_cpu_ns(&pids));
-            let mut each = Vec::with_capacity(flushes as usize);
-            let (turn_cpu_before, turn_wall) = (cpu_ns(), Instant::now());
-            for _ in 0..flushes {
-                *tick += 1;
-                let batch = states(FLUSH_ROWS, *tick);
-                let compactions = store.world_log_stats().compactions;
-                let (cpu_before, wall) = (cpu_ns(), Instant::now());
-                rt.block_on(store.write_entity_states_with(method, &batch))
-                    .expect("flush");
-                let wall_ns = wall.elapsed().as_nanos() as f64;
-                let cpu = cpu_diff(has_cpu, cpu_before, cpu_ns());
-                let compacted = store.world_log_stats().compactions > compactions;
-                each.push((wall_ns, cpu, compacted));
-            }
-            let n = f64::from(flushes);
-            let turn = (
-                turn_wall.elapsed().as_nanos() as f64 / n,
-                cpu_diff(has_cpu, turn_cpu_before, cpu_ns()) / n,
-            );
-            samples[i].push(turn);
-            if Some(i) == log_idx {
-                let (compacting, rest): (Vec<_>, Vec<_>) = each.iter().partition(|e| e.2);
-                assert_eq!(compacting.len(), 1, "one compaction per period");
-                let mean = |v: &[&(f64, f64, bool)], f: fn(&(f64, f64, bool)) -> f64| {
-                    v.iter().map(|e| f(e)).sum::<f64>() / v.len() as f64
-                };
-                samples[without_idx].push((mean(&rest, |e| e.0), mean(&rest, |e| e.1)));
-                samples[compacting_idx].push((compacting[0].0, compacting[0].1));
-            }
+            let cpu_ns = || {
+                own_cpu_ns()
+                    .filter(|_| has_cpu)
+                    .map(|own| own + pids_cpu_ns(&pids))
+            };
+            let compactions = || store.world_log_stats().compactions;
+            let (turn, each) =
+                timed_turn(logged, FLUSH_ROWS, tick, &cpu_ns, &compactions, &mut |b| {
+                    rt.block_on(store.write_entity_states_with(method, b))
+                        .expect("flush")
+                });
+            table.record(i, turn, &each);
         }
     }
+    let Turns {
+        labels, samples, ..
+    } = table;
     println!(
         "flush_postgres_interleaved: {FLUSH_ROWS} rows per flush, {INTERLEAVED_ROUNDS} rounds \
          of {INTERLEAVED_FLUSHES} flushes per method ({log_period} for log_copy, one \
@@ -412,9 +602,9 @@ fn flush_postgres_interleaved(
 }
 
 /// CPU nanoseconds between two readings, or NaN when CPU time cannot be read.
-fn cpu_diff(has_cpu: bool, before: Option<u64>, after: Option<u64>) -> f64 {
+fn cpu_diff(before: Option<u64>, after: Option<u64>) -> f64 {
     match (before, after) {
-        (Some(before), Some(after)) if has_cpu => after.saturating_sub(before) as f64,
+        (Some(before), Some(after)) => after.saturating_sub(before) as f64,
         _ => f64::NAN,
     }
 }

@@ -13,6 +13,7 @@ pub mod sqlite;
 pub mod store;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
+pub mod world_log;
 pub mod write_behind;
 
 pub use open::open;

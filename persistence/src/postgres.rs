@@ -72,8 +72,8 @@ mod economy;
 mod flush_tests;
 mod world_log;
 
-use world_log::WorldLog;
-pub use world_log::{LogPolicy, WorldLogStats};
+use crate::world_log::{dedup_latest, WorldLog, SHIP_BASE_SELECT, SHIP_SELECT, UPSERT_SET};
+pub use crate::world_log::{LogPolicy, WorldLogStats, WORLD_LOG_POLICY_DEFAULT};
 
 /// The server's clock as Unix milliseconds, for audit columns only.
 const SQL_NOW_UNIX_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
@@ -81,12 +81,6 @@ const SQL_NOW_UNIX_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::B
 const MIGRATION_LOCK_KEY: i64 = 0x5741_5250_4D49_4752; // "WARPMIGR"
 /// Fill percentage of `world_entities` pages (see `PgStore::tune_storage`).
 const WORLD_ENTITIES_FILLFACTOR: u32 = 50;
-/// The default [`PgConfig::world_log`]: compact every 8 flushes (0.8 s of world time at
-/// the default flush interval), or past 100,000 logged rows.
-pub const WORLD_LOG_POLICY_DEFAULT: LogPolicy = LogPolicy {
-    after_flushes: 8,
-    after_rows: 100_000,
-};
 /// Idle time before TCP keepalive probes start on a pooled connection.
 const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
@@ -485,19 +479,6 @@ fn from_i64_tick(tick: i64) -> Result<u64, StoreError> {
     u64::try_from(tick).map_err(|_| StoreError::Backend(format!("negative tick {tick}")))
 }
 
-/// The batch with at most one state per entity (the last one given), in entity order:
-/// one `ON CONFLICT DO UPDATE` statement cannot touch a row twice. The write-behind
-/// queue already sends one sorted state per entity, which is checked in one pass.
-fn dedup_latest(states: &[EntityState]) -> Vec<EntityState> {
-    if states.windows(2).all(|w| w[0].entity_id < w[1].entity_id) {
-        return states.to_vec();
-    }
-    let mut indexed: Vec<(usize, EntityState)> = states.iter().copied().enumerate().collect();
-    indexed.sort_by_key(|(i, s)| (s.entity_id, std::cmp::Reverse(*i)));
-    indexed.dedup_by_key(|(_, s)| s.entity_id);
-    indexed.into_iter().map(|(_, s)| s).collect()
-}
-
 /// A batch as column arrays (the shape both `UNNEST` and `COPY` want).
 struct Columns {
     entity_id: Vec<i64>,
@@ -549,11 +530,6 @@ impl Columns {
         }
     }
 }
-
-const UPSERT_SET: &str = "ON CONFLICT (entity_id) DO UPDATE SET
-    x_m = EXCLUDED.x_m, y_m = EXCLUDED.y_m, vx_mps = EXCLUDED.vx_mps,
-    vy_mps = EXCLUDED.vy_mps, tick = EXCLUDED.tick, hit_points = EXCLUDED.hit_points,
-    updated_at_unix_ms = EXCLUDED.updated_at_unix_ms";
 
 const STAGING_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS world_entities_staging (
     entity_id BIGINT NOT NULL, x_m DOUBLE PRECISION NOT NULL, y_m DOUBLE PRECISION NOT NULL,
@@ -886,28 +862,6 @@ fn entity_state_at(row: &Row, first: usize) -> Result<EntityState, StoreError> {
         hit_points: get(row, first + 6)?,
     })
 }
-
-const SHIP_SELECT: &str = "SELECT s.id, c.account_id, c.id, s.name, s.hull_name, s.mass_kg,
-        s.max_speed_mps, s.accel_mps2, s.hit_points,
-        w.entity_id, w.x_m, w.y_m, w.vx_mps, w.vy_mps, w.tick, w.hit_points
-    FROM ships s
-    JOIN characters c ON c.id = s.character_id
-    JOIN world_entities_current w ON w.entity_id = s.id";
-
-/// [`SHIP_SELECT`]'s columns from `world_entities` itself (no log), `NULL` state for a
-/// ship without a row there, then the sequence row's `last_seq` and `compacted_seq`
-/// (columns 16 and 17), all of one statement's snapshot: the fast path of the ship
-/// reads ([`PgStore::ships_from_memory`]). Only the state columns (`w.*`) are
-/// overlaid from memory; the hull, including the hull's `s.hit_points`, comes from
-/// `ships`, and the modules from `ship_modules`, as through the view.
-const SHIP_BASE_SELECT: &str = "SELECT s.id, c.account_id, c.id, s.name, s.hull_name,
-        s.mass_kg, s.max_speed_mps, s.accel_mps2, s.hit_points,
-        w.entity_id, w.x_m, w.y_m, w.vx_mps, w.vy_mps, w.tick, w.hit_points,
-        q.last_seq, q.compacted_seq
-    FROM ships s
-    JOIN characters c ON c.id = s.character_id
-    JOIN world_entity_log_seq q ON q.id = 1
-    LEFT JOIN world_entities w ON w.entity_id = s.id";
 
 fn ship_record_at(row: &Row) -> Result<ShipRecord, StoreError> {
     Ok(ShipRecord {
@@ -1580,26 +1534,6 @@ impl Store for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn state(entity_id: i64, tick: u64) -> EntityState {
-        EntityState {
-            entity_id,
-            x_m: tick as f64,
-            y_m: 0.0,
-            vx_mps: 0.0,
-            vy_mps: 0.0,
-            tick,
-            hit_points: 1.0,
-        }
-    }
-
-    #[test]
-    fn dedup_keeps_the_last_state_per_entity_in_entity_order() {
-        let sorted = vec![state(1, 1), state(2, 1)];
-        assert_eq!(dedup_latest(&sorted), sorted);
-        let messy = vec![state(3, 1), state(1, 1), state(3, 2), state(1, 0)];
-        assert_eq!(dedup_latest(&messy), vec![state(1, 0), state(3, 2)]);
-    }
 
     #[test]
     fn hex_lower_encodes_every_nibble() {

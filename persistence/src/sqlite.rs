@@ -7,6 +7,14 @@
 //! `Unavailable` (retry), uniqueness violations `Conflict`, missing referenced rows
 //! `NotFound`, anything else `Backend`.
 //!
+//! World-state flushes (`write_entity_states`) append one batch to the world-state log
+//! in one transaction, and every few flushes compact the log into `world_entities`
+//! first (`sqlite/world_log.rs`); whole-world readers read the view
+//! `world_entities_current`, the ship reads `world_entities` with the store's memory
+//! of its appends laid over it when the sequence row proves that memory complete, the
+//! view otherwise. The direct upsert the flush used before is kept
+//! ([`SqliteFlushMethod`]) with the bench's baselines.
+//!
 //! Durability: `journal_mode=WAL` + `synchronous=NORMAL`. A committed transaction
 //! survives a process crash (`kill -9`); a power loss or OS crash can lose the last
 //! transactions committed before it, never corrupt the file. See `README.md`.
@@ -32,10 +40,15 @@ use crate::store::{
     RefreshRotation, Registered, ShipId, ShipRecord, StarSystem, StartCrafting, Station, Store,
     StoreError, StoredDeadLetter, UnfitModule,
 };
+use crate::world_log::{
+    dedup_latest, LogPolicy, WorldLog, WorldLogStats, SHIP_SELECT, UPSERT_SET,
+    WORLD_LOG_POLICY_DEFAULT,
+};
 
 mod accounts;
 mod crafting;
 mod economy;
+mod world_log;
 
 /// How long a statement waits for another connection's lock before `Unavailable`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,23 +58,38 @@ pub const STATEMENT_CACHE_CAPACITY: usize = 64;
 /// SQLite's clock as Unix milliseconds, for audit columns only.
 const SQL_NOW_UNIX_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
-/// How [`SqliteStore::write_entity_states_with`] writes a batch. Only `Batched` is
-/// what a flush uses; the other two exist for the benchmark.
+/// How [`SqliteStore::write_entity_states_with`] writes a batch. `Batched` is what a
+/// flush does; `Upsert` (the flush before the log) is a correct flush too; the other
+/// two exist for the benchmark. `Upsert` and `NaivePerRow` write `world_entities`
+/// directly: they first compact the log if this store appended to it since its last
+/// compaction, so that no older logged state hides the row they write (another
+/// connection appending to the same file meanwhile is not covered; the server has
+/// one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SqliteFlushMethod {
-    /// One prepared upsert per row inside one `BEGIN IMMEDIATE` transaction.
+    /// The flush: compact the world-state log if due, then append the batch to it, one
+    /// prepared multi-row `INSERT` per 64 rows (`INSERT_ROWS_PER_STATEMENT`), the
+    /// rows tagged with the next flush sequence number, in one
+    /// `BEGIN IMMEDIATE` transaction (see `sqlite/world_log.rs`).
     Batched,
-    /// The same upsert, each row its own transaction (the naive baseline).
+    /// Prepared multi-row upserts of `world_entities` (64 rows a statement) inside one
+    /// `BEGIN IMMEDIATE` transaction: the flush before the log (which upserted one row
+    /// a statement), and what a compaction's fold does.
+    Upsert,
+    /// One single-row upsert statement per row, each its own transaction (the naive
+    /// baseline).
     NaivePerRow,
     /// Plain `INSERT`s (no conflict handling) into `world_entities_raw_insert`,
     /// created on demand and emptied first, in one transaction: the floor.
     RawInsert,
 }
 
-/// The SQLite [`Store`]. Cheap to clone: clones share the connection.
+/// The SQLite [`Store`]. Cheap to clone: clones share the connection and the
+/// world-state log's memory.
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    world_log: Arc<WorldLog>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -71,15 +99,27 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the database file, configures it and runs pending migrations.
-    /// Blocks the calling thread: call it at start-up, before serving.
+    /// Opens (or creates) the database file, configures it, runs pending migrations
+    /// and compacts whatever world-state log a previous run left, with the default
+    /// compaction policy ([`WORLD_LOG_POLICY_DEFAULT`]). Blocks the calling thread:
+    /// call it at start-up, before serving.
     ///
     /// # Errors
     /// `SchemaTooNew` if the file was migrated by a newer build; `Unavailable` if the
     /// file cannot be opened or is locked; `Backend` for anything else.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, WORLD_LOG_POLICY_DEFAULT)
+    }
+
+    /// As [`SqliteStore::open`], compacting the world-state log by `world_log`: before
+    /// a flush, once this store appended that many flushes or rows since its last
+    /// compaction.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`].
+    pub fn open_with(path: &Path, world_log: LogPolicy) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open(path).map_err(map_err)?;
-        Self::from_connection(conn)
+        Self::from_connection(conn, world_log)
     }
 
     /// A private in-memory database, for tests. Same schema, nothing durable.
@@ -88,10 +128,10 @@ impl SqliteStore {
     /// As [`SqliteStore::open`].
     pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
         let conn = Connection::open_in_memory().map_err(map_err)?;
-        Self::from_connection(conn)
+        Self::from_connection(conn, WORLD_LOG_POLICY_DEFAULT)
     }
 
-    fn from_connection(mut conn: Connection) -> Result<SqliteStore, StoreError> {
+    fn from_connection(mut conn: Connection, policy: LogPolicy) -> Result<SqliteStore, StoreError> {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(map_err)?;
         // An in-memory database answers "memory": WAL only applies to files.
         let _mode: String = conn
@@ -103,8 +143,11 @@ impl SqliteStore {
             .map_err(map_err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         migrate(&mut conn)?;
+        let world_log = WorldLog::new(policy);
+        world_log::compact(&mut conn, &world_log)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            world_log: Arc::new(world_log),
         })
     }
 
@@ -124,7 +167,8 @@ impl SqliteStore {
         .await
     }
 
-    /// Every `world_entities` row as an [`EntityState`], ordered by entity id (tests,
+    /// Every entity's newest state (`world_entities_current`: `world_entities` with the
+    /// world-state log over it) as an [`EntityState`], ordered by entity id (tests,
     /// tools and diagnostics; the engine loads ships through [`Store::load_world`]).
     ///
     /// # Errors
@@ -134,7 +178,7 @@ impl SqliteStore {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT entity_id, x_m, y_m, vx_mps, vy_mps, tick, hit_points
-                     FROM world_entities ORDER BY entity_id",
+                     FROM world_entities_current ORDER BY entity_id",
                 )
                 .map_err(map_err)?;
             let rows = stmt
@@ -146,7 +190,8 @@ impl SqliteStore {
     }
 
     /// Writes a batch of entity states with the given method (see
-    /// [`SqliteFlushMethod`]). [`Store::write_entity_states`] is `Batched`.
+    /// [`SqliteFlushMethod`]), one state per entity (the last one given).
+    /// [`Store::write_entity_states`] is `Batched`.
     ///
     /// # Errors
     /// As [`Store::write_entity_states`].
@@ -155,18 +200,83 @@ impl SqliteStore {
         method: SqliteFlushMethod,
         states: &[EntityState],
     ) -> Result<(), StoreError> {
-        let states = states.to_vec();
-        self.run(move |conn| match method {
-            SqliteFlushMethod::Batched => write_entity_states(conn, &states),
-            SqliteFlushMethod::NaivePerRow => {
-                for s in &states {
-                    write_entity_states(conn, std::slice::from_ref(s))?;
-                }
-                Ok(())
+        if states.is_empty() {
+            return Ok(());
+        }
+        // The blocking pool needs owned data; one copy of a flush batch is cheap next
+        // to the disk write it feeds.
+        let states = dedup_latest(states);
+        self.run_logged(move |conn, log| {
+            let direct = matches!(
+                method,
+                SqliteFlushMethod::Upsert | SqliteFlushMethod::NaivePerRow
+            );
+            if direct && log.dirty() {
+                world_log::compact(conn, log)?;
             }
-            SqliteFlushMethod::RawInsert => raw_insert(conn, &states),
+            match method {
+                SqliteFlushMethod::Batched => world_log::flush_log(conn, log, &states),
+                SqliteFlushMethod::Upsert => write_entity_states(conn, &states),
+                SqliteFlushMethod::NaivePerRow => {
+                    for s in &states {
+                        write_entity_states(conn, std::slice::from_ref(s))?;
+                    }
+                    Ok(())
+                }
+                SqliteFlushMethod::RawInsert => raw_insert(conn, &states),
+            }
         })
         .await
+    }
+
+    /// Folds the world-state log into `world_entities` and empties it, in one
+    /// transaction, now (flushes also do it when the store's [`LogPolicy`] says it is
+    /// due, and [`SqliteStore::open`] does it). Returns whether the log held anything.
+    /// Readers see the same world before and after.
+    ///
+    /// # Errors
+    /// As [`Store::write_entity_states`].
+    pub async fn compact_world_log(&self) -> Result<bool, StoreError> {
+        self.run_logged(world_log::compact).await
+    }
+
+    /// Copies every page of the WAL into the database file and empties the WAL
+    /// (`PRAGMA wal_checkpoint(TRUNCATE)`), now, instead of when a commit next crosses
+    /// SQLite's auto-checkpoint threshold (1000 pages). For benches (each measured turn
+    /// then pays for its own pages) and before copying the file.
+    ///
+    /// # Errors
+    /// `Unavailable` when another connection's reader or writer keeps the checkpoint
+    /// from completing; as any store call otherwise.
+    pub async fn checkpoint_wal(&self) -> Result<(), StoreError> {
+        self.run(|conn| {
+            let busy: i64 = conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+                .map_err(map_err)?;
+            if busy != 0 {
+                return Err(StoreError::Unavailable(
+                    "WAL checkpoint blocked by another connection".to_owned(),
+                ));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Counters of this store's world-state log (compactions, what was appended since
+    /// the last one, how the ship reads were answered).
+    pub fn world_log_stats(&self) -> WorldLogStats {
+        self.world_log.stats()
+    }
+
+    /// [`SqliteStore::run`], with the world-state log's memory.
+    async fn run_logged<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &WorldLog) -> Result<T, StoreError> + Send + 'static,
+    {
+        let log = Arc::clone(&self.world_log);
+        self.run(move |conn| work(conn, &log)).await
     }
 
     /// Runs `work` with the connection on tokio's blocking pool.
@@ -524,15 +634,8 @@ fn hex_lower(bytes: &[u8]) -> String {
     out
 }
 
-/// The columns [`ship_record_at`] reads, joined from ships, characters and world_entities.
-const SHIP_SELECT: &str = "SELECT s.id, c.account_id, c.id, s.name, s.hull_name, s.mass_kg,
-        s.max_speed_mps, s.accel_mps2, s.hit_points,
-        w.entity_id, w.x_m, w.y_m, w.vx_mps, w.vy_mps, w.tick, w.hit_points
-    FROM ships s
-    JOIN characters c ON c.id = s.character_id
-    JOIN world_entities w ON w.entity_id = s.id";
-
-/// A ship row from [`SHIP_SELECT`], with no modules yet.
+/// A ship row from `SHIP_SELECT` or `SHIP_BASE_SELECT` (`crate::world_log`), with no
+/// modules yet.
 fn ship_record_at(row: &rusqlite::Row<'_>) -> rusqlite::Result<ShipRecord> {
     Ok(ShipRecord {
         ship_id: row.get(0)?,
@@ -573,20 +676,18 @@ fn module_at(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, ModuleType)> {
     ))
 }
 
-fn active_ship(conn: &Connection, account_id: AccountId) -> Result<Option<ShipRecord>, StoreError> {
-    let ship = conn
-        .prepare_cached(&format!(
-            "{SHIP_SELECT}
-             WHERE c.account_id = ?1 AND s.id = c.active_ship_id
-             ORDER BY c.id LIMIT 1"
-        ))
-        .and_then(|mut s| s.query_row(params![account_id], ship_record_at).optional())
-        .map_err(map_err)?;
-    let Some(mut ship) = ship else {
-        return Ok(None);
-    };
-    ship.modules = active_modules(conn, ship.ship_id)?;
-    Ok(Some(ship))
+fn active_ship(
+    conn: &Connection,
+    log: &WorldLog,
+    account_id: AccountId,
+) -> Result<Option<ShipRecord>, StoreError> {
+    let ships = world_log::ships_with_state(
+        conn,
+        log,
+        "WHERE c.account_id = ?1 AND s.id = c.active_ship_id ORDER BY c.id LIMIT 1",
+        params![account_id],
+    )?;
+    Ok(ships.into_iter().next())
 }
 
 /// The modules fitted to a ship, in slot order.
@@ -633,46 +734,146 @@ fn load_world(conn: &Connection) -> Result<Vec<ShipRecord>, StoreError> {
     Ok(ships)
 }
 
+/// A state's tick as the `BIGINT` it is stored as; a tick past `i64::MAX` is refused
+/// (`Backend`: the queue turns the row into a dead letter).
+fn tick_i64(s: &EntityState) -> Result<i64, StoreError> {
+    i64::try_from(s.tick).map_err(|_| {
+        StoreError::Backend(format!(
+            "entity {}: tick {} does not fit a BIGINT",
+            s.entity_id, s.tick
+        ))
+    })
+}
+
+/// The `Upsert` method: [`upsert_rows`] in one `BEGIN IMMEDIATE` transaction.
 fn write_entity_states(conn: &mut Connection, states: &[EntityState]) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(map_err)?;
-    {
-        // `kind` is only set on insert: every entity the queue writes today is a ship,
-        // and an update must not relabel an entity created with another kind.
-        let mut upsert = tx
-            .prepare_cached(&format!(
-                "INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
-                     hit_points, updated_at_unix_ms)
-                 VALUES (?1, 'ship', ?2, ?3, ?4, ?5, ?6, ?7, {SQL_NOW_UNIX_MS})
-                 ON CONFLICT (entity_id) DO UPDATE SET
-                     x_m = excluded.x_m, y_m = excluded.y_m,
-                     vx_mps = excluded.vx_mps, vy_mps = excluded.vy_mps,
-                     tick = excluded.tick, hit_points = excluded.hit_points,
-                     updated_at_unix_ms = excluded.updated_at_unix_ms"
-            ))
+    upsert_rows(&tx, states)?;
+    tx.commit().map_err(map_err)
+}
+
+/// Upserts `states` into `world_entities` in the caller's transaction, in
+/// [`INSERT_ROWS_PER_STATEMENT`]-row statements (the `Upsert` method, one row per
+/// statement for `NaivePerRow`, and a compaction's fold from memory).
+fn upsert_rows(tx: &rusqlite::Transaction<'_>, states: &[EntityState]) -> Result<(), StoreError> {
+    insert_rows(
+        tx,
+        InsertInto {
+            table_columns: "world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
+                 hit_points, updated_at_unix_ms)",
+            n_params: 7,
+            row: &|b| {
+                let state = numbered_params(b + 1, 6);
+                format!("(?{}, 'ship', {state}, {SQL_NOW_UNIX_MS})", b + 1)
+            },
+            bind: &|stmt, base, s| bind_state(stmt, base, s, true),
+            suffix: UPSERT_SET,
+            shared: None,
+        },
+        states,
+    )
+}
+
+/// Binds `s` as parameters `base + 1 ..= base + 6` (`entity_id`, `x_m`, `y_m`,
+/// `vx_mps`, `vy_mps`, `tick`) and, with `hit_points`, `base + 7`.
+fn bind_state(
+    stmt: &mut rusqlite::Statement<'_>,
+    base: usize,
+    s: &EntityState,
+    hit_points: bool,
+) -> Result<(), StoreError> {
+    let tick = tick_i64(s)?;
+    stmt.raw_bind_parameter(base + 1, s.entity_id)
+        .and_then(|()| stmt.raw_bind_parameter(base + 2, s.x_m))
+        .and_then(|()| stmt.raw_bind_parameter(base + 3, s.y_m))
+        .and_then(|()| stmt.raw_bind_parameter(base + 4, s.vx_mps))
+        .and_then(|()| stmt.raw_bind_parameter(base + 5, s.vy_mps))
+        .and_then(|()| stmt.raw_bind_parameter(base + 6, tick))
+        .map_err(map_err)?;
+    if hit_points {
+        stmt.raw_bind_parameter(base + 7, s.hit_points)
             .map_err(map_err)?;
-        for s in states {
-            let tick = i64::try_from(s.tick).map_err(|_| {
-                StoreError::Backend(format!(
-                    "entity {}: tick {} does not fit a BIGINT",
-                    s.entity_id, s.tick
-                ))
-            })?;
-            upsert
-                .execute(params![
-                    s.entity_id,
-                    s.x_m,
-                    s.y_m,
-                    s.vx_mps,
-                    s.vy_mps,
-                    tick,
-                    s.hit_points
-                ])
-                .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+/// Rows per statement of [`insert_rows`]: one `sqlite3_step` (and one trip through
+/// rusqlite) per this many rows instead of per row. 8 × 64 = 512 parameters, far
+/// below SQLite's limit (32,766).
+const INSERT_ROWS_PER_STATEMENT: usize = 64;
+
+/// What [`insert_rows`] writes: `INSERT INTO {table_columns} VALUES {row}, ...
+/// {suffix}`.
+struct InsertInto<'a> {
+    /// `table (column, ...)`.
+    table_columns: &'a str,
+    /// Parameters per row.
+    n_params: usize,
+    /// The placeholders (and literals) of one row whose parameters follow `base`.
+    row: &'a dyn Fn(usize) -> String,
+    /// Binds a state to the parameters of the row that follow `base`.
+    bind: &'a dyn Fn(&mut rusqlite::Statement<'_>, usize, &EntityState) -> Result<(), StoreError>,
+    /// After the rows: an `ON CONFLICT` clause, or nothing.
+    suffix: &'a str,
+    /// A value every row of a statement shares, bound once per statement as `?1` (the
+    /// log's sequence number); the rows' parameters then start at `?2`.
+    shared: Option<i64>,
+}
+
+/// Inserts `states` in the caller's transaction: full statements of
+/// [`INSERT_ROWS_PER_STATEMENT`] rows, then one row per statement for the rest, both
+/// cached prepared statements.
+fn insert_rows(
+    tx: &rusqlite::Transaction<'_>,
+    into: InsertInto<'_>,
+    states: &[EntityState],
+) -> Result<(), StoreError> {
+    let first = usize::from(into.shared.is_some());
+    let base = |r: usize| first + r * into.n_params;
+    let statement = |rows: usize| {
+        let values: Vec<String> = (0..rows).map(|r| (into.row)(base(r))).collect();
+        format!(
+            "INSERT INTO {} VALUES {} {}",
+            into.table_columns,
+            values.join(", "),
+            into.suffix
+        )
+    };
+    let mut chunks = states.chunks_exact(INSERT_ROWS_PER_STATEMENT);
+    if chunks.len() > 0 {
+        let mut full = tx
+            .prepare_cached(&statement(INSERT_ROWS_PER_STATEMENT))
+            .map_err(map_err)?;
+        if let Some(shared) = into.shared {
+            full.raw_bind_parameter(1, shared).map_err(map_err)?;
+        }
+        for chunk in chunks.by_ref() {
+            for (r, s) in chunk.iter().enumerate() {
+                (into.bind)(&mut full, base(r), s)?;
+            }
+            full.raw_execute().map_err(map_err)?;
         }
     }
-    tx.commit().map_err(map_err)
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut one = tx.prepare_cached(&statement(1)).map_err(map_err)?;
+        if let Some(shared) = into.shared {
+            one.raw_bind_parameter(1, shared).map_err(map_err)?;
+        }
+        for s in rest {
+            (into.bind)(&mut one, base(0), s)?;
+            one.raw_execute().map_err(map_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// `?{base + 1}, ..., ?{base + n}`: the numbered parameters of one row.
+fn numbered_params(base: usize, n: usize) -> String {
+    let numbered: Vec<String> = (base + 1..=base + n).map(|i| format!("?{i}")).collect();
+    numbered.join(", ")
 }
 
 fn raw_insert(conn: &mut Connection, states: &[EntityState]) -> Result<(), StoreError> {
@@ -688,21 +889,18 @@ fn raw_insert(conn: &mut Connection, states: &[EntityState]) -> Result<(), Store
         .map_err(map_err)?;
     tx.execute("DELETE FROM world_entities_raw_insert", [])
         .map_err(map_err)?;
-    {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO world_entities_raw_insert (entity_id, x_m, y_m, vx_mps, vy_mps, tick)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(map_err)?;
-        for s in states {
-            let tick = i64::try_from(s.tick)
-                .map_err(|_| StoreError::Backend(format!("tick {} does not fit", s.tick)))?;
-            insert
-                .execute(params![s.entity_id, s.x_m, s.y_m, s.vx_mps, s.vy_mps, tick])
-                .map_err(map_err)?;
-        }
-    }
+    insert_rows(
+        &tx,
+        InsertInto {
+            table_columns: "world_entities_raw_insert (entity_id, x_m, y_m, vx_mps, vy_mps, tick)",
+            n_params: 6,
+            row: &|base| format!("({})", numbered_params(base, 6)),
+            bind: &|stmt, base, s| bind_state(stmt, base, s, false),
+            suffix: "",
+            shared: None,
+        },
+        states,
+    )?;
     tx.commit().map_err(map_err)
 }
 
@@ -785,7 +983,8 @@ impl Store for SqliteStore {
     }
 
     async fn active_ship(&self, account_id: AccountId) -> Result<Option<ShipRecord>, StoreError> {
-        self.run(move |conn| active_ship(conn, account_id)).await
+        self.run_logged(move |conn, log| active_ship(conn, log, account_id))
+            .await
     }
 
     async fn load_world(&self) -> Result<Vec<ShipRecord>, StoreError> {
@@ -793,13 +992,7 @@ impl Store for SqliteStore {
     }
 
     async fn write_entity_states(&self, states: &[EntityState]) -> Result<(), StoreError> {
-        if states.is_empty() {
-            return Ok(());
-        }
-        // The blocking pool needs owned data; one copy of a flush batch is cheap next
-        // to the disk write it feeds.
-        let states = states.to_vec();
-        self.run(move |conn| write_entity_states(conn, &states))
+        self.write_entity_states_with(SqliteFlushMethod::Batched, states)
             .await
     }
 
@@ -905,11 +1098,12 @@ impl Store for SqliteStore {
     }
 
     async fn ship(&self, ship_id: ShipId) -> Result<Option<ShipRecord>, StoreError> {
-        self.run(move |conn| accounts::ship(conn, ship_id)).await
+        self.run_logged(move |conn, log| accounts::ship(conn, log, ship_id))
+            .await
     }
 
     async fn ships_of_account(&self, account_id: AccountId) -> Result<Vec<ShipRecord>, StoreError> {
-        self.run(move |conn| accounts::ships_of_account(conn, account_id))
+        self.run_logged(move |conn, log| accounts::ships_of_account(conn, log, account_id))
             .await
     }
 

@@ -5,10 +5,11 @@
 //! model: after each restart the store equals the model as of the last completed flush,
 //! and every poisoned row is in the dead-letter table. A failing run prints its seed.
 //!
-//! A third variant runs the same steps on PostgreSQL with a world-state log compacted
-//! every few flushes, plus explicit compactions (through a second store on the same
-//! database, so some fold the log by reading it) among the steps: compaction
-//! interleaved with flushes, outages and crashes never changes what readers see.
+//! A second pair of variants runs the same steps, on both backends, with a world-state
+//! log compacted every few flushes, plus explicit compactions (through a second store
+//! on the same database, so some fold the log by reading it) among the steps:
+//! compaction interleaved with flushes, outages and crashes never changes what readers
+//! see. (The first pair logs too, with the default policy: 8 flushes per compaction.)
 //!
 //! Not for: a real network outage (`tests/pg_outage.rs`).
 
@@ -20,14 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::TestDb;
+use common::{LogStore, TestDb};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use warpcore_persistence::postgres::{LogPolicy, PgConfig, WorldLogStats};
 use warpcore_persistence::store::{DeadLetter, StoredDeadLetter};
+use warpcore_persistence::world_log::{LogPolicy, WorldLogStats, WORLD_LOG_POLICY_DEFAULT};
 use warpcore_persistence::{
-    spawn_write_behind, Account, AccountId, EntityState, NewAccount, PgStore, Registered,
-    ShipRecord, StarSystem, Station, Store, StoreError, SubmitError, WriteBehindConfig,
+    spawn_write_behind, Account, AccountId, EntityState, NewAccount, Registered, ShipRecord,
+    StarSystem, Station, Store, StoreError, SubmitError, WriteBehindConfig,
 };
 
 const STEPS: usize = 400;
@@ -161,12 +162,12 @@ const LOG_POLICY: LogPolicy = LogPolicy {
 };
 
 /// The stores of one run: the one the queue writes through, and, in the log variant,
-/// a second `PgStore` on the same database for explicit compactions.
+/// a second store on the same database for explicit compactions.
 struct Stores {
-    compactor: Option<PgStore>,
-    /// The store the queue writes through, as a `PgStore` (log variant), and its log
-    /// counters right after it opened (which may have compacted a log left behind).
-    writer: Option<(PgStore, WorldLogStats)>,
+    compactor: Option<LogStore>,
+    /// The store the queue writes through (log variant), and its log counters right
+    /// after it opened (which may have compacted a log left behind).
+    writer: Option<(LogStore, WorldLogStats)>,
 }
 
 impl Stores {
@@ -178,18 +179,13 @@ impl Stores {
             };
             return (db.open_again().await.unwrap(), stores);
         }
-        let url = db.pg.as_ref().expect("log variant runs on postgres").url();
-        let config = PgConfig {
-            world_log: LOG_POLICY,
-            ..PgConfig::default()
-        };
-        let store = PgStore::open_with(&url, &config).await.unwrap();
-        let compactor = PgStore::open_with(&url, &config).await.unwrap();
+        let store = LogStore::open(db, LOG_POLICY).await;
+        let compactor = LogStore::open(db, LOG_POLICY).await;
         let stores = Stores {
             compactor: Some(compactor),
             writer: Some((store.clone(), store.world_log_stats())),
         };
-        (Arc::new(store), stores)
+        (store.shared(), stores)
     }
 
     /// Compactions the writing store did inside its flushes, and how many of them
@@ -296,7 +292,7 @@ async fn run_model_with(db: TestDb, log: bool) {
                     eprintln!("{step}: compact {compacted}");
                 }
                 n_compactions += u32::from(compacted);
-                check_store(compactor, &model, seed, step).await;
+                check_store(&**compactor, &model, seed, step).await;
                 check_store(db.store.as_ref(), &model, seed, step).await;
             }
             80..=91 => {
@@ -352,9 +348,8 @@ async fn run_model_with(db: TestDb, log: bool) {
         // between (then from the log, when the seed has one).
         assert!(n_compactions > 0, "explicit compactions folded something");
         assert!(n_from_memory > 0, "flushes compacted from memory");
-        let url = db.pg.as_ref().expect("postgres").url();
-        let store = PgStore::open(&url).await.unwrap();
-        check_store(&store, &model, seed, STEPS).await;
+        let store = LogStore::open(&db, WORLD_LOG_POLICY_DEFAULT).await;
+        check_store(&*store, &model, seed, STEPS).await;
     }
 }
 both_backends!(
@@ -362,10 +357,10 @@ both_backends!(
     run_model
 );
 
-/// PostgreSQL only: SQLite has no world-state log.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_log_compactions_among_flushes_outages_and_crashes_match_a_model() {
-    if let Some(db) = TestDb::open(common::Backend::Postgres).await {
-        run_model_with(db, true).await;
-    }
+async fn run_model_compacting(db: TestDb) {
+    run_model_with(db, true).await;
 }
+both_backends!(
+    log_compactions_among_flushes_outages_and_crashes_match_a_model,
+    run_model_compacting
+);

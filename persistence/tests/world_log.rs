@@ -1,9 +1,10 @@
-//! The PostgreSQL world-state log (`src/postgres/world_log.rs`): flushes append to
-//! `world_entity_log`, compaction folds it into `world_entities`, and every reader sees
-//! the world as of the last completed flush whatever is still in the log: after a
-//! restart on an uncompacted log, with a fold from this store's memory or from the log
-//! itself (a second writer), and when a direct `UPDATE` method follows logged flushes.
-//! On SQLite the log exists (same schema) and stays empty.
+//! The world-state log of both backends (`src/world_log.rs`, `src/postgres/world_log.rs`,
+//! `src/sqlite/world_log.rs`): flushes append to `world_entity_log`, compaction folds it
+//! into `world_entities`, and every reader sees the world as of the last completed flush
+//! whatever is still in the log: after a restart on an uncompacted log, with a fold from
+//! this store's memory or from the log itself (a second writer), and when a direct
+//! method (PostgreSQL's `UPDATE`, SQLite's upsert) follows logged flushes. Every test
+//! runs on both backends.
 //!
 //! Not for: the write-behind queue's contract (`tests/model.rs` runs it with
 //! compactions among flushes, outages and crashes).
@@ -12,9 +13,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Backend, TestDb};
-use warpcore_persistence::postgres::{LogPolicy, PgConfig};
-use warpcore_persistence::{EntityState, PgFlushMethod, PgStore, Registered, Store};
+use common::{LogStore, TestDb};
+use warpcore_persistence::world_log::{LogPolicy, WORLD_LOG_POLICY_DEFAULT};
+use warpcore_persistence::{EntityState, PgFlushMethod, Registered, SqliteFlushMethod, Store};
 
 /// Never compacts by itself: the test decides.
 const NEVER: LogPolicy = LogPolicy {
@@ -34,16 +35,6 @@ fn state(entity_id: i64, tick: u64) -> EntityState {
     }
 }
 
-async fn pg_store(db: &TestDb, policy: LogPolicy) -> PgStore {
-    let config = PgConfig {
-        world_log: policy,
-        ..PgConfig::default()
-    };
-    PgStore::open_with(&db.pg.as_ref().expect("postgres").url(), &config)
-        .await
-        .unwrap()
-}
-
 async fn log_rows(db: &TestDb) -> i64 {
     db.query_i64("SELECT COUNT(*) FROM world_entity_log").await
 }
@@ -57,31 +48,21 @@ fn newest(flushes: &[Vec<EntityState>]) -> Vec<EntityState> {
     by_id.into_values().collect()
 }
 
-async fn postgres_db() -> Option<TestDb> {
-    TestDb::open(Backend::Postgres).await
-}
-
-/// A PostgreSQL database with the demo universe and the players `names` registered
-/// (account, character, starter ship), or `None` where `TestDb` skips PostgreSQL.
-async fn with_players<const N: usize>(names: [&str; N]) -> Option<(TestDb, [Registered; N])> {
-    let db = postgres_db().await?;
+/// The demo universe and the players `names` registered (account, character, starter
+/// ship) on `db`.
+async fn with_players<const N: usize>(db: &TestDb, names: [&str; N]) -> [Registered; N] {
     db.store.seed_demo_content().await.unwrap();
     let mut players = Vec::with_capacity(N);
     for name in names {
         let registered = db.store.register_account(common::new_account(name));
         players.push(registered.await.unwrap());
     }
-    let players =
-        <[Registered; N]>::try_from(players).unwrap_or_else(|_| unreachable!("one per name"));
-    Some((db, players))
+    <[Registered; N]>::try_from(players).unwrap_or_else(|_| unreachable!("one per name"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_on_an_uncompacted_log_loads_the_newest_state() {
-    let Some((db, [a, b])) = with_players(["ann", "bob"]).await else {
-        return;
-    };
-    let store = pg_store(&db, NEVER).await;
+async fn a_restart_on_an_uncompacted_log_loads_the_newest_state(db: TestDb) {
+    let [a, b] = with_players(&db, ["ann", "bob"]).await;
+    let store = LogStore::open(&db, NEVER).await;
     // Three flushes of both ships, the last one with an entity that has no row in
     // world_entities yet (it lives in the log only until compaction).
     let flushes = vec![
@@ -111,7 +92,8 @@ async fn a_restart_on_an_uncompacted_log_loads_the_newest_state() {
     // Crash: the store goes away with its log uncompacted. The restart folds it.
     store.close();
     drop(store);
-    let restarted = PgStore::open(&db.pg.as_ref().unwrap().url()).await.unwrap();
+    assert_eq!(log_rows(&db).await, 6);
+    let restarted = LogStore::open(&db, WORLD_LOG_POLICY_DEFAULT).await;
     let stats = restarted.world_log_stats();
     assert_eq!((stats.compactions, stats.compactions_from_log), (1, 1));
     assert_eq!(log_rows(&db).await, 0);
@@ -121,13 +103,13 @@ async fn a_restart_on_an_uncompacted_log_loads_the_newest_state() {
     assert_eq!(world_states, vec![state(a.ship_id, 3), state(b.ship_id, 2)]);
     restarted.close();
 }
+both_backends!(
+    a_restart_on_an_uncompacted_log_loads_the_newest_state_on,
+    a_restart_on_an_uncompacted_log_loads_the_newest_state
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_due_compaction_folds_the_newest_state_per_entity_before_the_next_flush() {
-    let Some(db) = postgres_db().await else {
-        return;
-    };
-    let store = pg_store(
+async fn a_due_compaction_folds_the_newest_state_per_entity_before_the_next_flush(db: TestDb) {
+    let store = LogStore::open(
         &db,
         LogPolicy {
             after_flushes: 2,
@@ -163,14 +145,14 @@ async fn a_due_compaction_folds_the_newest_state_per_entity_before_the_next_flus
     assert_eq!(store.entity_states().await.unwrap(), newest(&flushes));
     store.close();
 }
+both_backends!(
+    a_due_compaction_folds_the_newest_state_per_entity_before_the_next_flush_on,
+    a_due_compaction_folds_the_newest_state_per_entity_before_the_next_flush
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_writer_makes_compaction_read_the_log() {
-    let Some(db) = postgres_db().await else {
-        return;
-    };
-    let first = pg_store(&db, NEVER).await;
-    let second = pg_store(&db, NEVER).await;
+async fn a_second_writer_makes_compaction_read_the_log(db: TestDb) {
+    let first = LogStore::open(&db, NEVER).await;
+    let second = LogStore::open(&db, NEVER).await;
     // The first store remembers entity 1 at tick 1, but the log's newest row for it is
     // the second store's: folding the first store's memory would lose it.
     first.write_entity_states(&[state(1, 1)]).await.unwrap();
@@ -193,25 +175,35 @@ async fn a_second_writer_makes_compaction_read_the_log() {
     first.close();
     second.close();
 }
+both_backends!(
+    a_second_writer_makes_compaction_read_the_log_on,
+    a_second_writer_makes_compaction_read_the_log
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_direct_update_after_logged_flushes_is_not_hidden_by_the_log() {
-    let Some(db) = postgres_db().await else {
-        return;
-    };
-    let store = pg_store(&db, NEVER).await;
+async fn a_direct_write_after_logged_flushes_is_not_hidden_by_the_log(db: TestDb) {
+    let store = LogStore::open(&db, NEVER).await;
     store.write_entity_states(&[state(1, 1)]).await.unwrap();
-    store
-        .write_entity_states_with(PgFlushMethod::UnnestUpdate, &[state(1, 2)])
-        .await
-        .unwrap();
+    match &store {
+        LogStore::Postgres(s) => s
+            .write_entity_states_with(PgFlushMethod::UnnestUpdate, &[state(1, 2)])
+            .await
+            .unwrap(),
+        LogStore::Sqlite(s) => s
+            .write_entity_states_with(SqliteFlushMethod::Upsert, &[state(1, 2)])
+            .await
+            .unwrap(),
+    }
     assert_eq!(store.entity_states().await.unwrap(), vec![state(1, 2)]);
     assert_eq!(log_rows(&db).await, 0);
     store.close();
 }
+both_backends!(
+    a_direct_write_after_logged_flushes_is_not_hidden_by_the_log_on,
+    a_direct_write_after_logged_flushes_is_not_hidden_by_the_log
+);
 
-/// The same migrations on both backends: SQLite has the log and the view too, and its
-/// flush leaves the log empty.
+/// The same migrations on both backends: the log, its sequence row and the view, and
+/// a flush through the default store (default policy) lands in the log.
 async fn log_schema_on_both(db: TestDb) {
     let flushes = vec![
         (1..=4).map(|id| state(id, 1)).collect::<Vec<_>>(),
@@ -227,11 +219,12 @@ async fn log_schema_on_both(db: TestDb) {
             .await,
         want.len() as i64
     );
-    let logged = log_rows(&db).await;
-    match db.backend {
-        Backend::Sqlite => assert_eq!(logged, 0),
-        Backend::Postgres => assert_eq!(logged, 6),
-    }
+    assert_eq!(log_rows(&db).await, 6);
+    assert_eq!(
+        db.query_i64("SELECT last_seq - compacted_seq FROM world_entity_log_seq")
+            .await,
+        2
+    );
 }
 both_backends!(
     the_log_and_its_view_exist_on_both_backends,
@@ -244,12 +237,9 @@ both_backends!(
 /// `world_entities_current`): same hull (`ships.hit_points` is not the state's), same
 /// modules, the newest state; with an uncompacted log, after a compaction, and after
 /// more flushes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ship_reads_take_the_newest_state_from_memory_not_the_log() {
-    let Some((db, [a, b])) = with_players(["ann", "bob"]).await else {
-        return;
-    };
-    let store = pg_store(&db, NEVER).await;
+async fn ship_reads_take_the_newest_state_from_memory_not_the_log(db: TestDb) {
+    let [a, b] = with_players(&db, ["ann", "bob"]).await;
+    let store = LogStore::open(&db, NEVER).await;
     let check = |want_a: EntityState, want_b: EntityState| {
         let (store, view) = (&store, &db.store);
         async move {
@@ -302,24 +292,25 @@ async fn ship_reads_take_the_newest_state_from_memory_not_the_log() {
     assert!(stats.reads_from_memory >= 4 * 3, "{stats:?}");
     store.close();
 }
+both_backends!(
+    ship_reads_take_the_newest_state_from_memory_not_the_log_on,
+    ship_reads_take_the_newest_state_from_memory_not_the_log
+);
 
 /// A restarted store folds the log on open; when the old process still appends after
 /// that (its last flush racing the restart, or a second server), neither store's memory
 /// covers the log: both read through the view, and see that flush. The next
 /// compaction (from the log) makes the restarted store's memory complete again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ship_reads_fall_back_to_the_view_when_memory_does_not_cover_the_log() {
-    let Some((db, [a])) = with_players(["ann"]).await else {
-        return;
-    };
-    let old = pg_store(&db, NEVER).await;
+async fn ship_reads_fall_back_to_the_view_when_memory_does_not_cover_the_log(db: TestDb) {
+    let [a] = with_players(&db, ["ann"]).await;
+    let old = LogStore::open(&db, NEVER).await;
     old.write_entity_states(&[state(a.ship_id, 1)])
         .await
         .unwrap();
     old.write_entity_states(&[state(a.ship_id, 2)])
         .await
         .unwrap();
-    let restarted = pg_store(&db, NEVER).await;
+    let restarted = LogStore::open(&db, NEVER).await;
     assert_eq!(restarted.world_log_stats().compactions_from_log, 1);
     let ship = restarted.ship(a.ship_id).await.unwrap().unwrap();
     assert_eq!(ship.state, state(a.ship_id, 2));
@@ -359,20 +350,21 @@ async fn ship_reads_fall_back_to_the_view_when_memory_does_not_cover_the_log() {
     old.close();
     restarted.close();
 }
+both_backends!(
+    ship_reads_fall_back_to_the_view_when_memory_does_not_cover_the_log_on,
+    ship_reads_fall_back_to_the_view_when_memory_does_not_cover_the_log
+);
 
 /// Reads racing flushes and compactions: every answer is one flush's state, whole
 /// (`state(id, tick)` is a function of its tick), no older than the last flush that
 /// had completed when the read started, and not newer than the last one started.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ship_reads_racing_flushes_and_compactions_see_a_committed_state() {
+async fn ship_reads_racing_flushes_and_compactions_see_a_committed_state(db: TestDb) {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
     const FLUSHES: u64 = 120;
-    let Some((db, [a, b])) = with_players(["ann", "bob"]).await else {
-        return;
-    };
-    let store = pg_store(
+    let [a, b] = with_players(&db, ["ann", "bob"]).await;
+    let store = LogStore::open(
         &db,
         LogPolicy {
             after_flushes: 3,
@@ -438,3 +430,58 @@ async fn ship_reads_racing_flushes_and_compactions_see_a_committed_state() {
     assert!(stats.reads_from_memory > 0, "{stats:?}");
     store.close();
 }
+both_backends!(
+    ship_reads_racing_flushes_and_compactions_see_a_committed_state_on,
+    ship_reads_racing_flushes_and_compactions_see_a_committed_state
+);
+
+/// SQLite: a flush commits before `write_entity_states` returns, so a process that dies
+/// right after it (no compaction, no clean close: the connection is leaked, as a
+/// `kill -9` would leave it, and the WAL is not checkpointed) loses nothing; the next
+/// open folds the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_flush_survives_a_crash_before_any_compaction() {
+    let db = TestDb::open(common::Backend::Sqlite).await.unwrap();
+    let path = db.sqlite_path.clone().expect("sqlite");
+    let store = warpcore_persistence::SqliteStore::open_with(&path, NEVER).unwrap();
+    let flushes = vec![
+        (1..=50).map(|id| state(id, 1)).collect::<Vec<_>>(),
+        (25..=75).map(|id| state(id, 2)).collect(),
+    ];
+    for batch in &flushes {
+        store.write_entity_states(batch).await.unwrap();
+    }
+    std::mem::forget(store);
+    assert_eq!(log_rows(&db).await, 101);
+    let restarted = warpcore_persistence::SqliteStore::open(&path).unwrap();
+    assert_eq!(restarted.world_log_stats().compactions_from_log, 1);
+    assert_eq!(log_rows(&db).await, 0);
+    assert_eq!(restarted.entity_states().await.unwrap(), newest(&flushes));
+}
+
+/// A batch larger than one multi-row statement (SQLite writes 64 rows per statement,
+/// then the rest one by one) is logged and read back exactly, before and after its
+/// compaction; a batch with one state the table refuses (a tick past `i64::MAX`) is
+/// refused whole: nothing of it is logged.
+async fn a_large_batch_is_logged_whole_or_not_at_all(db: TestDb) {
+    let store = LogStore::open(&db, NEVER).await;
+    let batch: Vec<EntityState> = (1..=200).map(|id| state(id, 1)).collect();
+    store.write_entity_states(&batch).await.unwrap();
+    assert_eq!(log_rows(&db).await, 200);
+    assert_eq!(store.entity_states().await.unwrap(), batch);
+    let mut poisoned: Vec<EntityState> = (1..=200).map(|id| state(id, 2)).collect();
+    poisoned[150].tick = u64::MAX;
+    assert!(store.write_entity_states(&poisoned).await.is_err());
+    assert_eq!(log_rows(&db).await, 200);
+    assert!(store.compact_world_log().await.unwrap());
+    assert_eq!(store.entity_states().await.unwrap(), batch);
+    assert_eq!(
+        db.query_i64("SELECT COUNT(*) FROM world_entities").await,
+        200
+    );
+    store.close();
+}
+both_backends!(
+    a_large_batch_is_logged_whole_or_not_at_all_on,
+    a_large_batch_is_logged_whole_or_not_at_all
+);

@@ -7,12 +7,13 @@
 //! first, then reads it as used and revokes the family. Not for: the rules
 //! (`crate::economy::refresh_outcome`, documented on `crate::store`).
 
-use super::{get, hex_lower, map_err, ship_record_at, PgStore, SHIP_SELECT};
+use super::{get, hex_lower, map_err, ship_record_at, PgStore};
 use crate::economy;
 use crate::store::{
     Account, AccountId, CharacterId, ModuleType, RefreshOutcome, RefreshRejection, RefreshRotation,
     ShipId, ShipRecord, Station, StoreError, SHIPS_READ_ROWS_MAX, STATIONS_PAGE_ROWS_MAX,
 };
+use crate::world_log::SHIP_SELECT;
 
 impl PgStore {
     pub(super) async fn account_by_id_pg(

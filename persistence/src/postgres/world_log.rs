@@ -41,11 +41,10 @@
 //! the check, a restart's store before it wrote, a second writer, a lost commit answer)
 //! the read goes through `world_entities_current`.
 //!
-//! Not for: SQLite, which writes `world_entities` directly (see the crate's README for
-//! why) and leaves the log empty.
-
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+//! The memory, the policy and the proof are `crate::world_log`'s, shared with SQLite
+//! (`sqlite/world_log.rs`), which logs the same way with its own SQL.
+//!
+//! Not for: SQLite.
 
 use deadpool_postgres::Object;
 use futures_util::pin_mut;
@@ -57,206 +56,7 @@ use super::{
     get, map_err, update_from_arrays, write_copy_rows, Columns, UNNEST_STATEMENT_ROWS_MAX,
 };
 use crate::store::{EntityState, StoreError};
-
-/// When the log is compacted: before a flush, once this store has appended
-/// `after_flushes` flushes or `after_rows` rows since its last compaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogPolicy {
-    /// Flushes appended since the last compaction that make the next flush compact.
-    pub after_flushes: u32,
-    /// Rows appended since the last compaction that make the next flush compact (a
-    /// bound for batches much larger than usual, such as the first flush after an
-    /// outage).
-    pub after_rows: usize,
-}
-
-/// Where a compaction's fold took the newest states from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fold {
-    /// The log was empty: nothing to fold.
-    Nothing,
-    /// This store's memory of what it appended.
-    FromMemory,
-    /// The log itself (`DISTINCT ON`).
-    FromLog,
-}
-
-/// What this store knows about the log since its last compaction (see the module docs).
-#[derive(Debug, Default)]
-struct Mirror {
-    /// `compacted_seq` as of this store's last compaction (or open).
-    base_seq: i64,
-    /// Sequence numbers above `base_seq` this store committed.
-    seqs_committed: i64,
-    /// The highest of them (`base_seq` when none): the memory holds every log row up
-    /// to it exactly when `base_seq + seqs_committed == seq_max`.
-    seq_max: i64,
-    /// Rows appended since `base_seq` (the compaction trigger).
-    rows_appended: usize,
-    /// Newest state per entity since `base_seq`, with its sequence number.
-    newest: HashMap<i64, (i64, EntityState)>,
-    /// Compactions committed by this store, and how many of them read the log itself.
-    compactions: u64,
-    compactions_from_log: u64,
-    /// Single-entity reads answered from base + memory, and through the view.
-    reads_from_memory: u64,
-    reads_from_view: u64,
-}
-
-/// The world-state log's bookkeeping, shared by the clones of one `PgStore`.
-#[derive(Debug)]
-pub(super) struct WorldLog {
-    policy: LogPolicy,
-    mirror: Mutex<Mirror>,
-}
-
-/// Counters of the world-state log of one `PgStore` (cheap; for tests, benches and
-/// diagnostics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct WorldLogStats {
-    /// Compactions this store committed.
-    pub compactions: u64,
-    /// Of those, the ones that had to read the log (after a restart, or when another
-    /// writer appended to it) instead of folding the states this store remembered.
-    pub compactions_from_log: u64,
-    /// Flushes this store appended since its last compaction.
-    pub flushes_since_compaction: u64,
-    /// Rows this store appended since its last compaction.
-    pub rows_since_compaction: u64,
-    /// Single-entity reads (`ship`, `active_ship`, `ships_of_account`) answered from
-    /// `world_entities` and this store's memory of the log, without reading the log.
-    pub reads_from_memory: u64,
-    /// Single-entity reads that went through `world_entities_current` (the memory was
-    /// not proven complete for the read's snapshot).
-    pub reads_from_view: u64,
-}
-
-impl WorldLog {
-    pub(super) fn new(policy: LogPolicy) -> WorldLog {
-        WorldLog {
-            policy,
-            mirror: Mutex::new(Mirror::default()),
-        }
-    }
-
-    fn mirror(&self) -> MutexGuard<'_, Mirror> {
-        // The mirror is only ever a cache the sequence row checks: a panic mid-update
-        // cannot make it lie, at worst make it fail that check.
-        self.mirror.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn due(&self) -> bool {
-        let m = self.mirror();
-        m.seqs_committed >= i64::from(self.policy.after_flushes)
-            || m.rows_appended >= self.policy.after_rows
-    }
-
-    /// Whether this store appended anything since its last compaction.
-    pub(super) fn dirty(&self) -> bool {
-        self.mirror().seqs_committed > 0
-    }
-
-    pub(super) fn stats(&self) -> WorldLogStats {
-        let m = self.mirror();
-        WorldLogStats {
-            compactions: m.compactions,
-            compactions_from_log: m.compactions_from_log,
-            flushes_since_compaction: u64::try_from(m.seqs_committed).unwrap_or(0),
-            rows_since_compaction: m.rows_appended as u64,
-            reads_from_memory: m.reads_from_memory,
-            reads_from_view: m.reads_from_view,
-        }
-    }
-
-    /// A flush with sequence number `seq` committed these states (one per entity).
-    fn record(&self, seq: i64, states: &[EntityState]) {
-        let mut m = self.mirror();
-        if seq <= m.base_seq {
-            // Compacted already (by a clone of this store, between our commit and now).
-            return;
-        }
-        m.seqs_committed += 1;
-        m.seq_max = m.seq_max.max(seq);
-        m.rows_appended += states.len();
-        for s in states {
-            match m.newest.get(&s.entity_id) {
-                Some((newer, _)) if *newer > seq => {}
-                _ => {
-                    m.newest.insert(s.entity_id, (seq, *s));
-                }
-            }
-        }
-    }
-
-    /// The remembered newest states, sorted by entity, if they are exactly the log's
-    /// newest rows: nobody compacted since this store did, and every sequence number
-    /// in `(compacted_seq, last_seq]` is one this store committed.
-    fn complete_mirror(&self, last_seq: i64, compacted_seq: i64) -> Option<Vec<EntityState>> {
-        let m = self.mirror();
-        if m.base_seq != compacted_seq || m.base_seq + m.seqs_committed != last_seq {
-            return None;
-        }
-        let mut states: Vec<EntityState> = m.newest.values().map(|(_, s)| *s).collect();
-        states.sort_unstable_by_key(|s| s.entity_id);
-        Some(states)
-    }
-
-    /// For a read whose snapshot saw the sequence row at `(last_seq, compacted_seq)`
-    /// and `states` in `world_entities`: replaces each state by the newest one this
-    /// store appended for its entity, if any, and returns `true`, when the memory
-    /// holds every log row of that snapshot (see the module docs); otherwise leaves
-    /// `states` alone and returns `false`, and the read must go through the view.
-    ///
-    /// Under the memory's lock, so each state is one flush's, whole. A state newer than
-    /// the snapshot (a flush committed since) may be answered: it is committed too.
-    pub(super) fn overlay(
-        &self,
-        last_seq: i64,
-        compacted_seq: i64,
-        states: &mut [EntityState],
-    ) -> bool {
-        let mut m = self.mirror();
-        let complete = m.base_seq == compacted_seq
-            && m.base_seq + m.seqs_committed == m.seq_max
-            && m.seq_max >= last_seq;
-        if !complete {
-            m.reads_from_view += 1;
-            return false;
-        }
-        for s in states.iter_mut() {
-            if let Some((_, newest)) = m.newest.get(&s.entity_id) {
-                *s = *newest;
-            }
-        }
-        m.reads_from_memory += 1;
-        true
-    }
-
-    /// A single-entity read went through the view without asking [`WorldLog::overlay`]
-    /// (its base row was missing).
-    pub(super) fn read_from_view(&self) {
-        self.mirror().reads_from_view += 1;
-    }
-
-    /// The log was compacted through `compacted_seq` by this store.
-    fn compacted(&self, compacted_seq: i64, fold: Fold) {
-        let mut m = self.mirror();
-        m.base_seq = compacted_seq;
-        m.seqs_committed = 0;
-        m.seq_max = compacted_seq;
-        m.rows_appended = 0;
-        // Keeps its capacity: the next interval holds about as many entities.
-        m.newest.clear();
-        match fold {
-            Fold::Nothing => {}
-            Fold::FromMemory => m.compactions += 1,
-            Fold::FromLog => {
-                m.compactions += 1;
-                m.compactions_from_log += 1;
-            }
-        }
-    }
-}
+use crate::world_log::{Fold, FoldPlan, WorldLog};
 
 /// The sequence row, locked: `(last_seq, compacted_seq)`.
 const LOCK_SEQ_ROW: &str =
@@ -346,19 +146,18 @@ pub(super) async fn compact(client: &mut Object, log: &WorldLog) -> Result<bool,
     let row = tx.query_one(&lock, &[]).await.map_err(map_err)?;
     let last_seq: i64 = get(&row, 0)?;
     let compacted_seq: i64 = get(&row, 1)?;
-    if last_seq == compacted_seq {
-        // The log is empty (it holds exactly the rows above compacted_seq).
-        tx.commit().await.map_err(map_err)?;
-        log.compacted(compacted_seq, Fold::Nothing);
-        return Ok(false);
-    }
-    let fold = match log.complete_mirror(last_seq, compacted_seq) {
-        Some(states) => {
+    let fold = match log.fold_plan(last_seq, compacted_seq) {
+        FoldPlan::Nothing => {
+            tx.commit().await.map_err(map_err)?;
+            log.compacted(compacted_seq, Fold::Nothing);
+            return Ok(false);
+        }
+        FoldPlan::FromMemory(states) => {
             let cols = Columns::new(&states)?;
             update_from_arrays(&tx, &cols, UNNEST_STATEMENT_ROWS_MAX).await?;
             Fold::FromMemory
         }
-        None => {
+        FoldPlan::FromLog => {
             fold_from_log(&tx).await?;
             Fold::FromLog
         }
@@ -400,7 +199,7 @@ async fn fold_from_log(tx: &Transaction<'_>) -> Result<(), StoreError> {
          WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.entity_id = n.entity_id)
          {upsert}",
         now = super::SQL_NOW_UNIX_MS,
-        upsert = super::UPSERT_SET,
+        upsert = crate::world_log::UPSERT_SET,
     ))
     .await
     .map_err(map_err)

@@ -8,15 +8,13 @@
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{
-    account_from_row, active_modules, hex_lower, map_err, ship_record_at, ACCOUNT_COLUMNS,
-    SHIP_SELECT,
-};
+use super::{account_from_row, hex_lower, map_err, world_log, ACCOUNT_COLUMNS};
 use crate::economy;
 use crate::store::{
     Account, AccountId, CharacterId, ModuleType, RefreshOutcome, RefreshRejection, RefreshRotation,
     ShipId, ShipRecord, Station, StoreError, SHIPS_READ_ROWS_MAX, STATIONS_PAGE_ROWS_MAX,
 };
+use crate::world_log::WorldLog;
 
 pub(super) fn account_by_id(
     conn: &Connection,
@@ -146,38 +144,27 @@ pub(super) fn revoke_refresh_family(
     Ok(Some(account_id))
 }
 
-pub(super) fn ship(conn: &Connection, ship_id: ShipId) -> Result<Option<ShipRecord>, StoreError> {
-    let ship = conn
-        .prepare_cached(&format!("{SHIP_SELECT} WHERE s.id = ?1"))
-        .and_then(|mut s| s.query_row(params![ship_id], ship_record_at).optional())
-        .map_err(map_err)?;
-    let Some(mut ship) = ship else {
-        return Ok(None);
-    };
-    ship.modules = active_modules(conn, ship.ship_id)?;
-    Ok(Some(ship))
+pub(super) fn ship(
+    conn: &Connection,
+    log: &WorldLog,
+    ship_id: ShipId,
+) -> Result<Option<ShipRecord>, StoreError> {
+    let ships = world_log::ships_with_state(conn, log, "WHERE s.id = ?1", params![ship_id])?;
+    Ok(ships.into_iter().next())
 }
 
 pub(super) fn ships_of_account(
     conn: &Connection,
+    log: &WorldLog,
     account_id: AccountId,
 ) -> Result<Vec<ShipRecord>, StoreError> {
     let limit = economy::read_limit(SHIPS_READ_ROWS_MAX, SHIPS_READ_ROWS_MAX);
-    let mut ships: Vec<ShipRecord> = {
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "{SHIP_SELECT} WHERE c.account_id = ?1 ORDER BY s.id LIMIT ?2"
-            ))
-            .map_err(map_err)?;
-        let rows = stmt
-            .query_map(params![account_id, limit], ship_record_at)
-            .map_err(map_err)?;
-        rows.collect::<Result<_, _>>().map_err(map_err)?
-    };
-    for ship in &mut ships {
-        ship.modules = active_modules(conn, ship.ship_id)?;
-    }
-    Ok(ships)
+    world_log::ships_with_state(
+        conn,
+        log,
+        "WHERE c.account_id = ?1 ORDER BY s.id LIMIT ?2",
+        params![account_id, limit],
+    )
 }
 
 pub(super) fn character_account(

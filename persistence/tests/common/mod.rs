@@ -13,7 +13,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use warpcore_persistence::{NewAccount, PgStore, SqliteStore, Store};
+use warpcore_persistence::postgres::PgConfig;
+use warpcore_persistence::world_log::{LogPolicy, WorldLogStats};
+use warpcore_persistence::{NewAccount, PgStore, SqliteStore, Store, StoreError};
 
 /// Which backend a [`TestDb`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +129,76 @@ impl TestDb {
                 let _ = driver.await;
                 v
             }
+        }
+    }
+}
+
+/// A store of either backend opened with an explicit world-state log policy, with the
+/// log calls both have (`compact_world_log`, `world_log_stats`); derefs to the store.
+#[derive(Clone)]
+pub enum LogStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl LogStore {
+    /// A new store on `db`'s database (a second connection, or pool, next to
+    /// `db.store`), compacting by `policy`. Opening compacts what the log holds.
+    pub async fn open(db: &TestDb, policy: LogPolicy) -> LogStore {
+        match db.backend {
+            Backend::Sqlite => {
+                let path = db.sqlite_path.as_ref().expect("sqlite path");
+                LogStore::Sqlite(SqliteStore::open_with(path, policy).expect("open sqlite"))
+            }
+            Backend::Postgres => {
+                let config = PgConfig {
+                    world_log: policy,
+                    ..PgConfig::default()
+                };
+                let url = db.pg.as_ref().expect("pg database").url();
+                let store = PgStore::open_with(&url, &config).await;
+                LogStore::Postgres(store.expect("open postgres"))
+            }
+        }
+    }
+
+    pub async fn compact_world_log(&self) -> Result<bool, StoreError> {
+        match self {
+            LogStore::Sqlite(s) => s.compact_world_log().await,
+            LogStore::Postgres(s) => s.compact_world_log().await,
+        }
+    }
+
+    pub fn world_log_stats(&self) -> WorldLogStats {
+        match self {
+            LogStore::Sqlite(s) => s.world_log_stats(),
+            LogStore::Postgres(s) => s.world_log_stats(),
+        }
+    }
+
+    /// This store as a trait object (for the write-behind queue).
+    pub fn shared(&self) -> Arc<dyn Store> {
+        match self {
+            LogStore::Sqlite(s) => Arc::new(s.clone()),
+            LogStore::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// Closes a PostgreSQL pool (SQLite closes on drop).
+    pub fn close(&self) {
+        if let LogStore::Postgres(s) = self {
+            s.close();
+        }
+    }
+}
+
+impl std::ops::Deref for LogStore {
+    type Target = dyn Store;
+
+    fn deref(&self) -> &(dyn Store + 'static) {
+        match self {
+            LogStore::Sqlite(s) => s,
+            LogStore::Postgres(s) => s,
         }
     }
 }
