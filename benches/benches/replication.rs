@@ -13,6 +13,15 @@
 //! `REPLICATION_DELTAS_ONLY` set, only the delta run is made (a quick look while tuning);
 //! its payload digest changes only when the bytes written do. `REPLICATION_THREADS`
 //! sets the worker threads of that run (default 2).
+//!
+//! A second scenario, **roam**, is the end-to-end load's shape (`tools/bench-e2e.sh`,
+//! roaming bots): the same 5,000 clients spread over 12 stations of 4 star systems
+//! 100 km apart, spawned 0.5–4 km from their station as new accounts are, flying
+//! 50–250 m/s on a new heading every 1–3 s, ticked at the server's 30 Hz with
+//! acknowledgements at 10 Hz and no combat. Its sectors hold a few ships each, so
+//! clients rarely share an interest group: the cost there is finding candidates, not
+//! writing records. `REPLICATION_SCENARIO=battle` or `roam` runs only that one (with
+//! `REPLICATION_DELTAS_ONLY`, only its delta run).
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +36,48 @@ use warpcore_engine::{
 const CLIENTS: u64 = 5000;
 /// The 3 × 3 block of 1 km sectors.
 const SIDE_M: f64 = 3000.0;
-const TICK_HZ: u32 = 20;
+
+/// Which world the clients are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// 5,000 ships fighting in a 3 × 3 block of sectors at 20 Hz.
+    Battle,
+    /// 5,000 ships roaming around 12 stations at 30 Hz (the end-to-end bench's shape).
+    Roam,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Battle => "battle",
+            Scenario::Roam => "roam",
+        }
+    }
+
+    fn tick_hz(self) -> u32 {
+        match self {
+            Scenario::Battle => 20,
+            Scenario::Roam => 30,
+        }
+    }
+
+    /// Ticks between acknowledgements: 10 Hz, as the swarm bots send commands.
+    fn ack_every(self) -> u64 {
+        u64::from(self.tick_hz() / 10)
+    }
+}
+
+/// Star systems of the roam scenario (100 km apart) and their stations' offsets, as in
+/// persistence's demo universe.
+const ROAM_SYSTEMS: [(f64, f64); 4] = [
+    (0.0, 0.0),
+    (100_000.0, 0.0),
+    (0.0, 100_000.0),
+    (100_000.0, 100_000.0),
+];
+const ROAM_STATIONS: [(f64, f64); 3] = [(800.0, 300.0), (-1_500.0, 900.0), (400.0, -2_200.0)];
+/// A roaming ship farther than this from its station turns back.
+const ROAM_LEASH_M: f64 = 6_000.0;
 /// Ticks before measuring: every client switches to deltas and gets its initial state.
 const WARM_UP_TICKS: usize = 60;
 const MEASURED_TICKS: usize = 100;
@@ -68,19 +118,56 @@ fn encode(message: ClientMsg) -> Vec<u8> {
     out
 }
 
-/// The battle: ships spread over the block, each armed and attacking a ship spawned
-/// next to it in id order (range covers the block, so every shot is in range).
-fn battle(worker_threads: usize, snapshot_bytes_max: usize) -> Engine {
+/// A roaming ship's station (system centre plus station offset).
+fn roam_station(id: u64) -> (f64, f64) {
+    let system = ROAM_SYSTEMS[(id % 4) as usize];
+    let station = ROAM_STATIONS[(id / 4 % 3) as usize];
+    (system.0 + station.0, system.1 + station.1)
+}
+
+/// A well-mixed hash of `x` in [0, 1).
+fn unit(x: u64) -> f64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
+}
+
+/// The scenario's world. Battle: ships spread over the block, each armed and attacking
+/// a ship spawned next to it in id order (range covers the block, so every shot is in
+/// range). Roam: ships 0.5–4 km around their station, unarmed.
+fn world(scenario: Scenario, worker_threads: usize, snapshot_bytes_max: usize) -> Engine {
     let mut engine = Engine::new(EngineConfig {
-        tick_hz: TICK_HZ,
+        tick_hz: scenario.tick_hz(),
         worker_threads,
         snapshot_bytes_max,
         ..EngineConfig::default()
     })
     .expect("engine");
     for id in 1..=CLIENTS {
-        let a = (id as f64 * 0.754_877_666_246_692_7).fract();
-        let b = (id as f64 * 0.569_840_290_998_053_3).fract();
+        let (x_m, y_m, speed_mps, max_speed_mps) = match scenario {
+            Scenario::Battle => {
+                let a = (id as f64 * 0.754_877_666_246_692_7).fract();
+                let b = (id as f64 * 0.569_840_290_998_053_3).fract();
+                (
+                    10.0 + a * (SIDE_M - 20.0),
+                    10.0 + b * (SIDE_M - 20.0),
+                    20.0,
+                    60.0,
+                )
+            }
+            Scenario::Roam => {
+                let (sx, sy) = roam_station(id);
+                let angle = unit(id) * std::f64::consts::TAU;
+                let radius = 500.0 + unit(id ^ 0x5DEE_CE66) * 3_500.0;
+                (
+                    sx + radius * angle.cos(),
+                    sy + radius * angle.sin(),
+                    0.0,
+                    300.0,
+                )
+            }
+        };
         let angle = id as f64 * 0.618;
         engine
             .spawn_ship(ShipSpawn {
@@ -88,16 +175,22 @@ fn battle(worker_threads: usize, snapshot_bytes_max: usize) -> Engine {
                 owner_account: id,
                 stats: ShipStats {
                     mass_kg: 1.0e5,
-                    max_speed_mps: 60.0,
+                    max_speed_mps,
                     accel_mps2: 30.0,
                     hit_points: 1.0e7,
                 },
-                x_m: 10.0 + a * (SIDE_M - 20.0),
-                y_m: 10.0 + b * (SIDE_M - 20.0),
-                vx_mps: 20.0 * angle.cos(),
-                vy_mps: 20.0 * angle.sin(),
+                x_m,
+                y_m,
+                vx_mps: speed_mps * angle.cos(),
+                vy_mps: speed_mps * angle.sin(),
             })
             .expect("spawn");
+        engine
+            .attach_client(CLIENT_BASE + id, id, id)
+            .expect("attach");
+        if scenario == Scenario::Roam {
+            continue;
+        }
         engine
             .set_weapons(
                 id,
@@ -110,9 +203,9 @@ fn battle(worker_threads: usize, snapshot_bytes_max: usize) -> Engine {
                 },
             )
             .expect("weapons");
-        engine
-            .attach_client(CLIENT_BASE + id, id, id)
-            .expect("attach");
+    }
+    if scenario == Scenario::Roam {
+        return engine;
     }
     for id in 1..=CLIENTS {
         let target_id = id % CLIENTS + 1;
@@ -128,23 +221,47 @@ fn battle(worker_threads: usize, snapshot_bytes_max: usize) -> Engine {
     engine
 }
 
-/// Steers a tenth of the ships each tick (each ship every 10 ticks), so ships turn,
-/// keep inside the block and velocities change.
-fn steer(engine: &mut Engine, tick: u64, records: &[EntityRecord]) {
+/// Battle: steers a tenth of the ships each tick (each ship every 10 ticks), so ships
+/// turn, keep inside the block and velocities change. Roam: each ship takes a new
+/// heading and speed every 1–3 s (and turns back past the leash), and repeats its
+/// command every 3 ticks (10 Hz, as the bots do).
+fn steer(engine: &mut Engine, scenario: Scenario, tick: u64, records: &[EntityRecord]) {
     for record in records {
         let id = record.entity_id;
-        if !(id + tick).is_multiple_of(10) {
-            continue;
-        }
-        let angle = (id as f64 * 0.618 + tick as f64 * 0.05) % std::f64::consts::TAU;
-        let (mut vx, mut vy) = (40.0 * angle.cos(), 40.0 * angle.sin());
-        // Back towards the middle near the edges of the block.
-        if record.x_m < 100.0 || record.x_m > SIDE_M - 100.0 {
-            vx = (SIDE_M / 2.0 - record.x_m).signum() * 40.0;
-        }
-        if record.y_m < 100.0 || record.y_m > SIDE_M - 100.0 {
-            vy = (SIDE_M / 2.0 - record.y_m).signum() * 40.0;
-        }
+        let (vx, vy) = match scenario {
+            Scenario::Battle => {
+                if !(id + tick).is_multiple_of(10) {
+                    continue;
+                }
+                let angle = (id as f64 * 0.618 + tick as f64 * 0.05) % std::f64::consts::TAU;
+                let (mut vx, mut vy) = (40.0 * angle.cos(), 40.0 * angle.sin());
+                // Back towards the middle near the edges of the block.
+                if record.x_m < 100.0 || record.x_m > SIDE_M - 100.0 {
+                    vx = (SIDE_M / 2.0 - record.x_m).signum() * 40.0;
+                }
+                if record.y_m < 100.0 || record.y_m > SIDE_M - 100.0 {
+                    vy = (SIDE_M / 2.0 - record.y_m).signum() * 40.0;
+                }
+                (vx, vy)
+            }
+            Scenario::Roam => {
+                if !(id + tick).is_multiple_of(3) {
+                    continue;
+                }
+                // A heading per 2 s leg, legs shifted per ship.
+                let leg = (tick + id * 7) / 60;
+                let angle = unit(id.wrapping_mul(0x1_0000_0001) ^ leg) * std::f64::consts::TAU;
+                let speed = 50.0 + unit(leg.wrapping_mul(31) ^ id) * 200.0;
+                let (sx, sy) = roam_station(id);
+                let (dx, dy) = (sx - record.x_m, sy - record.y_m);
+                let distance = dx.hypot(dy);
+                if distance > ROAM_LEASH_M {
+                    (dx / distance * speed, dy / distance * speed)
+                } else {
+                    (speed * angle.cos(), speed * angle.sin())
+                }
+            }
+        };
         let message = encode(ClientMsg::Move {
             entity_id: id,
             seq: u32::try_from(tick).unwrap_or(u32::MAX),
@@ -178,13 +295,21 @@ struct Outcome {
     write_cpu_us: Vec<f64>,
     bytes_per_client_s: Vec<f64>,
     nearest_rate_hz: Vec<f64>,
+    /// Whether `nearest_rate_hz` was measured (the battle only).
+    nearest_measured: bool,
     /// FNV-1a over every payload in order: the bytes do not depend on the thread count
     /// or the machine, so two builds that should write the same snapshots print the same.
     digest: u64,
 }
 
-/// Runs the battle for `ticks` measured ticks; `delta` clients acknowledge.
-fn run(engine: &mut Engine, worlds: &mut [ReplicaWorld], delta: bool, ticks: usize) -> Outcome {
+/// Runs the scenario for `ticks` measured ticks; `delta` clients acknowledge.
+fn run(
+    engine: &mut Engine,
+    scenario: Scenario,
+    worlds: &mut [ReplicaWorld],
+    delta: bool,
+    ticks: usize,
+) -> Outcome {
     let mut arena: Vec<u8> = Vec::with_capacity(16 << 20);
     let mut spans: Vec<(u64, usize, usize)> = Vec::with_capacity(CLIENTS as usize);
     let mut bytes = vec![0u64; CLIENTS as usize];
@@ -200,7 +325,7 @@ fn run(engine: &mut Engine, worlds: &mut [ReplicaWorld], delta: bool, ticks: usi
         records.clear();
         engine.all_records(&mut records);
         records.sort_by_key(|r| r.entity_id);
-        steer(engine, tick, &records);
+        steer(engine, scenario, tick, &records);
         engine.tick();
         records.clear();
         engine.all_records(&mut records);
@@ -230,7 +355,9 @@ fn run(engine: &mut Engine, worlds: &mut [ReplicaWorld], delta: bool, ticks: usi
             }
             worlds[index].apply(payload).expect("a valid snapshot");
         }
-        if measuring {
+        // In the roam scenario a ship's nearest 64 are often beyond its 3 x 3 sectors
+        // (outside its interest): the rate is measured in the battle only.
+        if measuring && scenario == Scenario::Battle {
             for (k, &id) in sampled.iter().enumerate() {
                 let Ok(own) = records.binary_search_by_key(&id, |r| r.entity_id) else {
                     continue;
@@ -252,7 +379,7 @@ fn run(engine: &mut Engine, worlds: &mut [ReplicaWorld], delta: bool, ticks: usi
                 }
             }
         }
-        if delta && tick.is_multiple_of(2) {
+        if delta && tick.is_multiple_of(scenario.ack_every()) {
             for id in 1..=CLIENTS {
                 let ack = encode(worlds[(id - 1) as usize].ack());
                 engine
@@ -261,7 +388,7 @@ fn run(engine: &mut Engine, worlds: &mut [ReplicaWorld], delta: bool, ticks: usi
             }
         }
     }
-    let seconds = ticks as f64 / f64::from(TICK_HZ);
+    let seconds = ticks as f64 / f64::from(scenario.tick_hz());
     Outcome {
         write_us,
         write_cpu_us,
@@ -270,6 +397,7 @@ fn run(engine: &mut Engine, worlds: &mut [ReplicaWorld], delta: bool, ticks: usi
             .iter()
             .map(|&u| u as f64 / NEAREST as f64 / seconds)
             .collect(),
+        nearest_measured: scenario == Scenario::Battle,
         digest,
     }
 }
@@ -304,12 +432,14 @@ fn report(label: &str, outcome: &mut Outcome) {
         percentile(b, 0.99),
         b[b.len() - 1]
     );
-    eprintln!(
-        "{label}: nearest-{NEAREST} records per entity per second over {} sampled clients: min {:.1}, p50 {:.1}",
-        r.len(),
-        r[0],
-        percentile(r, 0.5)
-    );
+    if outcome.nearest_measured {
+        eprintln!(
+            "{label}: nearest-{NEAREST} records per entity per second over {} sampled clients: min {:.1}, p50 {:.1}",
+            r.len(),
+            r[0],
+            percentile(r, 0.5)
+        );
+    }
     eprintln!("{label}: payload digest {:016x}", outcome.digest);
 }
 
@@ -319,19 +449,52 @@ fn replication(c: &mut Criterion) {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(2);
-    let mut delta = battle(threads, EngineConfig::default().snapshot_bytes_max);
+    let only = std::env::var("REPLICATION_SCENARIO").ok();
+    let deltas_only = std::env::var_os("REPLICATION_DELTAS_ONLY").is_some();
+    let wanted = |scenario: Scenario| only.as_deref().is_none_or(|name| name == scenario.name());
+    if wanted(Scenario::Roam) {
+        let mut roam = world(
+            Scenario::Roam,
+            threads,
+            EngineConfig::default().snapshot_bytes_max,
+        );
+        let mut worlds: Vec<ReplicaWorld> = (0..CLIENTS).map(|_| ReplicaWorld::new()).collect();
+        let mut outcome = run(&mut roam, Scenario::Roam, &mut worlds, true, MEASURED_TICKS);
+        report(&format!("roam, deltas, {threads} threads"), &mut outcome);
+        eprintln!("replication: roam stats {:?}", roam.stats());
+    }
+    if !wanted(Scenario::Battle) {
+        return;
+    }
+    let mut delta = world(
+        Scenario::Battle,
+        threads,
+        EngineConfig::default().snapshot_bytes_max,
+    );
     let mut worlds: Vec<ReplicaWorld> = (0..CLIENTS).map(|_| ReplicaWorld::new()).collect();
-    let mut delta_outcome = run(&mut delta, &mut worlds, true, MEASURED_TICKS);
-    report("deltas, 2 threads", &mut delta_outcome);
+    let mut delta_outcome = run(
+        &mut delta,
+        Scenario::Battle,
+        &mut worlds,
+        true,
+        MEASURED_TICKS,
+    );
+    report(&format!("deltas, {threads} threads"), &mut delta_outcome);
     eprintln!("replication: stats {:?}", delta.stats());
-    if std::env::var_os("REPLICATION_DELTAS_ONLY").is_some() {
-        // A quick look while tuning: the delta run's figures only.
+    if deltas_only {
+        // A quick look while tuning: the delta runs' figures only.
         return;
     }
     let full_bytes = SNAPSHOT_HEADER_BYTES + (FULL_VIEW_ENTITIES + 1) * ENTITY_VIEW_BYTES;
-    let mut full = battle(2, full_bytes);
+    let mut full = world(Scenario::Battle, 2, full_bytes);
     let mut full_worlds: Vec<ReplicaWorld> = (0..CLIENTS).map(|_| ReplicaWorld::new()).collect();
-    let mut full_outcome = run(&mut full, &mut full_worlds, false, MEASURED_TICKS / 5);
+    let mut full_outcome = run(
+        &mut full,
+        Scenario::Battle,
+        &mut full_worlds,
+        false,
+        MEASURED_TICKS / 5,
+    );
     drop(full_worlds);
     drop(full);
     report("full snapshots, 2 threads", &mut full_outcome);

@@ -1082,10 +1082,15 @@ impl Engine {
         self.plan_replication(&rates);
 
         let sectors = &self.sectors;
-        let groups = self.groups.active_mut();
+        let blocks = self.groups.blocks_mut();
+        let chunk_len = blocks.len().div_ceil(self.threads * 8);
+        self.workers.for_each_chunked(blocks, chunk_len, &|block| {
+            block.fill(sectors, sector_size_m)
+        });
+        let (groups, blocks) = self.groups.active_mut();
         let chunk_len = groups.len().div_ceil(self.threads * 8);
         self.workers.for_each_chunked(groups, chunk_len, &|group| {
-            group.fill(sectors, sector_size_m, epoch)
+            group.fill(sectors, blocks, sector_size_m, epoch)
         });
         let ctx = DeltaContext {
             sectors: &self.sectors,

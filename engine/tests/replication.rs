@@ -535,21 +535,45 @@ fn malformed_and_out_of_order_snapshots_leave_the_world_untouched() {
 }
 
 /// The nearest `REPLICA_ENTITIES_MAX` to the middle of the pilot's fine cell (125 m at
-/// 1 km sectors), found ring by ring through the sector index, are exactly what a
-/// brute-force scan of the 3x3 block finds (plus the pilot's own ship); in a sparse
+/// 1 km sectors), found ring by ring through the sector index (a crowded block) or by
+/// ranking the block the sector's cells share (a moderately busy one), are exactly what
+/// a brute-force scan of the 3x3 block finds (plus the pilot's own ship); in a sparse
 /// block the pilot sees every entity of it.
 #[test]
 fn crowded_interest_is_the_nearest_to_the_pilots_cell() {
     const CELL_M: f64 = 125.0;
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut sparse = engine();
-    let mut engine = engine();
-    // Ships 1..=3000 crowd the block of sectors -1..=1 (and a few beyond it).
-    for id in 1..=3000u64 {
-        let x = rng.gen_range(-1200.0..2200.0);
-        let y = rng.gen_range(-1200.0..2200.0);
-        engine.spawn_ship(ship(id, id, x, y, 0.0, 0.0)).unwrap();
+    // Ships 1..=ships crowd the block of sectors -1..=1 (and a few beyond it): about
+    // 3,100 in a block (ring search) or 270 to 700 (the shared block).
+    for (ships, low, high) in [(4000u64, -1200.0, 2200.0), (600, -900.0, 1900.0)] {
+        let mut engine = engine();
+        for id in 1..=ships {
+            let x = rng.gen_range(low..high);
+            let y = rng.gen_range(low..high);
+            engine.spawn_ship(ship(id, id, x, y, 0.0, 0.0)).unwrap();
+        }
+        check_nearest_to_cell(&mut engine, CELL_M);
     }
+    // A sparse block: every entity of it, wherever the pilot is.
+    for id in 1..=100u64 {
+        let x = rng.gen_range(-900.0..1900.0);
+        let y = rng.gen_range(-900.0..1900.0);
+        sparse.spawn_ship(ship(id, id, x, y, 0.0, 0.0)).unwrap();
+    }
+    sparse
+        .spawn_ship(ship(500, 500, 500.0, 500.0, 0.0, 0.0))
+        .unwrap();
+    sparse.attach_client(1, 500, 500).unwrap();
+    sparse
+        .handle_client_message(1, &encode(ClientMsg::Ack { snapshot_seq: 0 }))
+        .unwrap();
+    write(&mut sparse);
+    assert_eq!(expected(&sparse, 1).len(), 101);
+}
+
+/// Attaches pilots 1..=8 and checks each one's view is the nearest to its fine cell.
+fn check_nearest_to_cell(engine: &mut Engine, cell_m: f64) {
     let mut records = Vec::new();
     engine.all_records(&mut records);
     let pilots = [1u64, 2, 3, 4, 5, 6, 7, 8];
@@ -559,13 +583,13 @@ fn crowded_interest_is_the_nearest_to_the_pilots_cell() {
             .handle_client_message(pilot, &encode(ClientMsg::Ack { snapshot_seq: 0 }))
             .unwrap();
     }
-    let written = write(&mut engine);
+    let written = write(engine);
     assert_eq!(written.len(), pilots.len());
     for &pilot in &pilots {
         let own = records.iter().find(|r| r.entity_id == pilot).unwrap();
         let (sx, sy) = ((own.x_m / 1000.0).floor(), (own.y_m / 1000.0).floor());
-        let cx = sx * 1000.0 + ((own.x_m - sx * 1000.0) / CELL_M).floor() * CELL_M + CELL_M / 2.0;
-        let cy = sy * 1000.0 + ((own.y_m - sy * 1000.0) / CELL_M).floor() * CELL_M + CELL_M / 2.0;
+        let cx = sx * 1000.0 + ((own.x_m - sx * 1000.0) / cell_m).floor() * cell_m + cell_m / 2.0;
+        let cy = sy * 1000.0 + ((own.y_m - sy * 1000.0) / cell_m).floor() * cell_m + cell_m / 2.0;
         let quantized = |v: f64| (v * 100.0).round() / 100.0;
         let mut block: Vec<(f64, u64)> = records
             .iter()
@@ -589,28 +613,12 @@ fn crowded_interest_is_the_nearest_to_the_pilots_cell() {
             want.push(pilot);
         }
         want.sort_unstable();
-        let got: Vec<u64> = expected(&engine, pilot)
+        let got: Vec<u64> = expected(engine, pilot)
             .iter()
             .map(|e| e.entity_id)
             .collect();
         assert_eq!(got, want, "pilot {pilot}");
     }
-
-    // A sparse block: every entity of it, wherever the pilot is.
-    for id in 1..=100u64 {
-        let x = rng.gen_range(-900.0..1900.0);
-        let y = rng.gen_range(-900.0..1900.0);
-        sparse.spawn_ship(ship(id, id, x, y, 0.0, 0.0)).unwrap();
-    }
-    sparse
-        .spawn_ship(ship(500, 500, 500.0, 500.0, 0.0, 0.0))
-        .unwrap();
-    sparse.attach_client(1, 500, 500).unwrap();
-    sparse
-        .handle_client_message(1, &encode(ClientMsg::Ack { snapshot_seq: 0 }))
-        .unwrap();
-    write(&mut sparse);
-    assert_eq!(expected(&sparse, 1).len(), 101);
 }
 
 /// Replication rates and the bandwidth budget: an idle pilot gets fewer snapshots than
