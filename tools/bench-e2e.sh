@@ -12,6 +12,9 @@
 # throughput. The swarm runs on the same machine as the server.
 #
 # BEHAVIOUR (default roam) is passed to --behaviour, e.g. BEHAVIOUR=battle.
+# RATES (default 10,10,10) is the server's --replication-rates-hz (idle, moving,
+# fighting): the headline scenario (issue 8) has every client receiving snapshots at
+# 10 Hz; RATES=10,20,60 runs the server's own defaults instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +22,7 @@ seconds=${1:-60}
 shift || true
 clients=("$@")
 behaviour=${BEHAVIOUR:-roam}
+rates=${RATES:-10,10,10}
 admin_key=bench-e2e-admin-key-$$-$RANDOM
 [ ${#clients[@]} -gt 0 ] || clients=(1000 5000 10000)
 
@@ -32,6 +36,8 @@ http=127.0.0.1:18080
 hz=$(getconf CLK_TCK)
 
 {
+  echo "Behaviour $behaviour, snapshot rates (idle, moving, fighting) $rates Hz, $seconds s per run."
+  echo
   echo "| clients | connected | disconnects | rtt p50 / p99 / max (ms) | snapshots/s per bot | rx bytes/s per client p50 / p99 | server tick p50 / p99 / max (ms) | replicate phase p50 / p99 (ms) | command latency p50 / p99 (ms) | server UDP packets/s in / out | server CPU (% of one core) | server RSS (MB) | RSS per client (KB) |"
   echo "|---:|---:|---:|---|---:|---|---|---|---|---|---:|---:|---:|"
 } > "$results"
@@ -40,7 +46,8 @@ for n in "${clients[@]}"; do
   db=$(mktemp -d)/bench.db
   "$bin/warpcore" --udp-addr $udp --http-addr $http --database "$db" \
     --argon2-m-kib 1024 --argon2-t 1 --max-clients $((n + 100)) --admin-api-key "$admin_key" \
-    --udp-source-requests-per-s 100000 --no-http-rate-limits --log warn > "$out/server-$n.log" 2>&1 &
+    --udp-source-requests-per-s 100000 --no-http-rate-limits --replication-rates-hz "$rates" \
+    --log warn > "$out/server-$n.log" 2>&1 &
   server=$!
   trap 'kill $server 2>/dev/null || true' EXIT
   for _ in $(seq 1 100); do
