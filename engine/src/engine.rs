@@ -73,11 +73,15 @@ enum Client {
     },
 }
 
-/// One client's replication state and its reused output buffer.
+/// Delta snapshot buffers kept between writes whatever the number of delta clients.
+const SPARE_BUFS_MIN: usize = 16;
+
+/// One client's replication state, and its output buffer while it is written.
 #[derive(Debug, Default)]
 struct ReplicaClient {
     client: u64,
     state: ClientReplication,
+    /// Lent from `Engine::spare_bufs` for a delta write, returned after its output.
     buf: Vec<u8>,
     /// This write's decision for the client (made serially, then written in parallel).
     plan: Plan,
@@ -127,6 +131,10 @@ pub struct Engine {
     write_order: Vec<u32>,
     /// Scratch for checking `write_order` names each client once.
     write_seen: Vec<u64>,
+    /// Delta snapshot buffers between writes: one per client written in a tick (a
+    /// third of them at 10 Hz and 30 Hz ticks), not one per client, reused so the steady
+    /// state allocates none.
+    spare_bufs: Vec<Vec<u8>>,
     tick: u64,
     time_dilation: f64,
     commands_applied: u64,
@@ -179,6 +187,7 @@ impl Engine {
             groups: InterestGroups::default(),
             write_order: Vec::new(),
             write_seen: Vec::new(),
+            spare_bufs: Vec::new(),
             tick: 0,
             time_dilation: 1.0,
             commands_applied: 0,
@@ -1123,15 +1132,18 @@ impl Engine {
             },
         );
 
+        let mut delta_writes = 0;
         for replica in &mut self.replicas {
             let client = replica.client;
             match replica.plan {
                 Plan::Skip => {}
                 Plan::Delta { .. } => {
+                    delta_writes += 1;
                     self.totals.delta_records += replica.counts.records;
                     self.totals.delta_records_deferred += replica.counts.deferred;
                     self.totals.replication_resets += replica.counts.resets;
                     out(client, &replica.buf);
+                    self.spare_bufs.push(std::mem::take(&mut replica.buf));
                 }
                 Plan::Full => {
                     let Some(&state) = self.clients.get(&client) else {
@@ -1162,6 +1174,12 @@ impl Engine {
                 }
             }
         }
+        // Keep buffers for this write's delta clients and a quarter more: the next
+        // writes (clients are spread over the ticks by their rates) take them all from
+        // here, and the buffers of a join burst (every new client's first delta is
+        // written at once) are let go.
+        self.spare_bufs
+            .truncate(delta_writes + delta_writes / 4 + SPARE_BUFS_MIN);
     }
 
     /// The serial part of a write: what each client gets (full, delta or nothing, by
@@ -1217,6 +1235,9 @@ impl Engine {
                 own: own.map(|o| o.0),
                 bytes_max,
             };
+            if replica.buf.capacity() == 0 {
+                replica.buf = self.spare_bufs.pop().unwrap_or_default();
+            }
             match key {
                 Some(key) => self.groups.request(key, index as u32),
                 None => self.write_order.push(index as u32),
@@ -1446,5 +1467,67 @@ fn push_bounded(events: &mut Vec<PendingEvent>, dropped: &mut u64, event: Pendin
         *dropped += 1;
     } else {
         events.push(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ClientMsg;
+
+    /// Delta snapshot buffers are lent per write: between writes no client holds one,
+    /// and the engine keeps about what one write needs, not one per client.
+    #[test]
+    fn delta_buffers_are_held_per_write_not_per_client() {
+        const CLIENTS: u64 = 300;
+        let mut engine = Engine::new(EngineConfig {
+            tick_hz: 30,
+            worker_threads: 1,
+            pin_workers: false,
+            replication_rates_hz: [10, 10, 10],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let mut ack = Vec::new();
+        ClientMsg::Ack { snapshot_seq: 0 }.encode(&mut ack);
+        for id in 1..=CLIENTS {
+            engine
+                .spawn_ship(crate::ShipSpawn {
+                    entity_id: id,
+                    owner_account: id,
+                    stats: crate::ShipStats {
+                        mass_kg: 1.0e5,
+                        max_speed_mps: 100.0,
+                        accel_mps2: 10.0,
+                        hit_points: 100.0,
+                    },
+                    x_m: id as f64 * 10.0,
+                    y_m: 50.0,
+                    vx_mps: 5.0,
+                    vy_mps: 0.0,
+                })
+                .unwrap();
+            engine.attach_client(id, id, id).unwrap();
+            engine.handle_client_message(id, &ack).unwrap();
+        }
+        let mut written = 0;
+        for tick in 0..12 {
+            engine.tick();
+            let mut this_write = 0;
+            engine.write_snapshots(&mut |_, payload| {
+                assert!(!payload.is_empty());
+                this_write += 1;
+            });
+            written += this_write;
+            assert!(
+                engine.replicas.iter().all(|r| r.buf.capacity() == 0),
+                "tick {tick}: a client kept its buffer"
+            );
+            assert!(engine.spare_bufs.len() <= this_write + this_write / 4 + SPARE_BUFS_MIN);
+        }
+        // Everyone's first delta at once, then a third of the clients per tick.
+        assert!(written >= CLIENTS as usize + 11 * (CLIENTS as usize / 3) - 11);
+        assert!(engine.spare_bufs.len() < CLIENTS as usize / 2);
+        assert!(engine.spare_bufs.iter().all(|b| b.capacity() > 0));
     }
 }
