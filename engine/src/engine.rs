@@ -1094,7 +1094,7 @@ impl Engine {
         let blocks = self.groups.blocks_mut();
         let chunk_len = blocks.len().div_ceil(self.threads * 8);
         self.workers.for_each_chunked(blocks, chunk_len, &|block| {
-            block.fill(sectors, sector_size_m)
+            block.fill(sectors, sector_size_m, epoch)
         });
         let (groups, blocks) = self.groups.active_mut();
         let chunk_len = groups.len().div_ceil(self.threads * 8);

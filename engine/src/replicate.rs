@@ -456,24 +456,24 @@ impl InterestGroup {
             }
         }
         self.fields.clear();
-        if self.clients < SHARED_GROUP_CLIENTS {
+        // A block's entries come encoded already when its clients share them.
+        if self.clients < SHARED_GROUP_CLIENTS || self.block != NO_BLOCK {
             return;
         }
-        let origin_cm = (quantize_cm(self.origin.0), quantize_cm(self.origin.1));
-        for entry in &mut self.candidates {
-            if let Some(cached) = entry.at.get(sectors) {
-                entry.fields_at = self.fields.len() as u32;
-                put_fields(
-                    &mut self.fields,
-                    FIELDS_ALL,
-                    &cached.value,
-                    origin_cm.0,
-                    origin_cm.1,
-                );
-                entry.changed_by_gap = std::array::from_fn(|k| {
-                    cached.changed_since(epoch.wrapping_sub(k as u64 + 2), epoch)
-                });
-            }
+        encode_shared(
+            &mut self.candidates,
+            &mut self.fields,
+            sectors,
+            self.origin,
+            epoch,
+        );
+    }
+
+    /// The buffer its entries' `fields_at` point into: the block's when it has one.
+    fn fields<'a>(&'a self, blocks: &'a [Block]) -> &'a [u8] {
+        match blocks.get(self.block as usize) {
+            Some(block) => &block.fields,
+            None => &self.fields,
         }
     }
 
@@ -649,6 +649,28 @@ impl InterestGroup {
     }
 }
 
+/// Encodes every entry's fields at `origin` into `fields` (where `fields_at` points)
+/// and notes its changes over the last few writes (`changed_by_gap`), once for all
+/// the clients that read the entries.
+fn encode_shared(
+    entries: &mut [GroupEntry],
+    fields: &mut Vec<u8>,
+    sectors: &[Box<Sector>],
+    origin: (f64, f64),
+    epoch: u64,
+) {
+    let origin_cm = (quantize_cm(origin.0), quantize_cm(origin.1));
+    for entry in entries {
+        if let Some(cached) = entry.at.get(sectors) {
+            entry.fields_at = fields.len() as u32;
+            put_fields(fields, FIELDS_ALL, &cached.value, origin_cm.0, origin_cm.1);
+            entry.changed_by_gap = std::array::from_fn(|k| {
+                cached.changed_since(epoch.wrapping_sub(k as u64 + 2), epoch)
+            });
+        }
+    }
+}
+
 /// The distance of the ([`NEAR_ENTITIES`] + 1)-th nearest of `keys` (squared
 /// distances as bits; reordered), or infinity when there are no more than that.
 fn near_radius(keys: &mut [u64]) -> f64 {
@@ -684,8 +706,13 @@ const BLOCK_SHARED_MAX: usize = 16 * REPLICA_ENTITIES_MAX;
 #[derive(Debug)]
 pub(crate) struct Block {
     centre: SectorId,
+    /// Clients reading the block (through its groups) this write.
+    clients: u32,
     /// By entity id.
     entries: Vec<GroupEntry>,
+    /// Every entry's fields encoded at the sector's origin, when [`SHARED_GROUP_CLIENTS`]
+    /// or more clients read the block (see `GroupEntry::fields_at`).
+    fields: Vec<u8>,
     /// Each entry's position, metres (what the ring search measures distances from).
     positions: Vec<(f64, f64)>,
 }
@@ -694,16 +721,20 @@ impl Block {
     fn new(centre: SectorId) -> Block {
         Block {
             centre,
+            clients: 0,
             entries: Vec::new(),
+            fields: Vec::new(),
             positions: Vec::new(),
         }
     }
 
-    /// Reads the block's sectors (each cache sorted by id) merged by id. Every sector's
-    /// cache must be fresh.
-    pub(crate) fn fill(&mut self, sectors: &[Box<Sector>], sector_size_m: f64) {
+    /// Reads the block's sectors (each cache sorted by id) merged by id, and encodes
+    /// the entries' fields once for all its groups when enough clients read them. Every
+    /// sector's cache must be fresh.
+    pub(crate) fn fill(&mut self, sectors: &[Box<Sector>], sector_size_m: f64, epoch: u64) {
         self.entries.clear();
         self.positions.clear();
+        self.fields.clear();
         let origin = self.centre.min_corner_m(sector_size_m);
         let origin_cm = (quantize_cm(origin.0), quantize_cm(origin.1));
         let mut lists: [(u32, &[CachedReplica]); 9] = [(0, &[]); 9];
@@ -742,6 +773,9 @@ impl Block {
                 .push(GroupEntry::new(at, cached, origin, origin_cm));
             self.positions
                 .push((cached.value.x_m(), cached.value.y_m()));
+        }
+        if self.clients >= SHARED_GROUP_CLIENTS {
+            encode_shared(&mut self.entries, &mut self.fields, sectors, origin, epoch);
         }
     }
 }
@@ -812,7 +846,11 @@ impl InterestGroups {
                 self.active += 1;
                 last = Some(key);
             }
-            self.groups[self.active - 1].clients += 1;
+            let group = &mut self.groups[self.active - 1];
+            group.clients += 1;
+            if let Some(block) = self.blocks.get_mut(group.block as usize) {
+                block.clients += 1;
+            }
             assign(client_index, (self.active - 1) as u32);
         }
     }
@@ -823,6 +861,7 @@ impl InterestGroups {
             self.blocks.push(Block::new(centre));
         }
         self.blocks[self.blocks_active].centre = centre;
+        self.blocks[self.blocks_active].clients = 0;
         self.blocks_active += 1;
         (self.blocks_active - 1) as u32
     }
@@ -1254,7 +1293,7 @@ impl ClientReplication {
             self.merge(cands, changes, slots, views);
             let choice = Choice {
                 cands,
-                fields: group.map_or(&[][..], |g| g.fields.as_slice()),
+                fields: group.map_or(&[][..], |g| g.fields(&ctx.groups.blocks)),
                 views,
                 own_id,
                 sectors: ctx.sectors,

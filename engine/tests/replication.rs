@@ -572,6 +572,73 @@ fn crowded_interest_is_the_nearest_to_the_pilots_cell() {
     assert_eq!(expected(&sparse, 1).len(), 101);
 }
 
+/// Pilots in a moderately busy sector read their candidates from the block their
+/// sector's cells share, with every entity's fields encoded once for all of them (8
+/// clients read it): what they apply is what the server believes they hold, tick after
+/// tick, while they fly about and the crowd around them changes.
+#[test]
+fn clients_of_a_shared_block_hold_what_the_server_sent() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut engine = engine();
+    // 400 ships over the 3x3 block around sector (0, 0), a few of them drifting: the
+    // block holds more than a view (128) and fewer than the ring search's crowd.
+    for id in 9..=408u64 {
+        let (x, y) = (rng.gen_range(-900.0..1900.0), rng.gen_range(-900.0..1900.0));
+        let drift = if id % 10 == 0 { 15.0 } else { 0.0 };
+        engine
+            .spawn_ship(ship(id, id, x, y, drift, -drift))
+            .unwrap();
+    }
+    let mut worlds = Vec::new();
+    for pilot in 1..=8u64 {
+        let (x, y) = (rng.gen_range(100.0..900.0), rng.gen_range(100.0..900.0));
+        engine
+            .spawn_ship(ship(pilot, pilot, x, y, 0.0, 0.0))
+            .unwrap();
+        engine.attach_client(pilot, pilot, pilot).unwrap();
+        engine
+            .handle_client_message(pilot, &encode(ClientMsg::Ack { snapshot_seq: 0 }))
+            .unwrap();
+        worlds.push((pilot, ReplicaWorld::new()));
+    }
+    let mut seq = 0;
+    let mut checked = 0;
+    for now in 0..200u32 {
+        if now % 20 == 0 {
+            for pilot in 1..=8u64 {
+                seq += 1;
+                let (vx, vy) = (rng.gen_range(-30.0..30.0), rng.gen_range(-30.0..30.0));
+                let message = ClientMsg::Move {
+                    entity_id: pilot,
+                    seq,
+                    vx_mps: vx,
+                    vy_mps: vy,
+                };
+                engine
+                    .handle_client_message(pilot, &encode(message))
+                    .unwrap();
+            }
+        }
+        engine.tick();
+        deliver(&mut engine, &mut worlds, true);
+        // The joins take a few snapshots under the budget; after them, every snapshot
+        // carries what changed (the pilots and the drifters in view).
+        if now >= 40 {
+            for (pilot, world) in &worlds {
+                let want = expected(&engine, *pilot);
+                assert!(want.len() > 100, "pilot {pilot} sees a crowd");
+                assert_eq!(
+                    world.entities(),
+                    want.as_slice(),
+                    "pilot {pilot} at tick {now}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 8 * 160);
+}
+
 /// Attaches pilots 1..=8 and checks each one's view is the nearest to its fine cell.
 fn check_nearest_to_cell(engine: &mut Engine, cell_m: f64) {
     let mut records = Vec::new();
