@@ -12,8 +12,8 @@
 
 use crate::replicate::KNOWN_SLOTS_MAX;
 use crate::wire::delta::{
-    quantize_cm, quantize_cmps, DeltaSnapshotView, ReplicaEntity, FIELDS_ALL, RECORD_REMOVED,
-    TYPE_DELTA_SNAPSHOT,
+    quantize_cm, quantize_cmps, DeltaRecord, DeltaSnapshotReader, ReplicaEntity, FIELDS_ALL,
+    RECORD_REMOVED, TYPE_DELTA_SNAPSHOT,
 };
 use crate::wire::{ClientMsg, DecodeError, SnapshotView, TYPE_SNAPSHOT};
 
@@ -41,6 +41,9 @@ pub struct ReplicaWorld {
     /// Sorted by entity id.
     entities: Vec<ReplicaEntity>,
     scratch: Vec<ReplicaEntity>,
+    /// Entities updated in place by the snapshot being applied, as they were before
+    /// (index, value): put back if a later record is refused.
+    undo: Vec<(usize, ReplicaEntity)>,
     newest_seq: u32,
     reset_seq: u32,
     tick: u64,
@@ -71,32 +74,113 @@ impl ReplicaWorld {
     }
 
     fn apply_delta(&mut self, bytes: &[u8]) -> Result<AppliedSnapshot, DecodeError> {
-        let view = DeltaSnapshotView::parse(bytes)?;
-        let header = view.header();
+        let mut reader = DeltaSnapshotReader::new(bytes)?;
+        let header = reader.header();
         let mut applied = AppliedSnapshot {
             seq: header.seq,
             tick: header.tick,
             applied: false,
-            records: view.record_count(),
+            records: reader.record_count(),
             reset: false,
         };
         if header.seq <= self.newest_seq {
+            // Dropped, but a malformed one is still an error.
+            while reader.next_record()?.is_some() {}
             return Ok(applied);
         }
         if header.reset_seq < self.reset_seq {
             return Err(DecodeError::InvalidValue { field: "reset_seq" });
         }
         let reset = header.reset_seq > self.reset_seq;
-        let base: &[ReplicaEntity] = if reset { &[] } else { &self.entities };
-        self.scratch.clear();
+        if reset {
+            self.scratch.clear();
+            self.merge(&mut reader, None, &[])?;
+            std::mem::swap(&mut self.entities, &mut self.scratch);
+        } else {
+            self.update(&mut reader)?;
+        }
+        self.newest_seq = header.seq;
+        self.reset_seq = header.reset_seq;
+        self.tick = header.tick;
+        self.time_dilation_permille = header.time_dilation_permille;
+        self.controlled_entity = header.controlled_entity;
+        applied.applied = true;
+        applied.reset = reset;
+        Ok(applied)
+    }
+
+    /// Applies the records of `reader` to the world, decoding each once. Records that
+    /// update held entities (the usual snapshot) are applied in place, the old values
+    /// kept in `undo`; the first record that adds or removes an entity switches to
+    /// [`ReplicaWorld::merge`] for the rest. On error the world is as it was.
+    fn update(&mut self, reader: &mut DeltaSnapshotReader<'_>) -> Result<(), DecodeError> {
+        self.undo.clear();
+        // Index of the first held entity not below the records read so far.
         let mut i = 0;
-        for record in view.records() {
-            let id = record.value.entity_id;
-            while i < base.len() && base[i].entity_id < id {
-                push_bounded(&mut self.scratch, base[i])?;
-                i += 1;
+        let outcome = loop {
+            let record = match reader.next_record() {
+                Ok(Some(record)) => record,
+                Ok(None) => return Ok(()),
+                Err(e) => break Err(e),
+            };
+            i = seek(&self.entities, i, record.value.entity_id);
+            let held = self
+                .entities
+                .get_mut(i)
+                .filter(|e| e.entity_id == record.value.entity_id);
+            match held {
+                Some(entity) if record.mask != RECORD_REMOVED => {
+                    // At most one entry per held entity: ids strictly ascend.
+                    self.undo.push((i, *entity));
+                    entity.set_fields(record.mask, &record.value);
+                    i += 1;
+                }
+                _ => {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(&self.entities[..i]);
+                    let base = std::mem::take(&mut self.entities);
+                    let merged = self.merge(reader, Some(record), &base[i..]);
+                    self.entities = base;
+                    if merged.is_ok() {
+                        std::mem::swap(&mut self.entities, &mut self.scratch);
+                    }
+                    break merged;
+                }
             }
-            let held = (i < base.len() && base[i].entity_id == id).then(|| base[i]);
+        };
+        if outcome.is_err() {
+            for &(index, entity) in self.undo.iter().rev() {
+                self.entities[index] = entity;
+            }
+        }
+        outcome
+    }
+
+    /// Appends to `scratch` the merge of the held entities `base` with `first` (a record
+    /// already read) and the rest of `reader`'s records; held entities between two
+    /// records are copied as one run.
+    fn merge(
+        &mut self,
+        reader: &mut DeltaSnapshotReader<'_>,
+        first: Option<DeltaRecord>,
+        base: &[ReplicaEntity],
+    ) -> Result<(), DecodeError> {
+        let mut i = 0;
+        let mut next = first;
+        loop {
+            let record = match next.take() {
+                Some(record) => record,
+                None => match reader.next_record()? {
+                    Some(record) => record,
+                    None => break,
+                },
+            };
+            let id = record.value.entity_id;
+            // The held entities below this record's id stay as they are.
+            let below = seek(base, i, id);
+            extend_bounded(&mut self.scratch, &base[i..below])?;
+            i = below;
+            let held = base.get(i).filter(|e| e.entity_id == id).copied();
             if held.is_some() {
                 i += 1;
             }
@@ -111,20 +195,9 @@ impl ReplicaWorld {
                 }
                 None => return Err(DecodeError::InvalidValue { field: "baseline" }),
             };
-            push_bounded(&mut self.scratch, entity)?;
+            extend_bounded(&mut self.scratch, &[entity])?;
         }
-        for &entity in &base[i..] {
-            push_bounded(&mut self.scratch, entity)?;
-        }
-        std::mem::swap(&mut self.entities, &mut self.scratch);
-        self.newest_seq = header.seq;
-        self.reset_seq = header.reset_seq;
-        self.tick = header.tick;
-        self.time_dilation_permille = header.time_dilation_permille;
-        self.controlled_entity = header.controlled_entity;
-        applied.applied = true;
-        applied.reset = reset;
-        Ok(applied)
+        extend_bounded(&mut self.scratch, &base[i..])
     }
 
     /// A full snapshot replaces the world (position and velocity only: it carries no
@@ -203,12 +276,179 @@ impl ReplicaWorld {
     }
 }
 
-fn push_bounded(out: &mut Vec<ReplicaEntity>, entity: ReplicaEntity) -> Result<(), DecodeError> {
-    if out.len() >= REPLICA_WORLD_MAX {
+/// Index of the first entity of `entities[from..]` whose id is not below `id` (or the
+/// length): records usually name one of the next few entities, so a few steps are
+/// tried before a binary search of the rest.
+fn seek(entities: &[ReplicaEntity], from: usize, id: u64) -> usize {
+    let mut i = from;
+    for _ in 0..4 {
+        match entities.get(i) {
+            Some(e) if e.entity_id < id => i += 1,
+            _ => return i,
+        }
+    }
+    i + entities
+        .get(i..)
+        .unwrap_or_default()
+        .partition_point(|e| e.entity_id < id)
+}
+
+/// Appends `entities` to `out`, or refuses if that would hold more than
+/// [`REPLICA_WORLD_MAX`].
+fn extend_bounded(
+    out: &mut Vec<ReplicaEntity>,
+    entities: &[ReplicaEntity],
+) -> Result<(), DecodeError> {
+    if out.len() + entities.len() > REPLICA_WORLD_MAX {
         return Err(DecodeError::InvalidValue {
             field: "n_entities",
         });
     }
-    out.push(entity);
+    out.extend_from_slice(entities);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::wire::delta::{
+        DeltaEncoder, DeltaHeader, FIELD_HEALTH, FIELD_POSITION, FIELD_VELOCITY,
+    };
+
+    fn entity(rng: &mut ChaCha8Rng, entity_id: u64) -> ReplicaEntity {
+        ReplicaEntity {
+            entity_id,
+            owner_account: rng.gen_range(1..1000),
+            x_cm: rng.gen_range(-5_000_000..5_000_000),
+            y_cm: rng.gen_range(-5_000_000..5_000_000),
+            vx_cmps: rng.gen_range(-30_000..30_000),
+            vy_cmps: rng.gen_range(-30_000..30_000),
+            hit_points_centi: rng.gen_range(0..100_000),
+            state: rng.gen_range(0..4),
+            target: rng.gen_range(0..50),
+        }
+    }
+
+    /// What a snapshot does to the model: `None` if it must be refused.
+    fn model_apply(
+        model: &BTreeMap<u64, ReplicaEntity>,
+        reset: bool,
+        records: &[(u8, ReplicaEntity)],
+    ) -> Option<BTreeMap<u64, ReplicaEntity>> {
+        let mut next = if reset {
+            BTreeMap::new()
+        } else {
+            model.clone()
+        };
+        for &(mask, value) in records {
+            let id = value.entity_id;
+            if mask == RECORD_REMOVED {
+                next.remove(&id);
+            } else if mask == FIELDS_ALL {
+                next.insert(id, value);
+            } else {
+                next.get_mut(&id)?.set_fields(mask, &value);
+            }
+        }
+        (next.len() <= REPLICA_WORLD_MAX).then_some(next)
+    }
+
+    /// Random snapshots (updates in place, creations, removals, updates of entities not
+    /// held, resets, truncations) applied to a `ReplicaWorld` and to a plain map: the
+    /// world equals the map after every accepted snapshot and is untouched by every
+    /// refused one.
+    #[test]
+    fn world_follows_a_model_and_refused_snapshots_change_nothing() {
+        let (mut accepted, mut refused) = (0, 0);
+        for seed in 0..40u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut world = ReplicaWorld::new();
+            let mut model: BTreeMap<u64, ReplicaEntity> = BTreeMap::new();
+            let (mut seq, mut reset_seq) = (0u32, 1u32);
+            for step in 0..300 {
+                seq += 1;
+                let reset = rng.gen_bool(0.03);
+                if reset {
+                    reset_seq = seq;
+                }
+                let mut records = Vec::new();
+                let mut id = 0u64;
+                let n = rng.gen_range(0..80);
+                for _ in 0..n {
+                    id += rng.gen_range(1..8);
+                    let held = model.contains_key(&id);
+                    let roll = rng.gen_range(0..1000);
+                    let mask = match (held, roll) {
+                        (true, 0..=699) => FIELD_POSITION | FIELD_VELOCITY,
+                        (true, 700..=799) | (false, 0..=119) => FIELDS_ALL,
+                        (true, 800..=879) | (false, 120..=129) => RECORD_REMOVED,
+                        (true, _) => rng.gen_range(1..FIELDS_ALL) | FIELD_HEALTH,
+                        // An update of an entity not held: the snapshot is refused.
+                        (false, 130..=131) => FIELD_POSITION,
+                        (false, _) => continue,
+                    };
+                    let mut value = entity(&mut rng, id);
+                    if mask == RECORD_REMOVED {
+                        value = ReplicaEntity {
+                            entity_id: id,
+                            ..ReplicaEntity::default()
+                        };
+                    }
+                    records.push((mask, value));
+                }
+                let header = DeltaHeader {
+                    seq,
+                    reset_seq,
+                    tick: u64::from(seq),
+                    time_dilation_permille: 1000,
+                    controlled_entity: 3,
+                    origin_x_cm: rng.gen_range(-1000..1000),
+                    origin_y_cm: rng.gen_range(-1000..1000),
+                };
+                let mut bytes = Vec::new();
+                let mut encoder = DeltaEncoder::new(&mut bytes, &header, 1 << 16).unwrap();
+                for (mask, value) in &records {
+                    encoder.push_entity(*mask, value).unwrap();
+                }
+                let truncate = rng.gen_bool(0.05) && bytes.len() > 40;
+                if truncate {
+                    let len = rng.gen_range(29..bytes.len());
+                    bytes.truncate(len);
+                }
+                let before = world.entities().to_vec();
+                // A reset here, or a refused one before (or the very first snapshot).
+                let resets = reset_seq > world.reset_seq;
+                let expected = (!truncate)
+                    .then(|| model_apply(&model, resets, &records))
+                    .flatten();
+                match (world.apply(&bytes), expected) {
+                    (Ok(applied), Some(next)) => {
+                        assert!(applied.applied, "seed {seed} step {step}");
+                        assert_eq!(applied.reset, resets, "seed {seed} step {step}");
+                        model = next;
+                        let held: Vec<ReplicaEntity> = model.values().copied().collect();
+                        assert_eq!(world.entities(), &held[..], "seed {seed} step {step}");
+                        assert_eq!(world.newest_seq(), seq);
+                        accepted += 1;
+                    }
+                    (Err(_), None) => {
+                        assert_eq!(world.entities(), &before[..], "seed {seed} step {step}");
+                        refused += 1;
+                    }
+                    (outcome, expected) => panic!(
+                        "seed {seed} step {step}: applied {outcome:?}, model accepts: {}",
+                        expected.is_some()
+                    ),
+                }
+            }
+        }
+        // Both outcomes are common enough for the comparison to mean something.
+        eprintln!("{accepted} snapshots accepted, {refused} refused");
+        assert!(accepted > 5000 && refused > 500, "{accepted} {refused}");
+    }
 }

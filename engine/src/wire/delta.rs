@@ -504,12 +504,14 @@ pub fn put_fields(
 }
 
 /// Bounds-checked reads of fixed integers and varints.
+#[derive(Debug, Clone)]
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
 }
 
 impl Cursor<'_> {
+    #[inline]
     fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let end = self.pos + N;
         let slice = self
@@ -525,51 +527,94 @@ impl Cursor<'_> {
         Ok(array)
     }
 
+    #[inline(always)]
     fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take::<1>()?[0])
+        match self.bytes.get(self.pos) {
+            Some(&byte) => {
+                self.pos += 1;
+                Ok(byte)
+            }
+            None => Err(self.truncated_at(self.pos)),
+        }
     }
 
+    /// A LEB128 varint of at most 10 bytes. Single-byte values (most id deltas, small
+    /// velocities and ids) take the first branch; longer ones are read from the slice
+    /// in one loop.
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, DecodeError> {
+        let rest = self.bytes.get(self.pos..).unwrap_or_default();
+        match rest.first() {
+            Some(&byte) if byte < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(byte))
+            }
+            _ => self.varint_multibyte(rest),
+        }
+    }
+
+    /// [`Cursor::varint`] of a value longer than one byte; `rest` is the bytes from `pos`.
+    #[inline]
+    fn varint_multibyte(&mut self, rest: &[u8]) -> Result<u64, DecodeError> {
         let mut value = 0u64;
-        for i in 0..10 {
-            let byte = self.u8()?;
+        for (i, &byte) in rest.iter().take(10).enumerate() {
             let bits = u64::from(byte & 0x7F);
             if i == 9 && bits > 1 {
                 return Err(DecodeError::InvalidValue { field: "varint" });
             }
             value |= bits << (7 * i);
             if byte & 0x80 == 0 {
+                self.pos += i + 1;
                 return Ok(value);
             }
+        }
+        if rest.len() < 10 {
+            // Every byte had its continuation bit: the varint runs past the end.
+            return Err(self.truncated_at(self.bytes.len()));
         }
         Err(DecodeError::InvalidValue { field: "varint" })
     }
 
+    /// The error for a read of the byte at `at`, which is missing.
+    fn truncated_at(&self, at: usize) -> DecodeError {
+        DecodeError::Truncated {
+            needed_bytes: at + 1,
+            got_bytes: self.bytes.len(),
+        }
+    }
+
+    #[inline(always)]
     fn zigzag(&mut self) -> Result<i64, DecodeError> {
         Ok(unzigzag(self.varint()?))
     }
 
+    #[inline(always)]
     fn i32_zigzag(&mut self, field: &'static str) -> Result<i32, DecodeError> {
         i32::try_from(self.zigzag()?).map_err(|_| DecodeError::InvalidValue { field })
     }
 }
 
-/// A delta snapshot validated in place: [`DeltaSnapshotView::parse`] checks every
-/// record, so iterating [`DeltaSnapshotView::records`] cannot fail.
-#[derive(Debug, Clone, Copy)]
-pub struct DeltaSnapshotView<'a> {
+/// A delta snapshot read in one pass: [`DeltaSnapshotReader::new`] checks the header,
+/// [`DeltaSnapshotReader::next_record`] decodes and checks one record at a time, and
+/// reports trailing bytes after the last. A caller that applies records as they come
+/// (the client's [`crate::replica::ReplicaWorld`]) decodes each once, and must undo or
+/// discard what it did when a later record turns out malformed.
+#[derive(Debug, Clone)]
+pub struct DeltaSnapshotReader<'a> {
+    cursor: Cursor<'a>,
     header: DeltaHeader,
     count: usize,
-    records: &'a [u8],
+    left: usize,
+    previous_id: u64,
 }
 
-impl<'a> DeltaSnapshotView<'a> {
-    /// Validates `bytes` as one delta snapshot (type, counts, ids ascending, masks,
-    /// varints, exact length) without allocating.
+impl<'a> DeltaSnapshotReader<'a> {
+    /// Reads and checks the header of `bytes`; the records are read by
+    /// [`DeltaSnapshotReader::next_record`].
     ///
     /// # Errors
-    /// Any malformed input: see [`DecodeError`].
-    pub fn parse(bytes: &'a [u8]) -> Result<DeltaSnapshotView<'a>, DecodeError> {
+    /// A malformed header: see [`DecodeError`].
+    pub fn new(bytes: &'a [u8]) -> Result<DeltaSnapshotReader<'a>, DecodeError> {
         let mut c = Cursor { bytes, pos: 0 };
         if bytes.is_empty() {
             return Err(DecodeError::Empty);
@@ -599,21 +644,74 @@ impl<'a> DeltaSnapshotView<'a> {
             origin_x_cm: c.zigzag()?,
             origin_y_cm: c.zigzag()?,
         };
-        let records_start = c.pos;
-        let mut previous_id = 0;
-        for _ in 0..count {
-            let record = read_record(&mut c, previous_id, &header)?;
-            previous_id = record.value.entity_id;
-        }
-        if c.pos != bytes.len() {
-            return Err(DecodeError::TrailingBytes {
-                expected_bytes: c.pos,
-                got_bytes: bytes.len(),
-            });
-        }
-        Ok(DeltaSnapshotView {
+        Ok(DeltaSnapshotReader {
+            cursor: c,
             header,
             count,
+            left: count,
+            previous_id: 0,
+        })
+    }
+
+    /// The fixed fields.
+    pub fn header(&self) -> DeltaHeader {
+        self.header
+    }
+
+    /// Number of records the header announces.
+    pub fn record_count(&self) -> usize {
+        self.count
+    }
+
+    /// The next record in message order (ascending entity id); `None` after the last,
+    /// once the message is known to end there.
+    ///
+    /// # Errors
+    /// A malformed record, or bytes after the last record: see [`DecodeError`]. The
+    /// reader is not meant to be used after an error.
+    // Always inlined: the record then stays in registers instead of going through
+    // memory on every call (measured: a large share of the client's apply time).
+    #[inline(always)]
+    pub fn next_record(&mut self) -> Result<Option<DeltaRecord>, DecodeError> {
+        if self.left == 0 {
+            let c = &self.cursor;
+            if c.pos != c.bytes.len() {
+                return Err(DecodeError::TrailingBytes {
+                    expected_bytes: c.pos,
+                    got_bytes: c.bytes.len(),
+                });
+            }
+            return Ok(None);
+        }
+        let record = read_record(&mut self.cursor, self.previous_id, &self.header)?;
+        self.left -= 1;
+        self.previous_id = record.value.entity_id;
+        Ok(Some(record))
+    }
+}
+
+/// A delta snapshot validated in place: [`DeltaSnapshotView::parse`] checks every
+/// record, so iterating [`DeltaSnapshotView::records`] cannot fail.
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaSnapshotView<'a> {
+    header: DeltaHeader,
+    count: usize,
+    records: &'a [u8],
+}
+
+impl<'a> DeltaSnapshotView<'a> {
+    /// Validates `bytes` as one delta snapshot (type, counts, ids ascending, masks,
+    /// varints, exact length) without allocating.
+    ///
+    /// # Errors
+    /// Any malformed input: see [`DecodeError`].
+    pub fn parse(bytes: &'a [u8]) -> Result<DeltaSnapshotView<'a>, DecodeError> {
+        let mut reader = DeltaSnapshotReader::new(bytes)?;
+        let records_start = reader.cursor.pos;
+        while reader.next_record()?.is_some() {}
+        Ok(DeltaSnapshotView {
+            header: reader.header,
+            count: reader.count,
             records: &bytes[records_start..],
         })
     }
@@ -669,6 +767,8 @@ impl Iterator for DeltaRecords<'_> {
     }
 }
 
+// Always inlined into the readers, for the same reason as `next_record`.
+#[inline(always)]
 fn read_record(
     c: &mut Cursor<'_>,
     previous_id: u64,
@@ -909,6 +1009,75 @@ mod tests {
                 assert_eq!(copied, direct, "{value:?} {mask:#x}");
             }
         }
+    }
+
+    /// The one-pass reader yields the records `parse` validates, in order, and every
+    /// cut of a message is an error from both, never a panic; a cut varint is
+    /// `Truncated` at the byte after the end.
+    #[test]
+    fn reader_reads_what_the_view_reads() {
+        let mut out = Vec::new();
+        let mut encoder = DeltaEncoder::new(&mut out, &header(), 1200).unwrap();
+        for (k, mask) in [FIELDS_ALL, FIELD_POSITION, RECORD_REMOVED, FIELD_HEALTH]
+            .into_iter()
+            .enumerate()
+        {
+            let value = ReplicaEntity {
+                entity_id: 3 + 200 * k as u64,
+                x_cm: -7_000_000 * k as i64,
+                y_cm: 123_456,
+                hit_points_centi: 1 << (20 + k),
+                ..ReplicaEntity::default()
+            };
+            encoder.push_entity(mask, &value).unwrap();
+        }
+        let mut reader = DeltaSnapshotReader::new(&out).unwrap();
+        assert_eq!(reader.header(), header());
+        assert_eq!(reader.record_count(), 4);
+        let mut read = Vec::new();
+        while let Some(record) = reader.next_record().unwrap() {
+            read.push(record);
+        }
+        let view: Vec<DeltaRecord> = DeltaSnapshotView::parse(&out).unwrap().records().collect();
+        assert_eq!(read, view);
+        for len in 0..out.len() {
+            let cut = &out[..len];
+            let from_reader = match DeltaSnapshotReader::new(cut) {
+                Err(e) => Some(e),
+                Ok(mut reader) => loop {
+                    match reader.next_record() {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break None,
+                        Err(e) => break Some(e),
+                    }
+                },
+            };
+            let from_parse = DeltaSnapshotView::parse(cut).err();
+            assert!(from_parse.is_some(), "cut at {len}");
+            assert_eq!(from_reader, from_parse, "cut at {len}");
+        }
+        let mut c = Cursor {
+            bytes: &[0x80, 0x80],
+            pos: 0,
+        };
+        assert_eq!(
+            c.varint(),
+            Err(DecodeError::Truncated {
+                needed_bytes: 3,
+                got_bytes: 2
+            })
+        );
+        // Trailing bytes after the last record are refused by the reader too.
+        let mut long = out.clone();
+        long.push(0);
+        let mut reader = DeltaSnapshotReader::new(&long).unwrap();
+        let end = loop {
+            match reader.next_record() {
+                Ok(Some(_)) => {}
+                other => break other,
+            }
+        };
+        assert!(matches!(end, Err(DecodeError::TrailingBytes { .. })));
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! registered with one `mio::Poll`, each driving a sans-IO `warpcore_net::Client`.
 //! The thread sleeps in `poll` until a socket is readable, a held-back (impaired)
 //! datagram is due, or a bot's next command or protocol timer is due.
+//!
+//! Cost per bot is what the end-to-end scenario cares about (the swarm shares the
+//! machine with the server): a bot is serviced when one of its sockets is readable or
+//! when its own next timer or command is due (`wake_at`), not on every timer sweep.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -19,6 +23,7 @@ use warpcore_engine::wire::delta::{ReplicaEntity, TYPE_DELTA_SNAPSHOT};
 use warpcore_engine::wire::{ClientMsg, ServerMsg, TYPE_SNAPSHOT};
 use warpcore_engine::ReplicaWorld;
 use warpcore_metrics as histogram;
+use warpcore_net::driver::batch::RecvBatch;
 use warpcore_net::proto::MTU_BYTES;
 use warpcore_net::{Channel, Client, ClientEvent};
 
@@ -34,8 +39,6 @@ const BOT_SPEED_MAX_MPS: f32 = 250.0;
 const MOVED_EPSILON_M: f64 = 1.0;
 /// Longest the thread sleeps without a reason to wake (bounds timer lateness).
 const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(5);
-/// Datagrams read from one socket per readiness event before moving on (fairness).
-const RECV_BATCH_MAX: usize = 64;
 /// A jump of own ship at least this far between two snapshots is a warp arrival
 /// (flight at bot speeds covers a few hundred metres between snapshots at most).
 const WARP_JUMP_M: f64 = 2_000.0;
@@ -44,6 +47,10 @@ const WARP_JUMP_M: f64 = 2_000.0;
 const CHECK_RING_LEN: usize = 64;
 /// How long a check waits for its bot to apply the snapshot it names.
 const CHECK_WAIT_MAX: Duration = Duration::from_secs(2);
+
+/// How long a bot with neither a client timer nor commands (disconnected, no
+/// reconnection) waits before it is looked at again.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
 
 /// Roaming between a warp's arrival and the next order.
 const WARP_REST: Duration = Duration::from_secs(3);
@@ -66,6 +73,11 @@ pub struct ThreadReport {
     pub warp_time_us: Histogram<u64>,
     pub lost_by_impairment: u64,
     pub checks: CheckCounts,
+    /// Bots of this thread that connected (the connect phase ends when all have).
+    bots_connected: usize,
+    /// Snapshots applied since the last sweep, not yet added to [`Progress`] (one
+    /// shared atomic add per sweep instead of one per snapshot).
+    snapshots_unreported: u64,
 }
 
 /// What the server believes a bot holds after snapshot `seq` (the replication check),
@@ -174,12 +186,18 @@ pub fn fly(
         warp_time_us: histogram::micros(),
         lost_by_impairment: 0,
         checks: CheckCounts::default(),
+        bots_connected: 0,
+        snapshots_unreported: 0,
     };
+    // When each bot next needs servicing if none of its sockets turns readable (its
+    // client's timer or its next command), checked by the sweep.
+    let mut wake_at = vec![start; bots.len()];
+    let mut transmit = [0u8; MTU_BYTES];
     // Checks waiting for their bot to apply the snapshot they name.
     let mut pending: Vec<(Instant, CheckRequest)> = Vec::new();
     let mut impairer = Impairer::new(plan.impairment);
     let mut events = Events::with_capacity(1024);
-    let mut buf = vec![0u8; 2048];
+    let mut batch = RecvBatch::default();
     let connect_deadline = start + plan.connect_timeout;
     let mut flight_end: Option<Instant> = None;
     let mut next_sweep = start;
@@ -187,7 +205,7 @@ pub fn fly(
     loop {
         let now = Instant::now();
         match flight_end {
-            None if now >= connect_deadline || bots.iter().all(|b| b.report.connected) => {
+            None if now >= connect_deadline || out.bots_connected == bots.len() => {
                 flight_end = Some(now + plan.flight);
             }
             Some(end) if now >= end => break,
@@ -201,7 +219,11 @@ pub fn fly(
                 Direction::Out => {
                     let _ = bot.socket.send(&d.bytes);
                 }
-                Direction::In => bot.client.handle_datagram(now, &d.bytes),
+                Direction::In => {
+                    bot.client.handle_datagram(now, &d.bytes);
+                    // Its events and replies are handled at the next sweep.
+                    wake_at[d.bot] = now;
+                }
             }
         }
 
@@ -209,19 +231,28 @@ pub fn fly(
         for event in events.iter() {
             let i = event.token().0;
             let Some(bot) = bots.get_mut(i) else { continue };
-            for _ in 0..RECV_BATCH_MAX {
-                match bot.socket.recv(&mut buf) {
-                    Ok(len) => {
-                        let copies = impairer.admit(now, &mut rng, i, Direction::In, &buf[..len]);
-                        for _ in 0..copies {
-                            bot.client.handle_datagram(now, &buf[..len]);
-                        }
+            // One `recvmmsg` reads what is waiting, at most `BATCH_DATAGRAMS_MAX` (fairness
+            // between sockets). A short batch means the socket was drained, so no second
+            // call to see `WouldBlock`. An error (e.g. ICMP port unreachable) reads
+            // nothing: the client's timeout decides.
+            if batch.recv(&bot.socket).is_ok() {
+                for (_, datagram) in batch.iter() {
+                    let copies = impairer.admit(now, &mut rng, i, Direction::In, datagram);
+                    for _ in 0..copies {
+                        bot.client.handle_datagram(now, datagram);
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) => break, // e.g. ICMP port unreachable: the timeout decides
                 }
             }
-            bot.service(i, now, plan, &mut rng, &mut impairer, &mut out, progress);
+            wake_at[i] = bot.service(
+                i,
+                now,
+                &mut transmit,
+                plan,
+                &mut rng,
+                &mut impairer,
+                &mut out,
+                progress,
+            );
         }
 
         // The server's views for checked bots.
@@ -245,12 +276,28 @@ pub fn fly(
             }
         });
 
-        // Timers and commands of every bot, a few hundred times a second at most.
+        // Timers and commands of the bots that are due, a few hundred times a second at
+        // most.
         if now >= next_sweep {
-            for (i, bot) in bots.iter_mut().enumerate() {
-                bot.service(i, now, plan, &mut rng, &mut impairer, &mut out, progress);
+            for (i, (bot, wake)) in bots.iter_mut().zip(wake_at.iter_mut()).enumerate() {
+                if *wake <= now {
+                    *wake = bot.service(
+                        i,
+                        now,
+                        &mut transmit,
+                        plan,
+                        &mut rng,
+                        &mut impairer,
+                        &mut out,
+                        progress,
+                    );
+                }
             }
             next_sweep = now + Duration::from_millis(2);
+            progress.snapshots.fetch_add(
+                std::mem::take(&mut out.snapshots_unreported),
+                Ordering::Relaxed,
+            );
         }
 
         let mut timeout =
@@ -265,10 +312,13 @@ pub fn fly(
     for bot in bots.iter_mut() {
         bot.client.disconnect();
         let now = Instant::now();
-        while let Some(len) = bot.client.poll_transmit(now, &mut buf) {
-            let _ = bot.socket.send(&buf[..len]);
+        while let Some(len) = bot.client.poll_transmit(now, &mut transmit) {
+            let _ = bot.socket.send(&transmit[..len]);
         }
     }
+    progress
+        .snapshots
+        .fetch_add(out.snapshots_unreported, Ordering::Relaxed);
     out.lost_by_impairment = impairer.lost + impairer.overflowed;
     out.bots = bots.into_iter().map(|b| b.report).collect();
     Ok(out)
@@ -293,18 +343,21 @@ fn bind_for(server: SocketAddr) -> std::io::Result<UdpSocket> {
 
 impl Bot {
     /// Handles the client's events and timers, sends a command when one is due, and
-    /// flushes everything the client wants to transmit through the impairment.
+    /// flushes everything the client wants to transmit through the impairment. Returns
+    /// when the bot next needs servicing if no datagram arrives before: its client's
+    /// timer or its next command, whichever is first.
     #[allow(clippy::too_many_arguments)]
     fn service(
         &mut self,
         i: usize,
         now: Instant,
+        transmit: &mut [u8; MTU_BYTES],
         plan: &FlightPlan,
         rng: &mut StdRng,
         impairer: &mut Impairer,
         out: &mut ThreadReport,
         progress: &Progress,
-    ) {
+    ) -> Instant {
         if self.client.poll_timeout().is_some_and(|t| t <= now) {
             self.client.handle_timeout(now);
         }
@@ -313,6 +366,7 @@ impl Bot {
                 ClientEvent::Connected { .. } => {
                     if !self.report.connected {
                         progress.connected.fetch_add(1, Ordering::Relaxed);
+                        out.bots_connected += 1;
                     }
                     self.report.connected = true;
                     self.was_connected = true;
@@ -320,9 +374,7 @@ impl Bot {
                     self.send_ack();
                 }
                 ClientEvent::RttSample { rtt_us } => histogram::record(&mut out.rtt_us, rtt_us),
-                ClientEvent::Message { payload, .. } => {
-                    self.on_message(now, &payload, out, progress)
-                }
+                ClientEvent::Message { payload, .. } => self.on_message(now, &payload, out),
                 ClientEvent::Disconnected { .. } => {
                     if self.was_connected {
                         self.report.disconnects += 1;
@@ -341,14 +393,27 @@ impl Bot {
                 self.command(now, self.behaviour, rng);
             }
         }
-        let mut scratch = [0u8; MTU_BYTES];
-        while let Some(len) = self.client.poll_transmit(now, &mut scratch) {
-            let copies = impairer.admit(now, rng, i, Direction::Out, &scratch[..len]);
+        while let Some(len) = self.client.poll_transmit(now, transmit) {
+            let copies = impairer.admit(now, rng, i, Direction::Out, &transmit[..len]);
             for _ in 0..copies {
-                if self.socket.send(&scratch[..len]).is_ok() {
+                if self.socket.send(&transmit[..len]).is_ok() {
                     self.report.datagrams_sent += 1;
                 }
             }
+        }
+        self.wake_at(now)
+    }
+
+    /// When [`Bot::service`] is next due without a datagram: the client's timer, or the
+    /// next command once the bot flies; [`IDLE_WAKE`] after `now` when neither
+    /// (disconnected for good).
+    fn wake_at(&self, now: Instant) -> Instant {
+        let commanding = self.was_connected && self.report.ship_id != 0;
+        match (self.client.poll_timeout(), commanding) {
+            (Some(timer), true) => timer.min(self.next_command_at),
+            (Some(timer), false) => timer,
+            (None, true) => self.next_command_at,
+            (None, false) => now + IDLE_WAKE,
         }
     }
 
@@ -382,6 +447,7 @@ impl Bot {
             }
         };
         self.seq = self.seq.wrapping_add(1);
+        // Messages are handed over, not copied (`send_owned`): one allocation each.
         let mut msg = Vec::with_capacity(32);
         ClientMsg::Move {
             entity_id: self.report.ship_id,
@@ -390,7 +456,7 @@ impl Bot {
             vy_mps: desired.1,
         }
         .encode(&mut msg);
-        if self.client.send(Channel::Unreliable, &msg).is_ok() {
+        if self.client.send_owned(Channel::Unreliable, msg).is_ok() {
             self.report.moves_sent += 1;
         }
         // The newest snapshot held rides with every command (application-level acks).
@@ -398,14 +464,14 @@ impl Bot {
         if behaviour == Behaviour::Battle {
             if let Some(target) = self.nearest_other {
                 self.seq = self.seq.wrapping_add(1);
-                msg.clear();
+                let mut msg = Vec::with_capacity(32);
                 ClientMsg::Attack {
                     entity_id: self.report.ship_id,
                     seq: self.seq,
                     target_id: target,
                 }
                 .encode(&mut msg);
-                let _ = self.client.send(Channel::Unreliable, &msg);
+                let _ = self.client.send_owned(Channel::Unreliable, msg);
             }
         }
         self.next_command_at = now + COMMAND_INTERVAL;
@@ -444,16 +510,10 @@ impl Bot {
     fn send_ack(&mut self) {
         let mut msg = Vec::with_capacity(8);
         self.replica.ack().encode(&mut msg);
-        let _ = self.client.send(Channel::Unreliable, &msg);
+        let _ = self.client.send_owned(Channel::Unreliable, msg);
     }
 
-    fn on_message(
-        &mut self,
-        now: Instant,
-        payload: &[u8],
-        out: &mut ThreadReport,
-        progress: &Progress,
-    ) {
+    fn on_message(&mut self, now: Instant, payload: &[u8], out: &mut ThreadReport) {
         self.report.bytes_received += payload.len() as u64;
         if !matches!(
             payload.first(),
@@ -472,7 +532,7 @@ impl Bot {
             return;
         }
         self.report.snapshots += 1;
-        progress.snapshots.fetch_add(1, Ordering::Relaxed);
+        out.snapshots_unreported += 1;
         if let Some(views) = &mut self.views {
             // The oldest view's buffer is reused once the ring is full.
             let mut view = match views.len() {
@@ -494,28 +554,10 @@ impl Bot {
         self.report.ship_id = controlled;
 
         let own = self.replica.entity(controlled).map(|e| (e.x_m(), e.y_m()));
-        let (mut sum_x, mut sum_y, mut n_others) = (0.0, 0.0, 0u32);
-        let mut nearest: Option<(f64, u64)> = None;
-        for e in self
-            .replica
-            .entities()
-            .iter()
-            .filter(|e| e.entity_id != controlled)
-        {
-            let (x, y) = (e.x_m(), e.y_m());
-            sum_x += x;
-            sum_y += y;
-            n_others += 1;
-            if let Some((ox, oy)) = own {
-                let d = (x - ox).hypot(y - oy);
-                if nearest.is_none_or(|(best, _)| d < best) {
-                    nearest = Some((d, e.entity_id));
-                }
-            }
+        if self.behaviour == Behaviour::Battle {
+            // Only battle bots steer by the others (a pass over the whole view).
+            self.see_crowd(own);
         }
-        self.crowd_centre =
-            (n_others > 0).then(|| (sum_x / f64::from(n_others), sum_y / f64::from(n_others)));
-        self.nearest_other = nearest.map(|(_, id)| id);
         if let Some(pos) = own {
             if let (Some(ordered), Some(before)) = (self.warp_ordered_at, self.position) {
                 if (pos.0 - before.0).hypot(pos.1 - before.1) >= WARP_JUMP_M {
@@ -535,6 +577,35 @@ impl Bot {
             self.position = Some(pos);
             self.report.last_position = Some(pos);
         }
+    }
+
+    /// Notes the mean position of the other ships held and the nearest of them to
+    /// `own` (the own ship's position, if held).
+    fn see_crowd(&mut self, own: Option<(f64, f64)>) {
+        let controlled = self.replica.controlled_entity();
+        let (mut sum_x, mut sum_y, mut n_others) = (0.0, 0.0, 0u32);
+        // Squared distances: the nearest is the same, without a square root per ship.
+        let mut nearest: Option<(f64, u64)> = None;
+        for e in self
+            .replica
+            .entities()
+            .iter()
+            .filter(|e| e.entity_id != controlled)
+        {
+            let (x, y) = (e.x_m(), e.y_m());
+            sum_x += x;
+            sum_y += y;
+            n_others += 1;
+            if let Some((ox, oy)) = own {
+                let d2 = (x - ox) * (x - ox) + (y - oy) * (y - oy);
+                if nearest.is_none_or(|(best, _)| d2 < best) {
+                    nearest = Some((d2, e.entity_id));
+                }
+            }
+        }
+        self.crowd_centre =
+            (n_others > 0).then(|| (sum_x / f64::from(n_others), sum_y / f64::from(n_others)));
+        self.nearest_other = nearest.map(|(_, id)| id);
     }
 }
 
