@@ -254,6 +254,7 @@ async fn bulk_minted_bots_warp_between_star_systems() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = server_args(&dir);
     args.admin_api_key = Some(KEY.into());
+    let tick_us = 1_000_000 / u64::from(args.tick_hz);
     let running = server::start(args).await.expect("server starts");
     let mut config = swarm_config(running.http_addr, Duration::from_secs(14));
     config.clients = 12;
@@ -274,9 +275,11 @@ async fn bulk_minted_bots_warp_between_star_systems() {
         "only {arrived} of 12 bots arrived from a warp"
     );
     // The engine spools 5 game seconds before the jump, and game time never runs
-    // faster than real time.
+    // faster than real time. The tick that applies the order is the spool's first
+    // (the order arrived before that tick began), so the jump can come up to one tick
+    // period short of 5 s after the tick's start; measured here 4.997 s once.
     assert!(
-        report.warp_time_us.min() >= 5_000_000,
+        report.warp_time_us.min() >= 5_000_000 - tick_us,
         "a warp arrived {} µs after its order",
         report.warp_time_us.min()
     );
