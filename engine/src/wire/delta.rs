@@ -913,10 +913,9 @@ mod tests {
         assert_eq!(records, vec![full, partial, removed]);
     }
 
-    #[test]
-    fn lengths_from_field_bytes_match_record_len() {
-        let header = header();
-        let values = [
+    /// Values at the edges of every field's range, and an ordinary one.
+    fn sample_values() -> [ReplicaEntity; 3] {
+        [
             ReplicaEntity {
                 entity_id: 5,
                 owner_account: 77,
@@ -940,8 +939,13 @@ mod tests {
                 target: u64::MAX,
             },
             ReplicaEntity::default(),
-        ];
-        for value in values {
+        ]
+    }
+
+    #[test]
+    fn lengths_from_field_bytes_match_record_len() {
+        let header = header();
+        for value in sample_values() {
             let fields = field_bytes(&value, header.origin_x_cm, header.origin_y_cm);
             for mask in (1..=FIELDS_ALL).chain([RECORD_REMOVED]) {
                 let record = DeltaRecord { mask, value };
@@ -962,31 +966,8 @@ mod tests {
     #[test]
     fn pre_encoded_fields_give_the_same_records() {
         let header = header();
-        let values = [
-            ReplicaEntity {
-                entity_id: 5,
-                owner_account: 77,
-                x_cm: -100_123,
-                y_cm: 250_000,
-                vx_cmps: -1500,
-                vy_cmps: 30,
-                hit_points_centi: 1_000_000_000,
-                state: STATE_WARPING,
-                target: 9,
-            },
-            ReplicaEntity {
-                entity_id: u64::MAX,
-                owner_account: u64::MAX,
-                x_cm: i64::MIN,
-                y_cm: i64::MAX,
-                vx_cmps: i32::MIN,
-                vy_cmps: i32::MAX,
-                hit_points_centi: u64::MAX,
-                state: 0,
-                target: u64::MAX,
-            },
-        ];
-        for value in values {
+        // Entity ids start above 0 (a snapshot's ids ascend from 0).
+        for value in sample_values().into_iter().filter(|v| v.entity_id != 0) {
             let lengths = field_bytes(&value, header.origin_x_cm, header.origin_y_cm);
             let mut fields = Vec::new();
             put_fields(
