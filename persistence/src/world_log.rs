@@ -54,6 +54,12 @@ pub(crate) const UPSERT_SET: &str = "ON CONFLICT (entity_id) DO UPDATE SET
     vy_mps = EXCLUDED.vy_mps, tick = EXCLUDED.tick, hit_points = EXCLUDED.hit_points,
     updated_at_unix_ms = EXCLUDED.updated_at_unix_ms";
 
+/// Takes a flush's sequence number: the next after the newest committed, holding the
+/// sequence row (PostgreSQL's row lock, SQLite's write lock) until the flush commits,
+/// so flushes commit in sequence order and a rolled-back one leaves no gap.
+pub(crate) const NEXT_SEQ: &str =
+    "UPDATE world_entity_log_seq SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq";
+
 /// The default compaction policy of both stores: compact every 8 flushes (0.8 s of
 /// world time at the default flush interval), or past 100,000 logged rows.
 pub const WORLD_LOG_POLICY_DEFAULT: LogPolicy = LogPolicy {

@@ -56,13 +56,11 @@ use super::{
     get, map_err, update_from_arrays, write_copy_rows, Columns, UNNEST_STATEMENT_ROWS_MAX,
 };
 use crate::store::{EntityState, StoreError};
-use crate::world_log::{Fold, FoldPlan, WorldLog};
+use crate::world_log::{Fold, FoldPlan, WorldLog, NEXT_SEQ};
 
 /// The sequence row, locked: `(last_seq, compacted_seq)`.
 const LOCK_SEQ_ROW: &str =
     "SELECT last_seq, compacted_seq FROM world_entity_log_seq WHERE id = 1 FOR UPDATE";
-const NEXT_SEQ: &str =
-    "UPDATE world_entity_log_seq SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq";
 
 const LOG_COPY_TYPES: [Type; 8] = [
     Type::INT8,

@@ -35,11 +35,11 @@ use super::{
     InsertInto, SQL_NOW_UNIX_MS,
 };
 use crate::store::{EntityState, ShipRecord, StoreError};
-use crate::world_log::{Fold, FoldPlan, WorldLog, SHIP_BASE_SELECT, SHIP_SELECT, UPSERT_SET};
+use crate::world_log::{
+    Fold, FoldPlan, WorldLog, NEXT_SEQ, SHIP_BASE_SELECT, SHIP_SELECT, UPSERT_SET,
+};
 
 const SEQ_ROW: &str = "SELECT last_seq, compacted_seq FROM world_entity_log_seq WHERE id = 1";
-const NEXT_SEQ: &str =
-    "UPDATE world_entity_log_seq SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq";
 
 /// The flush: compacts first if due, then appends the batch (one state per entity)
 /// in one transaction.
