@@ -53,6 +53,7 @@ fn states(n: usize, tick: u64) -> Vec<EntityState> {
             vy_mps: -3.0,
             tick,
             hit_points: 1_000.0 - tick as f64,
+            removed: false,
         })
         .collect()
 }

@@ -147,6 +147,8 @@ pub struct Engine {
     violations: HashMap<u64, ViolationCounts>,
     /// Events of the last tick, for `write_events`.
     events: Vec<PendingEvent>,
+    /// Events of calls between ticks (a game master's destroy): the next tick's first.
+    events_between_ticks: Vec<PendingEvent>,
     /// Ships destroyed since the last `drain_destroyed`, for persistence.
     destroyed: Vec<u64>,
     event_buf: Vec<u8>,
@@ -197,6 +199,7 @@ impl Engine {
             star_systems: Vec::new(),
             violations: HashMap::new(),
             events: Vec::new(),
+            events_between_ticks: Vec::new(),
             destroyed: Vec::new(),
             event_buf: Vec::new(),
             totals: EngineStats::default(),
@@ -303,6 +306,45 @@ impl Engine {
         let index = self.sector_of(entity_id)?;
         self.record_input(Input::Refit { entity_id, stats });
         self.sectors[index].refit(entity_id, Some(stats), None);
+        Ok(())
+    }
+
+    /// Destroys a ship outside combat (between ticks; a game master's order): it leaves
+    /// the world exactly as a ship a shot destroys does. [`Engine::drain_destroyed`]
+    /// reports it (the server persists the removal), and the clients around it get
+    /// [`GameEvent::UnitDestroyed`] with `destroyed_by` 0 (no entity) among the next
+    /// tick's events.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownEntity`] if no such ship is in the world.
+    pub fn destroy_ship(&mut self, entity_id: u64) -> Result<(), EngineError> {
+        let location = self
+            .locations
+            .get(&entity_id)
+            .copied()
+            .ok_or(EngineError::UnknownEntity(entity_id))?;
+        let index = find_sector(&self.sectors, location.sector)
+            .map_err(|_| EngineError::UnknownEntity(entity_id))?;
+        self.record_input(Input::Destroy { entity_id });
+        self.sectors[index].despawn(entity_id);
+        self.locations.remove(&entity_id);
+        self.destroyed.push(entity_id);
+        self.totals.destroyed += 1;
+        let event = PendingEvent {
+            sector: Some(location.sector),
+            involved: [entity_id, 0],
+            account: 0,
+            event: GameEvent::UnitDestroyed {
+                entity_id,
+                destroyed_by: 0,
+            },
+        };
+        // Told with the next tick's events (`tick` clears the last tick's).
+        push_bounded(
+            &mut self.events_between_ticks,
+            &mut self.totals.events_dropped,
+            event,
+        );
         Ok(())
     }
 
@@ -857,6 +899,7 @@ impl Engine {
     pub fn tick(&mut self) -> TickReport {
         self.record_input(Input::Tick);
         self.events.clear();
+        self.events.append(&mut self.events_between_ticks);
         let step = StepParams {
             dt_s: self.time_dilation / f64::from(self.config.tick_hz),
             sector_size_m: self.config.sector_size_m,

@@ -52,6 +52,7 @@ const TAG_CRAFT: u8 = 12;
 const TAG_CANCEL_CRAFT: u8 = 13;
 const TAG_HIT_POINTS: u8 = 14;
 const TAG_ORDER_WARP: u8 = 15;
+const TAG_DESTROY: u8 = 16;
 
 /// One engine input, as recorded.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -126,6 +127,11 @@ pub enum Input<'a> {
         entity_id: u64,
         /// The destination system.
         system_id: u32,
+    },
+    /// [`Engine::destroy_ship`].
+    Destroy {
+        /// The ship.
+        entity_id: u64,
     },
     /// [`Engine::resume_from_tick`].
     ResumeFromTick(u64),
@@ -286,6 +292,10 @@ pub fn write_input(out: &mut impl Write, input: &Input<'_>) -> io::Result<()> {
                     stats.hit_points,
                 ],
             )
+        }
+        Input::Destroy { entity_id } => {
+            out.write_all(&[TAG_DESTROY])?;
+            out.write_all(&entity_id.to_le_bytes())
         }
         Input::ResumeFromTick(tick) => {
             out.write_all(&[TAG_RESUME])?;
@@ -480,6 +490,9 @@ impl<R: Read> InputReader<R> {
                     },
                 }
             }
+            TAG_DESTROY => Input::Destroy {
+                entity_id: read_u64(r)?,
+            },
             TAG_RESUME => Input::ResumeFromTick(read_u64(r)?),
             TAG_TICK => Input::Tick,
             TAG_CRAFT => {
@@ -611,6 +624,9 @@ fn apply(engine: &mut Engine, input: Input<'_>, on_hash: &mut dyn FnMut(u64, u64
         }
         Input::Refit { entity_id, stats } => {
             let _refused_live_too = engine.refit_ship(entity_id, stats);
+        }
+        Input::Destroy { entity_id } => {
+            let _refused_live_too = engine.destroy_ship(entity_id);
         }
         Input::ResumeFromTick(tick) => engine.resume_from_tick(tick),
         Input::Craft(job) => {

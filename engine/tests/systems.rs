@@ -337,6 +337,60 @@ fn combat_across_a_border_destroys_and_tells_the_participants() {
 }
 
 #[test]
+fn a_game_masters_destroy_is_a_destruction_and_replays() {
+    let sink = SharedSink::default();
+    let mut engine = Engine::new(config()).unwrap();
+    engine.record_inputs(Box::new(sink.clone())).unwrap();
+    engine.spawn_ship(ship(1, 7, 10.0, 10.0)).unwrap();
+    engine.spawn_ship(ship(2, 8, 60.0, 10.0)).unwrap();
+    engine.attach_client(100, 7, 1).unwrap();
+    engine.attach_client(200, 8, 2).unwrap();
+    engine.tick();
+    engine.write_events(&mut |_, _| {});
+
+    engine.destroy_ship(2).unwrap();
+    assert!(!engine.contains_entity(2));
+    assert!(matches!(
+        engine.destroy_ship(2),
+        Err(warpcore_engine::EngineError::UnknownEntity(2))
+    ));
+    let report = engine.tick();
+    let mut told = Vec::new();
+    engine.write_events(&mut |client, b| told.push((client, ServerMsg::decode(b).unwrap())));
+    let event = GameEvent::UnitDestroyed {
+        entity_id: 2,
+        destroyed_by: 0,
+    };
+    let clients: Vec<u64> = told.iter().map(|(c, _)| *c).collect();
+    assert_eq!(clients, vec![100, 200], "both pilots are told");
+    assert!(told
+        .iter()
+        .all(|(_, m)| matches!(m, ServerMsg::Event { event: e, .. } if *e == event)));
+    let mut gone = Vec::new();
+    engine.drain_destroyed(&mut gone);
+    assert_eq!(gone, vec![2]);
+    assert_eq!(engine.stats().destroyed, 1);
+    // The ship left the world for good: nothing of it in the records.
+    let mut records = Vec::new();
+    engine.all_records(&mut records);
+    assert_eq!(
+        records.iter().map(|r| r.entity_id).collect::<Vec<_>>(),
+        vec![1]
+    );
+
+    for _ in report.tick..REPLAY_HASH_EVERY_TICKS {
+        engine.tick();
+    }
+    engine.flush_recording().unwrap();
+    let live = engine.state_hash();
+    let bytes = sink.0.lock().unwrap().clone();
+    let mut hashes = Vec::new();
+    let summary = replay(&bytes[..], 1, &mut |tick, hash| hashes.push((tick, hash))).unwrap();
+    assert_eq!(summary.final_hash, live);
+    assert_eq!(hashes, vec![(REPLAY_HASH_EVERY_TICKS, live)]);
+}
+
+#[test]
 fn disconnected_pilot_ai_holds_position_and_shoots_back() {
     let mut engine = Engine::new(config()).unwrap();
     engine.spawn_ship(ship(1, 7, 0.0, 0.0)).unwrap();

@@ -513,6 +513,13 @@ pub struct KickReply {
     pub kicked: bool,
 }
 
+/// `data` of `POST /api/admin/ships/{id}/destroy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DestroyShipReply {
+    /// The ship destroyed.
+    pub ship_id: i64,
+}
+
 /// `data` of `GET /api/admin/players`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OnlinePlayersReply {

@@ -191,6 +191,16 @@ pub trait Game: Send + Sync + 'static {
     /// Disconnects the account's client; whether it was connected.
     fn kick(&self, account_id: AccountId) -> bool;
 
+    /// Destroys the ship in the world (a game master's order) as combat would: it
+    /// leaves space for good, its pilots and the clients around it are told, and the
+    /// removal is persisted through the write-behind queue. Awaits the engine's answer
+    /// (bounded by a timeout).
+    ///
+    /// # Errors
+    /// `NotFound` if no such ship is in the world; `Busy` if the command queue is full
+    /// or the answer did not come in time.
+    async fn destroy_ship(&self, ship_id: ShipId) -> Result<(), GameError>;
+
     /// Sends a text to every connected client; how many it was sent to.
     fn broadcast(&self, text: &str) -> usize;
 

@@ -453,6 +453,7 @@ async fn admin_routes_need_the_admin_role_or_key() {
             Some(json!({ "username_prefix": "rbac_", "count": 1 })),
         ),
         (Method::GET, "/api/admin/replica/1", None),
+        (Method::POST, "/api/admin/ships/1/destroy", None),
     ];
     for (method, path, body) in &routes {
         gw.anonymous(method.clone(), path, body.clone())
@@ -522,10 +523,19 @@ async fn admin_routes_need_the_admin_role_or_key() {
         .post("/api/admin/write-behind/drain", &boss_token, json!({}))
         .await;
     assert_eq!(drained.data()["written"], 7);
+    let destroyed = gw
+        .post("/api/admin/ships/1/destroy", &boss_token, json!({}))
+        .await;
+    assert_eq!(destroyed.data()["ship_id"], 1);
+    gw.post("/api/admin/ships/2/destroy", &boss_token, json!({}))
+        .await
+        .expect_error(404, "NOT_FOUND");
     let audit = gw.store.audit_log(0, 1000).await.unwrap();
     assert!(audit
         .iter()
         .any(|e| e.event.kind == "admin.kick" && e.event.account_id == Some(boss.account_id)));
+    assert!(audit.iter().any(|e| e.event.kind == "admin.destroy_ship"
+        && e.event.detail.contains("ship=1 destroyed=true")));
     gw.stop().await;
 }
 
@@ -859,6 +869,7 @@ async fn openapi_document_lists_every_route() {
         "/api/admin/accounts/{id}/role",
         "/api/admin/connect-tokens",
         "/api/admin/replica/{account_id}",
+        "/api/admin/ships/{id}/destroy",
         "/internal/accounts/{id}",
         "/internal/items/grant",
     ] {

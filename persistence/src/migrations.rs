@@ -296,6 +296,30 @@ FROM (SELECT g.entity_id, g.x_m, g.y_m, g.vx_mps, g.vy_mps, g.tick, g.hit_points
 WHERE l.newness = 1;
 ",
     },
+    Migration {
+        version: 8,
+        name: "world_entity_log_removals",
+        sql: "
+-- Removals (a destroyed ship) travel the world-state log like states: a row with
+-- removed = TRUE is the entity leaving the world at its tick. The view hides an entity
+-- whose newest log row is a removal; compaction deletes its world_entities row.
+ALTER TABLE world_entity_log ADD COLUMN removed BOOLEAN NOT NULL DEFAULT FALSE;
+DROP VIEW world_entities_current;
+CREATE VIEW world_entities_current AS
+SELECT w.entity_id, w.kind, w.x_m, w.y_m, w.vx_mps, w.vy_mps, w.tick, w.hit_points
+FROM world_entities w
+WHERE NOT EXISTS (SELECT 1 FROM world_entity_log l WHERE l.entity_id = w.entity_id)
+UNION ALL
+SELECT l.entity_id,
+    COALESCE((SELECT w.kind FROM world_entities w WHERE w.entity_id = l.entity_id), 'ship'),
+    l.x_m, l.y_m, l.vx_mps, l.vy_mps, l.tick, l.hit_points
+FROM (SELECT g.entity_id, g.x_m, g.y_m, g.vx_mps, g.vy_mps, g.tick, g.hit_points,
+          g.removed,
+          ROW_NUMBER() OVER (PARTITION BY g.entity_id ORDER BY g.seq DESC) AS newness
+      FROM world_entity_log g) l
+WHERE l.newness = 1 AND NOT l.removed;
+",
+    },
 ];
 
 /// The newest schema version this build knows.

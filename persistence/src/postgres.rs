@@ -72,7 +72,10 @@ mod economy;
 mod flush_tests;
 mod world_log;
 
-use crate::world_log::{dedup_latest, WorldLog, SHIP_BASE_SELECT, SHIP_SELECT, UPSERT_SET};
+use crate::world_log::{
+    dedup_latest, ships_in_world, split_removals, ShipHead, WorldLog, SHIP_BASE_SELECT,
+    SHIP_SELECT, UPSERT_SET,
+};
 pub use crate::world_log::{LogPolicy, WorldLogStats, WORLD_LOG_POLICY_DEFAULT};
 
 /// The server's clock as Unix milliseconds, for audit columns only.
@@ -124,7 +127,9 @@ impl Default for PgConfig {
 /// Every method but `Log` and `RawCopy` writes `world_entities` directly: it first
 /// compacts the log if this store appended to it since its last compaction, so that
 /// no older logged state hides the row it writes (another store appending to the same
-/// database meanwhile is not covered; the server has one).
+/// database meanwhile is not covered; the server has one). Only `Log` carries
+/// removals ([`EntityState::removal`]); the others refuse a batch with one
+/// (`Unsupported`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PgFlushMethod {
     /// The default: compact the world-state log if due, then binary `COPY` the batch
@@ -309,8 +314,14 @@ impl PgStore {
         if states.is_empty() {
             return Ok(());
         }
+        if method != PgFlushMethod::Log && states.iter().any(|s| s.removed) {
+            return Err(StoreError::Unsupported(
+                "removals in a direct flush method (only the Log flush carries them)",
+            ));
+        }
         let states = dedup_latest(states);
-        let cols = Columns::new(&states)?;
+        let (kept, removals) = split_removals(&states);
+        let cols = Columns::new(&kept)?;
         let mut client = self.client().await?;
         let work = async {
             let direct = !matches!(method, PgFlushMethod::Log | PgFlushMethod::RawCopy);
@@ -319,7 +330,12 @@ impl PgStore {
             }
             match method {
                 PgFlushMethod::Log => {
-                    world_log::flush_log(&mut client, &self.world_log, &states, &cols).await
+                    let batch = world_log::Batch {
+                        states: &states,
+                        kept: &cols,
+                        removals: &removals,
+                    };
+                    world_log::flush_log(&mut client, &self.world_log, batch).await
                 }
                 PgFlushMethod::UnnestUpdate => {
                     flush_unnest_update(&mut client, &cols, UNNEST_STATEMENT_ROWS_MAX).await
@@ -378,10 +394,11 @@ impl PgStore {
 
     /// The ship reads' fast path (see `postgres/world_log.rs`, "Single-entity reads"):
     /// [`SHIP_BASE_SELECT`] with `filter` (a `WHERE` clause and anything after it),
-    /// each ship's state overlaid by this store's memory of the log, and the modules.
-    /// `None` when the memory is not proven complete for the statement's snapshot, or
-    /// a ship has no `world_entities` row (it may live in the log only): the caller
-    /// then reads through `world_entities_current`, which is always right.
+    /// each ship's state overlaid by this store's memory of the log (a ship without a
+    /// state after it is not in the world and is left out, as the view leaves it out),
+    /// and the modules. `None` when the memory is not proven complete for the
+    /// statement's snapshot: the caller then reads through `world_entities_current`,
+    /// which is always right.
     async fn ships_from_memory(
         &self,
         client: &Object,
@@ -399,20 +416,22 @@ impl PgStore {
         };
         let last_seq: i64 = get(first, 16)?;
         let compacted_seq: i64 = get(first, 17)?;
-        let mut ships = Vec::with_capacity(rows.len());
+        let mut heads = Vec::with_capacity(rows.len());
+        let mut states = Vec::with_capacity(rows.len());
         for row in &rows {
-            if get::<Option<i64>>(row, 9)?.is_none() {
-                self.world_log.read_from_view();
-                return Ok(None);
-            }
-            ships.push(ship_record_at(row)?);
+            let head = ship_head_at(row)?;
+            let state = match get::<Option<i64>>(row, 9)? {
+                Some(_) => Some(entity_state_at(row, 9)?),
+                None => None,
+            };
+            states.push((head.ship_id, state));
+            heads.push(head);
         }
-        let mut states: Vec<EntityState> = ships.iter().map(|s| s.state).collect();
         if !self.world_log.overlay(last_seq, compacted_seq, &mut states) {
             return Ok(None);
         }
-        for (ship, state) in ships.iter_mut().zip(states) {
-            ship.state = state;
+        let mut ships = ships_in_world(heads, states);
+        for ship in &mut ships {
             ship.modules = PgStore::modules_of(client, Some(ship.ship_id))
                 .await?
                 .into_iter()
@@ -860,11 +879,18 @@ fn entity_state_at(row: &Row, first: usize) -> Result<EntityState, StoreError> {
         vy_mps: get(row, first + 4)?,
         tick: from_i64_tick(get(row, first + 5)?)?,
         hit_points: get(row, first + 6)?,
+        // Readers see states only: the view and the overlay hide removed entities.
+        removed: false,
     })
 }
 
 fn ship_record_at(row: &Row) -> Result<ShipRecord, StoreError> {
-    Ok(ShipRecord {
+    Ok(ship_head_at(row)?.with_state(entity_state_at(row, 9)?))
+}
+
+/// Columns 0..=8 of a ship read: the ship, its owner and its hull.
+fn ship_head_at(row: &Row) -> Result<ShipHead, StoreError> {
+    Ok(ShipHead {
         ship_id: get(row, 0)?,
         account_id: get(row, 1)?,
         character_id: get(row, 2)?,
@@ -876,8 +902,6 @@ fn ship_record_at(row: &Row) -> Result<ShipRecord, StoreError> {
             accel_mps2: get(row, 7)?,
             hit_points: get(row, 8)?,
         },
-        modules: Vec::new(),
-        state: entity_state_at(row, 9)?,
     })
 }
 

@@ -41,8 +41,8 @@ use crate::store::{
     StoreError, StoredDeadLetter, UnfitModule,
 };
 use crate::world_log::{
-    dedup_latest, LogPolicy, WorldLog, WorldLogStats, SHIP_SELECT, UPSERT_SET,
-    WORLD_LOG_POLICY_DEFAULT,
+    dedup_latest, split_removals, LogPolicy, ShipHead, WorldLog, WorldLogStats, SHIP_SELECT,
+    UPSERT_SET, WORLD_LOG_POLICY_DEFAULT,
 };
 
 mod accounts;
@@ -80,7 +80,8 @@ pub enum SqliteFlushMethod {
     /// baseline).
     NaivePerRow,
     /// Plain `INSERT`s (no conflict handling) into `world_entities_raw_insert`,
-    /// created on demand and emptied first, in one transaction: the floor.
+    /// created on demand and emptied first, in one transaction: the floor. A batch with
+    /// a removal is refused (`Unsupported`).
     RawInsert,
 }
 
@@ -205,6 +206,11 @@ impl SqliteStore {
         }
         // The blocking pool needs owned data; one copy of a flush batch is cheap next
         // to the disk write it feeds.
+        if method == SqliteFlushMethod::RawInsert && states.iter().any(|s| s.removed) {
+            return Err(StoreError::Unsupported(
+                "removals in a RawInsert flush (a baseline that only inserts rows)",
+            ));
+        }
         let states = dedup_latest(states);
         self.run_logged(move |conn, log| {
             let direct = matches!(
@@ -378,6 +384,8 @@ fn entity_state_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<En
         vy_mps: row.get(first + 4)?,
         tick,
         hit_points: row.get(first + 6)?,
+        // Readers see states only: the view and the overlay hide removed entities.
+        removed: false,
     })
 }
 
@@ -637,7 +645,12 @@ fn hex_lower(bytes: &[u8]) -> String {
 /// A ship row from `SHIP_SELECT` or `SHIP_BASE_SELECT` (`crate::world_log`), with no
 /// modules yet.
 fn ship_record_at(row: &rusqlite::Row<'_>) -> rusqlite::Result<ShipRecord> {
-    Ok(ShipRecord {
+    Ok(ship_head_at(row)?.with_state(entity_state_at(row, 9)?))
+}
+
+/// Columns 0..=8 of a ship read: the ship, its owner and its hull.
+fn ship_head_at(row: &rusqlite::Row<'_>) -> rusqlite::Result<ShipHead> {
+    Ok(ShipHead {
         ship_id: row.get(0)?,
         account_id: row.get(1)?,
         character_id: row.get(2)?,
@@ -649,8 +662,6 @@ fn ship_record_at(row: &rusqlite::Row<'_>) -> rusqlite::Result<ShipRecord> {
             accel_mps2: row.get(7)?,
             hit_points: row.get(8)?,
         },
-        modules: Vec::new(),
-        state: entity_state_at(row, 9)?,
     })
 }
 
@@ -754,10 +765,20 @@ fn write_entity_states(conn: &mut Connection, states: &[EntityState]) -> Result<
     tx.commit().map_err(map_err)
 }
 
-/// Upserts `states` into `world_entities` in the caller's transaction, in
-/// [`INSERT_ROWS_PER_STATEMENT`]-row statements (the `Upsert` method, one row per
-/// statement for `NaivePerRow`, and a compaction's fold from memory).
-fn upsert_rows(tx: &rusqlite::Transaction<'_>, states: &[EntityState]) -> Result<(), StoreError> {
+/// Upserts `batch`'s states into `world_entities` in the caller's transaction, in
+/// [`INSERT_ROWS_PER_STATEMENT`]-row statements, and deletes the rows of its removals
+/// (the `Upsert` method, one row per statement for `NaivePerRow`, and a compaction's
+/// fold from memory).
+fn upsert_rows(tx: &rusqlite::Transaction<'_>, batch: &[EntityState]) -> Result<(), StoreError> {
+    let (states, removals) = split_removals(batch);
+    if !removals.is_empty() {
+        let mut delete = tx
+            .prepare_cached("DELETE FROM world_entities WHERE entity_id = ?1")
+            .map_err(map_err)?;
+        for r in &removals {
+            delete.execute(params![r.entity_id]).map_err(map_err)?;
+        }
+    }
     insert_rows(
         tx,
         InsertInto {
@@ -772,7 +793,7 @@ fn upsert_rows(tx: &rusqlite::Transaction<'_>, states: &[EntityState]) -> Result
             suffix: UPSERT_SET,
             shared: None,
         },
-        states,
+        &states,
     )
 }
 

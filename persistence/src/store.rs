@@ -145,6 +145,13 @@ pub struct HullStats {
 
 /// The durable part of a world entity's state, as the write-behind queue writes it.
 /// Coalesced by `entity_id`: a later state for the same entity replaces an earlier one.
+///
+/// A state with `removed` set is a removal: the entity left the world at `tick` (a
+/// destroyed ship). It travels the same queue and log as the states, so it is ordered
+/// with them by tick (a state older than the removal cannot bring the entity back, a
+/// newer one, a respawn with the same id, can), and once flushed every reader stops
+/// seeing the entity; compaction deletes its `world_entities` row. Its other fields are
+/// only kept for the log and the dead letters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EntityState {
     /// The ship id for ships.
@@ -157,6 +164,25 @@ pub struct EntityState {
     pub tick: u64,
     /// Hit points left (damage persists across restarts).
     pub hit_points: f64,
+    /// The entity left the world at `tick` (see the type's docs).
+    pub removed: bool,
+}
+
+impl EntityState {
+    /// The removal of `entity_id` at `tick` (a destroyed ship): written by the flush
+    /// like a state, it takes the entity out of every reader's world.
+    pub fn removal(entity_id: i64, tick: u64) -> EntityState {
+        EntityState {
+            entity_id,
+            x_m: 0.0,
+            y_m: 0.0,
+            vx_mps: 0.0,
+            vy_mps: 0.0,
+            tick,
+            hit_points: 0.0,
+            removed: true,
+        }
+    }
 }
 
 /// Item stack primary key.
@@ -279,8 +305,8 @@ impl DeadLetter {
     pub fn payload(&self) -> String {
         let s = &self.state;
         format!(
-            "entity_id={} tick={} x_m={:?} y_m={:?} vx_mps={:?} vy_mps={:?} hit_points={:?}",
-            s.entity_id, s.tick, s.x_m, s.y_m, s.vx_mps, s.vy_mps, s.hit_points
+            "entity_id={} tick={} x_m={:?} y_m={:?} vx_mps={:?} vy_mps={:?} hit_points={:?} removed={}",
+            s.entity_id, s.tick, s.x_m, s.y_m, s.vx_mps, s.vy_mps, s.hit_points, s.removed
         )
     }
 }
@@ -478,14 +504,16 @@ pub trait Store: Send + Sync + 'static {
         expires_at_unix_ms: i64,
     ) -> Result<(), StoreError>;
 
-    /// The account's active ship, with stats inputs and last flushed state.
+    /// The account's active ship, with stats inputs and last flushed state; `None` if
+    /// the account has none in space (none at all, or it was destroyed: removed by a
+    /// flush, see [`EntityState::removal`]).
     async fn active_ship(&self, account_id: AccountId) -> Result<Option<ShipRecord>, StoreError>;
 
     /// Every ship in space, to load the world on start. Ordered by ship id.
     async fn load_world(&self) -> Result<Vec<ShipRecord>, StoreError>;
 
-    /// Upserts world entity states in one transaction (the write-behind flush).
-    /// Either every row is written or none is.
+    /// Upserts world entity states, and applies removals, in one transaction (the
+    /// write-behind flush). Either every row is written or none is.
     async fn write_entity_states(&self, states: &[EntityState]) -> Result<(), StoreError>;
 
     /// All star systems, ordered by id.
@@ -667,7 +695,8 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported("revoke_refresh_family"))
     }
 
-    /// One ship by id, with its hull, fitted modules (slot order) and last flushed state.
+    /// One ship by id, with its hull, fitted modules (slot order) and last flushed state;
+    /// `None` if there is no such ship in space (never was, or destroyed).
     ///
     /// # Errors
     /// As any store read.
@@ -676,7 +705,8 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported("ship"))
     }
 
-    /// The account's ships (every character), by id, at most [`SHIPS_READ_ROWS_MAX`].
+    /// The account's ships in space (every character), by id, at most
+    /// [`SHIPS_READ_ROWS_MAX`]; destroyed ships are not listed.
     ///
     /// # Errors
     /// As any store read.

@@ -14,11 +14,12 @@
 //! here is text both dialects accept as is: the ship reads' two selects and the
 //! upsert's conflict clause.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::store::EntityState;
+use crate::store::{EntityState, HullStats, ShipRecord};
 
 /// The ship reads' columns (`ShipRecord` without modules: ship, owner, hull, state),
 /// joined from ships, characters and `world_entities_current` (the newest state,
@@ -45,6 +46,47 @@ pub(crate) const SHIP_BASE_SELECT: &str = "SELECT s.id, c.account_id, c.id, s.na
     JOIN characters c ON c.id = s.character_id
     JOIN world_entity_log_seq q ON q.id = 1
     LEFT JOIN world_entities w ON w.entity_id = s.id";
+
+/// A [`SHIP_BASE_SELECT`] row's ship without its state (which may be missing, or
+/// replaced by the memory's): what [`ShipHead::with_state`] completes into a
+/// [`ShipRecord`] once the state is known.
+#[derive(Debug)]
+pub(crate) struct ShipHead {
+    pub(crate) ship_id: i64,
+    pub(crate) account_id: i64,
+    pub(crate) character_id: i64,
+    pub(crate) name: String,
+    pub(crate) hull: HullStats,
+}
+
+impl ShipHead {
+    /// The record, modules to be filled by the caller.
+    pub(crate) fn with_state(self, state: EntityState) -> ShipRecord {
+        ShipRecord {
+            ship_id: self.ship_id,
+            account_id: self.account_id,
+            character_id: self.character_id,
+            name: self.name,
+            hull: self.hull,
+            modules: Vec::new(),
+            state,
+        }
+    }
+}
+
+/// The ships of a [`SHIP_BASE_SELECT`] read with the states [`WorldLog::overlay`]
+/// settled, in the read's order: a ship without a state is not in the world (never
+/// was, or removed) and is left out, as the view leaves it out.
+pub(crate) fn ships_in_world(
+    heads: Vec<ShipHead>,
+    states: Vec<(i64, Option<EntityState>)>,
+) -> Vec<ShipRecord> {
+    heads
+        .into_iter()
+        .zip(states)
+        .filter_map(|(head, (_, state))| state.map(|s| head.with_state(s)))
+        .collect()
+}
 
 /// The conflict clause of every upsert of `world_entities`. `kind` is only set on
 /// insert: every entity the queue writes today is a ship, and an update must not
@@ -255,10 +297,13 @@ impl WorldLog {
     }
 
     /// For a read whose snapshot saw the sequence row at `(last_seq, compacted_seq)`
-    /// and `states` in `world_entities`: replaces each state by the newest one this
-    /// store appended for its entity, if any, and returns `true`, when the memory
-    /// holds every log row of that snapshot (see the module docs); otherwise leaves
-    /// `states` alone and returns `false`, and the read must go through the view.
+    /// and, for each entity of `states`, its `world_entities` row (`None`: no row):
+    /// replaces each state by the newest one this store appended for its entity, if
+    /// any (`None` if that is a removal), and returns `true`, when the memory holds
+    /// every log row of that snapshot (see the module docs); otherwise leaves `states`
+    /// alone and returns `false`, and the read must go through the view. So after a
+    /// `true`, `None` means the entity is not in the world as of a committed flush
+    /// (never was, or removed), exactly as the view would answer.
     ///
     /// Under the memory's lock, so each state is one flush's, whole. A state newer than
     /// the snapshot (a flush committed since) may be answered: it is committed too.
@@ -266,7 +311,7 @@ impl WorldLog {
         &self,
         last_seq: i64,
         compacted_seq: i64,
-        states: &mut [EntityState],
+        states: &mut [(i64, Option<EntityState>)],
     ) -> bool {
         let mut m = self.mirror();
         let complete = m.base_seq == compacted_seq
@@ -276,19 +321,13 @@ impl WorldLog {
             m.reads_from_view += 1;
             return false;
         }
-        for s in states.iter_mut() {
-            if let Some((_, newest)) = m.newest.get(&s.entity_id) {
-                *s = *newest;
+        for (entity_id, state) in states.iter_mut() {
+            if let Some((_, newest)) = m.newest.get(entity_id) {
+                *state = (!newest.removed).then_some(*newest);
             }
         }
         m.reads_from_memory += 1;
         true
-    }
-
-    /// A single-entity read went through the view without asking [`WorldLog::overlay`]
-    /// (its base row was missing).
-    pub(crate) fn read_from_view(&self) {
-        self.mirror().reads_from_view += 1;
     }
 
     /// The log was compacted through `compacted_seq` by this store.
@@ -309,6 +348,17 @@ impl WorldLog {
             }
         }
     }
+}
+
+/// The batch's states apart from its removals: `(states, removals)`. The usual flush
+/// has no removal and borrows the batch as it is.
+pub(crate) fn split_removals(batch: &[EntityState]) -> (Cow<'_, [EntityState]>, Vec<EntityState>) {
+    if !batch.iter().any(|s| s.removed) {
+        return (Cow::Borrowed(batch), Vec::new());
+    }
+    let (removals, states): (Vec<EntityState>, Vec<EntityState>) =
+        batch.iter().partition(|s| s.removed);
+    (Cow::Owned(states), removals)
 }
 
 /// The batch with at most one state per entity (the last one given), in entity order:
@@ -339,6 +389,7 @@ mod tests {
             vy_mps: 0.0,
             tick,
             hit_points: 1.0,
+            removed: false,
         }
     }
 
@@ -381,15 +432,60 @@ mod tests {
     #[test]
     fn overlay_replaces_states_only_when_memory_covers_the_snapshot() {
         let log = WorldLog::new(EVERY_2);
-        log.record(1, &[state(1, 5)]);
-        let mut states = [state(1, 0), state(2, 0)];
+        log.record(1, &[state(1, 5), state(3, 5)]);
+        let mut states = [
+            (1, Some(state(1, 0))),
+            (2, Some(state(2, 0))),
+            (3, None),
+            (4, None),
+        ];
         assert!(log.overlay(1, 0, &mut states));
-        assert_eq!(states, [state(1, 5), state(2, 0)]);
+        assert_eq!(
+            states,
+            [
+                (1, Some(state(1, 5))),
+                (2, Some(state(2, 0))),
+                (3, Some(state(3, 5))),
+                (4, None)
+            ]
+        );
         // A snapshot with a seq this store never committed goes through the view.
-        let mut states = [state(1, 0)];
+        let mut states = [(1, Some(state(1, 0)))];
         assert!(!log.overlay(2, 0, &mut states));
-        assert_eq!(states, [state(1, 0)]);
+        assert_eq!(states, [(1, Some(state(1, 0)))]);
         let stats = log.stats();
         assert_eq!((stats.reads_from_memory, stats.reads_from_view), (1, 1));
+    }
+
+    #[test]
+    fn a_remembered_removal_hides_the_entity_until_a_newer_state() {
+        let log = WorldLog::new(EVERY_2);
+        log.record(1, &[EntityState::removal(1, 6)]);
+        let mut states = [(1, Some(state(1, 5)))];
+        assert!(log.overlay(1, 0, &mut states));
+        assert_eq!(states, [(1, None)]);
+        // A respawn with the same id, in a later flush, is the newest.
+        log.record(2, &[state(1, 9)]);
+        let mut states = [(1, Some(state(1, 5)))];
+        assert!(log.overlay(2, 0, &mut states));
+        assert_eq!(states, [(1, Some(state(1, 9)))]);
+        // The fold carries the removal as well as the states.
+        let log = WorldLog::new(EVERY_2);
+        log.record(1, &[state(1, 1), EntityState::removal(2, 1)]);
+        assert_eq!(
+            log.fold_plan(1, 0),
+            FoldPlan::FromMemory(vec![state(1, 1), EntityState::removal(2, 1)])
+        );
+    }
+
+    #[test]
+    fn split_removals_borrows_a_batch_without_any() {
+        let batch = [state(1, 1), state(2, 1)];
+        let (states, removals) = split_removals(&batch);
+        assert!(matches!(states, Cow::Borrowed(_)) && removals.is_empty());
+        let batch = [state(1, 1), EntityState::removal(2, 1), state(3, 1)];
+        let (states, removals) = split_removals(&batch);
+        assert_eq!(&*states, &[state(1, 1), state(3, 1)]);
+        assert_eq!(removals, vec![EntityState::removal(2, 1)]);
     }
 }

@@ -859,6 +859,7 @@ mod tests {
             vy_mps: 0.0,
             tick,
             hit_points: 1_000.0,
+            removed: false,
         }
     }
 

@@ -246,6 +246,7 @@ async fn run_model_with(db: TestDb, log: bool) {
                             vy_mps: rng.gen_range(-300.0..300.0),
                             tick: if poisoned { u64::MAX } else { tick },
                             hit_points: rng.gen_range(1.0..2_000.0),
+                            removed: false,
                         }
                     })
                     .collect();

@@ -245,6 +245,7 @@ impl Producer {
                                     vy_mps: rng.gen_range(-300.0..300.0),
                                     tick,
                                     hit_points: rng.gen_range(1.0..2_000.0),
+                                    removed: false,
                                 },
                             );
                         }

@@ -203,6 +203,7 @@ async fn upserts_survive_reopen(mut db: TestDb) {
         vy_mps: -2.5,
         tick: 42,
         hit_points: 812.5,
+        removed: false,
     };
     let other = EntityState {
         entity_id: 9_000,
@@ -212,6 +213,7 @@ async fn upserts_survive_reopen(mut db: TestDb) {
         vy_mps: 4.0,
         tick: 7,
         hit_points: 50.0,
+        removed: false,
     };
     db.store.write_entity_states(&[moved, other]).await.unwrap();
     let moved_again = EntityState {
@@ -310,6 +312,7 @@ async fn random_operations(mut db: TestDb) {
                         vy_mps: rng.gen_range(-300.0..300.0),
                         tick,
                         hit_points: rng.gen_range(1.0..2_000.0),
+                        removed: false,
                     })
                     .collect();
                 db.store.write_entity_states(&batch).await.unwrap();
@@ -387,14 +390,14 @@ async fn hit_points_backfill(mut db: TestDb) {
         .register_account(new_account("erin"))
         .await
         .unwrap();
-    // Back to schema 5: no world-state log (migration 7) and no hit_points column
-    // (migration 6).
+    // Back to schema 5: no world-state log (migrations 7 and 8) and no hit_points
+    // column (migration 6).
     db.exec_raw(
         "DROP VIEW world_entities_current;
          DROP TABLE world_entity_log;
          DROP TABLE world_entity_log_seq;
          ALTER TABLE world_entities DROP COLUMN hit_points;
-         DELETE FROM schema_migrations WHERE version IN (6, 7);",
+         DELETE FROM schema_migrations WHERE version IN (6, 7, 8);",
     )
     .await;
     db.reopen().await;

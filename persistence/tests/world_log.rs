@@ -32,6 +32,7 @@ fn state(entity_id: i64, tick: u64) -> EntityState {
         vy_mps: -4.0,
         tick,
         hit_points: 500.0 - tick as f64,
+        removed: false,
     }
 }
 

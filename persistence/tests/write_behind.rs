@@ -57,6 +57,7 @@ fn state(entity_id: i64, tick: u64, rng: &mut StdRng) -> EntityState {
         vy_mps: rng.gen_range(-300.0..300.0),
         tick,
         hit_points: rng.gen_range(1.0..2_000.0),
+        removed: false,
     }
 }
 

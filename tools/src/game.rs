@@ -34,8 +34,8 @@ pub const GAME_COMMANDS_MAX: usize = 1024;
 pub const PUSH_EVENTS_PER_SUBSCRIBER_MAX: usize = 256;
 /// Longest broadcast text, in bytes (longer texts are cut at a character boundary).
 pub const BROADCAST_TEXT_BYTES_MAX: usize = 1024;
-/// How long a crafting start or a replica view waits for the tick thread's answer
-/// before it is `Busy`.
+/// How long a crafting start, a destroy or a replica view waits for the tick thread's
+/// answer before it is `Busy`.
 const CRAFTING_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The engine counts as ticking if its view is younger than this.
 const TICKING_VIEW_AGE_MAX: Duration = Duration::from_secs(3);
@@ -48,6 +48,12 @@ pub enum GameCommand {
     Warp { ship_id: u64, system_id: u32 },
     /// Disconnect every client of the account.
     Kick { account_id: u64 },
+    /// Destroy the ship (a game master's order); the reply says whether it was in the
+    /// world.
+    Destroy {
+        ship_id: u64,
+        reply: tokio::sync::oneshot::Sender<Result<(), EngineError>>,
+    },
     /// Send a notice to every connected client.
     Broadcast { text: String },
     /// Queue a crafting job whose materials the store has already taken; the reply is
@@ -359,6 +365,18 @@ impl Game for LiveGame {
 
     fn subscribe(&self, account_id: AccountId) -> broadcast::Receiver<PushEvent> {
         self.push.subscribe(account_id)
+    }
+
+    async fn destroy_ship(&self, ship_id: ShipId) -> Result<(), GameError> {
+        let not_found = || GameError::NotFound(format!("ship {ship_id} in the world"));
+        let ship_id = u64::try_from(ship_id).map_err(|_| not_found())?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(GameCommand::Destroy { ship_id, reply })?;
+        match tokio::time::timeout(CRAFTING_REPLY_TIMEOUT, answer).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(_))) => Err(not_found()),
+            Ok(Err(_)) | Err(_) => Err(GameError::Busy),
+        }
     }
 
     async fn replica_view(&self, account_id: AccountId) -> Result<Option<ReplicaView>, GameError> {

@@ -9,7 +9,7 @@
 //! gets its ship from the store on tokio (never on the tick thread) and is attached
 //! at the start of a later tick.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -278,6 +278,7 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         crafted_tx,
         command_arrivals: Vec::with_capacity(1024),
         replication_check: args.replication_check,
+        destroyed_ships: HashSet::new(),
     };
     let tick_thread = std::thread::Builder::new()
         .name("warpcore-tick".into())

@@ -7,7 +7,7 @@
 //! Not for: starting or stopping the server (`server.rs`) or the gateway's view of the
 //! game (`game.rs`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,6 +91,7 @@ fn entity_state(record: &EntityRecord) -> EntityState {
         vy_mps: record.vy_mps,
         tick: record.tick,
         hit_points: record.hit_points,
+        removed: false,
     }
 }
 
@@ -157,6 +158,10 @@ pub(crate) struct TickLoop {
     pub(crate) command_arrivals: Vec<Instant>,
     /// The engine keeps each delta client's expected view (`--replication-check`).
     pub(crate) replication_check: bool,
+    /// Ships destroyed since start: an attach to one of them is refused, even while
+    /// its removal is still on its way to the store (whose answer may predate it). One
+    /// id per destruction, bounded by the ships the store holds.
+    pub(crate) destroyed_ships: HashSet<u64>,
 }
 
 /// A connected client as the tick loop knows it.
@@ -495,9 +500,9 @@ impl TickLoop {
             }
             self.engine.drain_destroyed(&mut destroyed);
             self.metrics.ships_destroyed.add(destroyed.len() as u64);
-            destroyed.clear();
+            self.destroyed_ships.extend(destroyed.iter().copied());
             self.engine.drain_dirty(&mut dirty);
-            self.persist(&mut dirty, &mut unsent);
+            self.persist(&mut dirty, &mut destroyed, report.tick, &mut unsent);
             self.metrics.persist_us.record(elapsed_us(phase));
 
             let tick_us = elapsed_us(started);
@@ -595,6 +600,13 @@ impl TickLoop {
                             self.net.disconnect(*client);
                         }
                     }
+                }
+                GameCommand::Destroy { ship_id, reply } => {
+                    let outcome = self.engine.destroy_ship(ship_id);
+                    if outcome.is_ok() {
+                        tracing::info!(ship_id, "ship destroyed by a game master");
+                    }
+                    let _ = reply.send(outcome);
                 }
                 GameCommand::StartCrafting { job, reply } => {
                     let _ = reply.send(self.engine.start_crafting(job));
@@ -773,7 +785,7 @@ impl TickLoop {
                 Ok(None) => {
                     tracing::warn!(
                         account = ready.account_id,
-                        "account has no ship; disconnecting"
+                        "account has no ship in space (none, or destroyed); disconnecting"
                     );
                     self.net.disconnect(ready.client);
                     continue;
@@ -785,6 +797,16 @@ impl TickLoop {
                 }
             };
             let entity_id = ship.ship_id as u64;
+            if self.destroyed_ships.contains(&entity_id) {
+                // The store's answer may predate the removal's flush.
+                tracing::info!(
+                    account = ready.account_id,
+                    entity_id,
+                    "active ship was destroyed; disconnecting"
+                );
+                self.net.disconnect(ready.client);
+                continue;
+            }
             if !self.engine.contains_entity(entity_id) {
                 if let Err(e) = spawn_loaded_ship(&mut self.engine, &ship) {
                     tracing::warn!(entity_id, "spawning ship failed: {e}");
@@ -802,21 +824,37 @@ impl TickLoop {
         }
     }
 
-    /// Hands this tick's changed entities to the write-behind queue without waiting.
-    fn persist(&mut self, dirty: &mut Vec<EntityRecord>, unsent: &mut HashMap<i64, EntityState>) {
-        if dirty.is_empty() && unsent.is_empty() {
+    /// Hands this tick's changed entities, and the removals of the ships destroyed in
+    /// it (`tick`), to the write-behind queue without waiting. A removal comes after
+    /// any state of its ship from the same tick, so it wins the queue's coalescing
+    /// (equal ticks: the later submission).
+    fn persist(
+        &mut self,
+        dirty: &mut Vec<EntityRecord>,
+        destroyed: &mut Vec<u64>,
+        tick: u64,
+        unsent: &mut HashMap<i64, EntityState>,
+    ) {
+        if dirty.is_empty() && destroyed.is_empty() && unsent.is_empty() {
             return;
         }
-        let mut batch: Vec<EntityState> = Vec::with_capacity(dirty.len() + unsent.len());
+        let removal = |id: &u64| EntityState::removal(*id as i64, tick);
+        let mut batch: Vec<EntityState> =
+            Vec::with_capacity(dirty.len() + destroyed.len() + unsent.len());
         if unsent.is_empty() {
             batch.extend(dirty.iter().map(entity_state));
+            batch.extend(destroyed.iter().map(removal));
         } else {
             for record in dirty.iter() {
                 unsent.insert(record.entity_id as i64, entity_state(record));
             }
+            for state in destroyed.iter().map(removal) {
+                unsent.insert(state.entity_id, state);
+            }
             batch.extend(unsent.drain().map(|(_, state)| state));
         }
         dirty.clear();
+        destroyed.clear();
         match self.write_behind.try_submit(batch) {
             Ok(()) => {}
             Err(SubmitError::Full(batch)) => {
@@ -836,7 +874,8 @@ impl TickLoop {
         all: &mut Vec<EntityRecord>,
         unsent: &mut HashMap<i64, EntityState>,
     ) {
-        self.persist(all, unsent);
+        let tick = self.engine.current_tick();
+        self.persist(all, &mut Vec::new(), tick, unsent);
         let mut waited = Duration::ZERO;
         while !unsent.is_empty() {
             std::thread::sleep(Duration::from_millis(5));
@@ -845,7 +884,7 @@ impl TickLoop {
                 tracing::error!(entities = unsent.len(), "write-behind queue stayed full for 30 s at shutdown; these states are not saved");
                 return;
             }
-            self.persist(&mut Vec::new(), unsent);
+            self.persist(&mut Vec::new(), &mut Vec::new(), tick, unsent);
         }
     }
 }

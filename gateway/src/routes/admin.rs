@@ -1,6 +1,7 @@
 //! `/api/admin/*`: operator actions, for the `admin` role or the admin API key (RBAC).
 //!
-//! For: online players, kick, broadcast, sector load, draining the write-behind queue,
+//! For: online players, kick, destroying a ship, broadcast, sector load, draining the
+//! write-behind queue,
 //! granting or removing the admin role, minting connect tokens for load-test bots in
 //! bulk, and the replication check (what the server believes a client holds). Each
 //! action is audited with who did it.
@@ -9,12 +10,13 @@
 use axum::extract::{Path, State};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use warpcore_persistence::store::{AccountId, NewAccount, StoreError};
+use warpcore_persistence::store::{AccountId, NewAccount, ShipId, StoreError};
 
 use crate::access::AdminCaller;
 use crate::api::{
     AccountReply, BroadcastReply, BroadcastRequest, BulkToken, BulkTokensReply, BulkTokensRequest,
-    KickReply, KickRequest, OnlinePlayersReply, RoleRequest, SectorLoadReply, BROADCAST_CHARS_MAX,
+    DestroyShipReply, KickReply, KickRequest, OnlinePlayersReply, RoleRequest, SectorLoadReply,
+    BROADCAST_CHARS_MAX,
 };
 use crate::auth::PASSWORD_LOGIN_DISABLED;
 use crate::envelope::ApiOk;
@@ -27,6 +29,26 @@ fn by(admin: AdminCaller) -> String {
     admin
         .account_id
         .map_or_else(|| "by=api_key".to_owned(), |id| format!("by=account:{id}"))
+}
+
+/// 200 `{ship_id}` once the engine has destroyed the ship (a game master's order: as
+/// if combat had; its removal is persisted like any world change); 404 if no such ship
+/// is in the world; 503 if the game is busy.
+#[utoipa::path(post, path = "/api/admin/ships/{id}/destroy", params(("id" = i64, Path, description = "ship id")), responses((status = 200, description = "success", body = crate::routes::openapi::Envelope<crate::api::DestroyShipReply>), (status = 400, description = "invalid input", body = crate::routes::openapi::ErrorEnvelope), (status = 401, description = "missing or invalid credentials", body = crate::routes::openapi::ErrorEnvelope), (status = 403, description = "not the caller's resource or role", body = crate::routes::openapi::ErrorEnvelope), (status = 404, description = "not found", body = crate::routes::openapi::ErrorEnvelope), (status = 409, description = "conflict", body = crate::routes::openapi::ErrorEnvelope), (status = 413, description = "body too large", body = crate::routes::openapi::ErrorEnvelope), (status = 415, description = "not JSON", body = crate::routes::openapi::ErrorEnvelope), (status = 429, description = "rate limited", body = crate::routes::openapi::ErrorEnvelope), (status = 500, description = "internal error", body = crate::routes::openapi::ErrorEnvelope), (status = 503, description = "database or game unavailable", body = crate::routes::openapi::ErrorEnvelope)))]
+pub(super) async fn destroy_ship(
+    State(state): State<AppState>,
+    admin: AdminCaller,
+    Path(ship_id): Path<ShipId>,
+) -> Result<ApiOk<DestroyShipReply>, ApiError> {
+    let outcome = state.game()?.destroy_ship(ship_id).await;
+    let detail = format!("{} ship={ship_id} destroyed={}", by(admin), outcome.is_ok());
+    super::auth::audit(&state, admin.account_id, "admin.destroy_ship", &detail).await;
+    match outcome {
+        Ok(()) => Ok(ApiOk::ok(DestroyShipReply { ship_id })),
+        Err(GameError::NotFound(what)) => Err(ApiError::Missing(what)),
+        Err(GameError::Refused(reason)) => Err(ApiError::Conflict(reason)),
+        Err(GameError::Busy) => Err(ApiError::Busy { retry_after_s: 1 }),
+    }
 }
 
 /// 200 with the connected players.

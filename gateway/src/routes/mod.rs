@@ -73,6 +73,7 @@ pub fn router(store: Arc<dyn Store>, config: GatewayConfig, clock: Arc<dyn Clock
         )
         .route("/api/admin/players", get(admin::players))
         .route("/api/admin/kick", post(admin::kick))
+        .route("/api/admin/ships/{id}/destroy", post(admin::destroy_ship))
         .route("/api/admin/broadcast", post(admin::broadcast))
         .route("/api/admin/sectors", get(admin::sectors))
         .route("/api/admin/write-behind/drain", post(admin::drain))

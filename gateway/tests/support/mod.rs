@@ -159,6 +159,13 @@ impl Game for TestGame {
     }
     /// Account 1 has a one-entity view; account 2 stands for a server without the
     /// replication check; others have no delta client.
+    async fn destroy_ship(&self, ship_id: ShipId) -> Result<(), GameError> {
+        // Ship 1 is in the test world; any other id is not.
+        match ship_id {
+            1 => Ok(()),
+            _ => Err(GameError::NotFound(format!("ship {ship_id}"))),
+        }
+    }
     async fn replica_view(&self, account_id: AccountId) -> Result<Option<ReplicaView>, GameError> {
         match account_id {
             1 => Ok(Some(ReplicaView {

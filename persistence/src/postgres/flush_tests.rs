@@ -16,6 +16,7 @@ fn state(entity_id: i64, tick: u64) -> EntityState {
         vy_mps: -2.5,
         tick,
         hit_points: 100.0 - tick as f64,
+        removed: false,
     }
 }
 

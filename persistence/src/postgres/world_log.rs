@@ -53,10 +53,11 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 use super::{
-    get, map_err, update_from_arrays, write_copy_rows, Columns, UNNEST_STATEMENT_ROWS_MAX,
+    get, map_err, to_i64_tick, update_from_arrays, write_copy_rows, Columns,
+    UNNEST_STATEMENT_ROWS_MAX,
 };
 use crate::store::{EntityState, StoreError};
-use crate::world_log::{Fold, FoldPlan, WorldLog, NEXT_SEQ};
+use crate::world_log::{split_removals, Fold, FoldPlan, WorldLog, NEXT_SEQ};
 
 /// The sequence row, locked: `(last_seq, compacted_seq)`.
 const LOCK_SEQ_ROW: &str =
@@ -84,8 +85,7 @@ const LOG_COPY_TYPES: [Type; 8] = [
 pub(super) async fn flush_log(
     client: &mut Object,
     log: &WorldLog,
-    states: &[EntityState],
-    cols: &Columns,
+    batch: Batch<'_>,
 ) -> Result<(), StoreError> {
     if log.due() {
         compact(client, log).await.map_err(|e| match e {
@@ -93,23 +93,55 @@ pub(super) async fn flush_log(
             other => StoreError::Unavailable(format!("world-state log compaction: {other}")),
         })?;
     }
-    append(client, log, states, cols).await
+    append(client, log, batch).await
 }
 
+/// One flush's batch, one row per entity: all of it (what the memory records), its
+/// states as `COPY` columns, and its removals.
+pub(super) struct Batch<'a> {
+    pub(super) states: &'a [EntityState],
+    pub(super) kept: &'a Columns,
+    pub(super) removals: &'a [EntityState],
+}
+
+/// A removal's log row (`removed = TRUE`); the `COPY` leaves the column to its default.
+const LOG_REMOVAL: &str = "INSERT INTO world_entity_log
+    (seq, entity_id, x_m, y_m, vx_mps, vy_mps, tick, hit_points, removed)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE)";
+
 /// The `Log` flush's append: one transaction that takes the next sequence number and
-/// `COPY`s the batch into the log with it.
-async fn append(
-    client: &mut Object,
-    log: &WorldLog,
-    states: &[EntityState],
-    cols: &Columns,
-) -> Result<(), StoreError> {
+/// `COPY`s the batch's states into the log with it, then inserts its removals (rare:
+/// a destroyed ship; one prepared statement each).
+async fn append(client: &mut Object, log: &WorldLog, batch: Batch<'_>) -> Result<(), StoreError> {
     let tx = client.transaction().await.map_err(map_err)?;
     let next = tx.prepare_cached(NEXT_SEQ).await.map_err(map_err)?;
     let seq: i64 = get(&tx.query_one(&next, &[]).await.map_err(map_err)?, 0)?;
-    copy_into_log(&tx, seq, cols).await?;
+    if batch.kept.len() > 0 {
+        copy_into_log(&tx, seq, batch.kept).await?;
+    }
+    if !batch.removals.is_empty() {
+        let insert = tx.prepare_cached(LOG_REMOVAL).await.map_err(map_err)?;
+        for r in batch.removals {
+            let tick = to_i64_tick(r)?;
+            tx.execute(
+                &insert,
+                &[
+                    &seq,
+                    &r.entity_id,
+                    &r.x_m,
+                    &r.y_m,
+                    &r.vx_mps,
+                    &r.vy_mps,
+                    &tick,
+                    &r.hit_points,
+                ],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+    }
     tx.commit().await.map_err(map_err)?;
-    log.record(seq, states);
+    log.record(seq, batch.states);
     Ok(())
 }
 
@@ -150,7 +182,17 @@ pub(super) async fn compact(client: &mut Object, log: &WorldLog) -> Result<bool,
             log.compacted(compacted_seq, Fold::Nothing);
             return Ok(false);
         }
-        FoldPlan::FromMemory(states) => {
+        FoldPlan::FromMemory(newest) => {
+            let (states, removals) = split_removals(&newest);
+            if !removals.is_empty() {
+                let ids: Vec<i64> = removals.iter().map(|r| r.entity_id).collect();
+                tx.execute(
+                    "DELETE FROM world_entities WHERE entity_id = ANY($1)",
+                    &[&ids],
+                )
+                .await
+                .map_err(map_err)?;
+            }
             let cols = Columns::new(&states)?;
             update_from_arrays(&tx, &cols, UNNEST_STATEMENT_ROWS_MAX).await?;
             Fold::FromMemory
@@ -176,25 +218,31 @@ pub(super) async fn compact(client: &mut Object, log: &WorldLog) -> Result<bool,
 
 /// The fold when this store does not know the log's newest rows: reads them from the
 /// log itself. Entities not in `world_entities` yet are inserted (`ON CONFLICT` covers
-/// one inserted concurrently by a registration: last writer wins, as everywhere here).
+/// one inserted concurrently by a registration: last writer wins, as everywhere here);
+/// an entity whose newest row is a removal has its row deleted (the `deleted` CTE runs
+/// whether or not the statement reads it, as every data-modifying `WITH` does).
 async fn fold_from_log(tx: &Transaction<'_>) -> Result<(), StoreError> {
     tx.batch_execute(&format!(
         "WITH newest AS MATERIALIZED (
              SELECT DISTINCT ON (entity_id) entity_id, x_m, y_m, vx_mps, vy_mps, tick,
-                 hit_points
+                 hit_points, removed
              FROM world_entity_log ORDER BY entity_id, seq DESC),
+         deleted AS (
+             DELETE FROM world_entities w USING newest n
+             WHERE w.entity_id = n.entity_id AND n.removed),
          updated AS (
              UPDATE world_entities w SET x_m = n.x_m, y_m = n.y_m, vx_mps = n.vx_mps,
                  vy_mps = n.vy_mps, tick = n.tick, hit_points = n.hit_points,
                  updated_at_unix_ms = {now}
-             FROM newest n WHERE w.entity_id = n.entity_id
+             FROM newest n WHERE w.entity_id = n.entity_id AND NOT n.removed
              RETURNING w.entity_id)
          INSERT INTO world_entities (entity_id, kind, x_m, y_m, vx_mps, vy_mps, tick,
              hit_points, updated_at_unix_ms)
          SELECT n.entity_id, 'ship', n.x_m, n.y_m, n.vx_mps, n.vy_mps, n.tick, n.hit_points,
              {now}
          FROM newest n
-         WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.entity_id = n.entity_id)
+         WHERE NOT n.removed
+             AND NOT EXISTS (SELECT 1 FROM updated u WHERE u.entity_id = n.entity_id)
          {upsert}",
         now = super::SQL_NOW_UNIX_MS,
         upsert = crate::world_log::UPSERT_SET,

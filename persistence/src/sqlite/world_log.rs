@@ -31,12 +31,13 @@
 use rusqlite::{params, Connection, ToSql, TransactionBehavior};
 
 use super::{
-    active_modules, bind_state, insert_rows, map_err, numbered_params, ship_record_at, upsert_rows,
-    InsertInto, SQL_NOW_UNIX_MS,
+    active_modules, bind_state, entity_state_at, insert_rows, map_err, numbered_params,
+    ship_head_at, ship_record_at, upsert_rows, InsertInto, SQL_NOW_UNIX_MS,
 };
 use crate::store::{EntityState, ShipRecord, StoreError};
 use crate::world_log::{
-    Fold, FoldPlan, WorldLog, NEXT_SEQ, SHIP_BASE_SELECT, SHIP_SELECT, UPSERT_SET,
+    self, split_removals, Fold, FoldPlan, WorldLog, NEXT_SEQ, SHIP_BASE_SELECT, SHIP_SELECT,
+    UPSERT_SET,
 };
 
 const SEQ_ROW: &str = "SELECT last_seq, compacted_seq FROM world_entity_log_seq WHERE id = 1";
@@ -72,19 +73,27 @@ fn append(conn: &mut Connection, log: &WorldLog, states: &[EntityState]) -> Resu
         .prepare_cached(NEXT_SEQ)
         .and_then(|mut s| s.query_row([], |row| row.get(0)))
         .map_err(map_err)?;
-    insert_rows(
-        &tx,
-        InsertInto {
-            table_columns: "world_entity_log
-                 (seq, entity_id, x_m, y_m, vx_mps, vy_mps, tick, hit_points)",
-            n_params: 7,
-            row: &|base| format!("(?1, {})", numbered_params(base, 7)),
-            bind: &|stmt, base, s| bind_state(stmt, base, s, true),
-            suffix: "",
-            shared: Some(seq),
-        },
-        states,
-    )?;
+    // Removals are rare (a destroyed ship): they get their own statement, with the
+    // `removed` literal, so the states' statement stays the one it always was.
+    let (kept, removals) = split_removals(states);
+    for (batch, removed) in [(&*kept, "FALSE"), (&removals[..], "TRUE")] {
+        if batch.is_empty() {
+            continue;
+        }
+        insert_rows(
+            &tx,
+            InsertInto {
+                table_columns: "world_entity_log
+                     (seq, entity_id, x_m, y_m, vx_mps, vy_mps, tick, hit_points, removed)",
+                n_params: 7,
+                row: &|base| format!("(?1, {}, {removed})", numbered_params(base, 7)),
+                bind: &|stmt, base, s| bind_state(stmt, base, s, true),
+                suffix: "",
+                shared: Some(seq),
+            },
+            batch,
+        )?;
+    }
     tx.commit().map_err(map_err)?;
     log.record(seq, states);
     Ok(())
@@ -130,10 +139,25 @@ pub(super) fn compact(conn: &mut Connection, log: &WorldLog) -> Result<bool, Sto
     Ok(true)
 }
 
+/// The newest log row per entity (`newness = 1`), with its `removed` flag.
+const NEWEST_LOGGED: &str = "(SELECT g.entity_id, g.x_m, g.y_m, g.vx_mps, g.vy_mps, g.tick,
+        g.hit_points, g.removed,
+        ROW_NUMBER() OVER (PARTITION BY g.entity_id ORDER BY g.seq DESC) AS newness
+    FROM world_entity_log g)";
+
 /// The fold when this store does not know the log's newest rows (after a restart,
 /// another connection appended or compacted): the newest row per entity of the log
-/// itself, upserted (an entity only in the log is inserted as a ship).
+/// itself, upserted (an entity only in the log is inserted as a ship), or, where it is
+/// a removal, the entity's row deleted.
 fn fold_from_log(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute(
+        &format!(
+            "DELETE FROM world_entities WHERE entity_id IN
+                 (SELECT entity_id FROM {NEWEST_LOGGED} WHERE newness = 1 AND removed)"
+        ),
+        [],
+    )
+    .map_err(map_err)?;
     // The WHERE before ON CONFLICT is required: SQLite would otherwise parse `ON` as a
     // join constraint of the SELECT.
     tx.execute(
@@ -142,12 +166,8 @@ fn fold_from_log(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
                  hit_points, updated_at_unix_ms)
              SELECT entity_id, 'ship', x_m, y_m, vx_mps, vy_mps, tick, hit_points,
                  {SQL_NOW_UNIX_MS}
-             FROM (SELECT g.entity_id, g.x_m, g.y_m, g.vx_mps, g.vy_mps, g.tick,
-                       g.hit_points,
-                       ROW_NUMBER() OVER (PARTITION BY g.entity_id ORDER BY g.seq DESC)
-                           AS newness
-                   FROM world_entity_log g)
-             WHERE newness = 1
+             FROM {NEWEST_LOGGED}
+             WHERE newness = 1 AND NOT removed
              {UPSERT_SET}"
         ),
         [],
@@ -185,11 +205,11 @@ pub(super) fn ships_with_state(
     Ok(ships)
 }
 
-/// [`SHIP_BASE_SELECT`] with `filter`, each state overlaid by the memory; `None` when
-/// the memory does not cover the snapshot or a ship has no `world_entities` row (it
-/// may live in the log only): the caller reads the view then. The store's connection
-/// is held throughout, so none of its own flushes or compactions can interleave; the
-/// sequence row catches another connection's.
+/// [`SHIP_BASE_SELECT`] with `filter`, each state overlaid by the memory (a ship
+/// without a state after it is not in the world and is left out, as the view leaves
+/// it out); `None` when the memory does not cover the snapshot: the caller reads the
+/// view then. The store's connection is held throughout, so none of its own flushes
+/// or compactions can interleave; the sequence row catches another connection's.
 fn ships_from_memory(
     conn: &Connection,
     log: &WorldLog,
@@ -200,27 +220,26 @@ fn ships_from_memory(
         .prepare_cached(&format!("{SHIP_BASE_SELECT} {filter}"))
         .map_err(map_err)?;
     let mut rows = stmt.query(params).map_err(map_err)?;
-    let mut ships = Vec::new();
+    let mut heads = Vec::new();
+    let mut states = Vec::new();
     let mut seq_row = None;
     while let Some(row) = rows.next().map_err(map_err)? {
-        if row.get::<_, Option<i64>>(9).map_err(map_err)?.is_none() {
-            log.read_from_view();
-            return Ok(None);
-        }
         let seqs: (i64, i64) = (row.get(16).map_err(map_err)?, row.get(17).map_err(map_err)?);
         seq_row = Some(seqs);
-        ships.push(ship_record_at(row).map_err(map_err)?);
+        let head = ship_head_at(row).map_err(map_err)?;
+        let state = match row.get::<_, Option<i64>>(9).map_err(map_err)? {
+            Some(_) => Some(entity_state_at(row, 9).map_err(map_err)?),
+            None => None,
+        };
+        states.push((head.ship_id, state));
+        heads.push(head);
     }
     let Some((last_seq, compacted_seq)) = seq_row else {
         // No ship matched on `ships` and `characters` alone: none has a state either.
-        return Ok(Some(ships));
+        return Ok(Some(Vec::new()));
     };
-    let mut states: Vec<EntityState> = ships.iter().map(|s| s.state).collect();
     if !log.overlay(last_seq, compacted_seq, &mut states) {
         return Ok(None);
     }
-    for (ship, state) in ships.iter_mut().zip(states) {
-        ship.state = state;
-    }
-    Ok(Some(ships))
+    Ok(Some(world_log::ships_in_world(heads, states)))
 }
