@@ -1,7 +1,8 @@
 //! The model-based test of the write-behind contract, on both backends: a seeded
-//! random sequence of entity updates, explicit flushes, database outages (a store
-//! wrapper that fails on command), rows that can never be written, and crash-restarts
-//! (the queue's task is aborted, the store reopened), checked against an in-memory
+//! random sequence of entity updates (some of them removals: a destroyed entity),
+//! explicit flushes, database outages (a store wrapper that fails on command), rows
+//! that can never be written, and crash-restarts (the queue's task is aborted, the
+//! store reopened), checked against an in-memory
 //! model: after each restart the store equals the model as of the last completed flush,
 //! and every poisoned row is in the dead-letter table. A failing run prints its seed.
 //!
@@ -123,6 +124,8 @@ impl Model {
         for (id, s) in std::mem::take(&mut self.pending) {
             if s.tick == u64::MAX {
                 self.dead += 1;
+            } else if s.removed {
+                self.committed.remove(&id);
             } else {
                 self.committed.insert(id, s);
             }
@@ -238,8 +241,14 @@ async fn run_model_with(db: TestDb, log: bool) {
                 let batch: Vec<EntityState> = (0..rng.gen_range(1..10))
                     .map(|_| {
                         let poisoned = rng.gen_bool(0.02);
+                        let entity_id = rng.gen_range(1..=ENTITIES);
+                        if !poisoned && rng.gen_bool(0.08) {
+                            // Destroyed: the entity leaves the world until a newer
+                            // state (a respawn with the same id).
+                            return EntityState::removal(entity_id, tick);
+                        }
                         EntityState {
-                            entity_id: rng.gen_range(1..=ENTITIES),
+                            entity_id,
                             x_m: rng.gen_range(-1e6..1e6),
                             y_m: rng.gen_range(-1e6..1e6),
                             vx_mps: rng.gen_range(-300.0..300.0),

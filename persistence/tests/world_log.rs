@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 
 use common::{LogStore, TestDb};
 use warpcore_persistence::world_log::{LogPolicy, WORLD_LOG_POLICY_DEFAULT};
-use warpcore_persistence::{EntityState, PgFlushMethod, Registered, SqliteFlushMethod, Store};
+use warpcore_persistence::{
+    EntityState, PgFlushMethod, Registered, SqliteFlushMethod, Store, StoreError,
+};
 
 /// Never compacts by itself: the test decides.
 const NEVER: LogPolicy = LogPolicy {
@@ -485,4 +487,154 @@ async fn a_large_batch_is_logged_whole_or_not_at_all(db: TestDb) {
 both_backends!(
     a_large_batch_is_logged_whole_or_not_at_all_on,
     a_large_batch_is_logged_whole_or_not_at_all
+);
+
+async fn base_rows_of(db: &TestDb, entity_id: i64) -> i64 {
+    db.query_i64(&format!(
+        "SELECT COUNT(*) FROM world_entities WHERE entity_id = {entity_id}"
+    ))
+    .await
+}
+
+/// Ship `b` is in no reader's world, `a` and `c` are (`a` at tick 2), through `store`
+/// (its memory) and `db.store` (another store: the view).
+async fn assert_b_gone(store: &LogStore, db: &TestDb, [a, b, c]: [&Registered; 3], label: &str) {
+    for reader in [store.shared(), db.store.clone()] {
+        let states = reader.entity_states().await.unwrap();
+        assert!(
+            states.iter().all(|s| s.entity_id != b.ship_id),
+            "{label}: entity_states"
+        );
+        let world = reader.load_world().await.unwrap();
+        assert_eq!(
+            world.iter().map(|s| s.ship_id).collect::<Vec<_>>(),
+            vec![a.ship_id, c.ship_id],
+            "{label}: load_world"
+        );
+        assert!(reader.ship(b.ship_id).await.unwrap().is_none(), "{label}");
+        assert!(
+            reader.active_ship(b.account_id).await.unwrap().is_none(),
+            "{label}"
+        );
+        assert!(
+            reader
+                .ships_of_account(b.account_id)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{label}"
+        );
+        let a_ship = reader.active_ship(a.account_id).await.unwrap().unwrap();
+        assert_eq!(a_ship.state, state(a.ship_id, 2), "{label}");
+    }
+}
+
+/// A destroyed ship's removal, logged like a state: from the flush that carries it,
+/// no reader sees the ship (through this store's memory, through the view by another
+/// store, after a compaction from memory, after a restart's fold from the log), and
+/// compaction deletes its row; a newer state of the same id (a respawn) brings it back.
+async fn a_removal_takes_the_ship_out_of_every_reader(db: TestDb) {
+    let [a, b, c] = with_players(&db, ["ann", "bob", "cid"]).await;
+    let store = LogStore::open(&db, NEVER).await;
+    let ships = [a.ship_id, b.ship_id, c.ship_id];
+    store
+        .write_entity_states(&ships.map(|id| state(id, 1)))
+        .await
+        .unwrap();
+    store
+        .write_entity_states(&[state(a.ship_id, 2), EntityState::removal(b.ship_id, 2)])
+        .await
+        .unwrap();
+
+    assert_b_gone(&store, &db, [&a, &b, &c], "logged, not compacted").await;
+    assert_eq!(
+        base_rows_of(&db, b.ship_id).await,
+        1,
+        "still in the base table"
+    );
+
+    assert!(store.compact_world_log().await.unwrap());
+    assert_eq!(
+        base_rows_of(&db, b.ship_id).await,
+        0,
+        "compaction deletes it"
+    );
+    let before = store.world_log_stats();
+    assert_b_gone(&store, &db, [&a, &b, &c], "compacted from memory").await;
+    // A ship without a base row is answered from the proven-complete memory, not
+    // through the view.
+    assert!(store.world_log_stats().reads_from_memory > before.reads_from_memory);
+
+    // A removal still in the log at a crash: the restart's fold (from the log) deletes.
+    store
+        .write_entity_states(&[EntityState::removal(a.ship_id, 3), state(c.ship_id, 3)])
+        .await
+        .unwrap();
+    store.close();
+    drop(store);
+    let restarted = LogStore::open(&db, NEVER).await;
+    assert_eq!(restarted.world_log_stats().compactions_from_log, 1);
+    assert_eq!(base_rows_of(&db, a.ship_id).await, 0);
+    let world = restarted.load_world().await.unwrap();
+    assert_eq!(
+        world.iter().map(|s| s.state).collect::<Vec<_>>(),
+        vec![state(c.ship_id, 3)]
+    );
+
+    // A newer state of the same id is a respawn: back in every reader.
+    restarted
+        .write_entity_states(&[state(b.ship_id, 9)])
+        .await
+        .unwrap();
+    let active = restarted.active_ship(b.account_id).await.unwrap().unwrap();
+    assert_eq!(active.state, state(b.ship_id, 9));
+    assert!(restarted.compact_world_log().await.unwrap());
+    let world = restarted.load_world().await.unwrap();
+    assert_eq!(
+        world.iter().map(|s| s.ship_id).collect::<Vec<_>>(),
+        vec![b.ship_id, c.ship_id]
+    );
+    restarted.close();
+}
+both_backends!(
+    a_removal_takes_the_ship_out_of_every_reader_on,
+    a_removal_takes_the_ship_out_of_every_reader
+);
+
+/// The direct flush methods that only exist as benchmark baselines refuse a removal
+/// with a typed error instead of writing it wrong; SQLite's `Upsert` applies it.
+async fn direct_methods_apply_or_refuse_removals(db: TestDb) {
+    let [a] = with_players(&db, ["ann"]).await;
+    let store = LogStore::open(&db, NEVER).await;
+    let removal = [EntityState::removal(a.ship_id, 5)];
+    match &store {
+        LogStore::Sqlite(s) => {
+            let refused = s
+                .write_entity_states_with(SqliteFlushMethod::RawInsert, &removal)
+                .await;
+            assert!(
+                matches!(refused, Err(StoreError::Unsupported(_))),
+                "{refused:?}"
+            );
+            s.write_entity_states_with(SqliteFlushMethod::Upsert, &removal)
+                .await
+                .unwrap();
+            assert_eq!(base_rows_of(&db, a.ship_id).await, 0);
+        }
+        LogStore::Postgres(s) => {
+            for method in [PgFlushMethod::UnnestUpdate, PgFlushMethod::RawCopy] {
+                let refused = s.write_entity_states_with(method, &removal).await;
+                assert!(
+                    matches!(refused, Err(StoreError::Unsupported(_))),
+                    "{refused:?}"
+                );
+            }
+            assert_eq!(base_rows_of(&db, a.ship_id).await, 1, "nothing written");
+        }
+    }
+    store.close();
+}
+both_backends!(
+    direct_methods_apply_or_refuse_removals_on,
+    direct_methods_apply_or_refuse_removals
 );

@@ -1,7 +1,9 @@
 //! Crash recovery with a real child process: `warpcore` runs as a child on ephemeral
-//! ports, bots fly, the child is killed with SIGKILL mid-flight, and the database must
-//! hold every acknowledged account and world state no older than about one flush
-//! interval. Once on SQLite, once on a real PostgreSQL (its own database, dropped after).
+//! ports, bots fly, a game master destroys some of their ships, the child is killed
+//! with SIGKILL mid-flight, and the database must hold every acknowledged account and
+//! world state no older than about one flush interval, and none of the ships destroyed
+//! before the last flush. Once on SQLite, once on a real PostgreSQL (its own database,
+//! dropped after).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -13,6 +15,9 @@ use warpcore_tools::swarm::{self, SwarmConfig};
 
 const BOTS: usize = 20;
 const FLUSH_INTERVAL_MS: u64 = 100;
+/// Ships the game master destroys before the kill.
+const DESTROYED: usize = 3;
+const ADMIN_KEY: &str = "crash-test-admin-key-0123";
 
 /// Kills the child when the test ends, however it ends.
 struct ChildGuard(Child);
@@ -30,6 +35,7 @@ fn spawn_server(database: &str) -> (ChildGuard, SocketAddr) {
         .args(["--udp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .args(["--database", database])
         .args(["--flush-interval-ms", &FLUSH_INTERVAL_MS.to_string()])
+        .args(["--admin-api-key", ADMIN_KEY])
         .args(["--argon2-m-kib", "1024", "--argon2-t", "1", "--log", "warn"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -89,8 +95,13 @@ async fn kill_9_mid_flight(database: &str) {
         ..SwarmConfig::new(String::new(), 0, Duration::ZERO)
     }));
 
-    // Kill once every bot has seen its ship move: mid-flight, with writes in the air.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Once every bot flies, a game master destroys a few ships; their removals are
+    // flushed (several flush intervals pass) before the kill.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let destroyed = destroy_some_ships(http).await;
+    tokio::time::sleep(Duration::from_millis(5 * FLUSH_INTERVAL_MS)).await;
+
+    // Kill mid-flight, with writes in the air.
     let killed_at = Instant::now();
     child.0.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
     child.0.wait().expect("reap");
@@ -105,11 +116,9 @@ async fn kill_9_mid_flight(database: &str) {
     for bot in &report.bots {
         // Acknowledged registrations survive.
         let account = store.account_by_username(&bot.username).await.unwrap();
-        assert!(
-            account.is_some(),
-            "account {} lost in the crash",
-            bot.username
-        );
+        let Some(account) = account else {
+            panic!("account {} lost in the crash", bot.username)
+        };
         assert!(
             bot.connected && bot.saw_own_ship_move,
             "{} did not fly before the kill",
@@ -122,6 +131,14 @@ async fn kill_9_mid_flight(database: &str) {
             bot.username
         );
 
+        // (A destroyed ship's pilot no longer controls a ship: its report says 0.)
+        if let Some((_, ship_id)) = destroyed.iter().find(|(a, _)| *a == account.id) {
+            assert!(
+                world.iter().all(|s| s.ship_id != *ship_id),
+                "ship {ship_id} was destroyed before the last flush but came back"
+            );
+            continue;
+        }
         // World state: no older than one flush interval before the last snapshot the bot
         // saw, plus the scheduling slack of a busy two-core machine. Ships fly at most
         // about 400 m/s, so 1 s of slack is 400 m.
@@ -144,5 +161,43 @@ async fn kill_9_mid_flight(database: &str) {
             bot.ship_id
         );
     }
+    assert_eq!(world.len(), BOTS - DESTROYED, "the others are all there");
     println!("largest gap between a pilot's last snapshot and the file: {worst_gap_m:.1} m");
+}
+
+/// Destroys [`DESTROYED`] of the online players' ships through the admin API (a game
+/// master's order) and returns them as `(account id, ship id)`.
+async fn destroy_some_ships(http: SocketAddr) -> Vec<(i64, i64)> {
+    let client = reqwest::Client::new();
+    let players: serde_json::Value = client
+        .get(format!("http://{http}/api/admin/players"))
+        .header("X-Admin-Key", ADMIN_KEY)
+        .send()
+        .await
+        .expect("players request")
+        .json()
+        .await
+        .expect("players JSON");
+    let mut ships: Vec<(i64, i64)> = players["data"]["players"]
+        .as_array()
+        .expect("players list")
+        .iter()
+        .map(|p| {
+            let id = |field: &str| p[field].as_i64().expect("an id");
+            (id("account_id"), id("ship_id"))
+        })
+        .collect();
+    assert_eq!(ships.len(), BOTS, "every bot is online: {players}");
+    ships.sort_unstable();
+    ships.truncate(DESTROYED);
+    for &(_, ship_id) in &ships {
+        let answer = client
+            .post(format!("http://{http}/api/admin/ships/{ship_id}/destroy"))
+            .header("X-Admin-Key", ADMIN_KEY)
+            .send()
+            .await
+            .expect("destroy request");
+        assert_eq!(answer.status(), 200, "destroy ship {ship_id}");
+    }
+    ships
 }
