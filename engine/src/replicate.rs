@@ -247,12 +247,14 @@ const MISFITS_MAX: usize = 4;
 /// with the eighth power of the distance towards [`PRIORITY_FAR`] (half at 1.09 radii,
 /// a tenth at 1.33). With every entity changing, how often each is sent is about
 /// proportional to it, so the nearest [`NEAR_ENTITIES`] get most of the budget.
+///
+/// Branch-free (within the radius the ratio counts as 1, where the curve gives exactly
+/// [`PRIORITY_NEAR`]), so the loop over a client's candidates vectorizes.
+#[inline]
 fn distance_gain(ratio_sq: f32) -> u16 {
-    if ratio_sq <= 1.0 {
-        return PRIORITY_NEAR;
-    }
+    let ratio_sq = ratio_sq.max(1.0);
     let fourth = ratio_sq * ratio_sq * ratio_sq * ratio_sq;
-    // `as` saturates, and `fourth` > 1: the quotient is below the span.
+    // `as` saturates, and `fourth` >= 1: the quotient is at most the span.
     PRIORITY_FAR + (f32::from(PRIORITY_NEAR - PRIORITY_FAR) / fourth) as u16
 }
 
@@ -1037,10 +1039,12 @@ struct WriteScratch {
     slots: Vec<Slot>,
     /// This write's view of each slot, aligned with the client's slots.
     views: Vec<SlotView>,
-    /// Sort keys of the slots with something due (priority, slot index).
-    keys: Vec<u64>,
-    /// Chosen slot indices.
-    order: Vec<u32>,
+    /// Sort keys of the slots with something due ([`choice_key`]).
+    keys: Vec<u32>,
+    /// The priority each candidate gains this write (aligned with the candidates).
+    gains: Vec<u16>,
+    /// Chosen slots, one bit per slot index (= entity id order).
+    picked: Picked,
     /// A group's candidates plus the client's own ship, when the group left it out.
     merged: Vec<GroupEntry>,
 }
@@ -1051,7 +1055,8 @@ thread_local! {
             slots: Vec::new(),
             views: Vec::new(),
             keys: Vec::new(),
-            order: Vec::new(),
+            gains: Vec::new(),
+            picked: Picked::NONE,
             merged: Vec::new(),
         })
     };
@@ -1271,7 +1276,8 @@ impl ClientReplication {
                 slots,
                 views,
                 keys,
-                order,
+                gains,
+                picked,
                 merged,
             } = &mut *scratch.borrow_mut();
             let cands = match extra {
@@ -1302,8 +1308,8 @@ impl ClientReplication {
                 header: &delta_header,
                 bytes_max,
             };
-            let cutoff = self.choose(&choice, keys, order, &mut counts);
-            self.encode(buf, &choice, order, cutoff, &mut counts);
+            let cutoff = self.choose(&choice, keys, gains, picked, &mut counts);
+            self.encode(buf, &choice, picked, cutoff, &mut counts);
             if ctx.keep_expected {
                 self.keep_expected(&choice);
             }
@@ -1405,19 +1411,28 @@ impl ClientReplication {
     }
 
     /// Raises the priority of every slot with something due and picks, from the top,
-    /// the records that fit the budget (into `order`, sorted by slot index = entity id).
-    /// Returns the lowest priority picked.
+    /// the records that fit the budget (into `picked`). Returns the lowest priority
+    /// picked.
     fn choose(
         &mut self,
         choice: &Choice<'_>,
-        keys: &mut Vec<u64>,
-        order: &mut Vec<u32>,
+        keys: &mut Vec<u32>,
+        gains: &mut Vec<u16>,
+        picked: &mut Picked,
         counts: &mut DeltaWriteCounts,
     ) -> u16 {
         keys.clear();
-        order.clear();
+        *picked = Picked::NONE;
         let inv_near_sq = 1.0 / choice.near_sq;
         let reference = choice.reference;
+        // Every candidate's gain first, in one branch-free pass (it vectorizes; almost
+        // every candidate has something due, as most things in space move).
+        gains.clear();
+        gains.extend(choice.cands.iter().map(|entry| {
+            let dx = entry.x_m - reference.0;
+            let dy = entry.y_m - reference.1;
+            distance_gain((dx * dx + dy * dy) * inv_near_sq)
+        }));
         for (index, (slot, view)) in self.slots.iter_mut().zip(choice.views).enumerate() {
             if view.pending == 0 {
                 continue;
@@ -1426,23 +1441,13 @@ impl ClientReplication {
             let gain = if view.cand == CAND_NONE {
                 PRIORITY_REMOVAL
             } else {
-                match choice.cands.get(usize::from(view.cand)) {
-                    Some(entry) => {
-                        let dx = entry.x_m - reference.0;
-                        let dy = entry.y_m - reference.1;
-                        distance_gain((dx * dx + dy * dy) * inv_near_sq)
-                    }
-                    None => PRIORITY_FAR,
-                }
+                gains
+                    .get(usize::from(view.cand))
+                    .copied()
+                    .unwrap_or(PRIORITY_FAR)
             };
             slot.priority = slot.priority.saturating_add(gain);
-            // Descending keys: the client's own ship first, then the highest priority,
-            // ties by lowest slot index (= entity id).
-            keys.push(
-                (u64::from(own) << 48)
-                    | (u64::from(slot.priority) << 32)
-                    | u64::from(!(index as u32)),
-            );
+            keys.push(choice_key(own, slot.priority, index));
         }
         // The smallest record: id, mask and one one-byte field.
         const RECORD_BYTES_MIN: usize = 3;
@@ -1453,27 +1458,28 @@ impl ClientReplication {
         let mut cutoff = 0;
         let mut used = DELTA_HEADER_BYTES_MAX;
         let mut misfits = 0;
+        let mut records = 0;
         for (popped, &key) in keys.iter().enumerate() {
             if used + RECORD_BYTES_MIN > choice.bytes_max
-                || order.len() >= DELTA_RECORDS_MAX
+                || records >= DELTA_RECORDS_MAX
                 || misfits > MISFITS_MAX
             {
                 counts.deferred += (keys.len() - popped) as u64;
                 break;
             }
-            let index = !(key as u32) as usize;
+            let index = (!key & KEY_INDEX_MASK) as usize;
             // Measured after id 0: an upper bound of the real (delta-coded) length.
             let len = self.record_len(index, choice);
             if used + len <= choice.bytes_max {
                 used += len;
-                order.push(index as u32);
-                cutoff = (key >> 32) as u16;
+                records += 1;
+                picked.insert(index);
+                cutoff = (key >> KEY_INDEX_BITS) as u16;
             } else {
                 counts.deferred += 1;
                 misfits += 1;
             }
         }
-        order.sort_unstable();
         cutoff
     }
 
@@ -1501,7 +1507,7 @@ impl ClientReplication {
         &mut self,
         buf: &mut Vec<u8>,
         choice: &Choice<'_>,
-        order: &[u32],
+        picked: &Picked,
         cutoff: u16,
         counts: &mut DeltaWriteCounts,
     ) {
@@ -1510,8 +1516,7 @@ impl ClientReplication {
             debug_assert!(false, "snapshot budget below the delta header");
             return;
         };
-        for &index in order {
-            let index = index as usize;
+        for index in picked.iter() {
             let slot = &mut self.slots[index];
             let view = choice.views[index];
             let entry = if view.cand == CAND_NONE || view.pending == RECORD_REMOVED {
@@ -1611,6 +1616,50 @@ struct Choice<'a> {
     near_sq: f32,
     header: &'a DeltaHeader,
     bytes_max: usize,
+}
+
+/// Bits of a [`choice_key`] that hold the (inverted) slot index.
+const KEY_INDEX_BITS: u32 = 9;
+const KEY_INDEX_MASK: u32 = (1 << KEY_INDEX_BITS) - 1;
+const _: () = assert!(KNOWN_SLOTS_MAX <= 1 << KEY_INDEX_BITS);
+
+/// A slot's place in the choice, as one integer whose descending order is the order
+/// records are picked in: the client's own ship first, then the highest priority, ties
+/// by lowest slot index (= entity id).
+#[inline]
+fn choice_key(own: bool, priority: u16, index: usize) -> u32 {
+    (u32::from(own) << (16 + KEY_INDEX_BITS))
+        | (u32::from(priority) << KEY_INDEX_BITS)
+        | (!(index as u32) & KEY_INDEX_MASK)
+}
+
+/// A set of slot indices (below [`KNOWN_SLOTS_MAX`]), iterated in increasing order: the
+/// records chosen for a snapshot, written in entity id order without a sort.
+#[derive(Debug, Clone, Copy)]
+struct Picked([u64; KNOWN_SLOTS_MAX / 64]);
+
+impl Picked {
+    const NONE: Picked = Picked([0; KNOWN_SLOTS_MAX / 64]);
+
+    fn insert(&mut self, index: usize) {
+        if let Some(word) = self.0.get_mut(index / 64) {
+            *word |= 1 << (index % 64);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(at, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let bit = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                Some(at * 64 + bit)
+            })
+        })
+    }
 }
 
 /// A spectated cell no coarser than [`SPECTATOR_SCALE_MAX`]: the cell of that scale
