@@ -11,8 +11,9 @@
 //!   epochs, so a client written every few ticks misses nothing), its `inflight` fields
 //!   were carried by its newest record and are not acknowledged yet. Every record
 //!   carries all of `inflight` again, so one sequence per slot names the snapshot that
-//!   carried all of it; an ack of that snapshot settles them (noted in a ring of the
-//!   last [`SNAPSHOT_RING_LEN`] acknowledged sequences, applied at the next write). A
+//!   carried all of it; an ack of that snapshot settles them (noted in a bit window of
+//!   the [`SNAPSHOT_RING_LEN`] sequences up to the newest acknowledged one, applied at
+//!   the next write). A
 //!   field is sent while dirty or in flight, so whatever subset of snapshots reaches
 //!   the client (it applies them in increasing order and acks the newest applied), the
 //!   fields it did not get are ones it already holds exactly. Presence is a field too:
@@ -1126,9 +1127,10 @@ pub(crate) struct ClientReplication {
     saved: u64,
     /// Fighting-rate snapshots until this epoch.
     combat_until: u64,
-    /// Acknowledged sequences, at `seq % SNAPSHOT_RING_LEN`: a slot's inflight bits are
-    /// settled at the next write once its carrier is here.
-    acked: [u32; SNAPSHOT_RING_LEN],
+    /// Acknowledged sequences at and before `newest_ack`: bit `k` is `newest_ack - k`
+    /// (the last [`SNAPSHOT_RING_LEN`]). A slot's inflight bits are settled at the next
+    /// write once its carrier is here.
+    acked: AckWindow,
     /// Sorted by entity id.
     slots: Vec<Slot>,
     /// The view the last snapshot was built from, when the engine keeps it.
@@ -1209,9 +1211,12 @@ impl ClientReplication {
         if seq >= self.next_seq.max(1) {
             return Err(AckRefused::NeverSent);
         }
-        self.newest_ack = self.newest_ack.max(seq);
+        if seq > self.newest_ack {
+            self.acked.advance(seq - self.newest_ack);
+            self.newest_ack = seq;
+        }
         if self.next_seq - seq <= SNAPSHOT_RING_LEN as u32 {
-            self.acked[seq as usize % SNAPSHOT_RING_LEN] = seq;
+            self.acked.insert(self.newest_ack - seq);
         }
         Ok(())
     }
@@ -1331,13 +1336,11 @@ impl ClientReplication {
         scratch: &mut Vec<Slot>,
         views: &mut Vec<SlotView>,
     ) {
-        let acked = &self.acked;
+        let (acked, newest_ack) = (self.acked, self.newest_ack);
+        // Branch-free: whether a carrier was acknowledged is the network's coin toss.
         let settle = |slot: &mut Slot| {
-            if slot.inflight != 0
-                && acked[slot.carrier_seq as usize % SNAPSHOT_RING_LEN] == slot.carrier_seq
-            {
-                slot.inflight = 0;
-            }
+            let settled = acked.contains(newest_ack.wrapping_sub(slot.carrier_seq));
+            slot.inflight &= u8::from(settled).wrapping_sub(1);
         };
         views.clear();
         // The common case: the same entities as last time, updated in place.
@@ -1616,6 +1619,29 @@ struct Choice<'a> {
     near_sq: f32,
     header: &'a DeltaHeader,
     bytes_max: usize,
+}
+
+/// Which of the [`SNAPSHOT_RING_LEN`] sequences up to a client's newest ack it
+/// acknowledged, as offsets back from the newest (4 bytes instead of a ring of them).
+#[derive(Debug, Clone, Copy, Default)]
+struct AckWindow(u32);
+
+const _: () = assert!(SNAPSHOT_RING_LEN == u32::BITS as usize);
+
+impl AckWindow {
+    /// The newest acknowledged sequence moved `by` forward.
+    fn advance(&mut self, by: u32) {
+        self.0 = self.0.checked_shl(by).unwrap_or(0);
+    }
+
+    /// The sequence `back` before the newest was acknowledged.
+    fn insert(&mut self, back: u32) {
+        self.0 |= 1u32.checked_shl(back).unwrap_or(0);
+    }
+
+    fn contains(self, back: u32) -> bool {
+        self.0.checked_shr(back).unwrap_or(0) & 1 == 1
+    }
 }
 
 /// Bits of a [`choice_key`] that hold the (inverted) slot index.
