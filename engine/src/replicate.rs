@@ -906,8 +906,12 @@ pub(crate) struct RateParams {
     intervals: [u64; 3],
     combat_hold_ticks: u64,
     snapshot_bytes_max: usize,
-    /// Smallest snapshot worth sending: below it the client saves up.
+    /// Smallest snapshot worth sending: below it the client saves up (a datagram, or
+    /// what its budget brings in a tenth of a second when that is less).
     send_bytes_min: usize,
+    /// The same for a client's first delta snapshot: a quarter of a datagram, so a new
+    /// client starts as soon as it can.
+    first_send_bytes_min: usize,
     /// Most saved, in byte-ticks (bytes times `tick_hz`).
     saved_max: u64,
 }
@@ -917,9 +921,19 @@ impl RateParams {
         let tick_hz = u64::from(config.tick_hz);
         let interval = |hz: u32| tick_hz.div_ceil(u64::from(hz.max(1))).max(1);
         let rates = config.replication_rates_hz;
-        let send_bytes_min = (config.snapshot_bytes_max / 4)
-            .max(DELTA_HEADER_BYTES_MAX + DELTA_RECORD_BYTES_MAX)
-            .min(config.snapshot_bytes_max);
+        // A client held back by its budget saves up for a whole datagram (fewer, fuller
+        // snapshots: less per-snapshot work and header bytes, and the nearest entities
+        // of a dense battle got more records a second, not fewer: BENCHMARKS.md), unless
+        // its budget takes more than a tenth of a second to bring one in; then it waits
+        // at most that long (and for at least a quarter of a datagram).
+        let bounded = |bytes: usize| {
+            bytes
+                .max(DELTA_HEADER_BYTES_MAX + DELTA_RECORD_BYTES_MAX)
+                .min(config.snapshot_bytes_max)
+        };
+        let quarter = config.snapshot_bytes_max / 4;
+        let budget_tenth = usize::try_from(config.replication_bytes_per_s / 10).unwrap_or(0);
+        let send_bytes_min = bounded(budget_tenth.clamp(quarter, config.snapshot_bytes_max));
         RateParams {
             tick_hz,
             bytes_per_s: u64::from(config.replication_bytes_per_s),
@@ -927,6 +941,7 @@ impl RateParams {
             combat_hold_ticks: u64::from(COMBAT_HOLD_S) * tick_hz,
             snapshot_bytes_max: config.snapshot_bytes_max,
             send_bytes_min,
+            first_send_bytes_min: bounded(quarter),
             saved_max: (config.snapshot_bytes_max as u64 * 2)
                 .max(u64::from(config.replication_bytes_per_s))
                 * tick_hz,
@@ -1195,7 +1210,12 @@ impl ClientReplication {
         let bytes_max = usize::try_from(self.saved / rates.tick_hz)
             .unwrap_or(usize::MAX)
             .min(rates.snapshot_bytes_max);
-        (bytes_max >= rates.send_bytes_min).then_some(bytes_max)
+        let bytes_min = if self.reset_seq == 0 {
+            rates.first_send_bytes_min
+        } else {
+            rates.send_bytes_min
+        };
+        (bytes_max >= bytes_min).then_some(bytes_max)
     }
 
     /// Handles the client's ack of snapshot `seq` (0: none yet). Switches the client to
