@@ -58,7 +58,7 @@ use crate::config::EngineConfig;
 use crate::sector::{find_sector, fine_cell_of, CachedReplica, Sector, FINE_CELLS_PER_SIDE};
 use crate::sector_id::SectorId;
 use crate::wire::delta::{
-    position_bytes, put_fields, quantize_cm, record_len_of, DeltaEncoder, DeltaHeader,
+    fields_len, position_bytes, put_fields, quantize_cm, record_len_of, DeltaEncoder, DeltaHeader,
     ReplicaEntity, DELTA_HEADER_BYTES_MAX, DELTA_RECORDS_MAX, DELTA_RECORD_BYTES_MAX, FIELDS_ALL,
     FIELD_HEALTH, FIELD_POSITION, FIELD_VELOCITY, RECORD_REMOVED,
 };
@@ -1554,7 +1554,7 @@ impl ClientReplication {
             let (mask, pushed) = match (encoded, cached) {
                 (Some(entry), _) => {
                     let start = entry.fields_at as usize;
-                    let len: usize = entry.field_bytes.iter().map(|&b| usize::from(b)).sum();
+                    let len = fields_len(&entry.field_bytes, FIELDS_ALL);
                     let fields = choice.fields.get(start..start + len).unwrap_or_default();
                     let pushed = encoder.push_encoded(
                         slot.entity_id,

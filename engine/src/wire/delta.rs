@@ -262,15 +262,42 @@ pub fn position_bytes(value: &ReplicaEntity, origin_x_cm: i64, origin_y_cm: i64)
 /// Encoded size of a record with id delta `id_delta` and `mask`, for an entity whose
 /// [`field_bytes`] are `fields`: the same as [`record_len`].
 pub fn record_len_of(id_delta: u64, mask: u8, fields: &[u8; 6]) -> usize {
-    let mut len = varint_len(id_delta) + 1;
-    if mask != RECORD_REMOVED {
-        for (bit, &bytes) in fields.iter().enumerate() {
+    let body = if mask == RECORD_REMOVED {
+        0
+    } else {
+        fields_len(fields, mask)
+    };
+    varint_len(id_delta) + 1 + body
+}
+
+/// One byte of ones for each field bit of the index: `FIELD_BYTE_MASKS[mask]` keeps the
+/// lengths of the fields `mask` names out of the six packed in a `u64`.
+const FIELD_BYTE_MASKS: [u64; 64] = {
+    let mut masks = [0u64; 64];
+    let mut mask = 0;
+    while mask < 64 {
+        let mut bit = 0;
+        while bit < 6 {
             if mask & (1 << bit) != 0 {
-                len += usize::from(bytes);
+                masks[mask] |= 0xFF << (8 * bit);
             }
+            bit += 1;
         }
+        mask += 1;
     }
-    len
+    masks
+};
+
+/// Encoded bytes of the fields `mask` names (its [`FIELDS_ALL`] bits), for an entity
+/// whose [`field_bytes`] are `fields`. Branch-free: the lengths are packed in one word,
+/// masked, and summed by a multiply (each is at most 20 and all six at most 61, so no
+/// byte of the sum carries into the next). It runs for every record a client considers.
+#[inline]
+pub fn fields_len(fields: &[u8; 6], mask: u8) -> usize {
+    let [a, b, c, d, e, f] = *fields;
+    let packed = u64::from_le_bytes([a, b, c, d, e, f, 0, 0]);
+    let kept = packed & FIELD_BYTE_MASKS[usize::from(mask & FIELDS_ALL)];
+    (kept.wrapping_mul(0x0101_0101_0101_0101) >> 56) as usize
 }
 
 /// Encoded size of `record` after a record for `previous_id` (0 for the first).
@@ -430,7 +457,7 @@ impl<'a> DeltaEncoder<'a> {
         }
         debug_assert_eq!(
             fields.len(),
-            field_bytes.iter().map(|&b| usize::from(b)).sum::<usize>(),
+            fields_len(field_bytes, FIELDS_ALL),
             "fields and their lengths disagree"
         );
         let before = self.out.len();
@@ -836,6 +863,40 @@ mod tests {
             origin_x_cm: -100_000,
             origin_y_cm: 200_000,
         }
+    }
+
+    #[test]
+    fn fields_len_is_the_sum_of_the_masked_field_lengths() {
+        let widest = ReplicaEntity {
+            entity_id: u64::MAX,
+            owner_account: u64::MAX,
+            x_cm: i64::MIN,
+            y_cm: i64::MAX,
+            vx_cmps: i32::MIN,
+            vy_cmps: i32::MIN,
+            hit_points_centi: u64::MAX,
+            target: u64::MAX,
+            ..ReplicaEntity::default()
+        };
+        let cases = [
+            field_bytes(&widest, 0, 0),
+            field_bytes(&ReplicaEntity::default(), 0, 0),
+            [3, 0, 7, 1, 0, 20],
+        ];
+        for fields in cases {
+            for mask in 0..=u8::MAX {
+                let expected: usize = (0..6)
+                    .filter(|bit| mask & FIELDS_ALL & (1 << bit) != 0)
+                    .map(|bit| usize::from(fields[bit]))
+                    .sum();
+                assert_eq!(fields_len(&fields, mask), expected, "{fields:?} {mask:#x}");
+            }
+        }
+        assert_eq!(
+            fields_len(&cases[0], FIELDS_ALL),
+            61,
+            "the widest record body"
+        );
     }
 
     #[test]
