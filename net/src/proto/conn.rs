@@ -506,8 +506,17 @@ impl Conn {
     }
 
     /// Earliest instant at which this connection needs attention (keepalive, resend, timeout).
+    /// That includes the ping due [`KEEPALIVE_INTERVAL_MAX`] after the last one while
+    /// payloads keep flowing, so a caller that sleeps until the deadline pings on time
+    /// instead of at its next send.
     pub fn next_deadline(&self) -> Instant {
-        let keepalive = self.last_send + KEEPALIVE_INTERVAL;
+        let keepalive = match self.last_keepalive {
+            Some(pinged) if !self.keepalive_asap => {
+                (self.last_send + KEEPALIVE_INTERVAL).min(pinged + KEEPALIVE_INTERVAL_MAX)
+            }
+            // A keepalive is due now (never pinged, or asked for one).
+            _ => self.last_send,
+        };
         let timeout = self.last_recv + self.timeout;
         let resend = self.reliable_tx.next_due(self.resend_interval());
         resend.map_or(keepalive.min(timeout), |r| r.min(keepalive).min(timeout))
@@ -746,6 +755,39 @@ mod tests {
             }
         }
         delivered
+    }
+
+    #[test]
+    fn the_deadline_includes_the_ping_due_while_payloads_flow() {
+        let start = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut a = Conn::new(7, [1; 32], [2; 32], 0, timeout, start);
+        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, start);
+        assert!(
+            a.next_deadline() <= start,
+            "never pinged: a keepalive is due now"
+        );
+        exchange(start, &mut a, &mut b);
+        assert!(a.last_packet_was_keepalive());
+        // A payload every 50 ms keeps `last_send` fresh; the ping is due 1 s after the
+        // first all the same, and the deadline says so.
+        let mut now = start;
+        while now < start + Duration::from_millis(950) {
+            now += Duration::from_millis(50);
+            a.queue(Channel::Unreliable, vec![1; 10]).unwrap();
+            exchange(now, &mut a, &mut b);
+            b.touch(now);
+            a.touch(now);
+        }
+        assert_eq!(a.next_deadline(), start + KEEPALIVE_INTERVAL_MAX);
+        now = a.next_deadline();
+        let mut buf = [0u8; MTU_BYTES];
+        assert!(a.poll_packet(now, &mut buf).is_some());
+        assert!(
+            a.last_packet_was_keepalive(),
+            "the ping goes at its deadline"
+        );
+        assert!(a.next_deadline() > now);
     }
 
     #[test]
