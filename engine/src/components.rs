@@ -4,6 +4,8 @@
 //!
 //! Every ship has every component (one archetype per world), so iteration is one dense
 //! pass and flipping a state (warping, AI control) never moves an entity between tables.
+//! The state only the cold passes read ([`Cold`]) is kept beside the world, in a list
+//! per sector that each ship's [`ColdSlot`] indexes.
 
 use crate::sector_id::SectorId;
 use crate::ship::{ShipStats, WeaponStats};
@@ -105,76 +107,103 @@ pub(crate) struct ShipState {
     pub(crate) changed: Changed,
 }
 
-/// The component tuple a ship is stored as.
+/// A ship's identity: what its world's table keeps of [`Ship`] (the stats are in
+/// [`Cold`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) entity_id: u64,
+    pub(crate) owner_account: u64,
+}
+
+/// What a ship keeps outside its world's table: its stats and the state only the AI,
+/// warp and weapon passes, commands and combat read (144 of a ship's 218 bytes; the
+/// movement pass reads the stats, through the slot). hecs 0.10 gives every table at
+/// least 64 rows, and most sectors hold a handful of ships, so a row's bytes count 64
+/// times over there; these live in the sector's [`ColdSlot`]-indexed list instead, which
+/// grows with the ships it holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Cold {
+    pub(crate) stats: ShipStats,
+    pub(crate) weapons: Weapons,
+    pub(crate) warp: Warp,
+    pub(crate) pilot: Pilot,
+    pub(crate) last_attacker: LastAttacker,
+}
+
+/// Where a ship's [`Cold`] state is in its sector's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ColdSlot(pub(crate) u32);
+
+/// The component tuple a ship is stored as in its sector's world.
 pub(crate) type ShipBundle = (
-    Ship,
+    Identity,
     Position,
     Velocity,
     DesiredVelocity,
     Dirty,
     Health,
-    Weapons,
-    Warp,
-    Pilot,
-    LastAttacker,
+    ColdSlot,
     Changed,
 );
 
+/// A ship's components in its world, as read back.
+pub(crate) type ShipRefs<'a> = (
+    &'a Identity,
+    &'a Position,
+    &'a Velocity,
+    &'a DesiredVelocity,
+    &'a Dirty,
+    &'a Health,
+    &'a ColdSlot,
+    &'a Changed,
+);
+
 impl ShipState {
-    pub(crate) fn into_bundle(self) -> ShipBundle {
+    /// The ship's cold state, and its components with the cold state at `slot`.
+    pub(crate) fn into_parts(self, slot: u32) -> (ShipBundle, Cold) {
         (
-            self.ship,
-            self.position,
-            self.velocity,
-            self.desired,
-            self.dirty,
-            self.health,
-            self.weapons,
-            self.warp,
-            self.pilot,
-            self.last_attacker,
-            self.changed,
+            (
+                Identity {
+                    entity_id: self.ship.entity_id,
+                    owner_account: self.ship.owner_account,
+                },
+                self.position,
+                self.velocity,
+                self.desired,
+                self.dirty,
+                self.health,
+                ColdSlot(slot),
+                self.changed,
+            ),
+            Cold {
+                stats: self.ship.stats,
+                weapons: self.weapons,
+                warp: self.warp,
+                pilot: self.pilot,
+                last_attacker: self.last_attacker,
+            },
         )
     }
 
-    pub(crate) fn from_refs(
-        (
-            ship,
-            position,
-            velocity,
-            desired,
-            dirty,
-            health,
-            weapons,
-            warp,
-            pilot,
-            last_attacker,
-            changed,
-        ): (
-            &Ship,
-            &Position,
-            &Velocity,
-            &DesiredVelocity,
-            &Dirty,
-            &Health,
-            &Weapons,
-            &Warp,
-            &Pilot,
-            &LastAttacker,
-            &Changed,
-        ),
+    pub(crate) fn from_parts(
+        (identity, position, velocity, desired, dirty, health, _, changed): ShipRefs<'_>,
+        cold: &Cold,
     ) -> ShipState {
         ShipState {
-            ship: *ship,
+            ship: Ship {
+                entity_id: identity.entity_id,
+                owner_account: identity.owner_account,
+                stats: cold.stats,
+            },
             position: *position,
             velocity: *velocity,
             desired: *desired,
             dirty: *dirty,
             health: *health,
-            weapons: *weapons,
-            warp: *warp,
-            pilot: *pilot,
-            last_attacker: *last_attacker,
+            weapons: cold.weapons,
+            warp: cold.warp,
+            pilot: cold.pilot,
+            last_attacker: cold.last_attacker,
             changed: *changed,
         }
     }

@@ -27,10 +27,12 @@ use crate::crafting::{Crafting, CraftingCompleted, CraftingJob};
 use crate::hash::Fnv1a64;
 use crate::recording::{Input, Recorder};
 use crate::replicate::{
-    CacheRef, ClientReplication, DeltaContext, DeltaWriteCounts, GroupKey, InterestGroups, Plan,
-    RateParams, SnapshotWriter, NO_GROUP,
+    capacity_bytes, CacheRef, ClientReplication, DeltaContext, DeltaWriteCounts, GroupKey,
+    InterestGroups, Plan, RateParams, SnapshotWriter, NO_GROUP,
 };
-use crate::report::{EngineStats, RejectCounts, TickReport, Violation, ViolationCounts};
+use crate::report::{
+    EngineStats, HeapEstimate, RejectCounts, TickReport, Violation, ViolationCounts,
+};
 use crate::sector::{clamp_magnitude, find_sector, Sector, ShotOutcome, StepParams};
 use crate::sector_id::SectorId;
 use crate::ship::{
@@ -75,6 +77,8 @@ enum Client {
 
 /// Delta snapshot buffers kept between writes whatever the number of delta clients.
 const SPARE_BUFS_MIN: usize = 16;
+/// Fewest per-client entries the client list grows by (it grows by an eighth).
+const REPLICAS_GROWTH_MIN: usize = 64;
 
 /// One client's replication state, and its output buffer while it is written.
 #[derive(Debug, Default)]
@@ -547,13 +551,21 @@ impl Engine {
     fn replica_attached(&mut self, client: u64) {
         match self.replicas.binary_search_by_key(&client, |r| r.client) {
             Ok(index) => self.replicas[index].state.forget(),
-            Err(index) => self.replicas.insert(
-                index,
-                ReplicaClient {
-                    client,
-                    ..ReplicaClient::default()
-                },
-            ),
+            Err(index) => {
+                if self.replicas.len() == self.replicas.capacity() {
+                    // An eighth more, not double: at 10,000 clients doubling would
+                    // leave up to a few MB of unused entries (about 300 bytes each).
+                    let more = (self.replicas.capacity() / 8).max(REPLICAS_GROWTH_MIN);
+                    self.replicas.reserve_exact(more);
+                }
+                self.replicas.insert(
+                    index,
+                    ReplicaClient {
+                        client,
+                        ..ReplicaClient::default()
+                    },
+                );
+            }
         }
     }
 
@@ -1139,41 +1151,53 @@ impl Engine {
         self.workers.for_each_chunked(blocks, chunk_len, &|block| {
             block.fill(sectors, sector_size_m, epoch)
         });
-        let (groups, blocks) = self.groups.active_mut();
-        let chunk_len = groups.len().div_ceil(self.threads * 8);
-        self.workers.for_each_chunked(groups, chunk_len, &|group| {
-            group.fill(sectors, blocks, sector_size_m, epoch)
-        });
-        let ctx = DeltaContext {
-            sectors: &self.sectors,
-            groups: &self.groups,
-            header,
-            epoch,
-            rates,
-            keep_expected: self.config.replication_check,
-        };
-        // In group order: a group's candidates and its entities' values are read by its
-        // clients one after another, while they are in this core's cache.
-        let chunk_len = self.write_order.len().div_ceil(self.threads * 16);
-        self.workers.for_each_chunked_in_order(
-            &mut self.replicas,
-            &self.write_order,
-            &mut self.write_seen,
-            chunk_len,
-            &|replica| {
-                if let Plan::Delta {
-                    group,
-                    own,
-                    bytes_max,
-                } = replica.plan
-                {
-                    replica.counts =
-                        replica
-                            .state
-                            .write_delta(&mut replica.buf, &ctx, group, own, bytes_max);
-                }
-            },
-        );
+        // Clients without a group come first in `write_order`, then each group's.
+        let mut written = self.write_order.len() - self.groups.clients_grouped();
+        let mut first = 0;
+        for batch in 0..self.groups.batches() {
+            let (groups, blocks, clients) = self.groups.batch_mut(batch);
+            let chunk_len = groups.len().div_ceil(self.threads * 8);
+            self.workers.for_each_chunked(groups, chunk_len, &|group| {
+                group.fill(sectors, blocks, sector_size_m, epoch)
+            });
+            let ctx = DeltaContext {
+                sectors,
+                groups: &self.groups,
+                header,
+                epoch,
+                rates,
+                keep_expected: self.config.replication_check,
+            };
+            written += clients;
+            let order = &self.write_order[first..written];
+            first = written;
+            // In group order: a group's candidates and its entities' values are read by
+            // its clients one after another, while they are in this core's cache.
+            let chunk_len = order.len().div_ceil(self.threads * 16);
+            self.workers.for_each_chunked_in_order(
+                &mut self.replicas,
+                order,
+                &mut self.write_seen,
+                chunk_len,
+                &|replica| {
+                    if let Plan::Delta {
+                        group,
+                        own,
+                        bytes_max,
+                    } = replica.plan
+                    {
+                        replica.counts = replica.state.write_delta(
+                            &mut replica.buf,
+                            &ctx,
+                            group,
+                            own,
+                            bytes_max,
+                        );
+                    }
+                },
+            );
+        }
+        debug_assert_eq!(written, self.write_order.len(), "every client written once");
 
         let mut delta_writes = 0;
         for replica in &mut self.replicas {
@@ -1450,6 +1474,43 @@ impl Engine {
         }
         self.crafting.hash_into(&mut hasher);
         hasher.finish()
+    }
+
+    /// The engine's heap by part, estimated from its buffers' capacities (see
+    /// [`HeapEstimate`]): cheap enough for a gauge (one pass over sectors and clients).
+    pub fn heap_estimate(&self) -> HeapEstimate {
+        let (groups, blocks) = self.groups.heap_bytes();
+        let mut estimate = HeapEstimate {
+            groups: groups + capacity_bytes(&self.write_order) + capacity_bytes(&self.write_seen),
+            blocks,
+            ..HeapEstimate::default()
+        };
+        for sector in self.sectors.iter().chain(&self.sectors_spare) {
+            let (cache, world) = sector.heap_bytes();
+            estimate.sector_caches += cache + std::mem::size_of::<Sector>();
+            estimate.worlds += world;
+        }
+        estimate.sector_caches += capacity_bytes(&self.sectors)
+            + capacity_bytes(&self.sectors_scratch)
+            + capacity_bytes(&self.sectors_spare);
+        estimate.replication_slots = capacity_bytes(&self.replicas)
+            + self
+                .replicas
+                .iter()
+                .map(|r| r.state.heap_bytes() + r.buf.capacity())
+                .sum::<usize>();
+        // Hash tables: a bucket and a control byte per slot; a B-tree about 1.5 times
+        // its entries.
+        let location = std::mem::size_of::<(u64, Location)>() + 1;
+        let client = std::mem::size_of::<(u64, Client)>();
+        estimate.client_table = self.locations.capacity() * location
+            + self.clients.len() * client * 3 / 2
+            + self
+                .spare_bufs
+                .iter()
+                .map(|b| b.capacity() + std::mem::size_of::<Vec<u8>>())
+                .sum::<usize>();
+        estimate
     }
 
     /// Running totals and current sizes.

@@ -24,6 +24,14 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
+    /// Heap bytes of its queues (capacities).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.queues
+            .iter()
+            .map(|q| q.capacity() * std::mem::size_of::<Command>())
+            .sum()
+    }
+
     pub(crate) fn new(capacity: usize) -> Inbox {
         Inbox {
             queues: Default::default(),

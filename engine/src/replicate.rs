@@ -37,7 +37,8 @@
 //! the fields changed over the last few writes and where the group encoded its fields
 //! once, so a record's fields are copied, not encoded, by each client that sends it); a pilot's
 //! own ship is always added. Groups are filled, then clients written group after group
-//! (a group's list stays in the core's cache), in parallel on the engine's workers,
+//! (a group's list stays in the core's cache), [`GROUPS_BATCH_MAX`] groups at a time so
+//! the lists take a fixed amount of memory, in parallel on the engine's workers,
 //! each into its own reused buffer with per-thread scratch; the bytes do not depend on
 //! the thread count.
 //!
@@ -394,12 +395,28 @@ pub(crate) struct InterestGroup {
     /// Every candidate's fields encoded once at the group's origin (see
     /// `GroupEntry::fields_at`): the clients of the group copy them into their records.
     fields: Vec<u8>,
+}
+
+/// Buffers for ranking one group's candidates, one set per worker thread (a group
+/// needs them only while it is filled): up to a block's entities each, so one set per
+/// group would cost more than the group's candidates.
+struct Ranking {
     /// Candidates still in the running.
     work: Vec<WorkItem>,
     /// Squared distances of candidates, as bits (which order like the distances).
     keys: Vec<u64>,
     /// A copy of some of `keys` to select in.
     work_keys: Vec<u64>,
+}
+
+thread_local! {
+    static RANKING: RefCell<Ranking> = const {
+        RefCell::new(Ranking {
+            work: Vec::new(),
+            keys: Vec::new(),
+            work_keys: Vec::new(),
+        })
+    };
 }
 
 /// A candidate being ranked: squared distance to the reference, entity id (ties), and
@@ -422,9 +439,6 @@ impl InterestGroup {
             near_radius_m: 0.0,
             candidates: Vec::new(),
             fields: Vec::new(),
-            work: Vec::new(),
-            keys: Vec::new(),
-            work_keys: Vec::new(),
         }
     }
 
@@ -437,27 +451,30 @@ impl InterestGroup {
         sector_size_m: f64,
         epoch: u64,
     ) {
-        self.work.clear();
         self.candidates.clear();
         let centre = self.key.centre;
         self.origin = centre.min_corner_m(sector_size_m);
-        match blocks.get(self.block as usize) {
-            Some(block) => {
-                self.reference = self.cell_reference(sector_size_m);
-                self.pick_from_block(block);
-            }
-            None => {
-                if self.key.cell == CELL_WHOLE {
-                    let half = SectorId::cell_width_m(centre.scale, sector_size_m) / 2.0;
-                    self.reference = (self.origin.0 + half, self.origin.1 + half);
-                    self.gather_block(sectors);
-                } else {
+        RANKING.with(|ranking| {
+            let rank = &mut *ranking.borrow_mut();
+            rank.work.clear();
+            match blocks.get(self.block as usize) {
+                Some(block) => {
                     self.reference = self.cell_reference(sector_size_m);
-                    self.gather_rings(sectors, sector_size_m);
+                    self.pick_from_block(block, rank);
                 }
-                self.rank_gathered(sectors);
+                None => {
+                    if self.key.cell == CELL_WHOLE {
+                        let half = SectorId::cell_width_m(centre.scale, sector_size_m) / 2.0;
+                        self.reference = (self.origin.0 + half, self.origin.1 + half);
+                        self.gather_block(sectors, rank);
+                    } else {
+                        self.reference = self.cell_reference(sector_size_m);
+                        self.gather_rings(sectors, sector_size_m, rank);
+                    }
+                    self.rank_gathered(sectors, rank);
+                }
             }
-        }
+        });
         self.fields.clear();
         // A block's entries come encoded already when its clients share them.
         if self.clients < SHARED_GROUP_CLIENTS || self.block != NO_BLOCK {
@@ -493,23 +510,23 @@ impl InterestGroup {
 
     /// Keeps the [`REPLICA_ENTITIES_MAX`] gathered candidates nearest to the reference
     /// (ties by id), notes the near radius and makes the group's entries, by id.
-    fn rank_gathered(&mut self, sectors: &[Box<Sector>]) {
-        if self.work.len() > REPLICA_ENTITIES_MAX {
-            self.work
+    fn rank_gathered(&mut self, sectors: &[Box<Sector>], rank: &mut Ranking) {
+        if rank.work.len() > REPLICA_ENTITIES_MAX {
+            rank.work
                 .select_nth_unstable_by(REPLICA_ENTITIES_MAX, nearest_first);
-            self.work.truncate(REPLICA_ENTITIES_MAX);
+            rank.work.truncate(REPLICA_ENTITIES_MAX);
         }
         // Squared distances are non-negative, so their bits order like them: the near
         // radius is a selection over plain integers (ties do not change the value).
-        self.keys.clear();
-        self.keys
-            .extend(self.work.iter().map(|w| w.distance_sq_m2.to_bits()));
-        self.near_radius_m = near_radius(&mut self.keys);
-        self.work.sort_unstable_by_key(|w| w.entity_id);
+        rank.keys.clear();
+        rank.keys
+            .extend(rank.work.iter().map(|w| w.distance_sq_m2.to_bits()));
+        self.near_radius_m = near_radius(&mut rank.keys);
+        rank.work.sort_unstable_by_key(|w| w.entity_id);
         let origin = self.origin;
         let origin_cm = (quantize_cm(origin.0), quantize_cm(origin.1));
         self.candidates.extend(
-            self.work
+            rank.work
                 .iter()
                 .filter_map(|w| Some(GroupEntry::new(w.at, w.at.get(sectors)?, origin, origin_cm))),
         );
@@ -519,38 +536,45 @@ impl InterestGroup {
     /// sector: the same [`REPLICA_ENTITIES_MAX`] nearest to the reference (ties by id)
     /// that the ring search finds, read in the block's id order, so nothing is sorted
     /// and no entry is made again.
-    fn pick_from_block(&mut self, block: &Block) {
+    fn pick_from_block(&mut self, block: &Block, rank: &mut Ranking) {
         let reference = self.reference;
-        self.keys.clear();
-        self.keys.extend(block.positions.iter().map(|&(x, y)| {
+        rank.keys.clear();
+        rank.keys.extend(block.positions.iter().map(|&(x, y)| {
             let (dx, dy) = (x - reference.0, y - reference.1);
             (dx * dx + dy * dy).to_bits()
         }));
         // The farthest distance kept, and how many at exactly that distance are kept
         // (those of lowest id, as `nearest_first` ranks them).
-        let (cutoff, mut ties) = if self.keys.len() > REPLICA_ENTITIES_MAX {
-            self.work_keys.clear();
-            self.work_keys.extend_from_slice(&self.keys);
-            let (_, &mut kth, _) = self.work_keys.select_nth_unstable(REPLICA_ENTITIES_MAX - 1);
-            let nearer = self.keys.iter().filter(|&&key| key < kth).count();
+        let (cutoff, mut ties) = if rank.keys.len() > REPLICA_ENTITIES_MAX {
+            rank.work_keys.clear();
+            rank.work_keys.extend_from_slice(&rank.keys);
+            let (_, &mut kth, _) = rank.work_keys.select_nth_unstable(REPLICA_ENTITIES_MAX - 1);
+            let nearer = rank.keys.iter().filter(|&&key| key < kth).count();
             (kth, REPLICA_ENTITIES_MAX - nearer)
         } else {
             (u64::MAX, usize::MAX)
         };
-        self.work_keys.clear();
-        for (entry, &key) in block.entries.iter().zip(&self.keys) {
+        rank.work_keys.clear();
+        for (entry, &key) in block.entries.iter().zip(&rank.keys) {
             let kept = key < cutoff || (key == cutoff && ties > 0);
             if kept {
                 ties -= usize::from(key == cutoff);
                 self.candidates.push(*entry);
-                self.work_keys.push(key);
+                rank.work_keys.push(key);
             }
         }
-        self.near_radius_m = near_radius(&mut self.work_keys);
+        self.near_radius_m = near_radius(&mut rank.work_keys);
     }
 
     /// Adds a candidate unless it is farther than `cutoff_sq_m2` from the reference.
-    fn push(&mut self, sector: usize, index: usize, cached: &CachedReplica, cutoff_sq_m2: f64) {
+    fn push(
+        &self,
+        rank: &mut Ranking,
+        sector: usize,
+        index: usize,
+        cached: &CachedReplica,
+        cutoff_sq_m2: f64,
+    ) {
         let dx = cached.value.x_m() - self.reference.0;
         let dy = cached.value.y_m() - self.reference.1;
         let distance_sq_m2 = dx * dx + dy * dy;
@@ -561,7 +585,7 @@ impl InterestGroup {
             sector: sector as u32,
             index: index as u32,
         };
-        self.work.push(WorkItem {
+        rank.work.push(WorkItem {
             distance_sq_m2,
             entity_id: cached.value.entity_id,
             at,
@@ -569,7 +593,7 @@ impl InterestGroup {
     }
 
     /// Every entity of the centre cell and its 8 neighbours (at the centre's scale).
-    fn gather_block(&mut self, sectors: &[Box<Sector>]) {
+    fn gather_block(&self, sectors: &[Box<Sector>], rank: &mut Ranking) {
         let (x_first, x_last, y_first, y_last) = scale0_range(self.key.centre);
         for column in x_first..=x_last {
             let start = sectors.partition_point(|s| (s.id().x, s.id().y) < (column, y_first));
@@ -579,7 +603,7 @@ impl InterestGroup {
                     break;
                 }
                 for (index, cached) in sector.replica().iter().enumerate() {
-                    self.push(start + offset, index, cached, f64::INFINITY);
+                    self.push(rank, start + offset, index, cached, f64::INFINITY);
                 }
             }
         }
@@ -593,7 +617,7 @@ impl InterestGroup {
     /// kept within `d`), and every entity of ring `t` is at least `(t - 0.5)` cell
     /// widths away, so rings up to `d / width + 0.5` are visited, plus one for ships
     /// just past their sector's border (indexed in its border cell until handed over).
-    fn gather_rings(&mut self, sectors: &[Box<Sector>], sector_size_m: f64) {
+    fn gather_rings(&self, sectors: &[Box<Sector>], sector_size_m: f64, rank: &mut Ranking) {
         const SIDE: i64 = 3 * FINE_CELLS_PER_SIDE as i64;
         let centre = self.key.centre;
         let mut block = [None; 9];
@@ -607,7 +631,7 @@ impl InterestGroup {
             per_side + i64::from(self.key.cell) % per_side,
             per_side + i64::from(self.key.cell) / per_side,
         );
-        let visit = |this: &mut InterestGroup, gx: i64, gy: i64, cutoff_sq_m2: f64| {
+        let visit = |rank: &mut Ranking, gx: i64, gy: i64, cutoff_sq_m2: f64| {
             if !(0..SIDE).contains(&gx) || !(0..SIDE).contains(&gy) {
                 return;
             }
@@ -618,7 +642,7 @@ impl InterestGroup {
             let cache = sectors[sector].replica();
             for &index in sectors[sector].fine_cell(cx, cy) {
                 if let Some(cached) = cache.get(index as usize) {
-                    this.push(sector, index as usize, cached, cutoff_sq_m2);
+                    self.push(rank, sector, index as usize, cached, cutoff_sq_m2);
                 }
             }
         };
@@ -627,23 +651,23 @@ impl InterestGroup {
         let mut r = 0;
         while r <= last_ring && r < SIDE {
             if r == 0 {
-                visit(self, gx0, gy0, cutoff_sq_m2);
+                visit(rank, gx0, gy0, cutoff_sq_m2);
             } else {
                 for gx in gx0 - r..=gx0 + r {
-                    visit(self, gx, gy0 - r, cutoff_sq_m2);
-                    visit(self, gx, gy0 + r, cutoff_sq_m2);
+                    visit(rank, gx, gy0 - r, cutoff_sq_m2);
+                    visit(rank, gx, gy0 + r, cutoff_sq_m2);
                 }
                 for gy in gy0 - r + 1..gy0 + r {
-                    visit(self, gx0 - r, gy, cutoff_sq_m2);
-                    visit(self, gx0 + r, gy, cutoff_sq_m2);
+                    visit(rank, gx0 - r, gy, cutoff_sq_m2);
+                    visit(rank, gx0 + r, gy, cutoff_sq_m2);
                 }
             }
-            if last_ring == SIDE && self.work.len() >= REPLICA_ENTITIES_MAX {
+            if last_ring == SIDE && rank.work.len() >= REPLICA_ENTITIES_MAX {
                 // The distance of the farthest of the nearest so far (bits: see `fill`).
-                self.keys.clear();
-                self.keys
-                    .extend(self.work.iter().map(|w| w.distance_sq_m2.to_bits()));
-                let (_, &mut kth, _) = self.keys.select_nth_unstable(REPLICA_ENTITIES_MAX - 1);
+                rank.keys.clear();
+                rank.keys
+                    .extend(rank.work.iter().map(|w| w.distance_sq_m2.to_bits()));
+                let (_, &mut kth, _) = rank.keys.select_nth_unstable(REPLICA_ENTITIES_MAX - 1);
                 cutoff_sq_m2 = f64::from_bits(kth);
                 last_ring = (cutoff_sq_m2.sqrt() / cell_w_m + 0.5).floor() as i64 + 1;
             }
@@ -783,13 +807,41 @@ impl Block {
     }
 }
 
+/// Groups whose candidate lists are held at once: a write fills its groups and writes
+/// their clients this many groups at a time, reusing the same lists, so the lists cost
+/// a fixed amount of memory (5 KiB each, up to 9 with shared fields) rather than one
+/// per group of the write (about one per client written in a tick where pilots are
+/// spread out). Large enough that the extra parallel phases (two per batch) cost little
+/// next to the work in one: 256 and 512 measured the same CPU in the replication bench
+/// (roam and battle), 256 holding 1.8 MB less at 5,000 roaming clients.
+pub(crate) const GROUPS_BATCH_MAX: usize = 256;
+/// Groups kept between writes beyond this write's count and a quarter more, so a world
+/// of a few clients (some ticks write none) does not free and make lists every tick.
+const GROUPS_SPARE_MIN: usize = 16;
+/// Blocks kept between writes beyond this write's count and a quarter more.
+const BLOCKS_SPARE_MIN: usize = 16;
+
+/// One interest group of this write, before its candidates are found.
+#[derive(Debug, Clone, Copy)]
+struct GroupPlan {
+    key: GroupKey,
+    clients: u32,
+    /// Its [`Block`] this write ([`NO_BLOCK`]: it gathers its own candidates).
+    block: u32,
+}
+
 /// The interest groups of one write, built from the clients' requests.
 #[derive(Debug, Default)]
 pub(crate) struct InterestGroups {
-    /// Groups in use are `groups[..active]`; the rest keep their buffers for reuse.
+    /// This write's groups, in key order (their clients are written in that order).
+    plans: Vec<GroupPlan>,
+    /// The candidate lists of the batch being written: group `batch_start + k` is
+    /// `groups[k]` for `k < batch_len`. At most [`GROUPS_BATCH_MAX`].
     groups: Vec<InterestGroup>,
-    active: usize,
-    /// Blocks in use are `blocks[..blocks_active]`, likewise.
+    batch_start: usize,
+    batch_len: usize,
+    /// Blocks in use are `blocks[..blocks_active]`; a few more keep their buffers for
+    /// reuse, the surplus of a burst is let go.
     blocks: Vec<Block>,
     blocks_active: usize,
     requests: Vec<(GroupKey, u32)>,
@@ -798,7 +850,9 @@ pub(crate) struct InterestGroups {
 impl InterestGroups {
     /// Forgets the previous write's groups and requests.
     pub(crate) fn clear(&mut self) {
-        self.active = 0;
+        self.plans.clear();
+        self.batch_start = 0;
+        self.batch_len = 0;
         self.blocks_active = 0;
         self.requests.clear();
     }
@@ -813,7 +867,6 @@ impl InterestGroups {
     /// `assign(client_index, group_index)` where each client goes, group after group.
     pub(crate) fn build(&mut self, sectors: &[Box<Sector>], assign: &mut dyn FnMut(u32, u32)) {
         self.requests.sort_unstable();
-        let mut last: Option<GroupKey> = None;
         // The centre last looked at: its block's entity count, and its block if shared.
         let mut looked: Option<(SectorId, usize, u32)> = None;
         for k in 0..self.requests.len() {
@@ -838,24 +891,27 @@ impl InterestGroups {
                 }
                 block = shared;
             }
-            if last != Some(key) {
-                if self.active == self.groups.len() {
-                    self.groups.push(InterestGroup::new(key));
-                }
-                let group = &mut self.groups[self.active];
-                group.key = key;
-                group.clients = 0;
-                group.block = block;
-                self.active += 1;
-                last = Some(key);
+            if self.plans.last().is_none_or(|plan| plan.key != key) {
+                self.plans.push(GroupPlan {
+                    key,
+                    clients: 0,
+                    block,
+                });
             }
-            let group = &mut self.groups[self.active - 1];
-            group.clients += 1;
-            if let Some(block) = self.blocks.get_mut(group.block as usize) {
+            let group_index = self.plans.len() - 1;
+            let plan = &mut self.plans[group_index];
+            plan.clients += 1;
+            if let Some(block) = self.blocks.get_mut(plan.block as usize) {
                 block.clients += 1;
             }
-            assign(client_index, (self.active - 1) as u32);
+            assign(client_index, group_index as u32);
         }
+        // Let go of what a burst (every joining client's first delta in one write, a
+        // crowd that dispersed) left: keep a quarter more than this write needed.
+        let needed = self.plans.len().min(GROUPS_BATCH_MAX);
+        self.groups.truncate(needed + needed / 4 + GROUPS_SPARE_MIN);
+        let blocks = self.blocks_active;
+        self.blocks.truncate(blocks + blocks / 4 + BLOCKS_SPARE_MIN);
     }
 
     /// A block for the cells of `centre` this write; its index.
@@ -874,18 +930,81 @@ impl InterestGroups {
         &mut self.blocks[..self.blocks_active]
     }
 
-    /// The groups of this write, to be filled, and the (filled) blocks they read.
-    pub(crate) fn active_mut(&mut self) -> (&mut [InterestGroup], &[Block]) {
+    /// Batches of groups this write (at least one, so clients without a group are
+    /// written too).
+    pub(crate) fn batches(&self) -> usize {
+        self.plans.len().div_ceil(GROUPS_BATCH_MAX).max(1)
+    }
+
+    /// Clients of every group of this write.
+    pub(crate) fn clients_grouped(&self) -> usize {
+        self.plans.iter().map(|plan| plan.clients as usize).sum()
+    }
+
+    /// Makes batch `batch` the current one: its groups, to be filled, the (filled)
+    /// blocks they read, and how many clients read them.
+    pub(crate) fn batch_mut(&mut self, batch: usize) -> (&mut [InterestGroup], &[Block], usize) {
+        let start = (batch * GROUPS_BATCH_MAX).min(self.plans.len());
+        let plans = &self.plans[start..(start + GROUPS_BATCH_MAX).min(self.plans.len())];
+        while self.groups.len() < plans.len() {
+            self.groups
+                .push(InterestGroup::new(plans[self.groups.len()].key));
+        }
+        for (group, plan) in self.groups.iter_mut().zip(plans) {
+            group.key = plan.key;
+            group.clients = plan.clients;
+            group.block = plan.block;
+        }
+        self.batch_start = start;
+        self.batch_len = plans.len();
+        let clients = plans.iter().map(|plan| plan.clients as usize).sum();
         (
-            &mut self.groups[..self.active],
+            &mut self.groups[..plans.len()],
             &self.blocks[..self.blocks_active],
+            clients,
         )
     }
 
-    /// Group `index` of this write ([`NO_GROUP`]: none).
+    /// Group `index` of this write ([`NO_GROUP`]: none), if it is in the current batch.
     pub(crate) fn get(&self, index: u32) -> Option<&InterestGroup> {
-        self.groups[..self.active].get(index as usize)
+        let offset = (index as usize).checked_sub(self.batch_start)?;
+        self.groups[..self.batch_len].get(offset)
     }
+
+    /// Heap bytes held by the groups and blocks (capacities, not lengths).
+    pub(crate) fn heap_bytes(&self) -> (usize, usize) {
+        let groups = capacity_bytes(&self.plans)
+            + capacity_bytes(&self.requests)
+            + capacity_bytes(&self.groups)
+            + self
+                .groups
+                .iter()
+                .map(|g| capacity_bytes(&g.candidates) + capacity_bytes(&g.fields))
+                .sum::<usize>();
+        let blocks = capacity_bytes(&self.blocks)
+            + self
+                .blocks
+                .iter()
+                .map(|b| {
+                    capacity_bytes(&b.entries)
+                        + capacity_bytes(&b.fields)
+                        + capacity_bytes(&b.positions)
+                })
+                .sum::<usize>();
+        (groups, blocks)
+    }
+}
+
+impl ClientReplication {
+    /// Heap bytes of its slots and kept view (capacities).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        capacity_bytes(&self.slots) + capacity_bytes(&self.expected)
+    }
+}
+
+/// Heap bytes of a vector's buffer.
+pub(crate) fn capacity_bytes<T>(v: &Vec<T>) -> usize {
+    v.capacity() * std::mem::size_of::<T>()
 }
 
 /// Entities in a scale-0 sector and its 8 neighbours.

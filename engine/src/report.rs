@@ -72,6 +72,39 @@ pub struct TickReport {
     pub batches: usize,
 }
 
+/// The engine's heap by part, bytes, estimated from its buffers' capacities
+/// ([`crate::Engine::heap_estimate`]): what it holds between ticks, without the
+/// allocator's own overhead, the worker threads' scratch, or hecs' internals beyond
+/// its tables (so a little below the true figure).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HeapEstimate {
+    /// Per-client replication state: each client's slots (one per entity in its view)
+    /// and the client list's entries.
+    pub replication_slots: usize,
+    /// Interest groups: this write's group list and the candidate lists of one batch.
+    pub groups: usize,
+    /// Shared blocks: entries, encoded fields and positions.
+    pub blocks: usize,
+    /// Sectors' replication caches, spatial indexes, inboxes and per-tick lists.
+    pub sector_caches: usize,
+    /// Sectors' hecs worlds (tables sized as hecs grows them) and entity maps.
+    pub worlds: usize,
+    /// The client and entity tables, and snapshot buffers kept between writes.
+    pub client_table: usize,
+}
+
+impl HeapEstimate {
+    /// Every part added up.
+    pub fn total(&self) -> usize {
+        self.replication_slots
+            + self.groups
+            + self.blocks
+            + self.sector_caches
+            + self.worlds
+            + self.client_table
+    }
+}
+
 /// Running state and totals of the engine.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct EngineStats {

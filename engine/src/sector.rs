@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use hecs::{Entity, World};
 
 use crate::components::{
-    Changed, Command, CommandClass, DesiredVelocity, Dirty, Health, LastAttacker, Migrant, Pilot,
-    Position, Ship, ShipState, Shot, Velocity, Warp, Weapons,
+    Changed, Cold, ColdSlot, Command, CommandClass, DesiredVelocity, Dirty, Health, Identity,
+    Migrant, Pilot, Position, ShipRefs, ShipState, Shot, Velocity, Warp, Weapons,
 };
 use crate::inbox::{Inbox, InboxFull};
 use crate::report::Violation;
@@ -70,6 +70,10 @@ pub(crate) struct SectorTickCounters {
 pub(crate) struct Sector {
     id: SectorId,
     world: World,
+    /// The ships' cold state, at each one's [`ColdSlot`]; the slots in `cold_free` are
+    /// unused. Grows with the most ships held at once (from 4, not hecs' 64 rows).
+    cold: Vec<Cold>,
+    cold_free: Vec<u32>,
     /// Entity id to this world's handle, for command routing. Only looked up, never
     /// iterated, so its hash order cannot leak into the simulation.
     entities: HashMap<u64, Entity>,
@@ -94,9 +98,10 @@ pub(crate) struct Sector {
     /// The same entities quantized for delta replication, with the fields changed since
     /// the previous refresh (same order as `views`).
     replica: Vec<CachedReplica>,
-    /// `replica` as of the previous refresh, kept to carry each field's change epoch
-    /// over to the next one.
-    replica_prev: Vec<CachedReplica>,
+    /// Each entity's id and change epochs as of the previous refresh (same order as
+    /// `replica` was), to carry them over to the next one: 32 bytes an entity, not a
+    /// second copy of the cache.
+    replica_prev: Vec<PreviousEpochs>,
     /// Replication epoch of the last refresh (0: none yet).
     refreshed_epoch: u64,
     /// Spatial index of `replica` for interest queries: the entries of fine cell `c`
@@ -107,7 +112,13 @@ pub(crate) struct Sector {
     counters: SectorTickCounters,
     /// Whether the sector was above the massive-battle threshold last tick.
     pub(crate) in_massive_battle: bool,
+    /// Most ships the world has held at once, for [`Sector::heap_bytes`]: hecs sizes
+    /// its tables from that and never shrinks them (not even when the sector is reused).
+    ships_max: u32,
 }
+
+/// Rows of a hecs table when it first grows: hecs 0.10 doubles a table, from this many.
+const HECS_ROWS_MIN: usize = 64;
 
 /// Fine cells per side of a sector in its replication spatial index.
 pub(crate) const FINE_CELLS_PER_SIDE: usize = 8;
@@ -131,6 +142,13 @@ pub(crate) fn fine_cell_of(
         }
     };
     (clamp(x_m - corner.0), clamp(y_m - corner.1))
+}
+
+/// What a refresh keeps of the previous one's cache entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PreviousEpochs {
+    entity_id: u64,
+    changed_epoch: [u32; TRACKED_FIELDS],
 }
 
 /// Fields of a [`ReplicaEntity`] with a change epoch (`wire::delta::FIELD_*` bits 0..6).
@@ -183,31 +201,13 @@ pub(crate) fn find_sector(sectors: &[Box<Sector>], id: SectorId) -> Result<usize
 }
 
 type ShipQueryMut<'a> = (
-    &'a Ship,
+    &'a Identity,
     &'a mut Position,
     &'a mut Velocity,
     &'a mut DesiredVelocity,
     &'a mut Dirty,
-    &'a Health,
-    &'a mut Weapons,
-    &'a mut Warp,
-    &'a mut Pilot,
-    &'a LastAttacker,
+    &'a ColdSlot,
     &'a mut Changed,
-);
-
-type ShipQuery<'a> = (
-    &'a Ship,
-    &'a Position,
-    &'a Velocity,
-    &'a DesiredVelocity,
-    &'a Dirty,
-    &'a Health,
-    &'a Weapons,
-    &'a Warp,
-    &'a Pilot,
-    &'a LastAttacker,
-    &'a Changed,
 );
 
 /// What a shot did to its target.
@@ -226,6 +226,8 @@ impl Sector {
         Sector {
             id,
             world: World::new(),
+            cold: Vec::new(),
+            cold_free: Vec::new(),
             entities: HashMap::new(),
             inbox: Inbox::new(inbox_commands_max),
             outbox: Vec::new(),
@@ -241,6 +243,7 @@ impl Sector {
             fine_entries: Vec::new(),
             counters: SectorTickCounters::default(),
             in_massive_battle: false,
+            ships_max: 0,
         }
     }
 
@@ -251,6 +254,8 @@ impl Sector {
         // are void, so drop whatever is left.
         self.inbox.clear();
         self.world.clear();
+        self.cold.clear();
+        self.cold_free.clear();
         self.entities.clear();
         self.outbox.clear();
         self.shots.clear();
@@ -293,9 +298,41 @@ impl Sector {
     pub(crate) fn spawn(&mut self, state: ShipState) {
         let entity_id = state.ship.entity_id;
         self.cold_active |= needs_cold_passes(&state.weapons, &state.warp, &state.pilot);
-        let entity = self.world.spawn(state.into_bundle());
+        let slot = self.cold_free.pop().unwrap_or(self.cold.len() as u32);
+        let (bundle, cold) = state.into_parts(slot);
+        match self.cold.get_mut(slot as usize) {
+            Some(entry) => *entry = cold,
+            None => self.cold.push(cold),
+        }
+        let entity = self.world.spawn(bundle);
         let previous = self.entities.insert(entity_id, entity);
         debug_assert!(previous.is_none(), "entity {entity_id} spawned twice");
+        self.ships_max = self.ships_max.max(self.world.len());
+    }
+
+    /// Heap bytes held by the sector: its replication cache and index, and its world
+    /// (hecs tables estimated from the most ships held, as hecs grows them, plus the
+    /// entity map), as (cache, world).
+    pub(crate) fn heap_bytes(&self) -> (usize, usize) {
+        use crate::replicate::capacity_bytes;
+        let cache = capacity_bytes(&self.views)
+            + capacity_bytes(&self.replica)
+            + capacity_bytes(&self.replica_prev)
+            + capacity_bytes(&self.fine_entries)
+            + capacity_bytes(&self.outbox)
+            + capacity_bytes(&self.shots)
+            + capacity_bytes(&self.violations)
+            + capacity_bytes(&self.leavers)
+            + self.inbox.heap_bytes();
+        let rows = match self.ships_max as usize {
+            0 => 0,
+            n => n.max(HECS_ROWS_MIN).next_power_of_two(),
+        };
+        // A row: every component, and hecs' entity id (4 bytes) and metadata (16).
+        let row_bytes = std::mem::size_of::<crate::components::ShipBundle>() + 4 + 16;
+        let map = self.entities.capacity() * (std::mem::size_of::<(u64, Entity)>() + 1);
+        let cold = capacity_bytes(&self.cold) + capacity_bytes(&self.cold_free);
+        (cache, rows * row_bytes + map + cold)
     }
 
     /// Takes a ship out of this sector (destroyed), returning whether it was here.
@@ -303,7 +340,18 @@ impl Sector {
         let Some(entity) = self.entities.remove(&entity_id) else {
             return false;
         };
+        if let Ok(slot) = self.world.get::<&ColdSlot>(entity).map(|slot| slot.0) {
+            self.cold_free.push(slot);
+        }
         self.world.despawn(entity).is_ok()
+    }
+
+    /// The full state of the ship whose components are `refs`.
+    fn state_of(cold: &[Cold], refs: ShipRefs<'_>) -> Option<ShipState> {
+        let slot = refs.6 .0 as usize;
+        let found = cold.get(slot);
+        debug_assert!(found.is_some(), "a ship's cold slot {slot} is missing");
+        Some(ShipState::from_parts(refs, found?))
     }
 
     /// Queues a command for the next simulate step.
@@ -372,6 +420,12 @@ impl Sector {
             self.counters.commands_unknown_entity += 1;
             return;
         };
+        let Some(cold) = self.cold.get_mut(ship.5 .0 as usize) else {
+            tracing::error!(entity_id, sector = ?self.id, "a ship's cold slot is missing");
+            debug_assert!(false, "a ship's cold slot is missing: {entity_id}");
+            self.counters.commands_unknown_entity += 1;
+            return;
+        };
         // These may start an AI pilot, a warp or a target: wake the cold passes.
         self.cold_active |= matches!(
             command,
@@ -379,7 +433,7 @@ impl Sector {
         );
         // Control hand-overs are the engine's own, not a client's: not counted.
         let counted = !matches!(command, Command::Control { .. });
-        match apply_to_ship(command, ship, step) {
+        match apply_to_ship(command, ship, cold, step) {
             Ok(()) => self.counters.commands_applied += u64::from(counted),
             Err((account, violation)) => self.violations.push((account, violation)),
         }
@@ -404,17 +458,21 @@ impl Sector {
             &mut Velocity,
             &mut DesiredVelocity,
             &mut Dirty,
-            &mut Weapons,
-            &mut Warp,
-            &mut Pilot,
-            &LastAttacker,
+            &ColdSlot,
             &mut Changed,
         )>();
-        for (
-            _,
-            (position, velocity, desired, dirty, weapons, warp, pilot, last_attacker, changed),
-        ) in query
-        {
+        for (_, (position, velocity, desired, dirty, slot, changed)) in query {
+            let Some(cold) = self.cold.get_mut(slot.0 as usize) else {
+                debug_assert!(false, "a ship's cold slot {} is missing", slot.0);
+                continue;
+            };
+            let Cold {
+                weapons,
+                warp,
+                pilot,
+                last_attacker,
+                ..
+            } = cold;
             let target_before = weapons.target;
             if let Pilot::Ai { ticks_left } = pilot {
                 // Hold position; shoot back at the last attacker while the AI is on duty.
@@ -458,11 +516,12 @@ impl Sector {
     }
 
     /// Steering and movement of every ship: the hot loop, over the five components it
-    /// needs only. Ships that end up outside this sector are noted in `leavers`.
+    /// needs only, and each ship's stats. Ships that end up outside this sector are
+    /// noted in `leavers`.
     fn run_movement(&mut self, step: &StepParams) {
         let inside = CellInterior::of(self.id, step.sector_size_m);
         let query = self.world.query_mut::<(
-            &Ship,
+            &ColdSlot,
             &mut Position,
             &mut Velocity,
             &DesiredVelocity,
@@ -470,8 +529,12 @@ impl Sector {
             &mut Changed,
         )>();
         let mut moved = 0;
-        for (entity, (ship, position, velocity, desired, dirty, changed)) in query {
-            let new_velocity = steer(*velocity, *desired, &ship.stats, step.dt_s);
+        for (entity, (slot, position, velocity, desired, dirty, changed)) in query {
+            let Some(cold) = self.cold.get(slot.0 as usize) else {
+                debug_assert!(false, "a ship's cold slot {} is missing", slot.0);
+                continue;
+            };
+            let new_velocity = steer(*velocity, *desired, &cold.stats, step.dt_s);
             let new_position = advance(*position, new_velocity, step.dt_s);
             let bits = (u8::from(new_position != *position) * FIELD_POSITION)
                 | (u8::from(new_velocity != *velocity) * FIELD_VELOCITY);
@@ -496,16 +559,24 @@ impl Sector {
     /// Weapon cooldowns and shots, after movement (a shot leaves from the new
     /// position). Returns whether any ship still needs the AI, warp or weapon passes.
     fn run_weapons(&mut self, step: &StepParams) -> bool {
-        let query = self
-            .world
-            .query_mut::<(&Ship, &Position, &mut Weapons, &Warp, &Pilot)>();
+        let query = self.world.query_mut::<(&Identity, &Position, &ColdSlot)>();
         let mut active = false;
-        for (_, (ship, position, weapons, warp, pilot)) in query {
-            fire(ship, position, weapons, step.dt_s, &mut self.shots);
-            if weapons.target != 0 {
+        for (_, (ship, position, slot)) in query {
+            let Some(cold) = self.cold.get_mut(slot.0 as usize) else {
+                debug_assert!(false, "a ship's cold slot {} is missing", slot.0);
+                continue;
+            };
+            fire(
+                ship,
+                position,
+                &mut cold.weapons,
+                step.dt_s,
+                &mut self.shots,
+            );
+            if cold.weapons.target != 0 {
                 self.counters.combatants += 1;
             }
-            active |= needs_cold_passes(weapons, warp, pilot);
+            active |= needs_cold_passes(&cold.weapons, &cold.warp, &cold.pilot);
         }
         active
     }
@@ -514,11 +585,15 @@ impl Sector {
     fn hand_over_leavers(&mut self) {
         for i in 0..self.leavers.len() {
             let (entity, destination) = self.leavers[i];
-            let Ok(refs) = self.world.query_one_mut::<ShipQuery>(entity) else {
+            let Ok(refs) = self.world.query_one_mut::<ShipRefs>(entity) else {
                 debug_assert!(false, "a leaver vanished before its hand-over");
                 continue;
             };
-            let state = ShipState::from_refs(refs);
+            let slot = refs.6 .0;
+            let Some(state) = Sector::state_of(&self.cold, refs) else {
+                continue;
+            };
+            self.cold_free.push(slot);
             self.entities.remove(&state.ship.entity_id);
             let despawned = self.world.despawn(entity);
             debug_assert!(despawned.is_ok(), "a leaver could not be despawned");
@@ -537,16 +612,11 @@ impl Sector {
         critical_roll: f64,
     ) -> Option<ShotOutcome> {
         let &entity = self.entities.get(&shot.target)?;
-        let (position, health, dirty, last_attacker, changed) = self
+        let (position, health, dirty, slot, changed) = self
             .world
-            .query_one_mut::<(
-                &Position,
-                &mut Health,
-                &mut Dirty,
-                &mut LastAttacker,
-                &mut Changed,
-            )>(entity)
+            .query_one_mut::<(&Position, &mut Health, &mut Dirty, &ColdSlot, &mut Changed)>(entity)
             .ok()?;
+        let last_attacker = &mut self.cold.get_mut(slot.0 as usize)?.last_attacker;
         let dx = position.x_m - shot.from_x_m;
         let dy = position.y_m - shot.from_y_m;
         let range_m = shot.weapon.range_m;
@@ -588,20 +658,27 @@ impl Sector {
         let Some(&entity) = self.entities.get(&entity_id) else {
             return false;
         };
-        let Ok((ship, health, battery, desired, changed)) = self.world.query_one_mut::<(
-            &mut Ship,
-            &mut Health,
-            &mut Weapons,
-            &mut DesiredVelocity,
-            &mut Changed,
-        )>(entity) else {
+        let Ok((health, slot, desired, changed)) =
+            self.world
+                .query_one_mut::<(&mut Health, &ColdSlot, &mut DesiredVelocity, &mut Changed)>(
+                    entity,
+                )
+        else {
+            return false;
+        };
+        let Some(Cold {
+            stats: ship_stats,
+            weapons: battery,
+            ..
+        }) = self.cold.get_mut(slot.0 as usize)
+        else {
             return false;
         };
         changed.0 |= FIELD_HEALTH;
         if let Some(stats) = stats {
             // Keep the damage taken: the hull's missing hit points stay missing.
-            let damage = ship.stats.hit_points - health.hp;
-            ship.stats = stats;
+            let damage = ship_stats.hit_points - health.hp;
+            *ship_stats = stats;
             health.hp = (stats.hit_points - damage).clamp(f64::MIN_POSITIVE, stats.hit_points);
             let (x_mps, y_mps) = clamp_magnitude(desired.x_mps, desired.y_mps, stats.max_speed_mps);
             *desired = DesiredVelocity { x_mps, y_mps };
@@ -618,13 +695,16 @@ impl Sector {
         let Some(&entity) = self.entities.get(&entity_id) else {
             return false;
         };
-        let Ok((ship, health, dirty, changed)) =
+        let Ok((slot, health, dirty, changed)) =
             self.world
-                .query_one_mut::<(&Ship, &mut Health, &mut Dirty, &mut Changed)>(entity)
+                .query_one_mut::<(&ColdSlot, &mut Health, &mut Dirty, &mut Changed)>(entity)
         else {
             return false;
         };
-        health.hp = hp.min(ship.stats.hit_points);
+        let Some(cold) = self.cold.get(slot.0 as usize) else {
+            return false;
+        };
+        health.hp = hp.min(cold.stats.hit_points);
         dirty.0 = true;
         changed.0 |= FIELD_HEALTH;
         true
@@ -634,7 +714,7 @@ impl Sector {
     pub(crate) fn drain_dirty(&mut self, tick: u64, out: &mut Vec<EntityRecord>) {
         let query = self
             .world
-            .query_mut::<(&Ship, &Position, &Velocity, &Health, &mut Dirty)>();
+            .query_mut::<(&Identity, &Position, &Velocity, &Health, &mut Dirty)>();
         for (_, (ship, position, velocity, health, dirty)) in query {
             if dirty.0 {
                 dirty.0 = false;
@@ -645,7 +725,9 @@ impl Sector {
 
     /// Appends the durable state of every entity.
     pub(crate) fn records(&self, tick: u64, out: &mut Vec<EntityRecord>) {
-        let mut query = self.world.query::<(&Ship, &Position, &Velocity, &Health)>();
+        let mut query = self
+            .world
+            .query::<(&Identity, &Position, &Velocity, &Health)>();
         for (_, (ship, position, velocity, health)) in query.iter() {
             out.push(record(ship, position, velocity, health, tick));
         }
@@ -656,7 +738,7 @@ impl Sector {
         let &entity = self.entities.get(&entity_id)?;
         let mut query = self
             .world
-            .query_one::<(&Ship, &Position, &Velocity, &Health)>(entity)
+            .query_one::<(&Identity, &Position, &Velocity, &Health)>(entity)
             .ok()?;
         query.get().map(|(ship, position, velocity, health)| {
             record(ship, position, velocity, health, tick)
@@ -666,15 +748,15 @@ impl Sector {
     /// The full state of one entity, if it is in this sector.
     pub(crate) fn state(&self, entity_id: u64) -> Option<ShipState> {
         let &entity = self.entities.get(&entity_id)?;
-        let mut query = self.world.query_one::<ShipQuery>(entity).ok()?;
-        query.get().map(ShipState::from_refs)
+        let mut query = self.world.query_one::<ShipRefs>(entity).ok()?;
+        Sector::state_of(&self.cold, query.get()?)
     }
 
     /// Appends the full state of every entity (for the state hash).
     pub(crate) fn states(&self, out: &mut Vec<ShipState>) {
-        let mut query = self.world.query::<ShipQuery>();
+        let mut query = self.world.query::<ShipRefs>();
         for (_, refs) in query.iter() {
-            out.push(ShipState::from_refs(refs));
+            out.extend(Sector::state_of(&self.cold, refs));
         }
     }
 
@@ -682,7 +764,12 @@ impl Sector {
     /// clears the change masks and rebuilds the fine-cell index (a counting sort: no
     /// comparison, no allocation once warm).
     pub(crate) fn refresh_views(&mut self, sector_size_m: f64, epoch: u64) {
-        std::mem::swap(&mut self.replica, &mut self.replica_prev);
+        self.replica_prev.clear();
+        self.replica_prev
+            .extend(self.replica.iter().map(|cached| PreviousEpochs {
+                entity_id: cached.value.entity_id,
+                changed_epoch: cached.changed_epoch,
+            }));
         self.refresh_cache();
         self.carry_change_epochs(epoch);
         let corner = self.id.min_corner_m(sector_size_m);
@@ -722,16 +809,24 @@ impl Sector {
         self.views.clear();
         self.replica.clear();
         let query = self.world.query_mut::<(
-            &Ship,
+            &Identity,
             &Position,
             &Velocity,
             &Health,
-            &Weapons,
-            &Warp,
-            &Pilot,
+            &ColdSlot,
             &mut Changed,
         )>();
-        for (_, (ship, position, velocity, health, weapons, warp, pilot, changed)) in query {
+        for (_, (ship, position, velocity, health, slot, changed)) in query {
+            let Some(Cold {
+                weapons,
+                warp,
+                pilot,
+                ..
+            }) = self.cold.get(slot.0 as usize)
+            else {
+                debug_assert!(false, "a ship's cold slot {} is missing", slot.0);
+                continue;
+            };
             let state = (u8::from(warp.destination.is_some()) * STATE_WARPING)
                 | (u8::from(matches!(pilot, Pilot::Ai { .. })) * STATE_AI_PILOT);
             self.replica.push(CachedReplica {
@@ -771,7 +866,7 @@ impl Sector {
     /// the previous refresh (which must be of epoch `epoch - 1`) did not see here.
     fn carry_change_epochs(&mut self, epoch: u64) {
         let now = epoch as u32;
-        let prev: &[CachedReplica] = if self.refreshed_epoch.wrapping_add(1) == epoch {
+        let prev: &[PreviousEpochs] = if self.refreshed_epoch.wrapping_add(1) == epoch {
             &self.replica_prev
         } else {
             &[]
@@ -780,10 +875,10 @@ impl Sector {
         for cached in &mut self.replica {
             cached.field_bytes = field_bytes(&cached.value, 0, 0);
             let id = cached.value.entity_id;
-            while j < prev.len() && prev[j].value.entity_id < id {
+            while j < prev.len() && prev[j].entity_id < id {
                 j += 1;
             }
-            if j < prev.len() && prev[j].value.entity_id == id {
+            if j < prev.len() && prev[j].entity_id == id {
                 for (bit, slot) in cached.changed_epoch.iter_mut().enumerate() {
                     *slot = if cached.changed & (1 << bit) != 0 {
                         now
@@ -828,10 +923,17 @@ impl Sector {
 /// Applies one command to one ship, or says which anti-cheat rule it broke.
 fn apply_to_ship(
     command: Command,
-    (ship, position, velocity, desired, dirty, _, weapons, warp, pilot, _, changed): ShipQueryMut,
+    (ship, position, velocity, desired, dirty, _, changed): ShipQueryMut,
+    Cold {
+        stats,
+        weapons,
+        warp,
+        pilot,
+        ..
+    }: &mut Cold,
     step: &StepParams,
 ) -> Result<(), (u64, Violation)> {
-    let max_speed_mps = ship.stats.max_speed_mps;
+    let max_speed_mps = stats.max_speed_mps;
     let too_fast = |x: f64, y: f64| (x * x + y * y).sqrt() > max_speed_mps * SPEED_TOLERANCE;
     match command {
         Command::Move {
@@ -860,7 +962,7 @@ fn apply_to_ship(
             let window_s = STATE_WINDOW_TICKS * step.dt_s;
             let dvx = vx_mps - velocity.x_mps;
             let dvy = vy_mps - velocity.y_mps;
-            let dv_max = ship.stats.accel_mps2 * window_s + STATE_VELOCITY_SLACK_MPS;
+            let dv_max = stats.accel_mps2 * window_s + STATE_VELOCITY_SLACK_MPS;
             if (dvx * dvx + dvy * dvy).sqrt() > dv_max {
                 return Err((account, Violation::AccelerationLimit));
             }
@@ -950,7 +1052,13 @@ impl CellInterior {
 }
 
 /// Counts the weapon cooldown down and fires one shot at the target when it is ready.
-fn fire(ship: &Ship, position: &Position, weapons: &mut Weapons, dt_s: f64, shots: &mut Vec<Shot>) {
+fn fire(
+    ship: &Identity,
+    position: &Position,
+    weapons: &mut Weapons,
+    dt_s: f64,
+    shots: &mut Vec<Shot>,
+) {
     if weapons.cooldown_left_s > 0.0 {
         weapons.cooldown_left_s -= dt_s;
     }
@@ -968,7 +1076,7 @@ fn fire(ship: &Ship, position: &Position, weapons: &mut Weapons, dt_s: f64, shot
 }
 
 fn record(
-    ship: &Ship,
+    ship: &Identity,
     position: &Position,
     velocity: &Velocity,
     health: &Health,

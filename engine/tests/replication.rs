@@ -766,3 +766,57 @@ fn rates_follow_what_the_ship_does_within_the_budget() {
     }
     assert!(converged(&engine, &worlds));
 }
+
+#[test]
+fn groups_written_in_batches_each_read_their_own_candidates() {
+    // One pilot at the middle of each sector of a 40 x 30 grid: 1,200 interest groups
+    // (one per sparse sector) in every write, more than one batch of them, so clients
+    // of later batches read groups filled after earlier batches were written.
+    const COLUMNS: i64 = 40;
+    const ROWS: i64 = 30;
+    let mut engine = engine();
+    let mut worlds = Vec::new();
+    for gy in 0..ROWS {
+        for gx in 0..COLUMNS {
+            let id = (1 + gx + COLUMNS * gy) as u64;
+            let (x, y) = (gx as f64 * 1000.0 + 500.0, gy as f64 * 1000.0 + 500.0);
+            engine.spawn_ship(ship(id, id, x, y, 1.0, -1.0)).unwrap();
+            engine.attach_client(id, id, id).unwrap();
+            engine
+                .handle_client_message(id, &encode(ClientMsg::Ack { snapshot_seq: 0 }))
+                .unwrap();
+            worlds.push(ReplicaWorld::new());
+        }
+    }
+    for now in 0..12 {
+        engine.tick();
+        for (client, bytes) in write(&mut engine) {
+            let world = &mut worlds[client as usize - 1];
+            world.apply(&bytes).unwrap();
+            engine
+                .handle_client_message(client, &encode(world.ack()))
+                .unwrap();
+        }
+        if now < 4 {
+            continue;
+        }
+        for (index, world) in worlds.iter().enumerate() {
+            let (gx, gy) = (index as i64 % COLUMNS, index as i64 / COLUMNS);
+            let mut want = Vec::new();
+            for y in (gy - 1).max(0)..=(gy + 1).min(ROWS - 1) {
+                for x in (gx - 1).max(0)..=(gx + 1).min(COLUMNS - 1) {
+                    want.push((1 + x + COLUMNS * y) as u64);
+                }
+            }
+            want.sort_unstable();
+            let held: Vec<u64> = world.entities().iter().map(|e| e.entity_id).collect();
+            assert_eq!(held, want, "pilot {} at tick {now}", index + 1);
+            assert_eq!(
+                world.entities(),
+                expected(&engine, index as u64 + 1).as_slice(),
+                "pilot {} at tick {now}",
+                index + 1
+            );
+        }
+    }
+}

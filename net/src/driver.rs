@@ -34,7 +34,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::proto::{
     Channel, Client, ClientEvent, ClientId, ClientState, ClientStats, ConnStats, EndpointConfig,
     EndpointStats, RateLimits, ReconnectPolicy, SendError, Server, MESSAGE_BYTES_MAX,
-    RELIABLE_MESSAGE_BYTES_MAX,
+    RELIABLE_MESSAGE_BYTES_MAX, UNRELIABLE_QUEUE_MAX,
 };
 use crate::token::{ConnectToken, TokenKey};
 
@@ -94,6 +94,9 @@ pub struct ServerConfig {
     /// Socket system calls: batched (`recvmmsg`/`sendmmsg`, the default on Linux) or one
     /// datagram per call (the default elsewhere; on Linux only for comparison).
     pub batch_mode: BatchMode,
+    /// Unreliable messages each connection may hold unsent (see
+    /// `EndpointConfig::unreliable_queue_max`).
+    pub unreliable_queue_max: usize,
 }
 
 impl ServerConfig {
@@ -110,6 +113,7 @@ impl ServerConfig {
             commands_max: COMMANDS_MAX_DEFAULT,
             limits: RateLimits::default(),
             batch_mode: BatchMode::best(),
+            unreliable_queue_max: UNRELIABLE_QUEUE_MAX,
         }
     }
 }
@@ -218,6 +222,7 @@ pub fn spawn_server(config: ServerConfig) -> io::Result<ServerHandle> {
         max_clients: config.max_clients,
         timeout_s: config.timeout_s,
         limits: config.limits,
+        unreliable_queue_max: config.unreliable_queue_max,
     };
     let server = Server::new(endpoint, now, now_unix_s, StdRng::from_entropy());
     let net = NetThread {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use warpcore_net::proto::MTU_BYTES;
+use warpcore_net::proto::{MTU_BYTES, UNRELIABLE_QUEUE_BYTES_MAX, UNRELIABLE_QUEUE_MAX};
 use warpcore_net::token::{issue, ConnectToken, TokenKey, TokenParams};
 use warpcore_net::{Channel, Client, ClientState, EndpointConfig, Server};
 
@@ -388,4 +388,64 @@ fn an_active_client_costs_the_server_under_3_kib_between_bursts() {
         per_client <= ACTIVE_CLIENT_BYTES_MAX,
         "{per_client} bytes per active client"
     );
+}
+
+/// What a connection holds of snapshots while the net thread is behind: each of `N`
+/// clients is sent 6 snapshots of 1,000 bytes with no transmit in between, by a server
+/// that keeps at most `queue_max` unreliable messages per connection. Returns the bytes
+/// per client while backed up and after the queues drained (a queue keeps its capacity).
+fn snapshot_backlog_per_client(queue_max: usize) -> (i64, i64) {
+    const N: usize = 500;
+    let mut now = Instant::now();
+    let mut clients: Vec<Client> = (0..N)
+        .map(|i| Client::new(token(9000 + i as u64), server_addr(), now, i as u64))
+        .collect();
+    let mut s = server_call(|| {
+        let mut config = EndpointConfig::new(PROTOCOL_ID, key(), server_addr());
+        config.max_clients = N;
+        config.timeout_s = 30;
+        config.unreliable_queue_max = queue_max;
+        Server::new(config, now, UNIX0, StdRng::seed_from_u64(7))
+    });
+    pump(&mut now, &mut s, &mut clients, Duration::from_secs(1), None);
+    assert!(clients.iter().all(|c| c.state() == ClientState::Connected));
+    let ids: Vec<_> = clients.iter().map(|c| c.client_id().unwrap()).collect();
+    let snapshot = snapshot_bytes(2, 1000);
+    let connected = live();
+    server_call(|| {
+        for _ in 0..6 {
+            for id in &ids {
+                s.send(*id, Channel::Unreliable, &snapshot).unwrap();
+            }
+        }
+    });
+    let backed_up = (live() - connected) / N as i64;
+    pump(
+        &mut now,
+        &mut s,
+        &mut clients,
+        Duration::from_millis(500),
+        None,
+    );
+    let drained = (live() - connected) / N as i64;
+    (backed_up, drained)
+}
+
+#[test]
+fn a_snapshot_backlog_costs_one_snapshot_per_client_when_each_supersedes_the_last() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (default_backed_up, default_drained) = snapshot_backlog_per_client(UNRELIABLE_QUEUE_MAX);
+    let (one_backed_up, one_drained) = snapshot_backlog_per_client(1);
+    println!(
+        "snapshot backlog per client: {default_backed_up} bytes queued, {default_drained} after draining \
+         ({UNRELIABLE_QUEUE_MAX} messages allowed); {one_backed_up} queued, {one_drained} after draining (1 allowed)"
+    );
+    // The byte bound holds either way: three of these snapshots at most.
+    assert!(default_backed_up <= UNRELIABLE_QUEUE_BYTES_MAX as i64 + 512);
+    // One snapshot and its queue slot.
+    assert!(
+        one_backed_up <= 1000 + 256,
+        "{one_backed_up} bytes per client"
+    );
+    assert!(one_drained <= 256, "{one_drained} bytes per client");
 }

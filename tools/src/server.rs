@@ -190,6 +190,9 @@ pub async fn start(args: ServerArgs) -> anyhow::Result<RunningServer> {
         limits,
         max_clients: args.max_clients,
         timeout_s: args.udp_timeout_s,
+        // The unreliable channel carries only snapshots, one per client per tick, each
+        // superseding the last: a net thread that falls behind keeps the newest only.
+        unreliable_queue_max: 1,
         ..ServerConfig::new(args.udp_addr, args.protocol_id, token_key.clone())
     })
     .with_context(|| format!("binding UDP {}", args.udp_addr))?;

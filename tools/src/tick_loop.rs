@@ -258,6 +258,9 @@ pub(crate) struct TickMetrics {
     connected_clients: Gauge,
     entities: Gauge,
     sectors: Gauge,
+    /// `Engine::heap_estimate` by part, bytes: replication slots, groups, blocks,
+    /// sector caches, worlds, client table.
+    engine_heap: [Gauge; 6],
     commands_applied: Counter,
     commands_rejected: Counter,
     messages_refused: Counter,
@@ -322,6 +325,21 @@ impl TickMetrics {
             ),
             entities: registry.gauge("warpcore_entities", "Entities in the world.", &[]),
             sectors: registry.gauge("warpcore_sectors", "Sectors with entities.", &[]),
+            engine_heap: [
+                "replication_slots",
+                "groups",
+                "blocks",
+                "sector_caches",
+                "worlds",
+                "client_table",
+            ]
+            .map(|part| {
+                registry.gauge(
+                    "warpcore_engine_heap_bytes",
+                    "The engine's heap by part, estimated from its buffers' capacities (Engine::heap_estimate).",
+                    &[("part", part)],
+                )
+            }),
             commands_applied: registry.counter(
                 "warpcore_commands_applied_total",
                 "Client commands the engine applied.",
@@ -394,6 +412,18 @@ impl TickMetrics {
         self.connected_clients.set(stats.clients as f64);
         self.entities.set(stats.entities as f64);
         self.sectors.set(stats.sectors as f64);
+        let heap = engine.heap_estimate();
+        let parts = [
+            heap.replication_slots,
+            heap.groups,
+            heap.blocks,
+            heap.sector_caches,
+            heap.worlds,
+            heap.client_table,
+        ];
+        for (gauge, bytes) in self.engine_heap.iter().zip(parts) {
+            gauge.set(bytes as f64);
+        }
         self.commands_applied.set_total(stats.commands_applied);
         self.commands_rejected
             .set_total(stats.commands_rejected.total());

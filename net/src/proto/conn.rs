@@ -188,6 +188,8 @@ pub struct Conn {
     client_id: u64,
     unreliable: VecDeque<(u16, Vec<u8>)>,
     unreliable_bytes: usize,
+    /// Most unreliable messages queued, 1..=[`UNRELIABLE_QUEUE_MAX`].
+    unreliable_max: usize,
     unreliable_next_id: u16,
     unreliable_newest_recv: Option<u16>,
     reliable_tx: ReliableSender,
@@ -228,6 +230,7 @@ impl Conn {
             client_id: 0,
             unreliable: VecDeque::new(),
             unreliable_bytes: 0,
+            unreliable_max: UNRELIABLE_QUEUE_MAX,
             unreliable_next_id: 0,
             unreliable_newest_recv: None,
             reliable_tx: ReliableSender::default(),
@@ -243,6 +246,13 @@ impl Conn {
             stats: ConnStats::default(),
             drops: ConnDrops::default(),
         }
+    }
+
+    /// Sets how many unreliable messages may wait unsent (clamped to
+    /// 1..=[`UNRELIABLE_QUEUE_MAX`]; the byte bound still holds). 1 suits a sender whose
+    /// every unreliable message supersedes the one before (a server's snapshots).
+    pub fn set_unreliable_queue_max(&mut self, messages: usize) {
+        self.unreliable_max = messages.clamp(1, UNRELIABLE_QUEUE_MAX);
     }
 
     pub fn set_client_id(&mut self, client_id: u64) {
@@ -419,7 +429,8 @@ impl Conn {
 
     /// Queues a message for sending. Reliable messages above [`MESSAGE_BYTES_MAX`] are split
     /// into fragments (all or nothing). An unreliable message always queues: when the
-    /// unreliable queue is at [`UNRELIABLE_QUEUE_MAX`] messages or
+    /// unreliable queue is at its message bound ([`UNRELIABLE_QUEUE_MAX`] unless set lower
+    /// by [`Conn::set_unreliable_queue_max`]) or
     /// [`UNRELIABLE_QUEUE_BYTES_MAX`] bytes, the oldest unsent ones are dropped (counted in
     /// [`ConnDrops::unreliable_superseded`]).
     ///
@@ -438,7 +449,7 @@ impl Conn {
                 }
                 // Newest wins: make room by dropping the oldest unsent messages. A message
                 // of MESSAGE_BYTES_MAX always fits an empty queue.
-                while self.unreliable.len() >= UNRELIABLE_QUEUE_MAX
+                while self.unreliable.len() >= self.unreliable_max
                     || self.unreliable_bytes + payload.len() > UNRELIABLE_QUEUE_BYTES_MAX
                 {
                     let Some((_, old)) = self.unreliable.pop_front() else {

@@ -24,7 +24,7 @@ use rand::RngCore;
 use zerocopy::little_endian::U64;
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::conn::{Conn, ConnDrops, ConnStats, Delivered};
+use super::conn::{Conn, ConnDrops, ConnStats, Delivered, UNRELIABLE_QUEUE_MAX};
 use super::limit::{self, ConnLimiter, RateLimits, SourceLimiter};
 use super::packet::{
     self, Acks, ChallengeBody, PacketError, PacketHeader, PacketType,
@@ -72,10 +72,15 @@ pub struct EndpointConfig {
     pub timeout_s: u32,
     /// Per-connection and per-source rate limits.
     pub limits: RateLimits,
+    /// Unreliable messages each connection may hold unsent, 1..=[`UNRELIABLE_QUEUE_MAX`]
+    /// (newest wins past it). 1 when every unreliable message supersedes the last (a
+    /// game server's snapshots): a backlog then costs one message per client.
+    pub unreliable_queue_max: usize,
 }
 
 impl EndpointConfig {
-    /// Defaults: 1024 clients, 10 s timeout, [`RateLimits::default`].
+    /// Defaults: 1024 clients, 10 s timeout, [`RateLimits::default`],
+    /// [`UNRELIABLE_QUEUE_MAX`] unreliable messages queued per connection.
     pub fn new(protocol_id: u64, token_key: TokenKey, public_addr: SocketAddr) -> Self {
         Self {
             protocol_id,
@@ -84,6 +89,7 @@ impl EndpointConfig {
             max_clients: 1024,
             timeout_s: 10,
             limits: RateLimits::default(),
+            unreliable_queue_max: UNRELIABLE_QUEUE_MAX,
         }
     }
 }
@@ -682,6 +688,7 @@ impl Server {
             now,
         );
         conn.set_client_id(client_id.0);
+        conn.set_unreliable_queue_max(self.config.unreliable_queue_max);
         conn.on_authenticated(now, header, datagram_bytes);
         conn.request_keepalive();
         self.conns.insert(

@@ -71,6 +71,7 @@ fn server(now: Instant, max_clients: usize) -> Server {
         max_clients,
         timeout_s: 30,
         limits: RateLimits::default(),
+        unreliable_queue_max: UNRELIABLE_QUEUE_MAX,
     };
     Server::new(config, now, UNIX0, StdRng::seed_from_u64(99))
 }
