@@ -808,7 +808,7 @@ mod tests {
                 x as u8
             })
             .collect();
-        let mut send = |a: &mut Conn, b: &mut Conn, body: &[u8]| {
+        let send = |a: &mut Conn, b: &mut Conn, body: &[u8]| {
             a.queue(Channel::Unreliable, body.to_vec()).unwrap();
             let got = exchange(now, a, b);
             assert_eq!(got.len(), 1);
