@@ -26,6 +26,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use warpcore_engine::scenario::{roam_spawn_position, roam_velocity};
 use warpcore_engine::wire::delta::{DeltaSnapshotView, TYPE_DELTA_SNAPSHOT};
 use warpcore_engine::wire::{ClientMsg, ENTITY_VIEW_BYTES, SNAPSHOT_HEADER_BYTES};
 use warpcore_engine::{
@@ -67,17 +68,6 @@ impl Scenario {
     }
 }
 
-/// Star systems of the roam scenario (100 km apart) and their stations' offsets, as in
-/// persistence's demo universe.
-const ROAM_SYSTEMS: [(f64, f64); 4] = [
-    (0.0, 0.0),
-    (100_000.0, 0.0),
-    (0.0, 100_000.0),
-    (100_000.0, 100_000.0),
-];
-const ROAM_STATIONS: [(f64, f64); 3] = [(800.0, 300.0), (-1_500.0, 900.0), (400.0, -2_200.0)];
-/// A roaming ship farther than this from its station turns back.
-const ROAM_LEASH_M: f64 = 6_000.0;
 /// Ticks before measuring: every client switches to deltas and gets its initial state.
 const WARM_UP_TICKS: usize = 60;
 const MEASURED_TICKS: usize = 100;
@@ -118,21 +108,6 @@ fn encode(message: ClientMsg) -> Vec<u8> {
     out
 }
 
-/// A roaming ship's station (system centre plus station offset).
-fn roam_station(id: u64) -> (f64, f64) {
-    let system = ROAM_SYSTEMS[(id % 4) as usize];
-    let station = ROAM_STATIONS[(id / 4 % 3) as usize];
-    (system.0 + station.0, system.1 + station.1)
-}
-
-/// A well-mixed hash of `x` in [0, 1).
-fn unit(x: u64) -> f64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
-}
-
 /// The scenario's world. Battle: ships spread over the block, each armed and attacking
 /// a ship spawned next to it in id order (range covers the block, so every shot is in
 /// range). Roam: ships 0.5–4 km around their station, unarmed.
@@ -157,15 +132,8 @@ fn world(scenario: Scenario, worker_threads: usize, snapshot_bytes_max: usize) -
                 )
             }
             Scenario::Roam => {
-                let (sx, sy) = roam_station(id);
-                let angle = unit(id) * std::f64::consts::TAU;
-                let radius = 500.0 + unit(id ^ 0x5DEE_CE66) * 3_500.0;
-                (
-                    sx + radius * angle.cos(),
-                    sy + radius * angle.sin(),
-                    0.0,
-                    300.0,
-                )
+                let (x_m, y_m) = roam_spawn_position(id);
+                (x_m, y_m, 0.0, 300.0)
             }
         };
         let angle = id as f64 * 0.618;
@@ -248,18 +216,7 @@ fn steer(engine: &mut Engine, scenario: Scenario, tick: u64, records: &[EntityRe
                 if !(id + tick).is_multiple_of(3) {
                     continue;
                 }
-                // A heading per 2 s leg, legs shifted per ship.
-                let leg = (tick + id * 7) / 60;
-                let angle = unit(id.wrapping_mul(0x1_0000_0001) ^ leg) * std::f64::consts::TAU;
-                let speed = 50.0 + unit(leg.wrapping_mul(31) ^ id) * 200.0;
-                let (sx, sy) = roam_station(id);
-                let (dx, dy) = (sx - record.x_m, sy - record.y_m);
-                let distance = dx.hypot(dy);
-                if distance > ROAM_LEASH_M {
-                    (dx / distance * speed, dy / distance * speed)
-                } else {
-                    (speed * angle.cos(), speed * angle.sin())
-                }
+                roam_velocity(id, tick, record.x_m, record.y_m)
             }
         };
         let message = encode(ClientMsg::Move {

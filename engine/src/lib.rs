@@ -18,6 +18,7 @@ pub mod recording;
 pub mod replica;
 mod replicate;
 pub mod report;
+pub mod scenario;
 mod sector;
 pub mod sector_id;
 pub mod ship;

@@ -16,6 +16,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
+use warpcore_engine::scenario::{roam_spawn_position, roam_velocity};
 use warpcore_engine::wire::ClientMsg;
 use warpcore_engine::{Engine, EngineConfig, ReplicaWorld, ShipSpawn, ShipStats};
 
@@ -74,30 +75,6 @@ const TICKS: u64 = 90;
 /// changes do not trip it, a return of per-group ranking buffers or doubling does.
 const PER_CLIENT_BYTES_MAX: i64 = 8 * 1024;
 
-/// The star systems and station offsets of the roam scenario.
-const SYSTEMS: [(f64, f64); 4] = [
-    (0.0, 0.0),
-    (100_000.0, 0.0),
-    (0.0, 100_000.0),
-    (100_000.0, 100_000.0),
-];
-const STATIONS: [(f64, f64); 3] = [(800.0, 300.0), (-1_500.0, 900.0), (400.0, -2_200.0)];
-const LEASH_M: f64 = 6_000.0;
-
-fn station(id: u64) -> (f64, f64) {
-    let system = SYSTEMS[(id % 4) as usize];
-    let offset = STATIONS[(id / 4 % 3) as usize];
-    (system.0 + offset.0, system.1 + offset.1)
-}
-
-/// A well-mixed hash of `x` in [0, 1).
-fn unit(x: u64) -> f64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
-}
-
 fn encode(message: ClientMsg, out: &mut Vec<u8>) {
     out.clear();
     message.encode(out);
@@ -105,9 +82,7 @@ fn encode(message: ClientMsg, out: &mut Vec<u8>) {
 
 fn spawn_roam(engine: &mut Engine, clients: u64) {
     for id in 1..=clients {
-        let (sx, sy) = station(id);
-        let angle = unit(id) * std::f64::consts::TAU;
-        let radius = 500.0 + unit(id ^ 0x5DEE_CE66) * 3_500.0;
+        let (x_m, y_m) = roam_spawn_position(id);
         engine_call(|| {
             engine
                 .spawn_ship(ShipSpawn {
@@ -119,8 +94,8 @@ fn spawn_roam(engine: &mut Engine, clients: u64) {
                         accel_mps2: 30.0,
                         hit_points: 1.0e7,
                     },
-                    x_m: sx + radius * angle.cos(),
-                    y_m: sy + radius * angle.sin(),
+                    x_m,
+                    y_m,
                     vx_mps: 0.0,
                     vy_mps: 0.0,
                 })
@@ -139,17 +114,7 @@ fn steer(engine: &mut Engine, clients: u64, tick: u64, buf: &mut Vec<u8>) {
         let Some(record) = engine_call(|| engine.record(id)) else {
             continue;
         };
-        let leg = (tick + id * 7) / 60;
-        let angle = unit(id.wrapping_mul(0x1_0000_0001) ^ leg) * std::f64::consts::TAU;
-        let speed = 50.0 + unit(leg.wrapping_mul(31) ^ id) * 200.0;
-        let (sx, sy) = station(id);
-        let (dx, dy) = (sx - record.x_m, sy - record.y_m);
-        let distance = dx.hypot(dy);
-        let (vx, vy) = if distance > LEASH_M {
-            (dx / distance * speed, dy / distance * speed)
-        } else {
-            (speed * angle.cos(), speed * angle.sin())
-        };
+        let (vx, vy) = roam_velocity(id, tick, record.x_m, record.y_m);
         encode(
             ClientMsg::Move {
                 entity_id: id,
