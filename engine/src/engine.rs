@@ -87,8 +87,11 @@ struct ReplicaClient {
     state: ClientReplication,
     /// Lent from `Engine::spare_bufs` for a delta write, returned after its output.
     buf: Vec<u8>,
-    /// This write's decision for the client (made serially, then written in parallel).
+    /// This write's decision for the client (made in parallel, then grouped serially,
+    /// then written in parallel).
     plan: Plan,
+    /// The interest group a [`Plan::Delta`] asks for (none: an empty view).
+    key: Option<GroupKey>,
     /// Counters of this write's delta, summed serially afterwards.
     counts: DeltaWriteCounts,
 }
@@ -1256,56 +1259,31 @@ impl Engine {
         self.write_order.clear();
         let sector_size_m = self.config.sector_size_m;
         let epoch = self.replication_epoch;
+        // Each client's plan in parallel (a few lookups each, for every client every
+        // tick), then the groups and buffers serially in client order.
+        let (clients, locations, sectors) = (&self.clients, &self.locations, &self.sectors);
+        let chunk_len = self.replicas.len().div_ceil(self.threads * 4);
+        self.workers
+            .for_each_chunked(&mut self.replicas, chunk_len, &|replica| {
+                let state = clients.get(&replica.client).copied();
+                (replica.plan, replica.key) = Self::plan_client(
+                    replica,
+                    state,
+                    locations,
+                    sectors,
+                    sector_size_m,
+                    epoch,
+                    rates,
+                );
+            });
         for (index, replica) in self.replicas.iter_mut().enumerate() {
-            replica.plan = Plan::Skip;
-            let Some(&state) = self.clients.get(&replica.client) else {
-                debug_assert!(false, "replication state without a client");
-                continue;
-            };
-            if !replica.state.is_delta() {
-                replica.plan = Plan::Full;
+            if !matches!(replica.plan, Plan::Delta { .. }) {
                 continue;
             }
-            let (key, own) = match state {
-                Client::Pilot { entity_id, .. } => {
-                    let found = self.locations.get(&entity_id).and_then(|location| {
-                        let sector_index = find_sector(&self.sectors, location.sector).ok()?;
-                        let sector = &self.sectors[sector_index];
-                        let index = sector.cached_index(entity_id)?;
-                        let at = CacheRef {
-                            sector: sector_index as u32,
-                            index: index as u32,
-                        };
-                        Some((location.sector, at, sector.replica()[index]))
-                    });
-                    match found {
-                        Some((sector, at, own)) => (
-                            Some(GroupKey::pilot(sector, &own, sector_size_m)),
-                            Some((at, own)),
-                        ),
-                        None => (None, None),
-                    }
-                }
-                Client::Spectator { sector } => {
-                    (Some(GroupKey::spectator(sector, sector_size_m)), None)
-                }
-            };
-            let Some(bytes_max) =
-                replica
-                    .state
-                    .plan(replica.client, own.as_ref().map(|o| &o.1), epoch, rates)
-            else {
-                continue;
-            };
-            replica.plan = Plan::Delta {
-                group: NO_GROUP,
-                own: own.map(|o| o.0),
-                bytes_max,
-            };
             if replica.buf.capacity() == 0 {
                 replica.buf = self.spare_bufs.pop().unwrap_or_default();
             }
-            match key {
+            match replica.key {
                 Some(key) => self.groups.request(key, index as u32),
                 None => self.write_order.push(index as u32),
             }
@@ -1320,6 +1298,65 @@ impl Engine {
                     order.push(client_index);
                 }
             });
+    }
+
+    /// What one client gets this write, and the interest group it reads (see
+    /// [`Engine::plan_replication`]); credits its budget.
+    fn plan_client(
+        replica: &mut ReplicaClient,
+        state: Option<Client>,
+        locations: &HashMap<u64, Location>,
+        sectors: &[Box<Sector>],
+        sector_size_m: f64,
+        epoch: u64,
+        rates: &RateParams,
+    ) -> (Plan, Option<GroupKey>) {
+        let Some(state) = state else {
+            debug_assert!(false, "replication state without a client");
+            return (Plan::Skip, None);
+        };
+        if !replica.state.is_delta() {
+            return (Plan::Full, None);
+        }
+        let (key, own) = match state {
+            Client::Pilot { entity_id, .. } => {
+                let found = locations.get(&entity_id).and_then(|location| {
+                    let sector_index = find_sector(sectors, location.sector).ok()?;
+                    let sector = &sectors[sector_index];
+                    let index = sector.cached_index(entity_id)?;
+                    let at = CacheRef {
+                        sector: sector_index as u32,
+                        index: index as u32,
+                    };
+                    Some((location.sector, at, sector.replica()[index]))
+                });
+                match found {
+                    Some((sector, at, own)) => (
+                        Some(GroupKey::pilot(sector, &own, sector_size_m)),
+                        Some((at, own)),
+                    ),
+                    None => (None, None),
+                }
+            }
+            Client::Spectator { sector } => {
+                (Some(GroupKey::spectator(sector, sector_size_m)), None)
+            }
+        };
+        let bytes_max =
+            replica
+                .state
+                .plan(replica.client, own.as_ref().map(|o| &o.1), epoch, rates);
+        match bytes_max {
+            Some(bytes_max) => (
+                Plan::Delta {
+                    group: NO_GROUP,
+                    own: own.map(|o| o.0),
+                    bytes_max,
+                },
+                key,
+            ),
+            None => (Plan::Skip, None),
+        }
     }
 
     /// Writes the game events of the last tick to the clients that take part, by
