@@ -1266,7 +1266,7 @@ impl Engine {
         self.workers
             .for_each_chunked(&mut self.replicas, chunk_len, &|replica| {
                 let state = clients.get(&replica.client).copied();
-                (replica.plan, replica.key) = Self::plan_client(
+                Self::plan_client(
                     replica,
                     state,
                     locations,
@@ -1300,7 +1300,7 @@ impl Engine {
             });
     }
 
-    /// What one client gets this write, and the interest group it reads (see
+    /// Sets what one client gets this write and the interest group it reads (see
     /// [`Engine::plan_replication`]); credits its budget.
     fn plan_client(
         replica: &mut ReplicaClient,
@@ -1310,13 +1310,16 @@ impl Engine {
         sector_size_m: f64,
         epoch: u64,
         rates: &RateParams,
-    ) -> (Plan, Option<GroupKey>) {
+    ) {
+        replica.key = None;
         let Some(state) = state else {
             debug_assert!(false, "replication state without a client");
-            return (Plan::Skip, None);
+            replica.plan = Plan::Skip;
+            return;
         };
         if !replica.state.is_delta() {
-            return (Plan::Full, None);
+            replica.plan = Plan::Full;
+            return;
         }
         let (key, own) = match state {
             Client::Pilot { entity_id, .. } => {
@@ -1346,17 +1349,17 @@ impl Engine {
             replica
                 .state
                 .plan(replica.client, own.as_ref().map(|o| &o.1), epoch, rates);
-        match bytes_max {
-            Some(bytes_max) => (
+        replica.plan = match bytes_max {
+            Some(bytes_max) => {
+                replica.key = key;
                 Plan::Delta {
                     group: NO_GROUP,
                     own: own.map(|o| o.0),
                     bytes_max,
-                },
-                key,
-            ),
-            None => (Plan::Skip, None),
-        }
+                }
+            }
+            None => Plan::Skip,
+        };
     }
 
     /// Writes the game events of the last tick to the clients that take part, by

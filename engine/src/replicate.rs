@@ -995,13 +995,6 @@ impl InterestGroups {
     }
 }
 
-impl ClientReplication {
-    /// Heap bytes of its slots and kept view (capacities).
-    pub(crate) fn heap_bytes(&self) -> usize {
-        capacity_bytes(&self.slots) + capacity_bytes(&self.expected)
-    }
-}
-
 /// Heap bytes of a vector's buffer.
 pub(crate) fn capacity_bytes<T>(v: &Vec<T>) -> usize {
     v.capacity() * std::mem::size_of::<T>()
@@ -1272,6 +1265,11 @@ pub(crate) struct ClientReplication {
 }
 
 impl ClientReplication {
+    /// Heap bytes of its slots and kept view (capacities).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        capacity_bytes(&self.slots) + capacity_bytes(&self.expected)
+    }
+
     /// Whether the client has opted in to deltas.
     pub(crate) fn is_delta(&self) -> bool {
         self.delta

@@ -94,14 +94,21 @@ pub struct HeapEstimate {
 }
 
 impl HeapEstimate {
+    /// Every part with its name (the `part` label of `warpcore_engine_heap_bytes`).
+    pub fn parts(&self) -> [(&'static str, usize); 6] {
+        [
+            ("replication_slots", self.replication_slots),
+            ("groups", self.groups),
+            ("blocks", self.blocks),
+            ("sector_caches", self.sector_caches),
+            ("worlds", self.worlds),
+            ("client_table", self.client_table),
+        ]
+    }
+
     /// Every part added up.
     pub fn total(&self) -> usize {
-        self.replication_slots
-            + self.groups
-            + self.blocks
-            + self.sector_caches
-            + self.worlds
-            + self.client_table
+        self.parts().iter().map(|&(_, bytes)| bytes).sum()
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use warpcore_engine::wire::{GameEvent, ServerMsg, TYPE_ATTACK, TYPE_MOVE};
 use warpcore_engine::{
-    CraftingCompleted, Engine, EngineError, EntityRecord, SectorId, ShipSpawn,
+    CraftingCompleted, Engine, EngineError, EntityRecord, HeapEstimate, SectorId, ShipSpawn,
     TimeDilationController, REPLAY_HASH_EVERY_TICKS,
 };
 use warpcore_gateway::game::{OnlinePlayer, PushEvent, SectorLoad};
@@ -325,15 +325,7 @@ impl TickMetrics {
             ),
             entities: registry.gauge("warpcore_entities", "Entities in the world.", &[]),
             sectors: registry.gauge("warpcore_sectors", "Sectors with entities.", &[]),
-            engine_heap: [
-                "replication_slots",
-                "groups",
-                "blocks",
-                "sector_caches",
-                "worlds",
-                "client_table",
-            ]
-            .map(|part| {
+            engine_heap: HeapEstimate::default().parts().map(|(part, _)| {
                 registry.gauge(
                     "warpcore_engine_heap_bytes",
                     "The engine's heap by part, estimated from its buffers' capacities (Engine::heap_estimate).",
@@ -412,16 +404,7 @@ impl TickMetrics {
         self.connected_clients.set(stats.clients as f64);
         self.entities.set(stats.entities as f64);
         self.sectors.set(stats.sectors as f64);
-        let heap = engine.heap_estimate();
-        let parts = [
-            heap.replication_slots,
-            heap.groups,
-            heap.blocks,
-            heap.sector_caches,
-            heap.worlds,
-            heap.client_table,
-        ];
-        for (gauge, bytes) in self.engine_heap.iter().zip(parts) {
+        for (gauge, (_, bytes)) in self.engine_heap.iter().zip(engine.heap_estimate().parts()) {
             gauge.set(bytes as f64);
         }
         self.commands_applied.set_total(stats.commands_applied);

@@ -512,11 +512,19 @@ impl Conn {
     }
 
     fn keepalive_due(&self, now: Instant) -> bool {
-        self.keepalive_asap
-            || now.saturating_duration_since(self.last_send) >= KEEPALIVE_INTERVAL
-            || self
-                .last_keepalive
-                .is_none_or(|t| now.saturating_duration_since(t) >= KEEPALIVE_INTERVAL_MAX)
+        now >= self.keepalive_deadline()
+    }
+
+    /// When the next keepalive is due: [`KEEPALIVE_INTERVAL`] after the last send, or
+    /// [`KEEPALIVE_INTERVAL_MAX`] after the last ping while payloads keep flowing; at
+    /// once (the connection's start) when it never pinged or was asked for one.
+    fn keepalive_deadline(&self) -> Instant {
+        match self.last_keepalive {
+            Some(pinged) if !self.keepalive_asap => {
+                (self.last_send + KEEPALIVE_INTERVAL).min(pinged + KEEPALIVE_INTERVAL_MAX)
+            }
+            _ => self.epoch,
+        }
     }
 
     fn payload_due(&self, now: Instant) -> bool {
@@ -533,13 +541,7 @@ impl Conn {
     /// payloads keep flowing, so a caller that sleeps until the deadline pings on time
     /// instead of at its next send.
     pub fn next_deadline(&self) -> Instant {
-        let keepalive = match self.last_keepalive {
-            Some(pinged) if !self.keepalive_asap => {
-                (self.last_send + KEEPALIVE_INTERVAL).min(pinged + KEEPALIVE_INTERVAL_MAX)
-            }
-            // A keepalive is due now (never pinged, or asked for one).
-            _ => self.last_send,
-        };
+        let keepalive = self.keepalive_deadline();
         let timeout = self.last_recv + self.timeout;
         let resend = self.reliable_tx.next_due(self.resend_interval());
         resend.map_or(keepalive.min(timeout), |r| r.min(keepalive).min(timeout))
