@@ -29,11 +29,28 @@ use zerocopy::{FromBytes, IntoBytes};
 /// the flag says, per packet, whether the body is compressed.
 pub const COMPRESSION_BACKOFF: u8 = 16;
 
-/// Send a keepalive after this long without sending anything.
+/// Longest a connection that owes the peer an ack waits, after its last send, before it
+/// sends a keepalive to carry the ack. It owes one after receiving reliable messages
+/// (their sender resends what is not acked) or [`ACK_OWED_PACKETS`] packets (the ack
+/// bits reach 32 back); acks for a few unreliable packets ride the next packet out.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(100);
-/// Send a keepalive (ping) at least this often even while payloads flow, so RTT keeps
-/// being measured on busy connections.
+/// A keepalive (ping) goes at least this often, whether or not payloads flow: RTT keeps
+/// being measured, and the peer's silence timer never runs out. Nothing else is sent on
+/// an idle connection: a keepalive every [`KEEPALIVE_INTERVAL`] of silence (before) cost
+/// a docked player ten datagrams a second each way, and under time dilation, when
+/// snapshots come less often than that, filled two thirds of the server's sends at
+/// 10,000 clients. Shorter for short timeouts: see [`keepalive_period`].
 pub const KEEPALIVE_INTERVAL_MAX: Duration = Duration::from_secs(1);
+/// Packets received since the last send after which an ack is owed even if none of them
+/// carried a reliable message: half the ack bits, so the peer learns of every packet.
+pub const ACK_OWED_PACKETS: u8 = 16;
+
+/// How often a connection with silence timeout `timeout` pings: every
+/// [`KEEPALIVE_INTERVAL_MAX`], or four times per timeout if that is shorter (a 1 s
+/// timeout pings every 250 ms), never more often than every [`KEEPALIVE_INTERVAL`].
+pub fn keepalive_period(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(KEEPALIVE_INTERVAL, KEEPALIVE_INTERVAL_MAX)
+}
 /// Unreliable messages queued per connection (count). Past it (or past the byte bound) the
 /// oldest queued unreliable messages are dropped to make room: the channel is "newest
 /// wins", so under backlog a stale snapshot is the one to lose, and both memory and the
@@ -207,6 +224,12 @@ pub struct Conn {
     echo: Option<(u64, Instant)>,
     /// Send a keepalive on the next poll regardless of timers (e.g. to confirm a connect).
     keepalive_asap: bool,
+    /// A reliable message arrived since the last send: its sender waits for the ack.
+    ack_owed: bool,
+    /// Authenticated packets received since the last send (saturating).
+    received_since_send: u8,
+    /// [`keepalive_period`] of `timeout`.
+    keepalive_period: Duration,
     last_packet_keepalive: bool,
     /// Bodies long enough to compress still to send before the next try (see
     /// [`COMPRESSION_BACKOFF`]).
@@ -249,6 +272,9 @@ impl Conn {
             reassembly: None,
             echo: None,
             keepalive_asap: false,
+            ack_owed: false,
+            received_since_send: 0,
+            keepalive_period: keepalive_period(timeout),
             last_packet_keepalive: false,
             compress_skip: 0,
             loss: LossTracker {
@@ -329,6 +355,7 @@ impl Conn {
         self.touch(now);
         self.stats.packets_in += 1;
         self.stats.bytes_in += datagram_bytes as u64;
+        self.received_since_send = self.received_since_send.saturating_add(1);
         if header.flags & packet::FLAG_ACK_VALID != 0 {
             let newest_sent = self.next_send_seq.checked_sub(1);
             let (ack, ack_bits) = (header.ack.get(), header.ack_bits.get());
@@ -420,6 +447,7 @@ impl Conn {
                     }
                 }
                 kind => {
+                    self.ack_owed = true;
                     let reassembly = &mut self.reassembly;
                     let drops = &mut self.drops;
                     let outcome = self.reliable_rx.receive(
@@ -515,13 +543,18 @@ impl Conn {
         now >= self.keepalive_deadline()
     }
 
-    /// When the next keepalive is due: [`KEEPALIVE_INTERVAL`] after the last send, or
-    /// [`KEEPALIVE_INTERVAL_MAX`] after the last ping while payloads keep flowing; at
-    /// once (the connection's start) when it never pinged or was asked for one.
+    /// When the next keepalive is due: [`keepalive_period`] after the last ping, or
+    /// [`KEEPALIVE_INTERVAL`] after the last send while an ack is owed; at once (the
+    /// connection's start) when it never pinged or was asked for one.
     fn keepalive_deadline(&self) -> Instant {
         match self.last_keepalive {
             Some(pinged) if !self.keepalive_asap => {
-                (self.last_send + KEEPALIVE_INTERVAL).min(pinged + KEEPALIVE_INTERVAL_MAX)
+                let ping = pinged + self.keepalive_period;
+                if self.ack_owed || self.received_since_send >= ACK_OWED_PACKETS {
+                    ping.min(self.last_send + KEEPALIVE_INTERVAL)
+                } else {
+                    ping
+                }
             }
             _ => self.epoch,
         }
@@ -537,9 +570,9 @@ impl Conn {
     }
 
     /// Earliest instant at which this connection needs attention (keepalive, resend, timeout).
-    /// That includes the ping due [`KEEPALIVE_INTERVAL_MAX`] after the last one while
-    /// payloads keep flowing, so a caller that sleeps until the deadline pings on time
-    /// instead of at its next send.
+    /// That includes the ping due [`keepalive_period`] after the last one while payloads
+    /// keep flowing, so a caller that sleeps until the deadline pings on time instead of
+    /// at its next send.
     pub fn next_deadline(&self) -> Instant {
         let keepalive = self.keepalive_deadline();
         let timeout = self.last_recv + self.timeout;
@@ -581,6 +614,9 @@ impl Conn {
         let seq = self.take_sequence();
         let acks = self.acks();
         self.last_send = now;
+        // Every packet carries the acks.
+        self.ack_owed = false;
+        self.received_since_send = 0;
         self.last_packet_keepalive = packet_type == PacketType::Keepalive;
         let len = packet::write_sealed_flags(
             buf,
@@ -603,7 +639,7 @@ impl Conn {
         let keepalive_overdue = self.keepalive_asap
             || self
                 .last_keepalive
-                .is_none_or(|t| now.saturating_duration_since(t) >= KEEPALIVE_INTERVAL_MAX);
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.keepalive_period);
         if !keepalive_overdue && self.payload_due(now) {
             if let Some(len) = self.poll_payload(now, buf) {
                 return Some(len);
@@ -869,6 +905,113 @@ mod tests {
             "the ping goes at its deadline"
         );
         assert!(a.next_deadline() > now);
+    }
+
+    /// Packets `from` sends between `start` and `end` on a 10 ms clock, all delivered to
+    /// `to`, with `before_each` run on both before every step; how many were keepalives.
+    fn keepalives_sent(
+        start: Instant,
+        end: Instant,
+        from: &mut Conn,
+        to: &mut Conn,
+        mut before_each: impl FnMut(Instant, &mut Conn, &mut Conn),
+    ) -> usize {
+        let mut keepalives = 0;
+        let mut now = start;
+        while now < end {
+            now += Duration::from_millis(10);
+            before_each(now, from, to);
+            let sent = from.stats.packets_out;
+            let keepalive_before = from.last_keepalive;
+            exchange(now, from, to);
+            if from.stats.packets_out > sent && from.last_keepalive != keepalive_before {
+                keepalives += 1;
+            }
+        }
+        keepalives
+    }
+
+    #[test]
+    fn an_idle_connection_pings_once_per_period_and_sends_nothing_else() {
+        let start = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut a = Conn::new(7, [1; 32], [2; 32], 0, timeout, start);
+        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, start);
+        exchange(start, &mut a, &mut b);
+        let sent = a.stats.packets_out;
+        let five_s = start + Duration::from_secs(5);
+        let pings = keepalives_sent(start, five_s, &mut a, &mut b, |_, _, _| {});
+        assert_eq!(pings, 5, "one a second over 5 s");
+        assert_eq!(a.stats.packets_out - sent, 5, "and nothing else");
+        // A short timeout pings four times per timeout.
+        assert_eq!(
+            keepalive_period(Duration::from_secs(1)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            keepalive_period(Duration::from_secs(10)),
+            KEEPALIVE_INTERVAL_MAX
+        );
+        assert_eq!(
+            keepalive_period(Duration::from_millis(200)),
+            KEEPALIVE_INTERVAL
+        );
+    }
+
+    #[test]
+    fn an_ack_owed_goes_within_the_keepalive_interval() {
+        let start = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut a = Conn::new(7, [1; 32], [2; 32], 0, timeout, start);
+        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, start);
+        exchange(start, &mut a, &mut b);
+        exchange(start, &mut b, &mut a);
+        // A few unreliable packets from b: their acks wait for a's next packet.
+        let mut now = start;
+        for _ in 0..3 {
+            now += Duration::from_millis(20);
+            b.queue(Channel::Unreliable, vec![1; 10]).unwrap();
+            exchange(now, &mut b, &mut a);
+        }
+        assert_eq!(a.next_deadline(), start + KEEPALIVE_INTERVAL_MAX);
+        // A reliable message: the ack goes a keepalive interval after a's last send.
+        b.queue(Channel::Reliable, vec![2; 10]).unwrap();
+        exchange(now, &mut b, &mut a);
+        assert_eq!(a.next_deadline(), start + KEEPALIVE_INTERVAL);
+        let mut buf = [0u8; MTU_BYTES];
+        now = a.next_deadline().max(now);
+        let len = a.poll_packet(now, &mut buf).unwrap();
+        assert!(a.last_packet_was_keepalive());
+        let paid = now;
+        assert_eq!(a.next_deadline(), paid + KEEPALIVE_INTERVAL_MAX, "paid");
+        let (header, _) = packet::read_header(&buf[..len]).unwrap();
+        let mut scratch = [0u8; MTU_BYTES];
+        b.open(&buf[..len], &header, &mut scratch).unwrap();
+        b.on_authenticated(now, &header, len);
+        assert_eq!(
+            b.reliable_tx.next_due(b.resend_interval()),
+            None,
+            "b's reliable message is acked"
+        );
+        // Sixteen unreliable packets owe one too, before the ack bits run out.
+        for i in 0..ACK_OWED_PACKETS {
+            now += Duration::from_millis(5);
+            assert_eq!(a.next_deadline(), paid + KEEPALIVE_INTERVAL_MAX, "{i}");
+            b.queue(Channel::Unreliable, vec![3; 10]).unwrap();
+            exchange(now, &mut b, &mut a);
+        }
+        assert_eq!(a.next_deadline(), paid + KEEPALIVE_INTERVAL);
+        // A peer streaming unreliable packets every 10 ms gets an ack at least every 16.
+        let end = now + Duration::from_secs(2);
+        let acks = keepalives_sent(now, end, &mut a, &mut b, |now, a, b| {
+            b.queue(Channel::Unreliable, vec![4; 10]).unwrap();
+            exchange(now, b, a);
+        });
+        assert!(
+            (12..=15).contains(&acks),
+            "{acks} keepalives for 200 packets"
+        );
+        assert_eq!(b.stats.packets_lost, 0);
     }
 
     #[test]
