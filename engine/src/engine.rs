@@ -94,6 +94,9 @@ struct ReplicaClient {
     key: Option<GroupKey>,
     /// Counters of this write's delta, summed serially afterwards.
     counts: DeltaWriteCounts,
+    /// Where the client's ship's cache entry was at its last plan: tried first, since
+    /// a ship usually stays in its sector and at its index (a hint, checked by id).
+    own_at: Option<CacheRef>,
 }
 
 /// A game event waiting for delivery: where it happened and who is involved.
@@ -1265,10 +1268,9 @@ impl Engine {
         let chunk_len = self.replicas.len().div_ceil(self.threads * 4);
         self.workers
             .for_each_chunked(&mut self.replicas, chunk_len, &|replica| {
-                let state = clients.get(&replica.client).copied();
                 Self::plan_client(
                     replica,
-                    state,
+                    clients,
                     locations,
                     sectors,
                     sector_size_m,
@@ -1304,7 +1306,7 @@ impl Engine {
     /// [`Engine::plan_replication`]); credits its budget.
     fn plan_client(
         replica: &mut ReplicaClient,
-        state: Option<Client>,
+        clients: &BTreeMap<u64, Client>,
         locations: &HashMap<u64, Location>,
         sectors: &[Box<Sector>],
         sector_size_m: f64,
@@ -1312,7 +1314,13 @@ impl Engine {
         rates: &RateParams,
     ) {
         replica.key = None;
-        let Some(state) = state else {
+        if replica.state.is_delta() && !replica.state.may_write(replica.client, epoch, rates) {
+            // Not its turn at any rate: no lookups.
+            replica.state.credit(rates);
+            replica.plan = Plan::Skip;
+            return;
+        }
+        let Some(state) = clients.get(&replica.client).copied() else {
             debug_assert!(false, "replication state without a client");
             replica.plan = Plan::Skip;
             return;
@@ -1323,7 +1331,19 @@ impl Engine {
         }
         let (key, own) = match state {
             Client::Pilot { entity_id, .. } => {
-                let found = locations.get(&entity_id).and_then(|location| {
+                // Tried first: every cache was rebuilt this write from its sector's
+                // world, and an entity is in one sector, so finding the ship's id at the
+                // hinted entry means it is there now (the same entry the lookups find).
+                let hinted = replica.own_at.take().and_then(|at| {
+                    let sector = sectors.get(at.sector as usize)?;
+                    let cached = sector.replica().get(at.index as usize)?;
+                    (cached.value.entity_id == entity_id).then_some((sector.id(), at, *cached))
+                });
+                debug_assert!(hinted.is_none_or(|(sector, _, _)| {
+                    locations.get(&entity_id).map(|l| l.sector) == Some(sector)
+                }));
+                let found = hinted.or_else(|| {
+                    let location = locations.get(&entity_id)?;
                     let sector_index = find_sector(sectors, location.sector).ok()?;
                     let sector = &sectors[sector_index];
                     let index = sector.cached_index(entity_id)?;
@@ -1333,6 +1353,7 @@ impl Engine {
                     };
                     Some((location.sector, at, sector.replica()[index]))
                 });
+                replica.own_at = found.map(|(_, at, _)| at);
                 match found {
                     Some((sector, at, own)) => (
                         Some(GroupKey::pilot(sector, &own, sector_size_m)),

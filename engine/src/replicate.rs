@@ -1254,6 +1254,9 @@ pub(crate) struct ClientReplication {
     saved: u64,
     /// Fighting-rate snapshots until this epoch.
     combat_until: u64,
+    /// The epoch of the last [`ClientReplication::plan`] (0: none): what the client's
+    /// ship did since then decides its rate.
+    planned_epoch: u64,
     /// Acknowledged sequences at and before `newest_ack`: bit `k` is `newest_ack - k`
     /// (the last [`SNAPSHOT_RING_LEN`]). A slot's inflight bits are settled at the next
     /// write once its carrier is here.
@@ -1307,14 +1310,23 @@ impl ClientReplication {
         epoch: u64,
         rates: &RateParams,
     ) -> Option<usize> {
-        self.saved = (self.saved + rates.bytes_per_s).min(rates.saved_max);
+        self.credit(rates);
+        // What the ship did since the last plan (the last tick, unless the ticks between
+        // were skipped by `may_write`).
+        let since = self.planned_epoch;
+        self.planned_epoch = epoch;
+        let changed = |own: &CachedReplica| match since {
+            0 => own.changed,
+            since if since < epoch => own.changed_since(since, epoch),
+            _ => own.changed,
+        };
         // A ship's first cache entry has every change bit set: not a fight.
-        let hurt = |own: &CachedReplica| own.changed & FIELD_HEALTH != 0 && self.reset_seq != 0;
+        let hurt = |own: &CachedReplica| changed(own) & FIELD_HEALTH != 0 && self.reset_seq != 0;
         let fighting = own.is_some_and(|own| own.value.target != 0 || hurt(own));
         if fighting {
             self.combat_until = epoch + rates.combat_hold_ticks;
         }
-        let moving = own.is_none_or(|own| own.changed & (FIELD_POSITION | FIELD_VELOCITY) != 0);
+        let moving = own.is_none_or(|own| changed(own) & (FIELD_POSITION | FIELD_VELOCITY) != 0);
         let tier = if epoch < self.combat_until {
             2
         } else {
@@ -1333,6 +1345,21 @@ impl ClientReplication {
             rates.send_bytes_min
         };
         (bytes_max >= bytes_min).then_some(bytes_max)
+    }
+
+    /// Whether a delta client can get a snapshot at `epoch` at any of its rates (a client
+    /// that never got one always can): when not, the engine skips its plan, and the
+    /// lookups of its ship, with [`ClientReplication::credit`] alone. With every rate at
+    /// 10 Hz and 30 Hz ticks that is two ticks in three; with the default fighting rate
+    /// (every tick) never.
+    pub(crate) fn may_write(&self, client: u64, epoch: u64, rates: &RateParams) -> bool {
+        let turn = epoch.wrapping_add(client);
+        self.reset_seq == 0 || rates.intervals.iter().any(|&i| turn.is_multiple_of(i))
+    }
+
+    /// Credits one write's bandwidth to the client's budget.
+    pub(crate) fn credit(&mut self, rates: &RateParams) {
+        self.saved = (self.saved + rates.bytes_per_s).min(rates.saved_max);
     }
 
     /// Handles the client's ack of snapshot `seq` (0: none yet). Switches the client to
@@ -1879,6 +1906,69 @@ mod tests {
         // read by every client of a group.
         assert_eq!(std::mem::size_of::<Slot>(), 16);
         assert_eq!(std::mem::size_of::<GroupEntry>(), 40);
+    }
+
+    /// A client is planned only on ticks where some rate could write it, and what its
+    /// ship did on the ticks between still sets its rate.
+    #[test]
+    fn plans_skip_ticks_no_rate_writes_and_still_notice_a_fight_between() {
+        let rates = RateParams::new(&EngineConfig {
+            tick_hz: 60,
+            // Ticks between snapshots: idle 6, moving 3, fighting 2.
+            replication_rates_hz: [10, 20, 30],
+            replication_bytes_per_s: 1_000_000,
+            ..EngineConfig::default()
+        });
+        let mut client = ClientReplication {
+            delta: true,
+            ..ClientReplication::default()
+        };
+        // Never written: always planned (its first snapshot goes at once).
+        assert!((1..=12).all(|epoch| client.may_write(0, epoch, &rates)));
+        client.reset_seq = 1;
+        let planned: Vec<u64> = (1..=12)
+            .filter(|&e| client.may_write(0, e, &rates))
+            .collect();
+        assert_eq!(planned, [2, 3, 4, 6, 8, 9, 10, 12]);
+        // An idle ship, planned at epoch 2 and next at 3 and 4.
+        let mut own = CachedReplica {
+            value: ReplicaEntity {
+                entity_id: 7,
+                ..ReplicaEntity::default()
+            },
+            changed: 0,
+            changed_epoch: [0; crate::sector::TRACKED_FIELDS],
+            field_bytes: [0; crate::sector::TRACKED_FIELDS],
+        };
+        client.plan(0, Some(&own), 2, &rates);
+        assert_eq!(client.combat_until, 0, "idle");
+        // Hurt at epoch 5, which is skipped: its cache entry at 6 no longer says so
+        // this tick, but the change epoch does.
+        own.changed_epoch[FIELD_HEALTH.trailing_zeros() as usize] = 5;
+        client.plan(0, Some(&own), 4, &rates);
+        assert_eq!(client.combat_until, 0, "not yet hurt");
+        client.plan(0, Some(&own), 6, &rates);
+        assert_eq!(
+            client.combat_until,
+            6 + rates.combat_hold_ticks,
+            "hurt at 5"
+        );
+        // Planned every tick (no skips), the tick's own change bits decide, as before.
+        let mut every_tick = ClientReplication {
+            delta: true,
+            reset_seq: 1,
+            ..ClientReplication::default()
+        };
+        every_tick.plan(0, Some(&own), 6, &rates);
+        assert_eq!(
+            every_tick.combat_until, 0,
+            "first plan: this tick's bits only"
+        );
+        every_tick.plan(0, Some(&own), 7, &rates);
+        assert_eq!(every_tick.combat_until, 0);
+        own.changed = FIELD_HEALTH;
+        every_tick.plan(0, Some(&own), 8, &rates);
+        assert_eq!(every_tick.combat_until, 8 + rates.combat_hold_ticks);
     }
 
     #[test]
