@@ -152,6 +152,10 @@ pub struct ServerStats {
     pub send_errors: u64,
     /// Times the socket send buffer was full (the datagram is retried when writable).
     pub send_would_block: u64,
+    /// Datagrams the kernel dropped at the server's socket because its receive buffer
+    /// was full: the net thread did not read fast enough (Linux, `SO_RXQ_OVFL`; learnt
+    /// from the next datagram read after the drops, so it lags by one datagram).
+    pub kernel_drops: u64,
 }
 
 enum Command {
@@ -238,6 +242,7 @@ pub fn spawn_server(config: ServerConfig) -> io::Result<ServerHandle> {
         rx: RecvBatch::new(config.batch_mode),
         tx: SendBatch::new(config.batch_mode),
         next_conn_stats: now,
+        socket_drops_seen: 0,
     };
     let thread = std::thread::Builder::new()
         .name("warpcore-net".into())
@@ -260,6 +265,10 @@ fn bind_udp(addr: SocketAddr, big_buffers: bool) -> io::Result<UdpSocket> {
         // The kernel may clamp these; a smaller buffer only means more drops under bursts.
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+        // Best effort: without it `ServerStats::kernel_drops` stays 0.
+        if let Err(e) = batch::count_socket_drops(&socket) {
+            tracing::debug!(error = %e, "SO_RXQ_OVFL refused: kernel drops not counted");
+        }
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -425,6 +434,8 @@ struct NetThread {
     /// WouldBlock stays here and is retried when writable.
     tx: SendBatch,
     next_conn_stats: Instant,
+    /// The socket's (wrapping) kernel drop count when last read.
+    socket_drops_seen: u32,
 }
 
 impl NetThread {
@@ -470,6 +481,11 @@ impl NetThread {
                 Ok(_) => {
                     for (from, bytes) in self.rx.iter() {
                         self.server.handle_datagram(now, from, bytes);
+                    }
+                    if let Some(drops) = self.rx.socket_drops() {
+                        let new = drops.wrapping_sub(self.socket_drops_seen);
+                        self.stats.kernel_drops += u64::from(new);
+                        self.socket_drops_seen = drops;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,

@@ -276,6 +276,7 @@ pub(crate) struct TickMetrics {
     udp_dropped: Counter,
     udp_refused_handshakes: Counter,
     udp_unreliable_superseded: Counter,
+    udp_kernel_dropped: Counter,
 }
 
 impl TickMetrics {
@@ -379,6 +380,11 @@ impl TickMetrics {
                 "Unsent snapshots dropped for newer ones to the same client: the net thread fell behind and the connection's unreliable queue (4 KiB) was full.",
                 &[],
             ),
+            udp_kernel_dropped: registry.counter(
+                "warpcore_udp_kernel_dropped_total",
+                "Datagrams the kernel dropped at the server's UDP socket because its receive buffer was full: the network thread did not keep up (Linux, SO_RXQ_OVFL).",
+                &[],
+            ),
             udp_refused_handshakes: registry.counter(
                 "warpcore_udp_refused_handshakes_total",
                 "Connection requests refused (version, protocol, expired, bad or reused token, wrong server, denied).",
@@ -444,6 +450,7 @@ impl TickMetrics {
         );
         self.udp_unreliable_superseded
             .set_total(e.dropped_unreliable_superseded);
+        self.udp_kernel_dropped.set_total(s.kernel_drops);
         self.udp_refused_handshakes.set_total(
             e.rejected_version
                 + e.rejected_protocol

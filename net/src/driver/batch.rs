@@ -49,9 +49,48 @@ pub struct RecvBatch {
     lens: [usize; BATCH_DATAGRAMS_MAX],
     addrs: [Option<SocketAddr>; BATCH_DATAGRAMS_MAX],
     n: usize,
+    /// The socket's kernel drop count, as of the newest datagram that carried it.
+    socket_drops: Option<u32>,
     /// Source addresses written by `recvmmsg`; kept so they are not zeroed on every call.
     #[cfg(target_os = "linux")]
     names: Box<[libc::sockaddr_storage; BATCH_DATAGRAMS_MAX]>,
+    /// Ancillary data of each datagram (room for one `SO_RXQ_OVFL` count), 8-aligned.
+    #[cfg(target_os = "linux")]
+    controls: Box<[[u64; CONTROL_WORDS]; BATCH_DATAGRAMS_MAX]>,
+}
+
+/// Words of ancillary data room per datagram: a `cmsghdr` and one u32, aligned.
+#[cfg(target_os = "linux")]
+const CONTROL_WORDS: usize = 4;
+
+/// Asks the kernel to attach to received datagrams the count of datagrams it dropped
+/// at `socket` (its receive buffer was full) since the socket was created
+/// (`SO_RXQ_OVFL`, Linux): [`RecvBatch::socket_drops`] then reports it. A no-op
+/// elsewhere.
+///
+/// # Errors
+/// The `setsockopt` error.
+pub fn count_socket_drops(socket: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let on: libc::c_int = 1;
+        // SAFETY: a valid fd and a c_int option value of the size passed.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RXQ_OVFL,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+    Ok(())
 }
 
 impl Default for RecvBatch {
@@ -78,9 +117,12 @@ impl RecvBatch {
             lens: [0; BATCH_DATAGRAMS_MAX],
             addrs: [None; BATCH_DATAGRAMS_MAX],
             n: 0,
+            socket_drops: None,
             // SAFETY: all-zero is a valid sockaddr_storage.
             #[cfg(target_os = "linux")]
             names: Box::new(unsafe { std::mem::zeroed() }),
+            #[cfg(target_os = "linux")]
+            controls: Box::new([[0; CONTROL_WORDS]; BATCH_DATAGRAMS_MAX]),
         }
     }
 
@@ -109,6 +151,15 @@ impl RecvBatch {
     /// Datagrams of the last [`Self::recv`], in arrival order.
     pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
         (0..self.n).filter_map(move |i| Some((self.addrs[i]?, &self.bufs[i][..self.lens[i]])))
+    }
+
+    /// How many datagrams the kernel has dropped at the socket because its receive
+    /// buffer was full, since the socket was created (a u32 that wraps), as of the
+    /// newest datagram received that carried the count: it needs
+    /// [`count_socket_drops`] and batched receiving on Linux, and the kernel attaches
+    /// the count only once it is above 0, to datagrams queued after the drops.
+    pub fn socket_drops(&self) -> Option<u32> {
+        self.socket_drops
     }
 
     /// Number of datagrams the last [`Self::recv`] read.
@@ -316,6 +367,8 @@ mod linux {
                 hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 hdr.msg_iov = &mut iovecs[i];
                 hdr.msg_iovlen = 1;
+                hdr.msg_control = self.controls[i].as_mut_ptr().cast();
+                hdr.msg_controllen = size_of::<[u64; super::CONTROL_WORDS]>() as _;
             }
             let n = loop {
                 // SAFETY: `msgs` holds BATCH_DATAGRAMS_MAX headers, each pointing at one live
@@ -342,6 +395,9 @@ mod linux {
                 // SAFETY: the kernel wrote `msg_namelen` bytes of `names[i]`, a valid address.
                 let addr = unsafe { SockAddr::new(self.names[i], msg.msg_hdr.msg_namelen) };
                 self.addrs[i] = addr.as_socket();
+                if let Some(drops) = socket_drops(&msg.msg_hdr) {
+                    self.socket_drops = Some(drops);
+                }
             }
             self.n = n;
             if n == 0 {
@@ -351,6 +407,28 @@ mod linux {
             }
             Ok(n)
         }
+    }
+
+    /// The `SO_RXQ_OVFL` count in a received message's ancillary data, if any.
+    fn socket_drops(hdr: &libc::msghdr) -> Option<u32> {
+        // SAFETY: `hdr` is a message header the kernel filled in, whose control buffer
+        // (`msg_controllen` bytes, 8-aligned) is alive; the CMSG macros stay inside it.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+            while !cmsg.is_null() {
+                let c = &*cmsg;
+                if c.cmsg_level == libc::SOL_SOCKET
+                    && c.cmsg_type == libc::SO_RXQ_OVFL
+                    && c.cmsg_len as usize >= libc::CMSG_LEN(size_of::<u32>() as u32) as usize
+                {
+                    return Some(std::ptr::read_unaligned(
+                        libc::CMSG_DATA(cmsg).cast::<u32>(),
+                    ));
+                }
+                cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+            }
+        }
+        None
     }
 
     impl SendBatch {
@@ -454,6 +532,37 @@ mod tests {
             }
         }
         got
+    }
+
+    /// Datagrams the kernel drops at a full receive buffer are counted: every datagram
+    /// sent on loopback is either read or in the count that the next one read carries.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_kernel_drops_at_a_full_receive_buffer_are_counted() {
+        let (tx, rx) = pair();
+        socket2::SockRef::from(&rx)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        count_socket_drops(&rx).unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut recv = RecvBatch::new(BatchMode::Mmsg);
+        assert_eq!(recv.socket_drops(), None);
+        // Nothing reads while 200 datagrams of 600 bytes arrive: most are dropped.
+        let burst = 200;
+        for _ in 0..burst {
+            tx.send_to(&[7u8; 600], to).unwrap();
+        }
+        // Loopback delivers inside `send_to`: what was kept is queued by now.
+        let mut read = 0;
+        while let Ok(n) = recv.recv(&rx) {
+            read += n;
+        }
+        assert!(read < burst / 2, "a 4 KiB buffer held {read} of {burst}");
+        // The next datagram, queued after the drops, carries their count.
+        tx.send_to(&[8u8; 600], to).unwrap();
+        read += recv_all(&mut recv, &rx, 1).len();
+        let drops = recv.socket_drops().expect("a drop count") as usize;
+        assert_eq!(read + drops, burst + 1, "read {read}, dropped {drops}");
     }
 
     /// 150 datagrams of distinct sizes and contents (more than two full batches) go out

@@ -168,9 +168,9 @@ pub struct SwarmReport {
     pub flight: Duration,
     /// The server's figures from `/metrics` at the end of the run, if it answered.
     pub server: Option<ServerFigures>,
-    /// Server UDP packets per second (in, out) over the UDP phase (connect and flight),
-    /// from `/metrics` read before and after it.
-    pub server_packets_per_s: Option<(f64, f64)>,
+    /// Server UDP packets per second (in, out, dropped by the kernel) over the UDP
+    /// phase (connect and flight), from `/metrics` read before and after it.
+    pub server_packets_per_s: Option<server_metrics::PacketRates>,
 }
 
 impl SwarmReport {
@@ -268,10 +268,8 @@ impl SwarmReport {
         if let Some(server) = &self.server {
             lines.push(server.summary());
         }
-        if let Some((inbound, outbound)) = self.server_packets_per_s {
-            lines.push(format!(
-                "server udp packets/s   in={inbound:.0} out={outbound:.0} (connect and flight)"
-            ));
+        if let Some(rates) = &self.server_packets_per_s {
+            lines.push(rates.summary());
         }
         lines.join("\n")
     }

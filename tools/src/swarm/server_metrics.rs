@@ -17,6 +17,8 @@ pub struct ServerFigures {
     /// Authenticated UDP packets since the server started (counters).
     pub udp_packets_in: Option<f64>,
     pub udp_packets_out: Option<f64>,
+    /// Datagrams the kernel dropped at the server's socket (counter).
+    pub udp_kernel_dropped: Option<f64>,
 }
 
 impl ServerFigures {
@@ -46,6 +48,7 @@ impl ServerFigures {
             command_latency_max_ms: ms(value("warpcore_command_latency_seconds{quantile=\"1\"}")),
             udp_packets_in: value("warpcore_udp_packets_total{dir=\"in\"}"),
             udp_packets_out: value("warpcore_udp_packets_total{dir=\"out\"}"),
+            udp_kernel_dropped: value("warpcore_udp_kernel_dropped_total"),
         }
     }
 
@@ -66,21 +69,43 @@ impl ServerFigures {
         )
     }
 
-    /// Server UDP packets per second (in, out) between an `earlier` reading and this
-    /// one, `elapsed_s` apart.
+    /// Server UDP datagrams per second between an `earlier` reading and this one,
+    /// `elapsed_s` apart: packets in and out, and datagrams the kernel dropped at the
+    /// server's socket (0 from a server without that series).
     pub fn packets_per_s_since(
         &self,
         earlier: &ServerFigures,
         elapsed_s: f64,
-    ) -> Option<(f64, f64)> {
+    ) -> Option<PacketRates> {
         if elapsed_s <= 0.0 {
             return None;
         }
         let rate = |now: Option<f64>, then: Option<f64>| Some((now? - then?).max(0.0) / elapsed_s);
-        Some((
-            rate(self.udp_packets_in, earlier.udp_packets_in)?,
-            rate(self.udp_packets_out, earlier.udp_packets_out)?,
-        ))
+        Some(PacketRates {
+            inbound: rate(self.udp_packets_in, earlier.udp_packets_in)?,
+            outbound: rate(self.udp_packets_out, earlier.udp_packets_out)?,
+            kernel_dropped: rate(self.udp_kernel_dropped, earlier.udp_kernel_dropped)
+                .unwrap_or(0.0),
+        })
+    }
+}
+
+/// The server's UDP datagrams per second over a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PacketRates {
+    pub inbound: f64,
+    pub outbound: f64,
+    /// Dropped by the kernel at the server's socket (its receive buffer was full).
+    pub kernel_dropped: f64,
+}
+
+impl PacketRates {
+    /// The line `warpcore-swarm` prints.
+    pub fn summary(&self) -> String {
+        format!(
+            "server udp packets/s   in={:.0} out={:.0} kernel-dropped={:.0} (connect and flight)",
+            self.inbound, self.outbound, self.kernel_dropped
+        )
     }
 }
 
@@ -128,7 +153,31 @@ mod tests {
             udp_packets_out: Some(1000.0),
             ..ServerFigures::default()
         };
-        assert_eq!(f.packets_per_s_since(&earlier, 2.0), Some((300.0, 1000.0)));
+        let rates = PacketRates {
+            inbound: 300.0,
+            outbound: 1000.0,
+            kernel_dropped: 0.0,
+        };
+        assert_eq!(f.packets_per_s_since(&earlier, 2.0), Some(rates));
         assert_eq!(f.packets_per_s_since(&ServerFigures::default(), 2.0), None);
+        let dropping =
+            ServerFigures::parse(&format!("{text}warpcore_udp_kernel_dropped_total 900\n"));
+        let earlier = ServerFigures {
+            udp_kernel_dropped: Some(100.0),
+            ..earlier
+        };
+        assert_eq!(
+            dropping
+                .packets_per_s_since(&earlier, 2.0)
+                .map(|r| r.kernel_dropped),
+            Some(400.0)
+        );
+        assert_eq!(
+            dropping
+                .packets_per_s_since(&earlier, 2.0)
+                .unwrap()
+                .summary(),
+            "server udp packets/s   in=300 out=1000 kernel-dropped=400 (connect and flight)"
+        );
     }
 }
