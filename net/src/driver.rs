@@ -153,8 +153,9 @@ pub struct ServerStats {
     /// Times the socket send buffer was full (the datagram is retried when writable).
     pub send_would_block: u64,
     /// Datagrams the kernel dropped at the server's socket because its receive buffer
-    /// was full: the net thread did not read fast enough (Linux, `SO_RXQ_OVFL`; learnt
-    /// from the next datagram read after the drops, so it lags by one datagram).
+    /// was full: the net thread did not read fast enough (Linux with the batched
+    /// receive, the default; `SO_RXQ_OVFL`, learnt from the first datagram queued after
+    /// the drops, so it lags by one datagram; 0 elsewhere).
     pub kernel_drops: u64,
 }
 
