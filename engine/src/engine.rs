@@ -90,8 +90,6 @@ struct ReplicaClient {
     /// This write's decision for the client (made in parallel, then grouped serially,
     /// then written in parallel).
     plan: Plan,
-    /// The interest group a [`Plan::Delta`] asks for (none: an empty view).
-    key: Option<GroupKey>,
     /// Counters of this write's delta, summed serially afterwards.
     counts: DeltaWriteCounts,
     /// Where the client's ship's cache entry was at its last plan: tried first, since
@@ -1190,6 +1188,7 @@ impl Engine {
                         group,
                         own,
                         bytes_max,
+                        ..
                     } = replica.plan
                     {
                         replica.counts = replica.state.write_delta(
@@ -1279,13 +1278,13 @@ impl Engine {
                 );
             });
         for (index, replica) in self.replicas.iter_mut().enumerate() {
-            if !matches!(replica.plan, Plan::Delta { .. }) {
+            let Plan::Delta { key, .. } = replica.plan else {
                 continue;
-            }
+            };
             if replica.buf.capacity() == 0 {
                 replica.buf = self.spare_bufs.pop().unwrap_or_default();
             }
-            match replica.key {
+            match key {
                 Some(key) => self.groups.request(key, index as u32),
                 None => self.write_order.push(index as u32),
             }
@@ -1313,7 +1312,6 @@ impl Engine {
         epoch: u64,
         rates: &RateParams,
     ) {
-        replica.key = None;
         if replica.state.is_delta() && !replica.state.may_write(replica.client, epoch, rates) {
             // Not its turn at any rate: no lookups.
             replica.state.credit(rates);
@@ -1371,14 +1369,12 @@ impl Engine {
                 .state
                 .plan(replica.client, own.as_ref().map(|o| &o.1), epoch, rates);
         replica.plan = match bytes_max {
-            Some(bytes_max) => {
-                replica.key = key;
-                Plan::Delta {
-                    group: NO_GROUP,
-                    own: own.map(|o| o.0),
-                    bytes_max,
-                }
-            }
+            Some(bytes_max) => Plan::Delta {
+                key,
+                group: NO_GROUP,
+                own: own.map(|o| o.0),
+                bytes_max,
+            },
             None => Plan::Skip,
         };
     }
