@@ -26,7 +26,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use warpcore_engine::scenario::{roam_spawn_position, roam_velocity};
+use warpcore_engine::scenario::{roam_ship, roam_velocity};
 use warpcore_engine::wire::delta::{DeltaSnapshotView, TYPE_DELTA_SNAPSHOT};
 use warpcore_engine::wire::{ClientMsg, ENTITY_VIEW_BYTES, SNAPSHOT_HEADER_BYTES};
 use warpcore_engine::{
@@ -120,39 +120,29 @@ fn world(scenario: Scenario, worker_threads: usize, snapshot_bytes_max: usize) -
     })
     .expect("engine");
     for id in 1..=CLIENTS {
-        let (x_m, y_m, speed_mps, max_speed_mps) = match scenario {
+        let ship = match scenario {
             Scenario::Battle => {
                 let a = (id as f64 * 0.754_877_666_246_692_7).fract();
                 let b = (id as f64 * 0.569_840_290_998_053_3).fract();
-                (
-                    10.0 + a * (SIDE_M - 20.0),
-                    10.0 + b * (SIDE_M - 20.0),
-                    20.0,
-                    60.0,
-                )
+                let angle = id as f64 * 0.618;
+                ShipSpawn {
+                    entity_id: id,
+                    owner_account: id,
+                    stats: ShipStats {
+                        mass_kg: 1.0e5,
+                        max_speed_mps: 60.0,
+                        accel_mps2: 30.0,
+                        hit_points: 1.0e7,
+                    },
+                    x_m: 10.0 + a * (SIDE_M - 20.0),
+                    y_m: 10.0 + b * (SIDE_M - 20.0),
+                    vx_mps: 20.0 * angle.cos(),
+                    vy_mps: 20.0 * angle.sin(),
+                }
             }
-            Scenario::Roam => {
-                let (x_m, y_m) = roam_spawn_position(id);
-                (x_m, y_m, 0.0, 300.0)
-            }
+            Scenario::Roam => roam_ship(id),
         };
-        let angle = id as f64 * 0.618;
-        engine
-            .spawn_ship(ShipSpawn {
-                entity_id: id,
-                owner_account: id,
-                stats: ShipStats {
-                    mass_kg: 1.0e5,
-                    max_speed_mps,
-                    accel_mps2: 30.0,
-                    hit_points: 1.0e7,
-                },
-                x_m,
-                y_m,
-                vx_mps: speed_mps * angle.cos(),
-                vy_mps: speed_mps * angle.sin(),
-            })
-            .expect("spawn");
+        engine.spawn_ship(ship).expect("spawn");
         engine
             .attach_client(CLIENT_BASE + id, id, id)
             .expect("attach");

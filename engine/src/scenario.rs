@@ -20,7 +20,7 @@ const STATIONS: [(f64, f64); 3] = [(800.0, 300.0), (-1_500.0, 900.0), (400.0, -2
 pub const ROAM_LEASH_M: f64 = 6_000.0;
 
 /// A well-mixed hash of `x` in [0, 1).
-pub fn unit(x: u64) -> f64 {
+fn unit(x: u64) -> f64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -28,18 +28,38 @@ pub fn unit(x: u64) -> f64 {
 }
 
 /// Ship `id`'s station.
-pub fn roam_station(id: u64) -> (f64, f64) {
+fn roam_station(id: u64) -> (f64, f64) {
     let system = SYSTEMS[(id % 4) as usize];
     let station = STATIONS[(id / 4 % 3) as usize];
     (system.0 + station.0, system.1 + station.1)
 }
 
 /// Where ship `id` spawns: 0.5–4 km from its station.
-pub fn roam_spawn_position(id: u64) -> (f64, f64) {
+fn roam_spawn_position(id: u64) -> (f64, f64) {
     let (sx, sy) = roam_station(id);
     let angle = unit(id) * std::f64::consts::TAU;
     let radius = 500.0 + unit(id ^ 0x5DEE_CE66) * 3_500.0;
     (sx + radius * angle.cos(), sy + radius * angle.sin())
+}
+
+/// Ship `id` of the roam load, at rest where it spawns: an unarmed hull that outruns
+/// the bots' 250 m/s and outlives any test.
+pub fn roam_ship(id: u64) -> crate::ShipSpawn {
+    let (x_m, y_m) = roam_spawn_position(id);
+    crate::ShipSpawn {
+        entity_id: id,
+        owner_account: id,
+        stats: crate::ShipStats {
+            mass_kg: 1.0e5,
+            max_speed_mps: 300.0,
+            accel_mps2: 30.0,
+            hit_points: 1.0e7,
+        },
+        x_m,
+        y_m,
+        vx_mps: 0.0,
+        vy_mps: 0.0,
+    }
 }
 
 /// The velocity ship `id`, at (`x_m`, `y_m`), is ordered to fly at `tick` (30 Hz ticks):

@@ -16,9 +16,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
-use warpcore_engine::scenario::{roam_spawn_position, roam_velocity};
+use warpcore_engine::scenario::{roam_ship, roam_velocity};
 use warpcore_engine::wire::ClientMsg;
-use warpcore_engine::{Engine, EngineConfig, ReplicaWorld, ShipSpawn, ShipStats};
+use warpcore_engine::{Engine, EngineConfig, ReplicaWorld};
 
 struct Counting;
 
@@ -82,24 +82,8 @@ fn encode(message: ClientMsg, out: &mut Vec<u8>) {
 
 fn spawn_roam(engine: &mut Engine, clients: u64) {
     for id in 1..=clients {
-        let (x_m, y_m) = roam_spawn_position(id);
         engine_call(|| {
-            engine
-                .spawn_ship(ShipSpawn {
-                    entity_id: id,
-                    owner_account: id,
-                    stats: ShipStats {
-                        mass_kg: 1.0e5,
-                        max_speed_mps: 300.0,
-                        accel_mps2: 30.0,
-                        hit_points: 1.0e7,
-                    },
-                    x_m,
-                    y_m,
-                    vx_mps: 0.0,
-                    vy_mps: 0.0,
-                })
-                .expect("spawn");
+            engine.spawn_ship(roam_ship(id)).expect("spawn");
             engine
                 .attach_client(CLIENT_BASE + id, id, id)
                 .expect("attach");
