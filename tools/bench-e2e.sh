@@ -38,7 +38,7 @@ hz=$(getconf CLK_TCK)
 {
   echo "Behaviour $behaviour, snapshot rates (idle, moving, fighting) $rates Hz, $seconds s per run."
   echo
-  echo "| clients | connected | disconnects | rtt p50 / p99 / max (ms) | snapshots/s per bot | rx bytes/s per client p50 / p99 | server tick p50 / p99 / max (ms) | replicate phase p50 / p99 (ms) | command latency p50 / p99 (ms) | server UDP packets/s in / out / dropped by the kernel | server CPU (% of one core) | server RSS (MB) | RSS per client (KB) |"
+  echo "| clients | connected | disconnects | rtt p50 / p99 / max (ms) | snapshots/s per bot | rx bytes/s per client p50 / p99 | server tick p50 / p99 / max (ms) | replicate phase p50 / p99 (ms) | command latency p50 / p99 (ms) | server UDP packets/s in / out (of which keepalives) / dropped by the kernel | server CPU (% of one core) | server RSS (MB) | RSS per client (KB) |"
   echo "|---:|---:|---:|---|---:|---|---|---|---|---|---:|---:|---:|"
 } > "$results"
 
@@ -89,7 +89,7 @@ for n in "${clients[@]}"; do
   rx=$(awk '$1 == "rx" { split($6,a,"="); split($8,b,"="); printf "%s / %s", a[2], b[2] }' "$s")
   tick=$(awk '$1 == "server" && $2 == "tick" { gsub(/ms/, ""); split($3,a,"="); split($4,b,"="); split($5,c,"="); printf "%s / %s / %s", a[2], b[2], c[2] }' "$s")
   cmd=$(awk '$1 == "server" && $2 == "command" { gsub(/ms/, ""); split($4,a,"="); split($5,b,"="); printf "%s / %s", a[2], b[2] }' "$s")
-  pps=$(awk '$1 == "server" && $2 == "udp" { split($4,a,"="); split($5,b,"="); split($6,c,"="); printf "%s / %s / %s", a[2], b[2], c[2] }' "$s")
+  pps=$(awk '$1 == "server" && $2 == "udp" { split($4,a,"="); split($5,b,"="); split($6,k,"="); split($7,c,"="); printf "%s / %s (%s) / %s", a[2], b[2], k[2], c[2] }' "$s")
   # The server prints its percentile table on SIGTERM: the replicate phase's line.
   repl=$(awk '/phase=replicate/ { for (i = 1; i <= NF; i++) { if ($i ~ /^p50=/) { sub(/p50=/, "", $i); p50 = ($i == "" ? $(i+1) : $i) } if ($i ~ /^p99=/) { sub(/p99=/, "", $i); p99 = ($i == "" ? $(i+1) : $i) } } gsub(/ms/, "", p50); gsub(/ms/, "", p99); printf "%s / %s", p50, p99 }' "$out/server-$n.log")
   per_client=$(awk -v p="$peak_kb" -v i="$rss_idle_kb" -v n="$n" 'BEGIN { printf "%.1f", (p - i) / n }')

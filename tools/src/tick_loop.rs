@@ -277,6 +277,7 @@ pub(crate) struct TickMetrics {
     udp_refused_handshakes: Counter,
     udp_unreliable_superseded: Counter,
     udp_kernel_dropped: Counter,
+    udp_keepalives_out: Counter,
 }
 
 impl TickMetrics {
@@ -385,6 +386,11 @@ impl TickMetrics {
                 "Datagrams the kernel dropped at the server's UDP socket because its receive buffer was full: the network thread did not keep up (Linux, SO_RXQ_OVFL).",
                 &[],
             ),
+            udp_keepalives_out: registry.counter(
+                "warpcore_udp_keepalives_total",
+                "Of the UDP packets sent, keepalives: sent only to ping or to carry acks, when no payload packet went to carry them.",
+                &[("dir", "out")],
+            ),
             udp_refused_handshakes: registry.counter(
                 "warpcore_udp_refused_handshakes_total",
                 "Connection requests refused (version, protocol, expired, bad or reused token, wrong server, denied).",
@@ -451,6 +457,7 @@ impl TickMetrics {
         self.udp_unreliable_superseded
             .set_total(e.dropped_unreliable_superseded);
         self.udp_kernel_dropped.set_total(s.kernel_drops);
+        self.udp_keepalives_out.set_total(e.keepalives_out);
         self.udp_refused_handshakes.set_total(
             e.rejected_version
                 + e.rejected_protocol

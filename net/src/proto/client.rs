@@ -392,12 +392,13 @@ impl Client {
             PacketType::Payload => {
                 self.conn.on_authenticated(now, &header, bytes.len());
                 let mut delivered = Vec::new();
-                if self
+                match self
                     .conn
-                    .on_payload(header.flags, body, |d| delivered.push(d))
-                    .is_err()
+                    .on_payload(now, header.flags, body, |d| delivered.push(d))
                 {
-                    self.stats.dropped_malformed += 1;
+                    Ok(Some(rtt_us)) => self.push_event(ClientEvent::RttSample { rtt_us }),
+                    Ok(None) => {}
+                    Err(_) => self.stats.dropped_malformed += 1,
                 }
                 for Delivered { channel, payload } in delivered {
                     self.push_event(ClientEvent::Message { channel, payload });

@@ -9,10 +9,10 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::packet::{
-    self, Acks, KeepaliveBody, MessageIter, PacketError, PacketHeader, PacketType, FRAGMENTS_MAX,
-    FRAGMENT_DATA_BYTES, FRAGMENT_HEADER_BYTES, HEADER_BYTES, KIND_FRAGMENT, KIND_RELIABLE,
-    KIND_UNRELIABLE, MESSAGE_BYTES_MAX, MTU_BYTES, PAYLOAD_BODY_BYTES_MAX,
-    RELIABLE_MESSAGE_BYTES_MAX,
+    self, Acks, KeepaliveBody, MessageIter, PacketError, PacketHeader, PacketType, PingBody,
+    FRAGMENTS_MAX, FRAGMENT_DATA_BYTES, FRAGMENT_HEADER_BYTES, HEADER_BYTES, KIND_FRAGMENT,
+    KIND_PING, KIND_RELIABLE, KIND_UNRELIABLE, MESSAGE_BYTES_MAX, MTU_BYTES,
+    PAYLOAD_BODY_BYTES_MAX, PING_BODY_BYTES, RELIABLE_MESSAGE_BYTES_MAX,
 };
 use super::reliable::{self, ReceiveOutcome, ReliableReceiver, ReliableSender};
 use super::replay::ReplayWindow;
@@ -374,17 +374,23 @@ impl Conn {
     /// Handles a decrypted keepalive body; returns an RTT sample if it echoed our ping.
     pub fn on_keepalive(&mut self, now: Instant, body: &[u8]) -> Option<u64> {
         let body = KeepaliveBody::read_from_bytes(body).ok()?;
-        self.echo = Some((body.ping_us.get(), now));
-        if body.echo_present != 1 {
+        self.on_ping(now, &body.ping)
+    }
+
+    /// Handles a ping from the peer (a keepalive's or a ping message's): it is echoed in
+    /// our next ping; returns an RTT sample if it echoed ours.
+    fn on_ping(&mut self, now: Instant, ping: &PingBody) -> Option<u64> {
+        self.echo = Some((ping.ping_us.get(), now));
+        if ping.echo_present != 1 {
             return None;
         }
         let now_us = self.clock_us(now);
-        let sent_us = body.echo_ping_us.get();
+        let sent_us = ping.echo_ping_us.get();
         if sent_us > now_us {
             // Echo of a ping we never sent (peer bug): no sample.
             return None;
         }
-        let rtt_us = (now_us - sent_us).saturating_sub(u64::from(body.echo_delay_us.get()));
+        let rtt_us = (now_us - sent_us).saturating_sub(u64::from(ping.echo_delay_us.get()));
         self.on_rtt_sample(rtt_us);
         Some(rtt_us)
     }
@@ -408,16 +414,17 @@ impl Conn {
 
     /// Handles a decrypted payload body (LZ4-decompressed first if `header_flags` says so).
     /// The whole body is validated before anything is delivered, so a malformed packet
-    /// delivers nothing.
+    /// delivers nothing. Returns an RTT sample if a ping message in it echoed ours.
     ///
     /// # Errors
     /// [`PacketError::MalformedBody`] or [`PacketError::UnknownChannel`] (counted).
     pub fn on_payload(
         &mut self,
+        now: Instant,
         header_flags: u8,
         body: &[u8],
         mut deliver: impl FnMut(Delivered),
-    ) -> Result<(), PacketError> {
+    ) -> Result<Option<u64>, PacketError> {
         let mut plain = [0u8; PAYLOAD_BODY_BYTES_MAX];
         let body = if header_flags & packet::FLAG_COMPRESSED != 0 {
             packet::decompress_body(body, &mut plain)
@@ -429,8 +436,15 @@ impl Conn {
             self.drops.malformed_body += 1;
             return Err(e);
         }
+        let mut rtt_us = None;
         for message in MessageIter::new(body).flatten() {
             match message.channel {
+                KIND_PING => {
+                    // Validated: exactly a ping body long.
+                    if let Ok(ping) = PingBody::read_from_bytes(message.bytes) {
+                        rtt_us = self.on_ping(now, &ping).or(rtt_us);
+                    }
+                }
                 KIND_UNRELIABLE => {
                     let id = message.message_id;
                     let newer = self
@@ -464,7 +478,7 @@ impl Conn {
                 }
             }
         }
-        Ok(())
+        Ok(rtt_us)
     }
 
     /// Queues a message for sending. Reliable messages above [`MESSAGE_BYTES_MAX`] are split
@@ -635,13 +649,20 @@ impl Conn {
     }
 
     /// Builds the next packet this connection should send (keepalive or payload), if any.
+    /// A payload packet going out after three quarters of a [`keepalive_period`] since
+    /// the last ping carries the next one, as a ping message, so the ping does not wait
+    /// for its own packet at the period's end; a keepalive packet carries it only when no
+    /// payload went by then (or the first queued message leaves no room for it), and
+    /// always at the start of a connection or when asked for
+    /// ([`Conn::request_keepalive`]: the client learns its id from a keepalive).
     pub fn poll_packet(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
-        let keepalive_overdue = self.keepalive_asap
-            || self
+        let keepalive_packet = self.keepalive_asap || self.last_keepalive.is_none();
+        if !keepalive_packet && self.payload_due(now) {
+            let ride_after = self.keepalive_period * 3 / 4;
+            let ping_due = self
                 .last_keepalive
-                .is_none_or(|t| now.saturating_duration_since(t) >= self.keepalive_period);
-        if !keepalive_overdue && self.payload_due(now) {
-            if let Some(len) = self.poll_payload(now, buf) {
+                .is_some_and(|t| now.saturating_duration_since(t) >= ride_after);
+            if let Some(len) = self.poll_payload(now, buf, ping_due) {
                 return Some(len);
             }
         }
@@ -651,10 +672,13 @@ impl Conn {
         None
     }
 
-    fn write_keepalive(&mut self, now: Instant, buf: &mut [u8]) -> usize {
+    /// The ping to send now, with the echo of the peer's newest ping if one is owed;
+    /// the caller sends it.
+    fn take_ping(&mut self, now: Instant) -> PingBody {
         let echo = self.echo.take();
-        let body = KeepaliveBody {
-            client_id: U64::new(self.client_id),
+        self.keepalive_asap = false;
+        self.last_keepalive = Some(now);
+        PingBody {
             ping_us: U64::new(self.clock_us(now)),
             echo_ping_us: U64::new(echo.map_or(0, |(ping, _)| ping)),
             echo_delay_us: U32::new(echo.map_or(0, |(_, at)| {
@@ -662,9 +686,14 @@ impl Conn {
                 u32::try_from(delay).unwrap_or(u32::MAX)
             })),
             echo_present: u8::from(echo.is_some()),
+        }
+    }
+
+    fn write_keepalive(&mut self, now: Instant, buf: &mut [u8]) -> usize {
+        let body = KeepaliveBody {
+            client_id: U64::new(self.client_id),
+            ping: self.take_ping(now),
         };
-        self.keepalive_asap = false;
-        self.last_keepalive = Some(now);
         self.seal(now, buf, PacketType::Keepalive, |out| {
             let bytes = body.as_bytes();
             out[..bytes.len()].copy_from_slice(bytes);
@@ -672,14 +701,21 @@ impl Conn {
         })
     }
 
-    fn poll_payload(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+    /// The next payload packet, with a ping message first if `ping`; `None` (nothing
+    /// taken from the queues, no ping taken) when no message fits.
+    fn poll_payload(&mut self, now: Instant, buf: &mut [u8], ping: bool) -> Option<usize> {
         let resend = self.resend_interval();
         let seq = self.next_send_seq;
         // Messages are written straight into the body area of `buf`; `seal` then writes the
         // header in front and encrypts in place.
         let room = buf.len().min(MTU_BYTES) - HEADER_BYTES - TAG_BYTES;
         let body = &mut buf[HEADER_BYTES..HEADER_BYTES + room];
-        let mut pos = 0;
+        // The ping's place, written once the packet is sure to go.
+        let mut pos = if ping {
+            packet::MESSAGE_HEADER_BYTES + PING_BODY_BYTES
+        } else {
+            0
+        };
         let n_reliable = self.reliable_tx.fill(now, resend, seq, |kind, id, bytes| {
             packet::push_message(body, &mut pos, kind, id, bytes)
         });
@@ -694,6 +730,12 @@ impl Conn {
         }
         if n_reliable + n_unreliable == 0 {
             return None;
+        }
+        if ping {
+            let ping = self.take_ping(now);
+            let mut at = 0;
+            let pushed = packet::push_message(body, &mut at, KIND_PING, 0, ping.as_bytes());
+            debug_assert!(pushed, "the ping's place was kept");
         }
         let compressed = if pos < packet::COMPRESSION_THRESHOLD_BYTES {
             None
@@ -737,6 +779,10 @@ fn validate_messages(body: &[u8]) -> Result<(), PacketError> {
         let message = message?;
         match message.channel {
             KIND_UNRELIABLE | KIND_RELIABLE => {}
+            KIND_PING if message.bytes.len() != PING_BODY_BYTES => {
+                return Err(PacketError::MalformedBody);
+            }
+            KIND_PING => {}
             KIND_FRAGMENT => {
                 let [index, count, ..] = *message.bytes else {
                     return Err(PacketError::MalformedBody);
@@ -815,19 +861,39 @@ mod tests {
     /// Seals every packet `from` has to send and feeds the payloads to `to`; returns the
     /// messages delivered.
     fn exchange(now: Instant, from: &mut Conn, to: &mut Conn) -> Vec<Delivered> {
+        deliver(now, now, from, to).0
+    }
+
+    /// Seals every packet `from` has to send at `sent`, and `to` handles them (payloads
+    /// and keepalives) at `arrives`; the messages delivered and the packets, as
+    /// (type, body length).
+    fn deliver(
+        sent: Instant,
+        arrives: Instant,
+        from: &mut Conn,
+        to: &mut Conn,
+    ) -> (Vec<Delivered>, Vec<(PacketType, usize)>) {
         let mut delivered = Vec::new();
+        let mut packets = Vec::new();
         let mut buf = [0u8; MTU_BYTES];
         let mut scratch = [0u8; MTU_BYTES];
-        while let Some(len) = from.poll_packet(now, &mut buf) {
+        while let Some(len) = from.poll_packet(sent, &mut buf) {
             let (header, packet_type) = packet::read_header(&buf[..len]).unwrap();
             let body = to.open(&buf[..len], &header, &mut scratch).unwrap();
-            to.on_authenticated(now, &header, len);
-            if packet_type == PacketType::Payload {
-                to.on_payload(header.flags, body, |d| delivered.push(d))
-                    .unwrap();
+            packets.push((packet_type, body.len()));
+            to.on_authenticated(arrives, &header, len);
+            match packet_type {
+                PacketType::Payload => {
+                    to.on_payload(arrives, header.flags, body, |d| delivered.push(d))
+                        .unwrap();
+                }
+                PacketType::Keepalive => {
+                    to.on_keepalive(arrives, body);
+                }
+                _ => {}
             }
         }
-        delivered
+        (delivered, packets)
     }
 
     #[test]
@@ -887,9 +953,10 @@ mod tests {
         exchange(start, &mut a, &mut b);
         assert!(a.last_packet_was_keepalive());
         // A payload every 50 ms keeps `last_send` fresh; the ping is due 1 s after the
-        // first all the same, and the deadline says so.
+        // first all the same, and the deadline says so. (From 0.75 s on, the ping would
+        // ride a payload: the payloads stop before.)
         let mut now = start;
-        while now < start + Duration::from_millis(950) {
+        while now < start + Duration::from_millis(700) {
             now += Duration::from_millis(50);
             a.queue(Channel::Unreliable, vec![1; 10]).unwrap();
             exchange(now, &mut a, &mut b);
@@ -1012,6 +1079,121 @@ mod tests {
             "{acks} keepalives for 200 packets"
         );
         assert_eq!(b.stats.packets_lost, 0);
+    }
+
+    #[test]
+    fn a_due_ping_rides_a_payload_and_both_sides_measure_the_round_trip() {
+        let start = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut a = Conn::new(7, [1; 32], [2; 32], 0, timeout, start);
+        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, start);
+        let one_way = Duration::from_millis(3);
+        // The first pings are keepalive packets (the client learns its id from one).
+        let (_, first) = deliver(start, start + one_way, &mut a, &mut b);
+        assert_eq!(first, vec![(PacketType::Keepalive, 29)]);
+        deliver(start, start + one_way, &mut b, &mut a);
+        // a streams a message every 100 ms for 5 s, 50 ms off its ping's deadlines (a
+        // timer fired at the deadline finds nothing queued); b has nothing to say.
+        let mut now = start;
+        let mut a_packets = Vec::new();
+        let mut b_packets = Vec::new();
+        for step in 1..=500 {
+            now += Duration::from_millis(10);
+            if step % 10 == 5 {
+                a.queue(Channel::Unreliable, vec![5; 100]).unwrap();
+            }
+            let (got, packets) = deliver(now, now + one_way, &mut a, &mut b);
+            assert_eq!(got.len(), packets.len(), "every packet of a's carries one");
+            a_packets.extend(packets);
+            // b answers once a's packets are in.
+            b_packets.extend(deliver(now + one_way, now + 2 * one_way, &mut b, &mut a).1);
+        }
+        assert_eq!(
+            a_packets.len(),
+            50,
+            "a sent its 50 payloads and nothing else"
+        );
+        assert!(a_packets.iter().all(|&(t, _)| t == PacketType::Payload));
+        // A ping message (26 bytes) before the 105-byte message rode the first payload
+        // three quarters of a second or more after each ping: 0.75 s, 1.55 s, 2.35 s ...
+        let with_ping: Vec<usize> = (0..a_packets.len())
+            .filter(|&k| a_packets[k].1 == 131)
+            .collect();
+        assert_eq!(with_ping, vec![7, 15, 23, 31, 39, 47], "{a_packets:?}");
+        // b pinged by keepalive once a second, each echoing a's newest ping.
+        assert_eq!(b_packets, vec![(PacketType::Keepalive, 29); 5]);
+        let exact = Some(2 * one_way.as_micros() as u64);
+        assert_eq!(
+            a.stats.rtt_last_us, exact,
+            "from b's echo of a payload's ping"
+        );
+        assert_eq!(
+            b.stats.rtt_last_us, exact,
+            "from a payload's echo of b's ping"
+        );
+    }
+
+    #[test]
+    fn a_due_ping_that_leaves_no_room_goes_in_a_keepalive_first() {
+        let start = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut a = Conn::new(7, [1; 32], [2; 32], 0, timeout, start);
+        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, start);
+        exchange(start, &mut a, &mut b);
+        let now = start + KEEPALIVE_INTERVAL_MAX;
+        // Bytes that do not compress, so the body stays the largest.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut noise = || -> Vec<u8> {
+            (0..MESSAGE_BYTES_MAX)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        a.queue(Channel::Unreliable, noise()).unwrap();
+        let (got, packets) = deliver(now, now, &mut a, &mut b);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            packets,
+            vec![
+                (PacketType::Keepalive, 29),
+                (PacketType::Payload, PAYLOAD_BODY_BYTES_MAX)
+            ]
+        );
+        // With the ping paid, the next largest message goes alone.
+        a.queue(Channel::Unreliable, noise()).unwrap();
+        let (_, packets) = deliver(now, now, &mut a, &mut b);
+        assert_eq!(packets, vec![(PacketType::Payload, PAYLOAD_BODY_BYTES_MAX)]);
+    }
+
+    #[test]
+    fn a_ping_message_of_the_wrong_length_drops_the_packet() {
+        let now = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, now);
+        for len in [0, PING_BODY_BYTES - 1, PING_BODY_BYTES + 1] {
+            let mut body = [0u8; 64];
+            let mut pos = 0;
+            assert!(packet::push_message(&mut body, &mut pos, 0, 1, b"snap"));
+            assert!(packet::push_message(
+                &mut body,
+                &mut pos,
+                KIND_PING,
+                0,
+                &vec![1; len]
+            ));
+            let mut delivered = 0;
+            assert_eq!(
+                b.on_payload(now, 0, &body[..pos], |_| delivered += 1),
+                Err(PacketError::MalformedBody)
+            );
+            assert_eq!(delivered, 0, "nothing in it is delivered");
+        }
+        assert_eq!(b.drops.malformed_body, 3);
+        assert!(b.echo.is_none());
     }
 
     #[test]

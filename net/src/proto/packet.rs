@@ -52,6 +52,9 @@ pub const KIND_RELIABLE: u8 = 1;
 /// one packet. Fragments use consecutive reliable message ids; their data starts with
 /// `fragment index (u8) || fragment count (u8)`.
 pub const KIND_FRAGMENT: u8 = 2;
+/// Message kind byte on the wire: a ping ([`PingBody`], exactly [`PING_BODY_BYTES`] long;
+/// message id 0, ignored) riding a payload packet in place of a keepalive packet.
+pub const KIND_PING: u8 = 3;
 /// Fragment header inside a fragment message: index, count.
 pub const FRAGMENT_HEADER_BYTES: usize = 2;
 /// Largest reliable message (fragmented above [`MESSAGE_BYTES_MAX`]): 64 KiB.
@@ -170,6 +173,17 @@ pub struct ChallengeBody {
 pub struct KeepaliveBody {
     /// The id the server gave this connection (the client echoes it back).
     pub client_id: U64,
+    pub ping: PingBody,
+}
+
+/// A ping and the echo of the peer's newest one: the rest of a keepalive body (type 4),
+/// and the whole of a ping message (kind [`KIND_PING`]) riding a payload packet, so a
+/// connection whose payloads flow pings without a datagram of its own.
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+)]
+#[repr(C)]
+pub struct PingBody {
     /// Sender's local clock in microseconds (any epoch) when it sent this packet.
     pub ping_us: U64,
     /// The newest `ping_us` received from the peer (valid if `echo_present == 1`).
@@ -179,6 +193,9 @@ pub struct KeepaliveBody {
     /// 1 if `echo_ping_us`/`echo_delay_us` are valid, else 0.
     pub echo_present: u8,
 }
+
+/// Bytes of a [`PingBody`]: a ping message's exact length.
+pub const PING_BODY_BYTES: usize = size_of::<PingBody>();
 
 /// Header of one message inside a payload packet (type 5).
 #[derive(
@@ -480,6 +497,7 @@ pub fn decompress_body<'o>(
 // Layout guards: these sizes are part of the v0 wire format.
 const _: () = assert!(size_of::<ConnectionRequestPacket>() == CONNECTION_REQUEST_BYTES);
 const _: () = assert!(size_of::<PacketHeader>() == HEADER_BYTES);
+const _: () = assert!(size_of::<KeepaliveBody>() == 8 + PING_BODY_BYTES && PING_BODY_BYTES == 21);
 const _: () = assert!(size_of::<ChallengeBody>() == 88);
 const _: () = assert!(size_of::<KeepaliveBody>() == 29);
 const _: () = assert!(size_of::<MessageHeader>() == MESSAGE_HEADER_BYTES);

@@ -126,6 +126,9 @@ pub struct EndpointStats {
     pub bytes_in: u64,
     pub packets_out: u64,
     pub bytes_out: u64,
+    /// Of `packets_out`, keepalives: packets sent only to ping or to carry acks (a ping
+    /// due while a payload goes rides the payload instead, PROTOCOL.md §4.1).
+    pub keepalives_out: u64,
     /// Gauge.
     pub connected_clients: u64,
     /// Gauge: handshakes between challenge and response.
@@ -772,7 +775,7 @@ impl Server {
                 let flags = header.flags;
                 let _ = c
                     .conn
-                    .on_payload(flags, body, |Delivered { channel, payload }| {
+                    .on_payload(now, flags, body, |Delivered { channel, payload }| {
                         if events.len() >= SERVER_EVENTS_MAX {
                             stats.dropped_events_full += 1;
                         } else {
@@ -1032,6 +1035,7 @@ impl Server {
             let Some(len) = c.conn.poll_packet(now, buf) else {
                 continue;
             };
+            self.stats.keepalives_out += u64::from(c.conn.last_packet_was_keepalive());
             if c.conn.wants_transmit(now) {
                 c.in_ready = true;
                 self.ready.push_back(id);

@@ -931,10 +931,12 @@ fn codec_round_trips_every_packet_type() {
     };
     let keepalive = KeepaliveBody {
         client_id: U64::new(5),
-        ping_us: U64::new(123_456),
-        echo_ping_us: U64::new(100_000),
-        echo_delay_us: U32::new(42),
-        echo_present: 1,
+        ping: PingBody {
+            ping_us: U64::new(123_456),
+            echo_ping_us: U64::new(100_000),
+            echo_delay_us: U32::new(42),
+            echo_present: 1,
+        },
     };
     let mut payload = vec![0u8; 64];
     let mut pos = 0;

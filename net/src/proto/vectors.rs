@@ -5,10 +5,10 @@
 
 use std::net::SocketAddr;
 
-use zerocopy::little_endian::U64;
+use zerocopy::little_endian::{U32, U64};
 use zerocopy::IntoBytes;
 
-use super::packet::{self, Acks, ChallengeBody, PacketType, CONNECTION_REQUEST_BYTES};
+use super::packet::{self, Acks, ChallengeBody, PacketType, PingBody, CONNECTION_REQUEST_BYTES};
 use crate::token::{self, ConnectToken, PrivateToken, TokenKey};
 
 const PROTOCOL_ID: u64 = 0x5741_5250_0000_0000;
@@ -145,5 +145,34 @@ fn handshake_and_payload_vectors_match_protocol_md() {
         },
     );
     check(&mut bad, "sealed-payload", &buf[..len]);
+
+    // A payload from the client (c2s, sequence 9) acking server packet 4, with a ping
+    // message (ping 1,000,000 us, echoing the server's 2,000,000 after 250 us) and an
+    // unreliable message id 1 "move".
+    let acks = Acks {
+        ack: Some(4),
+        ack_bits: 0,
+    };
+    let ping = PingBody {
+        ping_us: U64::new(1_000_000),
+        echo_ping_us: U64::new(2_000_000),
+        echo_delay_us: U32::new(250),
+        echo_present: 1,
+    };
+    let len = packet::write_sealed(
+        &mut buf,
+        PacketType::Payload,
+        acks,
+        9,
+        &private.client_to_server_key,
+        PROTOCOL_ID,
+        |out| {
+            let mut pos = 0;
+            assert!(packet::push_message(out, &mut pos, 3, 0, ping.as_bytes()));
+            assert!(packet::push_message(out, &mut pos, 0, 1, b"move"));
+            pos
+        },
+    );
+    check(&mut bad, "sealed-payload-ping", &buf[..len]);
     assert!(bad.is_empty(), "vectors differ from PROTOCOL.md: {bad:?}");
 }

@@ -19,6 +19,8 @@ pub struct ServerFigures {
     pub udp_packets_out: Option<f64>,
     /// Datagrams the kernel dropped at the server's socket (counter).
     pub udp_kernel_dropped: Option<f64>,
+    /// Of the packets out, keepalives (counter).
+    pub udp_keepalives_out: Option<f64>,
 }
 
 impl ServerFigures {
@@ -49,6 +51,7 @@ impl ServerFigures {
             udp_packets_in: value("warpcore_udp_packets_total{dir=\"in\"}"),
             udp_packets_out: value("warpcore_udp_packets_total{dir=\"out\"}"),
             udp_kernel_dropped: value("warpcore_udp_kernel_dropped_total"),
+            udp_keepalives_out: value("warpcore_udp_keepalives_total{dir=\"out\"}"),
         }
     }
 
@@ -71,7 +74,7 @@ impl ServerFigures {
 
     /// Server UDP datagrams per second between an `earlier` reading and this one,
     /// `elapsed_s` apart: packets in and out, and datagrams the kernel dropped at the
-    /// server's socket (0 from a server without that series).
+    /// server's socket and keepalives sent (0 from a server without those series).
     pub fn packets_per_s_since(
         &self,
         earlier: &ServerFigures,
@@ -86,6 +89,8 @@ impl ServerFigures {
             outbound: rate(self.udp_packets_out, earlier.udp_packets_out)?,
             kernel_dropped: rate(self.udp_kernel_dropped, earlier.udp_kernel_dropped)
                 .unwrap_or(0.0),
+            keepalives_out: rate(self.udp_keepalives_out, earlier.udp_keepalives_out)
+                .unwrap_or(0.0),
         })
     }
 }
@@ -97,14 +102,16 @@ pub struct PacketRates {
     pub outbound: f64,
     /// Dropped by the kernel at the server's socket (its receive buffer was full).
     pub kernel_dropped: f64,
+    /// Of `outbound`, keepalives.
+    pub keepalives_out: f64,
 }
 
 impl PacketRates {
     /// The line `warpcore-swarm` prints.
     pub fn summary(&self) -> String {
         format!(
-            "server udp packets/s   in={:.0} out={:.0} kernel-dropped={:.0} (connect and flight)",
-            self.inbound, self.outbound, self.kernel_dropped
+            "server udp packets/s   in={:.0} out={:.0} keepalives-out={:.0} kernel-dropped={:.0} (connect and flight)",
+            self.inbound, self.outbound, self.keepalives_out, self.kernel_dropped
         )
     }
 }
@@ -157,13 +164,16 @@ mod tests {
             inbound: 300.0,
             outbound: 1000.0,
             kernel_dropped: 0.0,
+            keepalives_out: 0.0,
         };
         assert_eq!(f.packets_per_s_since(&earlier, 2.0), Some(rates));
         assert_eq!(f.packets_per_s_since(&ServerFigures::default(), 2.0), None);
-        let dropping =
-            ServerFigures::parse(&format!("{text}warpcore_udp_kernel_dropped_total 900\n"));
+        let dropping = ServerFigures::parse(&format!(
+            "{text}warpcore_udp_kernel_dropped_total 900\nwarpcore_udp_keepalives_total{{dir=\"out\"}} 240\n"
+        ));
         let earlier = ServerFigures {
             udp_kernel_dropped: Some(100.0),
+            udp_keepalives_out: Some(40.0),
             ..earlier
         };
         assert_eq!(
@@ -177,7 +187,7 @@ mod tests {
                 .packets_per_s_since(&earlier, 2.0)
                 .unwrap()
                 .summary(),
-            "server udp packets/s   in=300 out=1000 kernel-dropped=400 (connect and flight)"
+            "server udp packets/s   in=300 out=1000 keepalives-out=100 kernel-dropped=400 (connect and flight)"
         );
     }
 }
