@@ -10,6 +10,8 @@
 //! an entity the world does not hold, is refused whole and leaves the world untouched.
 //! The ack is the newest applied sequence, so an acked snapshot is always an applied one.
 
+use std::cell::RefCell;
+
 use crate::replicate::KNOWN_SLOTS_MAX;
 use crate::wire::delta::{
     quantize_cm, quantize_cmps, DeltaRecord, DeltaSnapshotReader, ReplicaEntity, FIELDS_ALL,
@@ -40,7 +42,6 @@ pub struct AppliedSnapshot {
 pub struct ReplicaWorld {
     /// Sorted by entity id.
     entities: Vec<ReplicaEntity>,
-    scratch: Vec<ReplicaEntity>,
     /// Entities updated in place by the snapshot being applied, as they were before
     /// (index, value): put back if a later record is refused.
     undo: Vec<(usize, ReplicaEntity)>,
@@ -93,9 +94,18 @@ impl ReplicaWorld {
         }
         let reset = header.reset_seq > self.reset_seq;
         if reset {
-            self.scratch.clear();
-            self.merge(&mut reader, None, &[])?;
-            std::mem::swap(&mut self.entities, &mut self.scratch);
+            MOVED.with(|moved| {
+                // The old world waits aside, to be put back if a record is refused.
+                let moved = &mut *moved.borrow_mut();
+                moved.clear();
+                moved.append(&mut self.entities);
+                let merged = merge_into(&mut self.entities, &mut reader, None, &[]);
+                if merged.is_err() {
+                    self.entities.clear();
+                    self.entities.append(moved);
+                }
+                merged
+            })?;
         } else {
             self.update(&mut reader)?;
         }
@@ -111,8 +121,9 @@ impl ReplicaWorld {
 
     /// Applies the records of `reader` to the world, decoding each once. Records that
     /// update held entities (the usual snapshot) are applied in place, the old values
-    /// kept in `undo`; the first record that adds or removes an entity switches to
-    /// [`ReplicaWorld::merge`] for the rest. On error the world is as it was.
+    /// kept in `undo`; at the first record that adds or removes an entity, the held
+    /// entities from there on are moved aside and merged back with the rest of the
+    /// records ([`merge_into`]). On error the world is as it was.
     fn update(&mut self, reader: &mut DeltaSnapshotReader<'_>) -> Result<(), DecodeError> {
         self.undo.clear();
         // Index of the first held entity not below the records read so far.
@@ -136,15 +147,17 @@ impl ReplicaWorld {
                     i += 1;
                 }
                 _ => {
-                    self.scratch.clear();
-                    self.scratch.extend_from_slice(&self.entities[..i]);
-                    let base = std::mem::take(&mut self.entities);
-                    let merged = self.merge(reader, Some(record), &base[i..]);
-                    self.entities = base;
-                    if merged.is_ok() {
-                        std::mem::swap(&mut self.entities, &mut self.scratch);
-                    }
-                    break merged;
+                    break MOVED.with(|moved| {
+                        let moved = &mut *moved.borrow_mut();
+                        moved.clear();
+                        moved.extend(self.entities.drain(i..));
+                        let merged = merge_into(&mut self.entities, reader, Some(record), moved);
+                        if merged.is_err() {
+                            self.entities.truncate(i);
+                            self.entities.extend_from_slice(moved);
+                        }
+                        merged
+                    });
                 }
             }
         };
@@ -154,50 +167,6 @@ impl ReplicaWorld {
             }
         }
         outcome
-    }
-
-    /// Appends to `scratch` the merge of the held entities `base` with `first` (a record
-    /// already read) and the rest of `reader`'s records; held entities between two
-    /// records are copied as one run.
-    fn merge(
-        &mut self,
-        reader: &mut DeltaSnapshotReader<'_>,
-        first: Option<DeltaRecord>,
-        base: &[ReplicaEntity],
-    ) -> Result<(), DecodeError> {
-        let mut i = 0;
-        let mut next = first;
-        loop {
-            let record = match next.take() {
-                Some(record) => record,
-                None => match reader.next_record()? {
-                    Some(record) => record,
-                    None => break,
-                },
-            };
-            let id = record.value.entity_id;
-            // The held entities below this record's id stay as they are.
-            let below = seek(base, i, id);
-            extend_bounded(&mut self.scratch, &base[i..below])?;
-            i = below;
-            let held = base.get(i).filter(|e| e.entity_id == id).copied();
-            if held.is_some() {
-                i += 1;
-            }
-            if record.mask == RECORD_REMOVED {
-                continue;
-            }
-            let entity = match held {
-                _ if record.mask == FIELDS_ALL => record.value,
-                Some(mut entity) => {
-                    entity.set_fields(record.mask, &record.value);
-                    entity
-                }
-                None => return Err(DecodeError::InvalidValue { field: "baseline" }),
-            };
-            extend_bounded(&mut self.scratch, &[entity])?;
-        }
-        extend_bounded(&mut self.scratch, &base[i..])
     }
 
     /// A full snapshot replaces the world (position and velocity only: it carries no
@@ -274,6 +243,58 @@ impl ReplicaWorld {
     pub fn controlled_entity(&self) -> u64 {
         self.controlled_entity
     }
+}
+
+/// Appends to `out` the merge of the held entities `base` with `first` (a record
+/// already read) and the rest of `reader`'s records; held entities between two records
+/// are copied as one run. On error `out` holds part of the merge.
+fn merge_into(
+    out: &mut Vec<ReplicaEntity>,
+    reader: &mut DeltaSnapshotReader<'_>,
+    first: Option<DeltaRecord>,
+    base: &[ReplicaEntity],
+) -> Result<(), DecodeError> {
+    let mut i = 0;
+    let mut next = first;
+    loop {
+        let record = match next.take() {
+            Some(record) => record,
+            None => match reader.next_record()? {
+                Some(record) => record,
+                None => break,
+            },
+        };
+        let id = record.value.entity_id;
+        // The held entities below this record's id stay as they are.
+        let below = seek(base, i, id);
+        extend_bounded(out, &base[i..below])?;
+        i = below;
+        let held = base.get(i).filter(|e| e.entity_id == id).copied();
+        if held.is_some() {
+            i += 1;
+        }
+        if record.mask == RECORD_REMOVED {
+            continue;
+        }
+        let entity = match held {
+            _ if record.mask == FIELDS_ALL => record.value,
+            Some(mut entity) => {
+                entity.set_fields(record.mask, &record.value);
+                entity
+            }
+            None => return Err(DecodeError::InvalidValue { field: "baseline" }),
+        };
+        extend_bounded(out, &[entity])?;
+    }
+    extend_bounded(out, &base[i..])
+}
+
+thread_local! {
+    /// Held entities moved aside while a snapshot that adds or removes entities is
+    /// merged back into the world: one buffer per thread rather than one per world, so
+    /// a process holding many worlds (the load tool's bots) keeps it hot in cache and
+    /// does not hold a second copy of every world.
+    static MOVED: RefCell<Vec<ReplicaEntity>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Index of the first entity of `entities[from..]` whose id is not below `id` (or the
