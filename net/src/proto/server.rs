@@ -328,7 +328,9 @@ pub struct Server {
     next_service: Instant,
     scratch: Box<[u8; MTU_BYTES]>,
     stats: EndpointStats,
-    retired_drops: ConnDrops,
+    /// Every connection's drops, live and removed: kept as they happen, so reading the
+    /// stats (the net thread publishes them every loop) does not visit every connection.
+    drops: ConnDrops,
     source_limiter: SourceLimiter,
 }
 
@@ -371,7 +373,7 @@ impl Server {
             next_service: now,
             scratch: Box::new([0u8; MTU_BYTES]),
             stats: EndpointStats::default(),
-            retired_drops: ConnDrops::default(),
+            drops: ConnDrops::default(),
             source_limiter,
         }
     }
@@ -424,10 +426,7 @@ impl Server {
         let mut s = self.stats;
         s.connected_clients = self.n_connected() as u64;
         s.pending_clients = self.pending.len() as u64;
-        let mut drops = self.retired_drops;
-        for c in self.conns.values() {
-            add_drops(&mut drops, &c.conn.drops);
-        }
+        let drops = self.drops;
         s.dropped_malformed_body = drops.malformed_body;
         s.dropped_stale_unreliable = drops.stale_unreliable;
         s.dropped_reliable_duplicate = drops.reliable_duplicate;
@@ -773,6 +772,7 @@ impl Server {
                 let stats = &mut self.stats;
                 // A malformed body is counted inside the connection.
                 let flags = header.flags;
+                let before = c.conn.drops;
                 let _ = c
                     .conn
                     .on_payload(now, flags, body, |Delivered { channel, payload }| {
@@ -787,6 +787,7 @@ impl Server {
                             });
                         }
                     });
+                add_drops_since(&mut self.drops, &before, &c.conn.drops);
             }
             PacketType::ConnectionResponse => {
                 // The client has not seen our keepalive yet: send one now.
@@ -828,7 +829,6 @@ impl Server {
         let Some(c) = self.conns.remove(&client_id) else {
             return;
         };
-        add_drops(&mut self.retired_drops, &c.conn.drops);
         self.by_addr.remove(&c.addr);
         if c.closing_sends_left.is_none() {
             self.by_account.remove(&c.account_id);
@@ -865,7 +865,10 @@ impl Server {
             .get_mut(&client_id)
             .filter(|c| c.closing_sends_left.is_none())
             .ok_or(SendError::NotConnected)?;
-        c.conn.queue(channel, payload)?;
+        let before = c.conn.drops;
+        let queued = c.conn.queue(channel, payload);
+        add_drops_since(&mut self.drops, &before, &c.conn.drops);
+        queued?;
         // A queued message always wants a transmit.
         self.push_ready(client_id);
         Ok(())
@@ -1046,11 +1049,12 @@ impl Server {
     }
 }
 
-fn add_drops(total: &mut ConnDrops, d: &ConnDrops) {
-    total.malformed_body += d.malformed_body;
-    total.stale_unreliable += d.stale_unreliable;
-    total.reliable_duplicate += d.reliable_duplicate;
-    total.reliable_dropped += d.reliable_dropped;
-    total.fragment_errors += d.fragment_errors;
-    total.unreliable_superseded += d.unreliable_superseded;
+/// Adds to `total` what a connection's drops grew by, from `before` to `after`.
+fn add_drops_since(total: &mut ConnDrops, before: &ConnDrops, after: &ConnDrops) {
+    total.malformed_body += after.malformed_body - before.malformed_body;
+    total.stale_unreliable += after.stale_unreliable - before.stale_unreliable;
+    total.reliable_duplicate += after.reliable_duplicate - before.reliable_duplicate;
+    total.reliable_dropped += after.reliable_dropped - before.reliable_dropped;
+    total.fragment_errors += after.fragment_errors - before.fragment_errors;
+    total.unreliable_superseded += after.unreliable_superseded - before.unreliable_superseded;
 }

@@ -804,6 +804,46 @@ fn token_reuse_and_duplicate_accounts_are_refused() {
 }
 
 #[test]
+fn server_drop_totals_count_as_they_happen_and_outlive_the_connection() {
+    let mut sim = Sim::new(17, 8);
+    let (i, id) = connect_one(&mut sim, 5);
+    sim.run(Duration::from_millis(300));
+    let mut buf = vec![0u8; MTU_BYTES];
+    let mut next_packet = |sim: &mut Sim, msg: &[u8]| {
+        sim.clients[i]
+            .client
+            .send(Channel::Unreliable, msg)
+            .unwrap();
+        let len = sim.clients[i]
+            .client
+            .poll_transmit(sim.now, &mut buf)
+            .unwrap();
+        buf[..len].to_vec()
+    };
+    // An unreliable message older than one delivered: authentic, not a replay, stale.
+    let older = next_packet(&mut sim, b"older");
+    let newer = next_packet(&mut sim, b"newer");
+    let from = client_addr(i);
+    sim.server.handle_datagram(sim.now, from, &newer);
+    sim.server.handle_datagram(sim.now, from, &older);
+    assert_eq!(sim.server.stats().dropped_stale_unreliable, 1);
+    // Newest wins on the send side: 8 more small messages than the queue holds.
+    for k in 0..UNRELIABLE_QUEUE_MAX + 8 {
+        sim.server
+            .send(id, Channel::Unreliable, &[k as u8; 4])
+            .unwrap();
+    }
+    assert_eq!(sim.server.stats().dropped_unreliable_superseded, 8);
+    // Both stay counted after the connection is gone.
+    sim.server.disconnect(id);
+    sim.run(Duration::from_millis(50));
+    assert_eq!(sim.server.n_connected(), 0);
+    let stats = sim.server.stats();
+    assert_eq!(stats.dropped_stale_unreliable, 1);
+    assert_eq!(stats.dropped_unreliable_superseded, 8);
+}
+
+#[test]
 fn replayed_and_tampered_packets_are_dropped() {
     let mut sim = Sim::new(13, 8);
     let (i, id) = connect_one(&mut sim, 4);
