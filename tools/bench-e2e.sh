@@ -38,8 +38,8 @@ hz=$(getconf CLK_TCK)
 {
   echo "Behaviour $behaviour, snapshot rates (idle, moving, fighting) $rates Hz, $seconds s per run."
   echo
-  echo "| clients | connected | disconnects | rtt p50 / p99 / max (ms) | snapshots/s per bot | rx bytes/s per client p50 / p99 | server tick p50 / p99 / max (ms) | replicate phase p50 / p99 (ms) | command latency p50 / p99 (ms) | server UDP packets/s in / out (of which keepalives) / dropped by the kernel | server CPU (% of one core) | server RSS (MB) | RSS per client (KB) |"
-  echo "|---:|---:|---:|---|---:|---|---|---|---|---|---:|---:|---:|"
+  echo "| clients | connected | disconnects | rtt p50 / p99 / max (ms) | snapshots/s per bot | rx bytes/s per client p50 / p99 | server tick p50 / p99 / max (ms) | replicate phase p50 / p99 (ms) | egress phase p50 / p99 (ms) | command latency p50 / p99 (ms) | server UDP packets/s in / out (of which keepalives) / dropped by the kernel | server CPU (% of one core) | server RSS (MB) | RSS per client (KB) |"
+  echo "|---:|---:|---:|---|---:|---|---|---|---|---|---|---:|---:|---:|"
 } > "$results"
 
 for n in "${clients[@]}"; do
@@ -90,10 +90,14 @@ for n in "${clients[@]}"; do
   tick=$(awk '$1 == "server" && $2 == "tick" { gsub(/ms/, ""); split($3,a,"="); split($4,b,"="); split($5,c,"="); printf "%s / %s / %s", a[2], b[2], c[2] }' "$s")
   cmd=$(awk '$1 == "server" && $2 == "command" { gsub(/ms/, ""); split($4,a,"="); split($5,b,"="); printf "%s / %s", a[2], b[2] }' "$s")
   pps=$(awk '$1 == "server" && $2 == "udp" { split($4,a,"="); split($5,b,"="); split($6,k,"="); split($7,c,"="); printf "%s / %s (%s) / %s", a[2], b[2], k[2], c[2] }' "$s")
-  # The server prints its percentile table on SIGTERM: the replicate phase's line.
-  repl=$(awk '/phase=replicate/ { for (i = 1; i <= NF; i++) { if ($i ~ /^p50=/) { sub(/p50=/, "", $i); p50 = ($i == "" ? $(i+1) : $i) } if ($i ~ /^p99=/) { sub(/p99=/, "", $i); p99 = ($i == "" ? $(i+1) : $i) } } gsub(/ms/, "", p50); gsub(/ms/, "", p99); printf "%s / %s", p50, p99 }' "$out/server-$n.log")
+  # The server prints its percentile table on SIGTERM: a phase's p50 and p99.
+  phase() {
+    awk -v phase="phase=$1" 'index($0, phase) { for (i = 1; i <= NF; i++) { if ($i ~ /^p50=/) { sub(/p50=/, "", $i); p50 = ($i == "" ? $(i+1) : $i) } if ($i ~ /^p99=/) { sub(/p99=/, "", $i); p99 = ($i == "" ? $(i+1) : $i) } } gsub(/ms/, "", p50); gsub(/ms/, "", p99); printf "%s / %s", p50, p99 }' "$out/server-$n.log"
+  }
+  repl=$(phase replicate)
+  egress=$(phase egress)
   per_client=$(awk -v p="$peak_kb" -v i="$rss_idle_kb" -v n="$n" 'BEGIN { printf "%.1f", (p - i) / n }')
-  echo "| $n | ${connected:-?} | ${disconnects:-?} | ${rtt:-?} | ${snaps:-?} | ${rx:-?} | ${tick:-?} | ${repl:-?} | ${cmd:-?} | ${pps:-?} | $cpu_pct | $((peak_kb / 1024)) | $per_client |" >> "$results"
+  echo "| $n | ${connected:-?} | ${disconnects:-?} | ${rtt:-?} | ${snaps:-?} | ${rx:-?} | ${tick:-?} | ${repl:-?} | ${egress:-?} | ${cmd:-?} | ${pps:-?} | $cpu_pct | $((peak_kb / 1024)) | $per_client |" >> "$results"
 done
 
 cat "$results"

@@ -913,6 +913,13 @@ impl Engine {
     /// fixed order (source sector id, then entity id), so the outcome does not depend on
     /// the thread count. The steady-state tick allocates nothing.
     pub fn tick(&mut self) -> TickReport {
+        self.tick_marked(&mut || {})
+    }
+
+    /// [`Engine::tick`], calling `exchange_starts` once, when the parallel phase is done
+    /// and the serial exchange (hand-overs, shots, crafting, events) begins: the server
+    /// times the two phases apart with it, and the engine itself reads no clock.
+    pub fn tick_marked(&mut self, exchange_starts: &mut dyn FnMut()) -> TickReport {
         self.record_input(Input::Tick);
         self.events.clear();
         self.events.append(&mut self.events_between_ticks);
@@ -923,6 +930,7 @@ impl Engine {
             warp_spool_s: self.config.warp_spool_s,
         };
         let batches = self.simulate(&step);
+        exchange_starts();
         let (events, dropped) = (&mut self.events, &mut self.totals.events_dropped);
         self.crafting
             .advance(step.dt_s, self.tick + 1, &mut |account, event| {

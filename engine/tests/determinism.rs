@@ -196,10 +196,13 @@ fn same_input_same_state_whatever_the_thread_count() {
 
     let mut hashes_seen = std::collections::HashSet::new();
     let mut intents = vec![(0.0f32, 0.0f32); SHIPS as usize];
+    // The last engine ticks through `tick_marked`, as the server does.
+    let mut marks = 0;
+    let last = engines.len() - 1;
     for tick in 1..=TICKS {
         let input = inputs(&mut rng, tick, &mut intents);
         let mut results = Vec::new();
-        for (engine, acks) in engines.iter_mut().zip(&acks) {
+        for (index, (engine, acks)) in engines.iter_mut().zip(&acks).enumerate() {
             for (client, ack) in acks {
                 // A client detached since has its ack refused, alike in every engine.
                 let _ = engine.handle_client_message(*client, ack);
@@ -214,7 +217,11 @@ fn same_input_same_state_whatever_the_thread_count() {
                 .iter()
                 .map(|(client, payload)| engine.handle_client_message(*client, payload).is_err())
                 .collect();
-            let report = engine.tick();
+            let report = if index == last {
+                engine.tick_marked(&mut || marks += 1)
+            } else {
+                engine.tick()
+            };
             let mut events = 0xcbf2_9ce4_8422_2325u64;
             engine.write_events(&mut |client, bytes| {
                 for &byte in client.to_le_bytes().iter().chain(bytes) {
@@ -310,4 +317,5 @@ fn same_input_same_state_whatever_the_thread_count() {
     assert!(s.players_flagged > 0);
     assert!(s.commands_rejected.not_owner > 0);
     assert!(s.commands_rejected.decode > 0);
+    assert_eq!(marks, TICKS, "one exchange mark a tick");
 }

@@ -249,7 +249,9 @@ pub(crate) struct TickMetrics {
     tick_us: LocalHistogram,
     ingress_us: LocalHistogram,
     simulate_us: LocalHistogram,
+    exchange_us: LocalHistogram,
     replicate_us: LocalHistogram,
+    egress_us: LocalHistogram,
     persist_us: LocalHistogram,
     /// Datagram received to the start of the tick that applies the command.
     command_latency_us: LocalHistogram,
@@ -295,13 +297,15 @@ impl TickMetrics {
             tick_us: registry
                 .histogram(
                     "warpcore_tick_seconds",
-                    "Whole tick: ingress, simulate, replicate, persist hand-off.",
+                    "Whole tick: ingress, simulate, exchange, replicate, egress, persist hand-off.",
                     &[],
                 )
                 .local(),
             ingress_us: phase("ingress"),
             simulate_us: phase("simulate"),
+            exchange_us: phase("exchange"),
             replicate_us: phase("replicate"),
+            egress_us: phase("egress"),
             persist_us: phase("persist"),
             command_latency_us: registry
                 .histogram(
@@ -405,7 +409,9 @@ impl TickMetrics {
             &mut self.tick_us,
             &mut self.ingress_us,
             &mut self.simulate_us,
+            &mut self.exchange_us,
             &mut self.replicate_us,
+            &mut self.egress_us,
             &mut self.persist_us,
             &mut self.command_latency_us,
         ] {
@@ -475,7 +481,12 @@ impl TickMetrics {
 
 /// Microseconds since `since`, saturating.
 fn elapsed_us(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+    micros(since.elapsed())
+}
+
+/// Whole microseconds of `d`, saturating.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl TickLoop {
@@ -497,8 +508,17 @@ impl TickLoop {
             self.metrics.ingress_us.record(elapsed_us(started));
 
             let phase = Instant::now();
-            let report = self.engine.tick();
-            self.metrics.simulate_us.record(elapsed_us(phase));
+            let mut exchange_started = None;
+            let report = self
+                .engine
+                .tick_marked(&mut || exchange_started = Some(Instant::now()));
+            let exchange_started = exchange_started.unwrap_or_else(Instant::now);
+            self.metrics
+                .simulate_us
+                .record(micros(exchange_started.saturating_duration_since(phase)));
+            self.metrics
+                .exchange_us
+                .record(elapsed_us(exchange_started));
             for arrived in self.command_arrivals.drain(..) {
                 let waited = phase.saturating_duration_since(arrived);
                 self.metrics
@@ -514,8 +534,10 @@ impl TickLoop {
             }
 
             let phase = Instant::now();
-            self.replicate();
-            self.metrics.replicate_us.record(elapsed_us(phase));
+            let egress = self.replicate();
+            let replicate = phase.elapsed().saturating_sub(egress);
+            self.metrics.replicate_us.record(micros(replicate));
+            self.metrics.egress_us.record(micros(egress));
 
             let phase = Instant::now();
             self.engine.drain_crafting_completed(&mut crafted);
@@ -569,21 +591,27 @@ impl TickLoop {
     }
 
     /// Each client's snapshot on the unreliable channel (newest wins), game events on
-    /// the reliable one.
-    fn replicate(&mut self) {
+    /// the reliable one. Returns the time spent handing them to the network thread and
+    /// the WebSockets (the *egress* phase), measured around each hand-off: the rest is
+    /// the engine's writing (*replicate*).
+    fn replicate(&mut self) -> Duration {
         let net = &self.net;
         let refused = &self.metrics.messages_refused;
+        let mut egress = Duration::ZERO;
         self.engine.write_snapshots(&mut |client, bytes| {
+            let start = Instant::now();
             if net
                 .send(ClientId(client), Channel::Unreliable, bytes.to_vec())
                 .is_err()
             {
                 refused.add(1);
             }
+            egress += start.elapsed();
         });
         let clients = &self.clients;
         let push = &self.game.push;
         self.engine.write_events(&mut |client, bytes| {
+            let start = Instant::now();
             if net
                 .send(ClientId(client), Channel::Reliable, bytes.to_vec())
                 .is_err()
@@ -599,7 +627,9 @@ impl TickLoop {
                     }
                 }
             }
+            egress += start.elapsed();
         });
+        egress
     }
 
     /// Applies what the gateway asked of the game since the last tick (bounded per tick).

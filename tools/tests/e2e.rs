@@ -168,7 +168,12 @@ async fn a_recorded_live_run_replays_to_the_same_state_hash() {
         .expect("metrics body");
     for needle in [
         "warpcore_tick_seconds_count ",
+        "warpcore_tick_phase_seconds{phase=\"ingress\",quantile=\"0.99\"}",
         "warpcore_tick_phase_seconds{phase=\"simulate\",quantile=\"0.99\"}",
+        "warpcore_tick_phase_seconds{phase=\"exchange\",quantile=\"0.99\"}",
+        "warpcore_tick_phase_seconds{phase=\"replicate\",quantile=\"0.99\"}",
+        "warpcore_tick_phase_seconds{phase=\"egress\",quantile=\"0.99\"}",
+        "warpcore_tick_phase_seconds{phase=\"persist\",quantile=\"0.99\"}",
         "warpcore_time_dilation ",
         "warpcore_connected_clients ",
         "warpcore_writebehind_queue_depth ",
