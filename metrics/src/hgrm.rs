@@ -6,13 +6,15 @@ use std::io::{self, Write};
 
 use hdrhistogram::Histogram;
 
-/// Writes `h` (microseconds) as a percentile distribution in milliseconds
-/// (`outputValueUnitScalingRatio` 1000), 5 percentile ticks per half distance.
+/// Writes the histogram called `name` as a percentile distribution, 5 percentile ticks
+/// per half distance: a latency (microseconds) in milliseconds
+/// (`outputValueUnitScalingRatio` 1000), any other quantity as recorded
+/// ([`crate::display_unit`]).
 ///
 /// # Errors
 /// Whatever `out` returns.
-pub fn write_hgrm(h: &Histogram<u64>, out: &mut impl Write) -> io::Result<()> {
-    const SCALE: f64 = 1000.0;
+pub fn write_hgrm(name: &str, h: &Histogram<u64>, out: &mut impl Write) -> io::Result<()> {
+    let (scale, _) = crate::display_unit(name);
     writeln!(
         out,
         "{:>12} {:>14} {:>10} {:>14}\n",
@@ -23,7 +25,7 @@ pub fn write_hgrm(h: &Histogram<u64>, out: &mut impl Write) -> io::Result<()> {
         for v in h.iter_quantiles(5) {
             total_count += v.count_since_last_iteration();
             let q = v.quantile_iterated_to();
-            let value = v.value_iterated_to() as f64 / SCALE;
+            let value = v.value_iterated_to() as f64 / scale;
             if q < 1.0 {
                 writeln!(
                     out,
@@ -35,8 +37,8 @@ pub fn write_hgrm(h: &Histogram<u64>, out: &mut impl Write) -> io::Result<()> {
             }
         }
     }
-    let mean = h.mean() / SCALE;
-    let stdev = h.stdev() / SCALE;
+    let mean = h.mean() / scale;
+    let stdev = h.stdev() / scale;
     writeln!(
         out,
         "#[Mean    = {mean:>12.3}, StdDeviation   = {stdev:>12.3}]"
@@ -44,7 +46,7 @@ pub fn write_hgrm(h: &Histogram<u64>, out: &mut impl Write) -> io::Result<()> {
     writeln!(
         out,
         "#[Max     = {:>12.3}, Total count    = {:>12}]",
-        h.max() as f64 / SCALE,
+        h.max() as f64 / scale,
         h.len()
     )?;
     writeln!(
@@ -68,7 +70,7 @@ mod tests {
             record(&mut h, v);
         }
         let mut out = Vec::new();
-        write_hgrm(&h, &mut out).unwrap();
+        write_hgrm("t_seconds", &h, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
         let rows: Vec<&str> = text

@@ -18,20 +18,35 @@ pub fn record(h: &mut Histogram<u64>, value_us: u64) {
     h.saturating_record(value_us.clamp(1, HISTOGRAM_MAX_US));
 }
 
-/// One line: `name  n=…  p50=…  p90=…  p99=…  p99.9=…  max=…`, values in ms.
+/// What the values of the histogram called `name` are: microseconds for a name ending
+/// in `_seconds` (shown in milliseconds), otherwise plain quantities such as bytes
+/// (shown as recorded). Returns the divisor to the shown unit and its suffix.
+pub fn display_unit(name: &str) -> (f64, &'static str) {
+    // The metric name is what precedes any labels (`name{k=v}`).
+    let metric = name.split('{').next().unwrap_or(name);
+    if metric.ends_with("_seconds") {
+        (1000.0, "ms")
+    } else {
+        (1.0, "")
+    }
+}
+
+/// One line: `name  n=…  p50=…  p90=…  p99=…  p99.9=…  max=…`, in milliseconds for a
+/// latency, as recorded otherwise ([`display_unit`]).
 pub fn percentile_line(name: &str, h: &Histogram<u64>) -> String {
     if h.is_empty() {
         return format!("{name:<28} n=0");
     }
-    let ms = |v: u64| v as f64 / 1000.0;
+    let (divisor, unit) = display_unit(name);
+    let v = |v: u64| v as f64 / divisor;
     format!(
-        "{name:<28} n={:<8} p50={:>8.3}ms p90={:>8.3}ms p99={:>8.3}ms p99.9={:>8.3}ms max={:>8.3}ms",
+        "{name:<28} n={:<8} p50={:>8.3}{unit} p90={:>8.3}{unit} p99={:>8.3}{unit} p99.9={:>8.3}{unit} max={:>8.3}{unit}",
         h.len(),
-        ms(h.value_at_quantile(0.50)),
-        ms(h.value_at_quantile(0.90)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.value_at_quantile(0.999)),
-        ms(h.max()),
+        v(h.value_at_quantile(0.50)),
+        v(h.value_at_quantile(0.90)),
+        v(h.value_at_quantile(0.99)),
+        v(h.value_at_quantile(0.999)),
+        v(h.max()),
     )
 }
 
@@ -181,5 +196,10 @@ mod tests {
             percentile_line("empty", &micros()).trim_end(),
             "empty                        n=0"
         );
+        // Latencies in milliseconds, other quantities as recorded.
+        let mut h = micros();
+        record(&mut h, 1_500);
+        assert!(percentile_line("x_seconds{phase=a}", &h).contains("p50=   1.500ms"));
+        assert!(percentile_line("x_bytes", &h).contains("p50=1500.000 "));
     }
 }

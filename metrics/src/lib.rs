@@ -1,4 +1,5 @@
-//! warpcore's metrics: one small registry of latency histograms (`hdrhistogram`),
+//! warpcore's metrics: one small registry of histograms (`hdrhistogram`: latencies in
+//! microseconds, and plain quantities such as bytes, told apart by name),
 //! counters and gauges, rendered as Prometheus text for `GET /metrics`, as a percentile
 //! table on shutdown, and as standard `.hgrm` percentile-distribution files.
 //!
@@ -15,5 +16,7 @@ mod histogram;
 mod registry;
 
 pub use hgrm::write_hgrm;
-pub use histogram::{micros, percentile_line, record, LocalHistogram, SharedHistogram};
+pub use histogram::{
+    display_unit, micros, percentile_line, record, LocalHistogram, SharedHistogram,
+};
 pub use registry::{Counter, Gauge, Registry};

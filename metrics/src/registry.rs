@@ -106,8 +106,9 @@ impl Registry {
         }
     }
 
-    /// The histogram `name{labels}` of microseconds, created on first use. A name that
-    /// ends in `_seconds` is rendered in seconds.
+    /// The histogram `name{labels}`, created on first use. A name that ends in
+    /// `_seconds` holds microseconds and is rendered in seconds; any other holds a plain
+    /// quantity (bytes, say), rendered as recorded.
     ///
     /// # Panics
     /// If `name{labels}` was registered before as another kind.

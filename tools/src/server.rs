@@ -373,7 +373,7 @@ fn write_hgrm_files(registry: &Registry, dir: &std::path::Path) -> anyhow::Resul
         let mut file = std::io::BufWriter::new(
             std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
         );
-        warpcore_metrics::write_hgrm(&histogram, &mut file)
+        warpcore_metrics::write_hgrm(&name, &histogram, &mut file)
             .and_then(|()| std::io::Write::flush(&mut file))
             .with_context(|| format!("writing {}", path.display()))?;
     }

@@ -255,6 +255,8 @@ pub(crate) struct TickMetrics {
     persist_us: LocalHistogram,
     /// Datagram received to the start of the tick that applies the command.
     command_latency_us: LocalHistogram,
+    /// Bytes of each snapshot handed to a client.
+    snapshot_bytes: LocalHistogram,
     commands_deferred: Gauge,
     time_dilation: Gauge,
     connected_clients: Gauge,
@@ -307,6 +309,13 @@ impl TickMetrics {
             replicate_us: phase("replicate"),
             egress_us: phase("egress"),
             persist_us: phase("persist"),
+            snapshot_bytes: registry
+                .histogram(
+                    "warpcore_snapshot_bytes",
+                    "Bytes of each snapshot written to a client (delta or full; a delta client's budget and rate decide its size and how often).",
+                    &[],
+                )
+                .local(),
             command_latency_us: registry
                 .histogram(
                     "warpcore_command_latency_seconds",
@@ -414,6 +423,7 @@ impl TickMetrics {
             &mut self.egress_us,
             &mut self.persist_us,
             &mut self.command_latency_us,
+            &mut self.snapshot_bytes,
         ] {
             h.publish();
         }
@@ -597,9 +607,11 @@ impl TickLoop {
     fn replicate(&mut self) -> Duration {
         let net = &self.net;
         let refused = &self.metrics.messages_refused;
+        let snapshot_bytes = &mut self.metrics.snapshot_bytes;
         let mut egress = Duration::ZERO;
         self.engine.write_snapshots(&mut |client, bytes| {
             let start = Instant::now();
+            snapshot_bytes.record(bytes.len() as u64);
             if net
                 .send(ClientId(client), Channel::Unreliable, bytes.to_vec())
                 .is_err()

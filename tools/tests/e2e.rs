@@ -174,6 +174,7 @@ async fn a_recorded_live_run_replays_to_the_same_state_hash() {
         "warpcore_tick_phase_seconds{phase=\"replicate\",quantile=\"0.99\"}",
         "warpcore_tick_phase_seconds{phase=\"egress\",quantile=\"0.99\"}",
         "warpcore_tick_phase_seconds{phase=\"persist\",quantile=\"0.99\"}",
+        "warpcore_snapshot_bytes{quantile=\"0.5\"}",
         "warpcore_time_dilation ",
         "warpcore_connected_clients ",
         "warpcore_writebehind_queue_depth ",
