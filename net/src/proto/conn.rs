@@ -857,6 +857,7 @@ fn on_reliable(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::tests::noise;
 
     /// Seals every packet `from` has to send and feeds the payloads to `to`; returns the
     /// messages delivered.
@@ -903,15 +904,7 @@ mod tests {
         let mut a = Conn::new(7, [1; 32], [2; 32], 0, timeout, now);
         let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, now);
         let compressible = vec![7u8; 600];
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let noise: Vec<u8> = (0..600)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = noise(0, 600);
         let send = |a: &mut Conn, b: &mut Conn, body: &[u8]| {
             a.queue(Channel::Unreliable, body.to_vec()).unwrap();
             let got = exchange(now, a, b);
@@ -1142,18 +1135,8 @@ mod tests {
         exchange(start, &mut a, &mut b);
         let now = start + KEEPALIVE_INTERVAL_MAX;
         // Bytes that do not compress, so the body stays the largest.
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut noise = || -> Vec<u8> {
-            (0..MESSAGE_BYTES_MAX)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        };
-        a.queue(Channel::Unreliable, noise()).unwrap();
+        a.queue(Channel::Unreliable, noise(1, MESSAGE_BYTES_MAX))
+            .unwrap();
         let (got, packets) = deliver(now, now, &mut a, &mut b);
         assert_eq!(got.len(), 1);
         assert_eq!(
@@ -1164,7 +1147,8 @@ mod tests {
             ]
         );
         // With the ping paid, the next largest message goes alone.
-        a.queue(Channel::Unreliable, noise()).unwrap();
+        a.queue(Channel::Unreliable, noise(2, MESSAGE_BYTES_MAX))
+            .unwrap();
         let (_, packets) = deliver(now, now, &mut a, &mut b);
         assert_eq!(packets, vec![(PacketType::Payload, PAYLOAD_BODY_BYTES_MAX)]);
     }

@@ -518,7 +518,8 @@ fn message_size_limits_and_packing() {
 }
 
 /// Pseudo-random bytes that LZ4 cannot shrink much (so fragments stay near the MTU).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
+/// Random bytes (which LZ4 cannot shrink).
+pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..len).map(|_| rng.gen()).collect()
 }
@@ -803,26 +804,29 @@ fn token_reuse_and_duplicate_accounts_are_refused() {
     assert_eq!(sim.server.stats().rejected_token_reused, 2);
 }
 
+/// Client `i`'s next packet carrying `msg` unreliably, sealed but not sent.
+fn unreliable_packet(sim: &mut Sim, i: usize, msg: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; MTU_BYTES];
+    sim.clients[i]
+        .client
+        .send(Channel::Unreliable, msg)
+        .unwrap();
+    let len = sim.clients[i]
+        .client
+        .poll_transmit(sim.now, &mut buf)
+        .unwrap();
+    buf.truncate(len);
+    buf
+}
+
 #[test]
 fn server_drop_totals_count_as_they_happen_and_outlive_the_connection() {
     let mut sim = Sim::new(17, 8);
     let (i, id) = connect_one(&mut sim, 5);
     sim.run(Duration::from_millis(300));
-    let mut buf = vec![0u8; MTU_BYTES];
-    let mut next_packet = |sim: &mut Sim, msg: &[u8]| {
-        sim.clients[i]
-            .client
-            .send(Channel::Unreliable, msg)
-            .unwrap();
-        let len = sim.clients[i]
-            .client
-            .poll_transmit(sim.now, &mut buf)
-            .unwrap();
-        buf[..len].to_vec()
-    };
     // An unreliable message older than one delivered: authentic, not a replay, stale.
-    let older = next_packet(&mut sim, b"older");
-    let newer = next_packet(&mut sim, b"newer");
+    let older = unreliable_packet(&mut sim, i, b"older");
+    let newer = unreliable_packet(&mut sim, i, b"newer");
     let from = client_addr(i);
     sim.server.handle_datagram(sim.now, from, &newer);
     sim.server.handle_datagram(sim.now, from, &older);
@@ -848,20 +852,8 @@ fn replayed_and_tampered_packets_are_dropped() {
     let mut sim = Sim::new(13, 8);
     let (i, id) = connect_one(&mut sim, 4);
     sim.run(Duration::from_millis(300));
-    let mut buf = vec![0u8; MTU_BYTES];
-    let mut next_packet = |sim: &mut Sim, msg: &[u8]| {
-        sim.clients[i]
-            .client
-            .send(Channel::Unreliable, msg)
-            .unwrap();
-        let len = sim.clients[i]
-            .client
-            .poll_transmit(sim.now, &mut buf)
-            .unwrap();
-        buf[..len].to_vec()
-    };
-    let packet = next_packet(&mut sim, b"once");
-    let second = next_packet(&mut sim, b"twice");
+    let packet = unreliable_packet(&mut sim, i, b"once");
+    let second = unreliable_packet(&mut sim, i, b"twice");
     let from = client_addr(i);
     sim.server.handle_datagram(sim.now, from, &packet);
     sim.server.handle_datagram(sim.now, from, &packet);
