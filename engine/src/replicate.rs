@@ -1944,8 +1944,6 @@ mod tests {
         assert_eq!(std::mem::size_of::<GroupEntry>(), 40);
     }
 
-    /// A client is planned only on ticks where some rate could write it, and what its
-    /// ship did on the ticks between still sets its rate.
     /// Taking every due record without a sort, when they all fit, picks what the sorted
     /// walk picks, with the same cutoff and priorities: random views, field lengths,
     /// removals and budgets, each chosen both ways.
@@ -2086,6 +2084,8 @@ mod tests {
         );
     }
 
+    /// A client is planned only on ticks where some rate could write it, and what its
+    /// ship did on the ticks between still sets its rate.
     #[test]
     fn plans_skip_ticks_no_rate_writes_and_still_notice_a_fight_between() {
         let rates = RateParams::new(&EngineConfig {
