@@ -1158,15 +1158,15 @@ impl Engine {
         self.plan_replication(&rates);
 
         let sectors = &self.sectors;
-        let blocks = self.groups.blocks_mut();
-        let chunk_len = blocks.len().div_ceil(self.threads * 8);
-        self.workers.for_each_chunked(blocks, chunk_len, &|block| {
-            block.fill(sectors, sector_size_m, epoch)
-        });
         // Clients without a group come first in `write_order`, then each group's.
         let mut written = self.write_order.len() - self.groups.clients_grouped();
         let mut first = 0;
         for batch in 0..self.groups.batches() {
+            let blocks = self.groups.batch_blocks_mut(batch);
+            let chunk_len = blocks.len().div_ceil(self.threads * 8);
+            self.workers.for_each_chunked(blocks, chunk_len, &|block| {
+                block.fill(sectors, sector_size_m, epoch)
+            });
             let (groups, blocks, clients) = self.groups.batch_mut(batch);
             let chunk_len = groups.len().div_ceil(self.threads * 8);
             self.workers.for_each_chunked(groups, chunk_len, &|group| {

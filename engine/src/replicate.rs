@@ -826,8 +826,17 @@ const BLOCKS_SPARE_MIN: usize = 16;
 struct GroupPlan {
     key: GroupKey,
     clients: u32,
-    /// Its [`Block`] this write ([`NO_BLOCK`]: it gathers its own candidates).
+    /// Its [`Block`] this write, numbered in the write ([`NO_BLOCK`]: it gathers its
+    /// own candidates).
     block: u32,
+}
+
+/// One shared [`Block`] of this write, before it is filled.
+#[derive(Debug, Clone, Copy)]
+struct BlockPlan {
+    centre: SectorId,
+    /// Clients reading it (through its groups) this write.
+    clients: u32,
 }
 
 /// The interest groups of one write, built from the clients' requests.
@@ -840,10 +849,16 @@ pub(crate) struct InterestGroups {
     groups: Vec<InterestGroup>,
     batch_start: usize,
     batch_len: usize,
-    /// Blocks in use are `blocks[..blocks_active]`; a few more keep their buffers for
-    /// reuse, the surplus of a burst is let go.
+    /// This write's blocks, in the order of the groups that read them.
+    block_plans: Vec<BlockPlan>,
+    /// The blocks the batch being written reads: block `blocks_start + k` of the write
+    /// is `blocks[k]` for `k < blocks_len`. A group's blocks are filled with its batch,
+    /// not all at once, so they cost the memory of one batch's (a block copies a 3x3
+    /// block's entities, so every entity is in up to 9 of them). A few more keep their
+    /// buffers for reuse, the surplus of a burst is let go.
     blocks: Vec<Block>,
-    blocks_active: usize,
+    blocks_start: usize,
+    blocks_len: usize,
     requests: Vec<(GroupKey, u32)>,
 }
 
@@ -853,7 +868,9 @@ impl InterestGroups {
         self.plans.clear();
         self.batch_start = 0;
         self.batch_len = 0;
-        self.blocks_active = 0;
+        self.block_plans.clear();
+        self.blocks_start = 0;
+        self.blocks_len = 0;
         self.requests.clear();
     }
 
@@ -901,33 +918,77 @@ impl InterestGroups {
             let group_index = self.plans.len() - 1;
             let plan = &mut self.plans[group_index];
             plan.clients += 1;
-            if let Some(block) = self.blocks.get_mut(plan.block as usize) {
+            if let Some(block) = self.block_plans.get_mut(plan.block as usize) {
                 block.clients += 1;
             }
             assign(client_index, group_index as u32);
         }
         // Let go of what a burst (every joining client's first delta in one write, a
-        // crowd that dispersed) left: keep a quarter more than this write needed.
+        // crowd that dispersed) left: keep a quarter more than this write needs.
         let needed = self.plans.len().min(GROUPS_BATCH_MAX);
         self.groups.truncate(needed + needed / 4 + GROUPS_SPARE_MIN);
-        let blocks = self.blocks_active;
+        let blocks = (0..self.batches())
+            .map(|batch| self.batch_blocks(batch).len())
+            .max()
+            .unwrap_or(0);
         self.blocks.truncate(blocks + blocks / 4 + BLOCKS_SPARE_MIN);
     }
 
-    /// A block for the cells of `centre` this write; its index.
+    /// A block for the cells of `centre` this write; its number.
     fn new_block(&mut self, centre: SectorId) -> u32 {
-        if self.blocks_active == self.blocks.len() {
-            self.blocks.push(Block::new(centre));
-        }
-        self.blocks[self.blocks_active].centre = centre;
-        self.blocks[self.blocks_active].clients = 0;
-        self.blocks_active += 1;
-        (self.blocks_active - 1) as u32
+        self.block_plans.push(BlockPlan { centre, clients: 0 });
+        (self.block_plans.len() - 1) as u32
     }
 
-    /// The blocks of this write, to be filled first.
-    pub(crate) fn blocks_mut(&mut self) -> &mut [Block] {
-        &mut self.blocks[..self.blocks_active]
+    /// The plans of batch `batch`'s groups.
+    fn batch_plans(&self, batch: usize) -> &[GroupPlan] {
+        let start = (batch * GROUPS_BATCH_MAX).min(self.plans.len());
+        &self.plans[start..(start + GROUPS_BATCH_MAX).min(self.plans.len())]
+    }
+
+    /// The blocks batch `batch`'s groups read: a range of the write's blocks, as blocks
+    /// are numbered in group order.
+    fn batch_blocks(&self, batch: usize) -> std::ops::Range<usize> {
+        let mut read = self
+            .batch_plans(batch)
+            .iter()
+            .filter(|plan| plan.block != NO_BLOCK)
+            .map(|plan| plan.block as usize);
+        match (read.next(), read.next_back()) {
+            (Some(first), last) => first..last.unwrap_or(first) + 1,
+            (None, _) => 0..0,
+        }
+    }
+
+    /// Makes batch `batch`'s blocks the current ones and returns those still to be
+    /// filled (every sector's cache must be fresh): all of them but one the batch before
+    /// read too, which is kept.
+    pub(crate) fn batch_blocks_mut(&mut self, batch: usize) -> &mut [Block] {
+        let range = self.batch_blocks(batch);
+        // Blocks are read by consecutive groups, so only the first can be the last
+        // batch's.
+        let kept = range.start >= self.blocks_start
+            && range.start < self.blocks_start + self.blocks_len
+            && !range.is_empty();
+        if kept {
+            self.blocks.swap(0, range.start - self.blocks_start);
+        }
+        self.blocks_start = range.start;
+        self.blocks_len = range.len();
+        for (k, plan) in self.block_plans[range].iter().enumerate() {
+            match self.blocks.get_mut(k) {
+                Some(block) => {
+                    block.centre = plan.centre;
+                    block.clients = plan.clients;
+                }
+                None => {
+                    let mut block = Block::new(plan.centre);
+                    block.clients = plan.clients;
+                    self.blocks.push(block);
+                }
+            }
+        }
+        &mut self.blocks[usize::from(kept)..self.blocks_len]
     }
 
     /// Batches of groups this write (at least one, so clients without a group are
@@ -941,8 +1002,9 @@ impl InterestGroups {
         self.plans.iter().map(|plan| plan.clients as usize).sum()
     }
 
-    /// Makes batch `batch` the current one: its groups, to be filled, the (filled)
-    /// blocks they read, and how many clients read them.
+    /// Makes batch `batch` the current one: its groups, to be filled, the blocks they
+    /// read (filled: [`InterestGroups::batch_blocks_mut`] first), and how many clients
+    /// read them.
     pub(crate) fn batch_mut(&mut self, batch: usize) -> (&mut [InterestGroup], &[Block], usize) {
         let start = (batch * GROUPS_BATCH_MAX).min(self.plans.len());
         let plans = &self.plans[start..(start + GROUPS_BATCH_MAX).min(self.plans.len())];
@@ -950,17 +1012,25 @@ impl InterestGroups {
             self.groups
                 .push(InterestGroup::new(plans[self.groups.len()].key));
         }
+        debug_assert_eq!(
+            self.batch_blocks(batch),
+            self.blocks_start..self.blocks_start + self.blocks_len,
+            "the batch's blocks are current"
+        );
         for (group, plan) in self.groups.iter_mut().zip(plans) {
             group.key = plan.key;
             group.clients = plan.clients;
-            group.block = plan.block;
+            group.block = match plan.block {
+                NO_BLOCK => NO_BLOCK,
+                block => block - self.blocks_start as u32,
+            };
         }
         self.batch_start = start;
         self.batch_len = plans.len();
         let clients = plans.iter().map(|plan| plan.clients as usize).sum();
         (
             &mut self.groups[..plans.len()],
-            &self.blocks[..self.blocks_active],
+            &self.blocks[..self.blocks_len],
             clients,
         )
     }
@@ -982,6 +1052,7 @@ impl InterestGroups {
                 .map(|g| capacity_bytes(&g.candidates) + capacity_bytes(&g.fields))
                 .sum::<usize>();
         let blocks = capacity_bytes(&self.blocks)
+            + capacity_bytes(&self.block_plans)
             + self
                 .blocks
                 .iter()

@@ -553,7 +553,7 @@ fn crowded_interest_is_the_nearest_to_the_pilots_cell() {
             let y = rng.gen_range(low..high);
             engine.spawn_ship(ship(id, id, x, y, 0.0, 0.0)).unwrap();
         }
-        check_nearest_to_cell(&mut engine, CELL_M);
+        check_nearest_to_cell(&mut engine, CELL_M, &[1, 2, 3, 4, 5, 6, 7, 8]);
     }
     // A sparse block: every entity of it, wherever the pilot is.
     for id in 1..=100u64 {
@@ -570,6 +570,44 @@ fn crowded_interest_is_the_nearest_to_the_pilots_cell() {
         .unwrap();
     write(&mut sparse);
     assert_eq!(expected(&sparse, 1).len(), 101);
+}
+
+/// A shared block is filled with the batch of groups that reads it, and kept for the
+/// next batch when its sector's groups straddle the two: 6 x 6 sectors of 40 ships, 10
+/// of them pilots in cells of their own, so 360 fine-cell groups (two batches) read 36
+/// blocks. Every pilot's view is the nearest to its own cell, from its own sector's
+/// block.
+#[test]
+fn blocks_are_filled_batch_by_batch_and_read_by_their_own_groups() {
+    const CELL_M: f64 = 125.0;
+    const SIDE: u64 = 6;
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let mut engine = engine();
+    let mut pilots = Vec::new();
+    for sector in 0..SIDE * SIDE {
+        let (x0, y0) = (
+            (sector % SIDE) as f64 * 1000.0,
+            (sector / SIDE) as f64 * 1000.0,
+        );
+        for k in 0..40u64 {
+            let id = 1 + sector * 40 + k;
+            let (x, y) = if k < 10 {
+                // Cells 0, 6, 12, ... 54 of the sector's 8 x 8.
+                pilots.push(id);
+                let cell = k * 6;
+                let mut inside = |v: u64| v as f64 * CELL_M + rng.gen_range(1.0..CELL_M - 1.0);
+                (x0 + inside(cell % 8), y0 + inside(cell / 8))
+            } else {
+                (
+                    x0 + rng.gen_range(1.0..999.0),
+                    y0 + rng.gen_range(1.0..999.0),
+                )
+            };
+            engine.spawn_ship(ship(id, id, x, y, 0.0, 0.0)).unwrap();
+        }
+    }
+    assert!(pilots.len() > 256, "more groups than one batch holds");
+    check_nearest_to_cell(&mut engine, CELL_M, &pilots);
 }
 
 /// Pilots in a moderately busy sector read their candidates from the block their
@@ -639,12 +677,12 @@ fn clients_of_a_shared_block_hold_what_the_server_sent() {
     assert_eq!(checked, 8 * 160);
 }
 
-/// Attaches pilots 1..=8 and checks each one's view is the nearest to its fine cell.
-fn check_nearest_to_cell(engine: &mut Engine, cell_m: f64) {
+/// Attaches `pilots` (client, account and ship id alike) and checks each one's view is
+/// the nearest to its fine cell.
+fn check_nearest_to_cell(engine: &mut Engine, cell_m: f64, pilots: &[u64]) {
     let mut records = Vec::new();
     engine.all_records(&mut records);
-    let pilots = [1u64, 2, 3, 4, 5, 6, 7, 8];
-    for &pilot in &pilots {
+    for &pilot in pilots {
         engine.attach_client(pilot, pilot, pilot).unwrap();
         engine
             .handle_client_message(pilot, &encode(ClientMsg::Ack { snapshot_seq: 0 }))
@@ -652,7 +690,7 @@ fn check_nearest_to_cell(engine: &mut Engine, cell_m: f64) {
     }
     let written = write(engine);
     assert_eq!(written.len(), pilots.len());
-    for &pilot in &pilots {
+    for &pilot in pilots {
         let own = records.iter().find(|r| r.entity_id == pilot).unwrap();
         let (sx, sy) = ((own.x_m / 1000.0).floor(), (own.y_m / 1000.0).floor());
         let cx = sx * 1000.0 + ((own.x_m - sx * 1000.0) / cell_m).floor() * cell_m + cell_m / 2.0;
