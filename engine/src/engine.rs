@@ -17,6 +17,7 @@
 //! in sector order then entity order. Every input can be recorded (see `recording`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, PoisonError};
 
 use crate::components::{
     Changed, Command, DesiredVelocity, Dirty, Health, LastAttacker, Migrant, Pilot, Position, Ship,
@@ -75,18 +76,37 @@ enum Client {
     },
 }
 
-/// Delta snapshot buffers kept between writes whatever the number of delta clients.
-const SPARE_BUFS_MIN: usize = 16;
+/// Bytes a snapshot arena keeps between writes however few it held.
+const ARENA_BYTES_MIN: usize = 64 * 1024;
+
+/// One thread's delta snapshots of a write, appended one after another.
+#[derive(Debug, Default)]
+struct SnapshotArena {
+    bytes: Vec<u8>,
+    /// The most bytes of a recent write: the larger of this write's and the previous
+    /// figure less a sixteenth, so a burst is forgotten over some tens of writes while
+    /// a steady load whose writes vary (clients are spread over the ticks by their
+    /// rates, some ticks write none) keeps its capacity.
+    recent_peak: usize,
+}
+
+/// A delta snapshot's bytes: `snapshot_arenas[arena][start..start + len]`.
+#[derive(Debug, Default, Clone, Copy)]
+struct ArenaSpan {
+    arena: usize,
+    start: usize,
+    len: usize,
+}
 /// Fewest per-client entries the client list grows by (it grows by an eighth).
 const REPLICAS_GROWTH_MIN: usize = 64;
 
-/// One client's replication state, and its output buffer while it is written.
+/// One client's replication state, and where its snapshot is while it is written.
 #[derive(Debug, Default)]
 struct ReplicaClient {
     client: u64,
     state: ClientReplication,
-    /// Lent from `Engine::spare_bufs` for a delta write, returned after its output.
-    buf: Vec<u8>,
+    /// Where this write's delta snapshot is in `Engine::snapshot_arenas`.
+    snapshot: ArenaSpan,
     /// This write's decision for the client (made in parallel, then grouped serially,
     /// then written in parallel).
     plan: Plan,
@@ -139,10 +159,11 @@ pub struct Engine {
     write_order: Vec<u32>,
     /// Scratch for checking `write_order` names each client once.
     write_seen: Vec<u64>,
-    /// Delta snapshot buffers between writes: one per client written in a tick (a
-    /// third of them at 10 Hz and 30 Hz ticks), not one per client, reused so the steady
-    /// state allocates none.
-    spare_bufs: Vec<Vec<u8>>,
+    /// The delta snapshots of a write, one arena per thread (`workers::worker_index`;
+    /// its lock is never contended), appended one after another: a write holds the
+    /// bytes it wrote, not a snapshot's maximum per client written. Cleared, not
+    /// dropped, so the steady state allocates nothing.
+    snapshot_arenas: Vec<Mutex<SnapshotArena>>,
     tick: u64,
     time_dilation: f64,
     commands_applied: u64,
@@ -197,7 +218,7 @@ impl Engine {
             groups: InterestGroups::default(),
             write_order: Vec::new(),
             write_seen: Vec::new(),
-            spare_bufs: Vec::new(),
+            snapshot_arenas: (0..threads).map(|_| Mutex::default()).collect(),
             tick: 0,
             time_dilation: 1.0,
             commands_applied: 0,
@@ -1144,6 +1165,10 @@ impl Engine {
         let sector_size_m = self.config.sector_size_m;
         self.replication_epoch += 1;
         let epoch = self.replication_epoch;
+        for arena in &mut self.snapshot_arenas {
+            let arena = arena.get_mut().unwrap_or_else(PoisonError::into_inner);
+            arena.bytes.clear();
+        }
         let chunk_len = self.sectors.len().div_ceil(self.threads * 4);
         self.workers
             .for_each_chunked(&mut self.sectors, chunk_len, &|sector| {
@@ -1186,6 +1211,7 @@ impl Engine {
             // In group order: a group's candidates and its entities' values are read by
             // its clients one after another, while they are in this core's cache.
             let chunk_len = order.len().div_ceil(self.threads * 16);
+            let arenas = &self.snapshot_arenas;
             self.workers.for_each_chunked_in_order(
                 &mut self.replicas,
                 order,
@@ -1199,31 +1225,46 @@ impl Engine {
                         ..
                     } = replica.plan
                     {
+                        let index = crate::workers::worker_index().min(arenas.len() - 1);
+                        let mut arena =
+                            arenas[index].lock().unwrap_or_else(PoisonError::into_inner);
+                        let start = arena.bytes.len();
+                        if arena.bytes.capacity() - start < bytes_max {
+                            // A quarter more, not double: this is most of a write's
+                            // memory, and it grows only while the load does.
+                            arena.bytes.reserve_exact(bytes_max + start / 4);
+                        }
                         replica.counts = replica.state.write_delta(
-                            &mut replica.buf,
+                            &mut arena.bytes,
                             &ctx,
                             group,
                             own,
                             bytes_max,
                         );
+                        replica.snapshot = ArenaSpan {
+                            arena: index,
+                            start,
+                            len: arena.bytes.len() - start,
+                        };
                     }
                 },
             );
         }
         debug_assert_eq!(written, self.write_order.len(), "every client written once");
 
-        let mut delta_writes = 0;
         for replica in &mut self.replicas {
             let client = replica.client;
             match replica.plan {
                 Plan::Skip => {}
                 Plan::Delta { .. } => {
-                    delta_writes += 1;
                     self.totals.delta_records += replica.counts.records;
                     self.totals.delta_records_deferred += replica.counts.deferred;
                     self.totals.replication_resets += replica.counts.resets;
-                    out(client, &replica.buf);
-                    self.spare_bufs.push(std::mem::take(&mut replica.buf));
+                    let span = replica.snapshot;
+                    let arena = self.snapshot_arenas[span.arena]
+                        .get_mut()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    out(client, &arena.bytes[span.start..span.start + span.len]);
                 }
                 Plan::Full => {
                     let Some(&state) = self.clients.get(&client) else {
@@ -1254,12 +1295,21 @@ impl Engine {
                 }
             }
         }
-        // Keep buffers for this write's delta clients and a quarter more: the next
-        // writes (clients are spread over the ticks by their rates) take them all from
-        // here, and the buffers of a join burst (every new client's first delta is
-        // written at once) are let go.
-        self.spare_bufs
-            .truncate(delta_writes + delta_writes / 4 + SPARE_BUFS_MIN);
+        // Let go of what a join burst (every new client's first delta is written at
+        // once) or a crowd that left grew an arena to, keeping a quarter more than its
+        // recent peak.
+        for arena in &mut self.snapshot_arenas {
+            let arena = arena.get_mut().unwrap_or_else(PoisonError::into_inner);
+            arena.recent_peak = arena
+                .bytes
+                .len()
+                .max(arena.recent_peak - arena.recent_peak / 16);
+            let keep = arena.recent_peak + arena.recent_peak / 4 + ARENA_BYTES_MIN;
+            if arena.bytes.capacity() > 2 * keep {
+                arena.bytes.clear();
+                arena.bytes.shrink_to(keep);
+            }
+        }
     }
 
     /// The serial part of a write: what each client gets (full, delta or nothing, by
@@ -1289,9 +1339,6 @@ impl Engine {
             let Plan::Delta { key, .. } = replica.plan else {
                 continue;
             };
-            if replica.buf.capacity() == 0 {
-                replica.buf = self.spare_bufs.pop().unwrap_or_default();
-            }
             match key {
                 Some(key) => self.groups.request(key, index as u32),
                 None => self.write_order.push(index as u32),
@@ -1562,7 +1609,7 @@ impl Engine {
             + self
                 .replicas
                 .iter()
-                .map(|r| r.state.heap_bytes() + r.buf.capacity())
+                .map(|r| r.state.heap_bytes())
                 .sum::<usize>();
         // Hash tables: a bucket and a control byte per slot; a B-tree about 1.5 times
         // its entries.
@@ -1571,9 +1618,9 @@ impl Engine {
         estimate.client_table = self.locations.capacity() * location
             + self.clients.len() * client * 3 / 2
             + self
-                .spare_bufs
+                .snapshot_arenas
                 .iter()
-                .map(|b| b.capacity() + std::mem::size_of::<Vec<u8>>())
+                .map(|arena| arena.lock().map_or(0, |arena| arena.bytes.capacity()))
                 .sum::<usize>();
         estimate
     }
@@ -1644,14 +1691,17 @@ mod tests {
     use super::*;
     use crate::wire::ClientMsg;
 
-    /// Delta snapshot buffers are lent per write: between writes no client holds one,
-    /// and the engine keeps about what one write needs, not one per client.
+    /// Delta snapshots are appended to an arena per thread: the arenas hold about the
+    /// bytes a write wrote, not a snapshot's maximum per client written; they keep their
+    /// size while writes vary from tick to tick (a third of the clients each, or none),
+    /// and let go of it some tens of writes after the crowd left.
     #[test]
-    fn delta_buffers_are_held_per_write_not_per_client() {
-        const CLIENTS: u64 = 300;
+    fn delta_snapshots_take_the_bytes_written_not_a_buffer_per_client() {
+        const CLIENTS: u64 = 2000;
+        const STAYING: u64 = 20;
         let mut engine = Engine::new(EngineConfig {
             tick_hz: 30,
-            worker_threads: 1,
+            worker_threads: 2,
             pin_workers: false,
             replication_rates_hz: [10, 10, 10],
             ..EngineConfig::default()
@@ -1679,28 +1729,59 @@ mod tests {
             engine.attach_client(id, id, id).unwrap();
             engine.handle_client_message(id, &ack).unwrap();
         }
-        let mut written = 0;
-        for tick in 0..12 {
+        let arenas_bytes = |engine: &Engine| -> usize {
+            engine
+                .snapshot_arenas
+                .iter()
+                .map(|arena| arena.lock().unwrap().bytes.capacity())
+                .sum()
+        };
+        let (mut crowd_peak, mut steady) = (0, Vec::new());
+        for tick in 0..100 {
+            if tick == 30 {
+                for id in STAYING + 1..=CLIENTS {
+                    engine.detach_client(id);
+                }
+            }
             engine.tick();
-            let mut this_write = 0;
+            let (mut writes, mut bytes) = (0, 0);
             engine.write_snapshots(&mut |_, payload| {
                 assert!(!payload.is_empty());
-                this_write += 1;
+                writes += 1;
+                bytes += payload.len();
             });
-            written += this_write;
+            if tick == 0 {
+                assert_eq!(writes, CLIENTS as usize, "everyone's first delta at once");
+            } else {
+                assert!(writes <= CLIENTS as usize / 2, "tick {tick}: {writes}");
+            }
+            if tick < 30 {
+                crowd_peak = crowd_peak.max(bytes);
+            }
+            let held = arenas_bytes(&engine);
+            // An arena grows by a quarter (and a snapshot's room), and keeps a quarter
+            // more than its recent peak.
+            let arenas = engine.snapshot_arenas.len();
+            let snapshot_max = engine.config.snapshot_bytes_max;
             assert!(
-                engine.replicas.iter().all(|r| r.buf.capacity() == 0),
-                "tick {tick}: a client kept its buffer"
+                held <= crowd_peak + crowd_peak / 2 + arenas * (snapshot_max + ARENA_BYTES_MIN),
+                "tick {tick}: arenas of {held} bytes, writes of {crowd_peak} at most"
             );
-            assert!(engine.spare_bufs.len() <= this_write + this_write / 4 + SPARE_BUFS_MIN);
+            if (10..30).contains(&tick) {
+                steady.push(held);
+            }
         }
-        // Everyone's first delta at once, then a third of the clients per tick (from
-        // the fourth tick: a client's second write waits until it saved a datagram).
+        assert!(crowd_peak > 300 * CLIENTS as usize / 3, "{crowd_peak}");
         assert!(
-            written >= CLIENTS as usize + 9 * (CLIENTS as usize / 3) - 9,
-            "{written}"
+            steady.iter().all(|&held| held == steady[0]),
+            "no shrinking and growing under a steady load: {steady:?}"
         );
-        assert!(engine.spare_bufs.len() < CLIENTS as usize / 2);
-        assert!(engine.spare_bufs.iter().all(|b| b.capacity() > 0));
+        // What is kept, at most twice that of a quiet arena, is small.
+        let held = arenas_bytes(&engine);
+        assert!(
+            held <= engine.snapshot_arenas.len() * 4 * ARENA_BYTES_MIN && held < steady[0] / 3,
+            "the crowd's {} bytes let go: {held}",
+            steady[0]
+        );
     }
 }

@@ -1461,9 +1461,9 @@ impl ClientReplication {
         Ok(())
     }
 
-    /// Encodes this client's next delta snapshot into `buf` (cleared first): the
-    /// candidates of group `group` (none: an empty view) plus its own ship `own` if the
-    /// group left it out, at most `bytes_max` bytes, and pays for it from the budget.
+    /// Appends this client's next delta snapshot to `buf`: the candidates of group
+    /// `group` (none: an empty view) plus its own ship `own` if the group left it out,
+    /// at most `bytes_max` bytes, and pays for it from the budget.
     pub(crate) fn write_delta(
         &mut self,
         buf: &mut Vec<u8>,
@@ -1473,9 +1473,7 @@ impl ClientReplication {
         bytes_max: usize,
     ) -> DeltaWriteCounts {
         let mut counts = DeltaWriteCounts::default();
-        buf.clear();
-        // Exactly one snapshot's worth, not the doubling of pushes.
-        buf.reserve_exact(ctx.rates.snapshot_bytes_max);
+        let start = buf.len();
         self.next_seq = self.next_seq.max(1);
         let anchor = self.newest_ack.max(self.reset_seq);
         if self.reset_seq == 0 || self.next_seq - anchor >= SNAPSHOT_RING_LEN as u32 {
@@ -1562,7 +1560,7 @@ impl ClientReplication {
         self.next_seq += 1;
         self.saved = self
             .saved
-            .saturating_sub(buf.len() as u64 * ctx.rates.tick_hz);
+            .saturating_sub((buf.len() - start) as u64 * ctx.rates.tick_hz);
         counts
     }
 

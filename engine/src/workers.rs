@@ -19,7 +19,7 @@
 //! the slice end. A panic inside a chunk on a worker is caught, counted, and re-raised on
 //! the caller after the run, so the count always reaches zero.
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,6 +31,18 @@ const GATE_OPEN: u64 = 1 << 63;
 const GATE_COUNT: u64 = GATE_OPEN - 1;
 /// Spins while waiting for workers to leave before yielding the core to them.
 const CLOSE_SPINS_BEFORE_YIELD: u32 = 256;
+
+thread_local! {
+    /// Which thread of its pool this is: `i` on worker `i`, 0 on any other thread.
+    static WORKER_INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The calling thread's index in its pool: 0 for the caller of a run (or any thread
+/// that is not a worker), `i` for worker `i`, below the pool's thread count. For
+/// per-thread buffers the caller can read after a run.
+pub(crate) fn worker_index() -> usize {
+    WORKER_INDEX.get()
+}
 
 /// A type-erased `&dyn Fn(usize)` valid for one run.
 type ChunkFn = *const (dyn Fn(usize) + Sync);
@@ -95,6 +107,7 @@ impl Workers {
             let handle = std::thread::Builder::new()
                 .name(format!("warpcore-sector-{i}"))
                 .spawn(move || {
+                    WORKER_INDEX.set(i);
                     // Pinning can fail in a restricted container; the worker then runs
                     // unpinned, which is slower but correct.
                     if let Some(core) = core {
