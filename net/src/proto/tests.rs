@@ -402,6 +402,44 @@ fn reliable_survives_loss_and_duplication_in_order_exactly_once() {
     );
 }
 
+/// The server looks at a connection when its next deadline comes, not on a scan of all
+/// of them: a lost reliable message on an otherwise quiet connection is resent after
+/// the resend interval (20-100 ms here), long before the next keepalive (a second
+/// away) would have brought the connection up.
+#[test]
+fn a_lost_reliable_message_is_resent_on_time_on_a_quiet_connection() {
+    let mut sim = Sim::new(12, 8);
+    let (i, id) = connect_one(&mut sim, 12);
+    // Quiet: the handshake's keepalives are exchanged, and the next is a second away.
+    sim.run(Duration::from_millis(300));
+    let keepalives = sim.server.stats().keepalives_out;
+    sim.cut = true;
+    sim.server
+        .send(id, Channel::Reliable, b"lost once")
+        .unwrap();
+    sim.step(Duration::from_millis(1));
+    sim.cut = false;
+    let start = sim.now;
+    assert!(sim.run_until(Duration::from_millis(400), |s| {
+        s.client_messages(i, Channel::Reliable) == [b"lost once".to_vec()]
+    }));
+    // The resend interval (at most the default before RTT samples), a service interval
+    // of lateness, and the link's latency.
+    let took = sim.now - start;
+    assert!(
+        took <= reliable::RESEND_INTERVAL_DEFAULT
+            + SERVICE_INTERVAL
+            + sim.latency
+            + Duration::from_millis(2),
+        "{took:?}"
+    );
+    assert_eq!(
+        sim.server.stats().keepalives_out,
+        keepalives,
+        "no keepalive in between"
+    );
+}
+
 #[test]
 fn silence_times_out_both_ends() {
     let mut sim = Sim::new(6, 8);
@@ -420,6 +458,28 @@ fn silence_times_out_both_ends() {
     }));
     assert_eq!(sim.server.n_connected(), 0);
     assert_eq!(sim.server.stats().disconnects_timed_out, 1);
+}
+
+/// A timeout further out than the server's service wheel turns (5.12 s) is met all the
+/// same, to the service interval, after the connection's stay in the wheel's last slot.
+#[test]
+fn a_timeout_beyond_the_service_wheel_is_met_on_time() {
+    let mut sim = Sim::new(7, 8);
+    let i = sim.add_client(token(6, 60, 12, 6));
+    assert!(
+        sim.run_until(Duration::from_secs(2), |s| s.clients[i].client.state()
+            == ClientState::Connected)
+    );
+    sim.cut = true;
+    let start = sim.now;
+    assert!(sim.run_until(Duration::from_secs(13), |s| s.server.n_connected() == 0));
+    // From the last packet it received, at most a keepalive period before the cut.
+    let took = sim.now - start;
+    assert!(
+        took > Duration::from_millis(11_000)
+            && took <= Duration::from_millis(12_000) + 2 * SERVICE_INTERVAL,
+        "{took:?}"
+    );
 }
 
 #[test]
