@@ -39,8 +39,9 @@
 //! own ship is always added. Groups are filled, then clients written group after group
 //! (a group's list stays in the core's cache), [`GROUPS_BATCH_MAX`] groups at a time so
 //! the lists take a fixed amount of memory, in parallel on the engine's workers,
-//! each into its own reused buffer with per-thread scratch; the bytes do not depend on
-//! the thread count.
+//! each snapshot appended to its thread's arena (the engine's) with per-thread scratch;
+//! the bytes do not depend on the thread count. A sector's [`Block`] is filled with the
+//! batch of groups that reads it.
 //!
 //! Which changed entities go in a snapshot is decided by an integer priority
 //! accumulator (own ship first, then the entities within the group's near radius,
