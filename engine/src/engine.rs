@@ -97,6 +97,7 @@ struct ArenaSpan {
     start: usize,
     len: usize,
 }
+
 /// Fewest per-client entries the client list grows by (it grows by an eighth).
 const REPLICAS_GROWTH_MIN: usize = 64;
 
@@ -1160,6 +1161,10 @@ impl Engine {
     /// bytes do not depend on the thread count.
     pub fn write_snapshots(&mut self, out: &mut dyn FnMut(u64, &[u8])) {
         if self.clients.is_empty() {
+            // Nobody left to write to: nothing to keep room for.
+            for arena in &mut self.snapshot_arenas {
+                *arena.get_mut().unwrap_or_else(PoisonError::into_inner) = SnapshotArena::default();
+            }
             return;
         }
         let sector_size_m = self.config.sector_size_m;
@@ -1783,5 +1788,12 @@ mod tests {
             "the crowd's {} bytes let go: {held}",
             steady[0]
         );
+        // And all of it once nobody is left.
+        for id in 1..=STAYING {
+            engine.detach_client(id);
+        }
+        engine.tick();
+        engine.write_snapshots(&mut |_, _| panic!("nobody to write to"));
+        assert_eq!(arenas_bytes(&engine), 0);
     }
 }

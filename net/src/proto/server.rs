@@ -1017,11 +1017,17 @@ impl Server {
         self.next_service = now + SERVICE_INTERVAL;
         self.pending.purge(now);
         let mut timed_out = Vec::new();
+        // Every slot that came due first (more than one after a stall), then their
+        // connections once each: one filed again lands in a slot after them.
         let mut visiting = std::mem::take(&mut self.visiting);
+        let mut last_slot = None;
         for _ in 0..WHEEL_SLOTS {
-            let Some(slot) = self.wheel.take_due(now, &mut visiting) else {
-                break;
-            };
+            match self.wheel.take_due(now, &mut visiting) {
+                Some(slot) => last_slot = Some(slot),
+                None => break,
+            }
+        }
+        if let Some(last_slot) = last_slot {
             for id in visiting.drain(..) {
                 let Some(c) = self.conns.get_mut(&id) else {
                     continue;
@@ -1037,8 +1043,8 @@ impl Server {
                     c.in_ready = true;
                     self.ready.push_back(id);
                 }
-                if c.scheduled == slot {
-                    // Its newest entry: file it at its next deadline.
+                if c.scheduled <= last_slot {
+                    // Its newest entry was among these: file it at its next deadline.
                     c.scheduled = self.wheel.file(id, c.conn.next_deadline());
                 } else {
                     file_if_sooner(&mut self.wheel, id, c);
@@ -1048,8 +1054,11 @@ impl Server {
         self.wheel.catch_up(now);
         self.visiting = visiting;
         for id in timed_out {
-            self.stats.disconnects_timed_out += 1;
-            self.remove(id, DisconnectReason::TimedOut);
+            // Once, though a connection may have been visited twice (stale entries).
+            if self.conns.contains_key(&id) {
+                self.stats.disconnects_timed_out += 1;
+                self.remove(id, DisconnectReason::TimedOut);
+            }
         }
     }
 

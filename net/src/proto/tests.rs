@@ -482,6 +482,30 @@ fn a_timeout_beyond_the_service_wheel_is_met_on_time() {
     );
 }
 
+/// A server that was not serviced for longer than its wheel turns (a stalled thread)
+/// catches up in one service: every connection is looked at once, the silent ones time
+/// out once each, and the live one keeps going.
+#[test]
+fn a_stalled_server_catches_up_in_one_service() {
+    let mut sim = Sim::new(8, 8);
+    connect_one(&mut sim, 21);
+    connect_one(&mut sim, 22);
+    sim.run(Duration::from_millis(200));
+    // Nothing arrives for 7 s (the tokens' timeout is 5 s), and the server is serviced
+    // once at the end of it.
+    sim.cut = true;
+    sim.step(Duration::from_secs(7));
+    assert_eq!(sim.server.n_connected(), 0);
+    assert_eq!(sim.server.stats().disconnects_timed_out, 2);
+    // A newcomer is served as usual afterwards.
+    sim.cut = false;
+    let (c, id) = connect_one(&mut sim, 23);
+    sim.server.send(id, Channel::Reliable, b"after").unwrap();
+    assert!(sim.run_until(Duration::from_millis(500), |s| {
+        s.client_messages(c, Channel::Reliable) == [b"after".to_vec()]
+    }));
+}
+
 #[test]
 fn explicit_disconnect_from_either_side() {
     let mut sim = Sim::new(7, 8);
