@@ -153,6 +153,24 @@ fn connect_exchange_disconnect_and_shutdown(batch_mode: BatchMode) {
         assert!(e.contains(&(Channel::Unreliable, vec![k as u8; 100])));
     }
 
+    // Each connection's stats are published (within the publish interval), by id.
+    pump_until(&mut clients, |_| {
+        (1..=3).all(|a| {
+            handle
+                .conn_stats(id_of(a))
+                .is_some_and(|s| s.packets_in >= 2)
+        })
+    });
+    assert_eq!(handle.conn_stats(ClientId(u64::MAX)), None);
+    let mut listed = Vec::new();
+    handle.for_each_conn_stats(|id, stats| {
+        assert!(stats.packets_out > 0);
+        listed.push(id);
+    });
+    let mut want = vec![id_of(1), id_of(2), id_of(3)];
+    want.sort_unstable();
+    assert_eq!(listed, want, "every connection once, by id");
+
     assert_eq!(
         handle.send(id_of(1), Channel::Unreliable, vec![0u8; 5000]),
         Err(DriverError::TooLarge {

@@ -444,13 +444,13 @@ impl TickMetrics {
     /// connection list is copied out of the net thread).
     fn publish_net(&mut self, net: &ServerHandle) {
         let (mut loss_sum, mut n) = (0.0, 0u32);
-        for (_, conn) in net.all_conn_stats() {
+        net.for_each_conn_stats(|_, conn| {
             if let Some(rtt) = conn.rtt_smoothed_us {
                 self.connection_rtt_us.record(rtt);
             }
             loss_sum += conn.loss_fraction();
             n += 1;
-        }
+        });
         self.connection_rtt_us.publish();
         self.connection_loss
             .set(if n == 0 { 0.0 } else { loss_sum / f64::from(n) });
