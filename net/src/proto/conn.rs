@@ -859,6 +859,16 @@ mod tests {
     use super::*;
     use crate::proto::tests::noise;
 
+    /// Two ends of one connection (each one's send key the other's receive key), 10 s
+    /// timeout, started at `now`.
+    fn pair(now: Instant) -> (Conn, Conn) {
+        let timeout = Duration::from_secs(10);
+        (
+            Conn::new(7, [1; 32], [2; 32], 0, timeout, now),
+            Conn::new(7, [2; 32], [1; 32], 0, timeout, now),
+        )
+    }
+
     /// Seals every packet `from` has to send and feeds the payloads to `to`; returns the
     /// messages delivered.
     fn exchange(now: Instant, from: &mut Conn, to: &mut Conn) -> Vec<Delivered> {
@@ -900,9 +910,7 @@ mod tests {
     #[test]
     fn compression_backs_off_after_a_body_that_does_not_compress() {
         let now = Instant::now();
-        let timeout = Duration::from_secs(10);
-        let mut a = Conn::new(7, [1; 32], [2; 32], 0, timeout, now);
-        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, now);
+        let (mut a, mut b) = pair(now);
         let compressible = vec![7u8; 600];
         let noise = noise(0, 600);
         let send = |a: &mut Conn, b: &mut Conn, body: &[u8]| {
@@ -936,9 +944,7 @@ mod tests {
     #[test]
     fn the_deadline_includes_the_ping_due_while_payloads_flow() {
         let start = Instant::now();
-        let timeout = Duration::from_secs(10);
-        let mut a = Conn::new(7, [1; 32], [2; 32], 0, timeout, start);
-        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, start);
+        let (mut a, mut b) = pair(start);
         assert!(
             a.next_deadline() <= start,
             "never pinged: a keepalive is due now"
@@ -994,9 +1000,7 @@ mod tests {
     #[test]
     fn an_idle_connection_pings_once_per_period_and_sends_nothing_else() {
         let start = Instant::now();
-        let timeout = Duration::from_secs(10);
-        let mut a = Conn::new(7, [1; 32], [2; 32], 0, timeout, start);
-        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, start);
+        let (mut a, mut b) = pair(start);
         exchange(start, &mut a, &mut b);
         let sent = a.stats.packets_out;
         let five_s = start + Duration::from_secs(5);
@@ -1021,9 +1025,7 @@ mod tests {
     #[test]
     fn an_ack_owed_goes_within_the_keepalive_interval() {
         let start = Instant::now();
-        let timeout = Duration::from_secs(10);
-        let mut a = Conn::new(7, [1; 32], [2; 32], 0, timeout, start);
-        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, start);
+        let (mut a, mut b) = pair(start);
         exchange(start, &mut a, &mut b);
         exchange(start, &mut b, &mut a);
         // A few unreliable packets from b: their acks wait for a's next packet.
@@ -1077,9 +1079,7 @@ mod tests {
     #[test]
     fn a_due_ping_rides_a_payload_and_both_sides_measure_the_round_trip() {
         let start = Instant::now();
-        let timeout = Duration::from_secs(10);
-        let mut a = Conn::new(7, [1; 32], [2; 32], 0, timeout, start);
-        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, start);
+        let (mut a, mut b) = pair(start);
         let one_way = Duration::from_millis(3);
         // The first pings are keepalive packets (the client learns its id from one).
         let (_, first) = deliver(start, start + one_way, &mut a, &mut b);
@@ -1129,9 +1129,7 @@ mod tests {
     #[test]
     fn a_due_ping_that_leaves_no_room_goes_in_a_keepalive_first() {
         let start = Instant::now();
-        let timeout = Duration::from_secs(10);
-        let mut a = Conn::new(7, [1; 32], [2; 32], 0, timeout, start);
-        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, start);
+        let (mut a, mut b) = pair(start);
         exchange(start, &mut a, &mut b);
         let now = start + KEEPALIVE_INTERVAL_MAX;
         // Bytes that do not compress, so the body stays the largest.
@@ -1156,8 +1154,7 @@ mod tests {
     #[test]
     fn a_ping_message_of_the_wrong_length_drops_the_packet() {
         let now = Instant::now();
-        let timeout = Duration::from_secs(10);
-        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, now);
+        let (_, mut b) = pair(now);
         for len in [0, PING_BODY_BYTES - 1, PING_BODY_BYTES + 1] {
             let mut body = [0u8; 64];
             let mut pos = 0;
@@ -1183,9 +1180,7 @@ mod tests {
     #[test]
     fn a_backed_up_unreliable_queue_keeps_the_newest_messages_within_its_bounds() {
         let now = Instant::now();
-        let timeout = Duration::from_secs(10);
-        let mut a = Conn::new(7, [1; 32], [2; 32], 0, timeout, now);
-        let mut b = Conn::new(7, [2; 32], [1; 32], 0, timeout, now);
+        let (mut a, mut b) = pair(now);
         // Twenty 1000-byte messages queued before anything is sent: 4 KiB holds four.
         for i in 0..20u8 {
             a.queue(Channel::Unreliable, vec![i; 1000]).unwrap();
