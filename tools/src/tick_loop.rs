@@ -441,7 +441,7 @@ impl TickMetrics {
     }
 
     /// Transport counters and per-connection RTT and loss (about once a second: the
-    /// connection list is copied out of the net thread).
+    /// connection list is read in place, under the lock the net thread publishes it with).
     fn publish_net(&mut self, net: &ServerHandle) {
         let (mut loss_sum, mut n) = (0.0, 0u32);
         net.for_each_conn_stats(|_, conn| {
