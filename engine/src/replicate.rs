@@ -46,7 +46,8 @@
 //! Which changed entities go in a snapshot is decided by an integer priority
 //! accumulator (own ship first, then the entities within the group's near radius,
 //! about the nearest [`NEAR_ENTITIES`], sixteen times as often as the far ones, every
-//! waiting entity gaining priority each write) filling the snapshot from the top. How
+//! waiting entity gaining priority each write) and a per-client threshold that follows
+//! the budget: a deficit round robin over the slots, no sort. How
 //! often a client gets one is its rate
 //! (the fighting / moving / idle rates of `EngineConfig::replication_rates_hz`, 60 / 20
 //! / 10 Hz by default, capped by the tick rate) and its budget (`replication_bytes_per_s`, a token bucket: a
@@ -241,9 +242,6 @@ pub(crate) const NO_GROUP: u32 = u32::MAX;
 pub const NEAR_ENTITIES: usize = 64;
 /// Seconds a client stays at the fighting rate after its ship last fought.
 const COMBAT_HOLD_S: u32 = 2;
-/// Records that did not fit after which a snapshot is taken as full: the rest are
-/// rarely smaller, and trying each would cost as much as the whole choice.
-const MISFITS_MAX: usize = 4;
 
 /// Priority gained per write by an entity `ratio_sq` (squared distance over squared
 /// near radius) from the client: [`PRIORITY_NEAR`] within the near radius, then falling
@@ -1207,6 +1205,19 @@ impl Slot {
         }
     }
 
+    /// A record of the slot was sent in a write whose threshold was `threshold`: it
+    /// pays that from its priority and keeps at most as much again (an entity that
+    /// gains more than the threshold is sent every write without banking priority it
+    /// would spend all at once after moving away); the client's `own` ship starts
+    /// again from 0.
+    fn pay(&mut self, threshold: u16, own: bool) {
+        self.priority = if own {
+            0
+        } else {
+            self.priority.saturating_sub(threshold).min(threshold)
+        };
+    }
+
     fn presence_unsettled(&self) -> bool {
         self.state & STATE_PRESENCE_DUE != 0 || self.inflight & PRESENCE_BIT != 0
     }
@@ -1241,8 +1252,9 @@ struct WriteScratch {
     slots: Vec<Slot>,
     /// This write's view of each slot, aligned with the client's slots.
     views: Vec<SlotView>,
-    /// Sort keys of the slots with something due ([`choice_key`]).
-    keys: Vec<u32>,
+    /// The record length of each slot with something due (0: nothing due), aligned
+    /// with the client's slots.
+    lens: Vec<u8>,
     /// The priority each candidate gains this write (aligned with the candidates).
     gains: Vec<u16>,
     /// Chosen slots, one bit per slot index (= entity id order).
@@ -1256,7 +1268,7 @@ thread_local! {
         RefCell::new(WriteScratch {
             slots: Vec::new(),
             views: Vec::new(),
-            keys: Vec::new(),
+            lens: Vec::new(),
             gains: Vec::new(),
             picked: Picked::NONE,
             merged: Vec::new(),
@@ -1331,9 +1343,12 @@ pub(crate) struct ClientReplication {
     /// The epoch of the last [`ClientReplication::plan`] (0: none): what the client's
     /// ship did since then decides its rate.
     planned_epoch: u64,
-    /// The last write had to leave a due record out (its budget or size bound held it):
-    /// the next one sorts its records at once instead of first trying to take them all.
-    budget_bound: bool,
+    /// The priority a slot needs to be sent ahead of the others (0: not set yet, taken
+    /// as [`PRIORITY_NEAR`]), following the budget ([`ClientReplication::choose`]).
+    threshold: u16,
+    /// The entity id where the last full snapshot stopped going round the slots: the
+    /// next one starts there.
+    cursor: u64,
     /// Acknowledged sequences at and before `newest_ack`: bit `k` is `newest_ack - k`
     /// (the last [`SNAPSHOT_RING_LEN`]). A slot's inflight bits are settled at the next
     /// write once its carrier is here.
@@ -1480,6 +1495,7 @@ impl ClientReplication {
         if self.reset_seq == 0 || self.next_seq - anchor >= SNAPSHOT_RING_LEN as u32 {
             self.reset_seq = self.next_seq;
             self.slots.clear();
+            (self.threshold, self.cursor) = (0, 0);
             counts.resets = 1;
         }
         let last_epoch = std::mem::replace(&mut self.last_epoch, ctx.epoch);
@@ -1519,7 +1535,7 @@ impl ClientReplication {
             let WriteScratch {
                 slots,
                 views,
-                keys,
+                lens,
                 gains,
                 picked,
                 merged,
@@ -1552,8 +1568,8 @@ impl ClientReplication {
                 header: &delta_header,
                 bytes_max,
             };
-            let cutoff = self.choose(&choice, keys, gains, picked, &mut counts);
-            self.encode(buf, &choice, picked, cutoff, &mut counts);
+            let threshold = self.choose(&choice, lens, gains, picked, &mut counts);
+            self.encode(buf, &choice, picked, threshold, &mut counts);
             if ctx.keep_expected {
                 self.keep_expected(&choice);
             }
@@ -1652,18 +1668,28 @@ impl ClientReplication {
         self.slots.extend_from_slice(scratch);
     }
 
-    /// Raises the priority of every slot with something due and picks, from the top,
-    /// the records that fit the budget (into `picked`). Returns the lowest priority
-    /// picked.
+    /// Raises the priority of every slot with something due and picks the records of
+    /// this snapshot (into `picked`): the client's own ship first, then, going round the
+    /// slots from where the last full snapshot stopped, every due slot whose priority
+    /// reached the client's threshold, while they fit; if room is left, the other due
+    /// slots in the same order. Returns the threshold this write used (what a record
+    /// sent costs its slot's priority).
+    ///
+    /// A deficit round robin, not a sort: each entity is sent about as often as its
+    /// gain over the threshold (every write at most), and the threshold follows the
+    /// budget, an eighth up after a write that left a slot at the threshold out, an
+    /// eighth down after one with room for slots below it. Going round from where the
+    /// last full write stopped, no slot waits behind lower ids for ever. Sorting every
+    /// due slot's priority each write (as this did until the tenth session) cost about
+    /// a third of a budget-bound client's write (BENCHMARKS.md).
     fn choose(
         &mut self,
         choice: &Choice<'_>,
-        keys: &mut Vec<u32>,
+        lens: &mut Vec<u8>,
         gains: &mut Vec<u16>,
         picked: &mut Picked,
         counts: &mut DeltaWriteCounts,
     ) -> u16 {
-        keys.clear();
         *picked = Picked::NONE;
         let inv_near_sq = 1.0 / choice.near_sq;
         let reference = choice.reference;
@@ -1675,11 +1701,19 @@ impl ClientReplication {
             let dy = entry.y_m - reference.1;
             distance_gain((dx * dx + dy * dy) * inv_near_sq)
         }));
-        for (index, (slot, view)) in self.slots.iter_mut().zip(choice.views).enumerate() {
-            if view.pending == 0 {
-                continue;
-            }
-            let own = view.cand != CAND_NONE && slot.entity_id == choice.own_id;
+        let threshold = match self.threshold {
+            // A new view: the nearest first.
+            0 => PRIORITY_NEAR,
+            threshold => threshold,
+        };
+        let mut fill = Fill {
+            used: DELTA_HEADER_BYTES_MAX,
+            records: 0,
+            bytes_max: choice.bytes_max,
+        };
+        let slots = &mut self.slots[..];
+        // What a due slot gains this write, and its record's length.
+        let gain_and_len = |slot: &Slot, view: SlotView| {
             let gain = if view.cand == CAND_NONE {
                 PRIORITY_REMOVAL
             } else {
@@ -1688,100 +1722,92 @@ impl ClientReplication {
                     .copied()
                     .unwrap_or(PRIORITY_FAR)
             };
-            slot.priority = slot.priority.saturating_add(gain);
-            keys.push(choice_key(own, slot.priority, index));
-        }
-        // The smallest record: id, mask and one one-byte field.
-        const RECORD_BYTES_MIN: usize = 3;
-        // The shortest record of all: a removal's id and mask.
-        const RECORD_BYTES_LEAST: usize = 2;
-        // When every due record fits, the walk below would pick them all, in whatever
-        // order: take them without sorting (a client held by its rate rather than its
-        // budget, such as every roaming pilot at 10 Hz, usually has room for all). The
-        // cutoff is then the lowest key's priority, as the walk's last pick would be.
-        // "Fits" as the walk sees it: before its last pick it also wants room for a
-        // smallest record, which the last can be a byte shorter than. Not tried after a
-        // write that left records out (the dense battle's every write, a busy roam's):
-        // the try would then mostly cost a pass over the lengths.
-        if !self.budget_bound && keys.len() <= DELTA_RECORDS_MAX {
-            let mut used = DELTA_HEADER_BYTES_MAX + (RECORD_BYTES_MIN - RECORD_BYTES_LEAST);
-            let fits_all = keys.iter().all(|&key| {
-                used += self.record_len((!key & KEY_INDEX_MASK) as usize, choice);
-                used <= choice.bytes_max
-            });
-            if fits_all {
-                let mut lowest = u32::MAX;
-                for &key in keys.iter() {
-                    picked.insert((!key & KEY_INDEX_MASK) as usize);
-                    lowest = lowest.min(key);
-                }
-                return if keys.is_empty() {
-                    0
-                } else {
-                    (lowest >> KEY_INDEX_BITS) as u16
-                };
-            }
-        }
-        // A full sort of the (at most a view's worth of) keys: measured about 10% less
-        // CPU per write than a heap popping only what gets a look, whose pops are one
-        // long dependency chain each.
-        keys.sort_unstable_by(|a, b| b.cmp(a));
-        let mut cutoff = 0;
-        let mut used = DELTA_HEADER_BYTES_MAX;
-        let mut misfits = 0;
-        let mut records = 0;
-        let deferred_before = counts.deferred;
-        for (popped, &key) in keys.iter().enumerate() {
-            if used + RECORD_BYTES_MIN > choice.bytes_max
-                || records >= DELTA_RECORDS_MAX
-                || misfits > MISFITS_MAX
-            {
-                counts.deferred += (keys.len() - popped) as u64;
-                break;
-            }
-            let index = (!key & KEY_INDEX_MASK) as usize;
-            // Measured after id 0: an upper bound of the real (delta-coded) length.
-            let len = self.record_len(index, choice);
-            if used + len <= choice.bytes_max {
-                used += len;
-                records += 1;
-                picked.insert(index);
-                cutoff = (key >> KEY_INDEX_BITS) as u16;
-            } else {
-                counts.deferred += 1;
-                misfits += 1;
-            }
-        }
-        self.budget_bound = counts.deferred > deferred_before;
-        cutoff
-    }
-
-    /// The length of the record slot `index` is due, measured after id 0 (as if first),
-    /// without reading the entity's values: the same as `record_len(0, &record)`.
-    fn record_len(&self, index: usize, choice: &Choice<'_>) -> usize {
-        let slot = &self.slots[index];
-        let view = choice.views[index];
-        let entry = if view.pending == RECORD_REMOVED {
-            None
-        } else {
-            choice.cands.get(usize::from(view.cand))
+            (gain, record_len(slot, view, choice) as u8)
         };
-        match entry {
-            Some(entry) => record_len_of(slot.entity_id, view.pending, &entry.field_bytes),
-            None => record_len_of(slot.entity_id, RECORD_REMOVED, &[0; 6]),
+        // The client's own ship first.
+        let own = slots
+            .binary_search_by_key(&choice.own_id, |slot| slot.entity_id)
+            .ok()
+            .filter(|&index| {
+                let view = choice.views[index];
+                choice.own_id != 0 && view.cand != CAND_NONE && view.pending != 0
+            });
+        let mut due = 0usize;
+        if let Some(index) = own {
+            let (gain, len) = gain_and_len(&slots[index], choice.views[index]);
+            slots[index].priority = slots[index].priority.saturating_add(gain);
+            due += 1;
+            if fill.take(len) {
+                picked.insert(index);
+            }
         }
+        // Then, round from the cursor, every due slot gains, and those at the threshold
+        // are taken while they fit, branch-free (whether a slot reached the threshold is
+        // close to a coin toss in a budget-bound crowd): every record that fits is
+        // taken, and the first one left out is where the next write starts. Lengths of
+        // the slots not taken are noted (0: nothing due or taken) for a second round.
+        lens.clear();
+        lens.resize(slots.len(), 0);
+        let start = slots.partition_point(|slot| slot.entity_id < self.cursor);
+        let mut left_out = None;
+        let mut below = false;
+        for index in (start..slots.len()).chain(0..start) {
+            let view = choice.views[index];
+            if view.pending == 0 || Some(index) == own {
+                continue;
+            }
+            due += 1;
+            let slot = &mut slots[index];
+            let (gain, len) = gain_and_len(slot, view);
+            slot.priority = slot.priority.saturating_add(gain);
+            let wanted = slot.priority >= threshold;
+            below |= !wanted;
+            let take = wanted
+                & (fill.used + usize::from(len) <= fill.bytes_max)
+                & (fill.records < DELTA_RECORDS_MAX);
+            fill.used += usize::from(len) & usize::from(take).wrapping_neg();
+            fill.records += usize::from(take);
+            picked.set(index, take);
+            lens[index] = len & u8::from(!take).wrapping_neg();
+            if wanted && !take && left_out.is_none() {
+                left_out = Some(index);
+            }
+        }
+        match left_out {
+            Some(index) => {
+                self.cursor = slots[index].entity_id;
+                self.threshold = threshold.saturating_add(threshold / 8 + 1);
+            }
+            None if below => {
+                // Room for more: the rest, in the same order, while they fit.
+                for index in (start..slots.len()).chain(0..start) {
+                    let len = lens[index];
+                    if len == 0 {
+                        continue;
+                    }
+                    if fill.take(len) {
+                        picked.insert(index);
+                    } else if left_out.is_none() {
+                        left_out = Some(index);
+                        self.cursor = slots[index].entity_id;
+                    }
+                }
+                self.threshold = (threshold - threshold / 8).max(PRIORITY_FAR);
+            }
+            None => self.threshold = threshold,
+        }
+        counts.deferred += (due - fill.records) as u64;
+        threshold
     }
 
-    /// Writes the chosen records and notes what each carried. A sent entity keeps the
-    /// priority it had above `cutoff` (the lowest picked): an entity that gains more
-    /// than the cutoff every two writes, and less every write, is then sent at a rate
-    /// in between, instead of every second write like all its peers.
+    /// Writes the chosen records and notes what each carried; each sent slot pays
+    /// `threshold`, the one [`ClientReplication::choose`] used ([`Slot::pay`]).
     fn encode(
         &mut self,
         buf: &mut Vec<u8>,
         choice: &Choice<'_>,
         picked: &Picked,
-        cutoff: u16,
+        threshold: u16,
         counts: &mut DeltaWriteCounts,
     ) {
         let seq = choice.header.seq;
@@ -1835,11 +1861,7 @@ impl ClientReplication {
             }
             counts.records += 1;
             slot.carrier_seq = seq;
-            slot.priority = if slot.entity_id == choice.own_id {
-                0
-            } else {
-                slot.priority.saturating_sub(cutoff)
-            };
+            slot.pay(threshold, slot.entity_id == choice.own_id);
             if mask == RECORD_REMOVED {
                 slot.inflight = PRESENCE_BIT;
                 slot.state = (slot.state & !STATE_PRESENCE_DUE) | FIELDS_ALL;
@@ -1869,6 +1891,44 @@ impl ClientReplication {
                 self.expected.push(cached.value);
             }
         }
+    }
+}
+
+/// The length of the record `slot` is due (`view`), measured after id 0 (as if first),
+/// without reading the entity's values: the same as `record_len(0, &record)`.
+fn record_len(slot: &Slot, view: SlotView, choice: &Choice<'_>) -> usize {
+    let entry = if view.pending == RECORD_REMOVED {
+        None
+    } else {
+        choice.cands.get(usize::from(view.cand))
+    };
+    match entry {
+        Some(entry) => record_len_of(slot.entity_id, view.pending, &entry.field_bytes),
+        None => record_len_of(slot.entity_id, RECORD_REMOVED, &[0; 6]),
+    }
+}
+
+/// A snapshot being filled by [`ClientReplication::choose`]: bytes (record lengths as
+/// measured after id 0, an upper bound of the delta-coded ones) and records so far.
+/// Lengths are kept as bytes.
+struct Fill {
+    used: usize,
+    records: usize,
+    bytes_max: usize,
+}
+
+const _: () = assert!(DELTA_RECORD_BYTES_MAX <= u8::MAX as usize);
+
+impl Fill {
+    /// Takes a record of `len` bytes if it fits.
+    fn take(&mut self, len: u8) -> bool {
+        let len = usize::from(len);
+        let fits = self.used + len <= self.bytes_max && self.records < DELTA_RECORDS_MAX;
+        if fits {
+            self.used += len;
+            self.records += 1;
+        }
+        fits
     }
 }
 
@@ -1914,21 +1974,6 @@ impl AckWindow {
     }
 }
 
-/// Bits of a [`choice_key`] that hold the (inverted) slot index.
-const KEY_INDEX_BITS: u32 = 9;
-const KEY_INDEX_MASK: u32 = (1 << KEY_INDEX_BITS) - 1;
-const _: () = assert!(KNOWN_SLOTS_MAX <= 1 << KEY_INDEX_BITS);
-
-/// A slot's place in the choice, as one integer whose descending order is the order
-/// records are picked in: the client's own ship first, then the highest priority, ties
-/// by lowest slot index (= entity id).
-#[inline]
-fn choice_key(own: bool, priority: u16, index: usize) -> u32 {
-    (u32::from(own) << (16 + KEY_INDEX_BITS))
-        | (u32::from(priority) << KEY_INDEX_BITS)
-        | (!(index as u32) & KEY_INDEX_MASK)
-}
-
 /// A set of slot indices (below [`KNOWN_SLOTS_MAX`]), iterated in increasing order: the
 /// records chosen for a snapshot, written in entity id order without a sort.
 #[derive(Debug, Clone, Copy)]
@@ -1936,6 +1981,13 @@ struct Picked([u64; KNOWN_SLOTS_MAX / 64]);
 
 impl Picked {
     const NONE: Picked = Picked([0; KNOWN_SLOTS_MAX / 64]);
+
+    /// Adds `index` when `yes` (branch-free).
+    fn set(&mut self, index: usize, yes: bool) {
+        if let Some(word) = self.0.get_mut(index / 64) {
+            *word |= u64::from(yes) << (index % 64);
+        }
+    }
 
     fn insert(&mut self, index: usize) {
         if let Some(word) = self.0.get_mut(index / 64) {
@@ -2014,21 +2066,23 @@ mod tests {
         assert_eq!(std::mem::size_of::<GroupEntry>(), 40);
     }
 
-    /// Taking every due record without a sort, when they all fit, picks what the sorted
-    /// walk picks, with the same cutoff and priorities: random views, field lengths,
-    /// removals and budgets, each chosen both ways.
+    /// The choice never overfills a snapshot, takes every due record when they all
+    /// fit, the client's own ship first, and counts what it left: random views, field
+    /// lengths, removals, priorities, thresholds and budgets.
     #[test]
-    fn taking_all_when_all_fit_matches_the_sorted_walk() {
+    fn the_choice_fills_within_the_budget_own_ship_first() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let (mut fast, mut sorted) = (0, 0);
+        let (mut all_fit, mut some_left) = (0, 0);
         for case in 0..3_000 {
             let n = rng.gen_range(0..KNOWN_SLOTS_MAX);
             let mut cands = Vec::new();
             let mut views = Vec::new();
             let mut slots = Vec::new();
-            for index in 0..n {
-                let entity_id = 1 + index as u64 * rng.gen_range(1..300);
+            let mut entity_id = 0;
+            for _ in 0..n {
+                // Slots are sorted by id.
+                entity_id += rng.gen_range(1..300);
                 let removed = rng.gen_bool(0.1);
                 let field_bytes: [u8; 6] = std::array::from_fn(|_| rng.gen_range(1..6));
                 if !removed {
@@ -2110,47 +2164,181 @@ mod tests {
                 header: &header,
                 bytes_max,
             };
-            let client = ClientReplication {
+            let mut client = ClientReplication {
                 delta: true,
                 slots,
+                threshold: rng.gen_range(0..2_000),
                 ..ClientReplication::default()
             };
-            let mut outcomes = Vec::new();
-            for budget_bound in [false, true] {
-                let mut client = ClientReplication {
-                    budget_bound,
-                    slots: client.slots.clone(),
-                    ..ClientReplication::default()
-                };
-                let (mut keys, mut gains) = (Vec::new(), Vec::new());
-                let mut picked = Picked::NONE;
-                let mut counts = DeltaWriteCounts::default();
-                let cutoff =
-                    client.choose(&choice, &mut keys, &mut gains, &mut picked, &mut counts);
-                let priorities: Vec<u16> = client.slots.iter().map(|s| s.priority).collect();
-                outcomes.push((
-                    picked.iter().collect::<Vec<_>>(),
-                    cutoff,
-                    counts,
-                    priorities,
-                    client.budget_bound,
-                ));
+            let own = client
+                .slots
+                .iter()
+                .position(|slot| slot.entity_id == choice.own_id)
+                .filter(|&index| views[index].cand != CAND_NONE && views[index].pending != 0);
+            let lens: Vec<usize> = client
+                .slots
+                .iter()
+                .zip(&views)
+                .map(|(slot, &view)| record_len(slot, view, &choice))
+                .collect();
+            let (mut scratch, mut gains) = (Vec::new(), Vec::new());
+            let mut picked = Picked::NONE;
+            let mut counts = DeltaWriteCounts::default();
+            client.choose(&choice, &mut scratch, &mut gains, &mut picked, &mut counts);
+            let picked: Vec<usize> = picked.iter().collect();
+            let due = views.iter().filter(|view| view.pending != 0).count();
+            assert!(
+                picked.iter().all(|&index| views[index].pending != 0),
+                "case {case}: a slot with nothing due was picked"
+            );
+            let used = DELTA_HEADER_BYTES_MAX + picked.iter().map(|&i| lens[i]).sum::<usize>();
+            assert!(
+                used <= bytes_max,
+                "case {case}: {used} bytes over {bytes_max}"
+            );
+            assert_eq!(
+                counts.deferred,
+                (due - picked.len()) as u64,
+                "case {case}: deferred"
+            );
+            if let Some(own) = own.filter(|&own| DELTA_HEADER_BYTES_MAX + lens[own] <= bytes_max) {
+                assert!(picked.contains(&own), "case {case}: own ship left out");
             }
-            let (taken, walked) = (&outcomes[0], &outcomes[1]);
-            assert_eq!(taken.0, walked.0, "case {case}: picked");
-            assert_eq!(taken.1, walked.1, "case {case}: cutoff");
-            assert_eq!(taken.2, walked.2, "case {case}: counts");
-            assert_eq!(taken.3, walked.3, "case {case}: priorities");
-            if walked.4 {
-                sorted += 1;
+            if total <= bytes_max {
+                assert_eq!(picked.len(), due, "case {case}: all fit, some left out");
+                all_fit += 1;
             } else {
-                fast += 1;
+                some_left += 1;
             }
         }
-        // Both outcomes are common enough for the comparison to mean something.
+        // Both outcomes are common enough for the test to mean something.
         assert!(
-            fast > 300 && sorted > 300,
-            "{fast} fit all, {sorted} did not"
+            all_fit > 300 && some_left > 300,
+            "{all_fit} fit all, {some_left} did not"
+        );
+    }
+
+    /// A client whose budget holds two thirds of what is due, write after write: the
+    /// threshold settles where the snapshots are full, no entity waits long, and the
+    /// nearest are sent most (every write), the farthest least.
+    #[test]
+    fn a_budget_bound_client_goes_round_its_view_nearest_most() {
+        const SLOTS: usize = REPLICA_ENTITIES_MAX;
+        const WRITES: usize = 600;
+        // Entity `k` (ids 10, 20, ...) at `k` metres from the client: the 64 nearest
+        // within the 64 m near radius, the rest falling off to 2 radii.
+        let cands: Vec<GroupEntry> = (0..SLOTS)
+            .map(|k| GroupEntry {
+                entity_id: 10 * (k as u64 + 1),
+                x_m: k as f32,
+                y_m: 0.0,
+                at: CacheRef {
+                    sector: 0,
+                    index: 0,
+                },
+                changed: FIELD_POSITION,
+                field_bytes: [6, 2, 2, 2, 2, 2],
+                fields_at: FIELDS_NONE,
+                changed_by_gap: [GAP_UNKNOWN; CHANGED_GAPS],
+            })
+            .collect();
+        let views: Vec<SlotView> = (0..SLOTS)
+            .map(|k| SlotView {
+                cand: k as u16,
+                pending: FIELD_POSITION,
+            })
+            .collect();
+        let mut client = ClientReplication {
+            delta: true,
+            slots: cands.iter().map(|c| Slot::entering(c.entity_id)).collect(),
+            ..ClientReplication::default()
+        };
+        let header = DeltaHeader {
+            seq: 1,
+            reset_seq: 1,
+            tick: 1,
+            time_dilation_permille: 1000,
+            controlled_entity: 0,
+            origin_x_cm: 0,
+            origin_y_cm: 0,
+        };
+        let record = record_len(&client.slots[0], views[0], &{
+            Choice {
+                cands: &cands,
+                fields: &[],
+                views: &views,
+                own_id: 0,
+                sectors: &[],
+                reference: (0.0, 0.0),
+                near_sq: 64.0 * 64.0,
+                header: &header,
+                bytes_max: 0,
+            }
+        });
+        let bytes_max = DELTA_HEADER_BYTES_MAX + SLOTS * 2 / 3 * record;
+        let choice = Choice {
+            cands: &cands,
+            fields: &[],
+            views: &views,
+            own_id: 0,
+            sectors: &[],
+            reference: (0.0, 0.0),
+            near_sq: 64.0 * 64.0,
+            header: &header,
+            bytes_max,
+        };
+        let len = |index: usize| {
+            record_len(
+                &Slot::entering(cands[index].entity_id),
+                views[index],
+                &choice,
+            )
+        };
+        let (mut lens, mut gains) = (Vec::new(), Vec::new());
+        let mut sent = vec![0u32; SLOTS];
+        let mut last_sent = vec![0usize; SLOTS];
+        let mut longest_wait = vec![0usize; SLOTS];
+        for write in 1..=WRITES {
+            let mut picked = Picked::NONE;
+            let mut counts = DeltaWriteCounts::default();
+            let threshold = client.choose(&choice, &mut lens, &mut gains, &mut picked, &mut counts);
+            let picked: Vec<usize> = picked.iter().collect();
+            let used = DELTA_HEADER_BYTES_MAX + picked.iter().map(|&i| len(i)).sum::<usize>();
+            for &index in &picked {
+                client.slots[index].pay(threshold, false);
+                if write > WRITES / 3 {
+                    sent[index] += 1;
+                    longest_wait[index] = longest_wait[index].max(write - last_sent[index]);
+                }
+                last_sent[index] = write;
+            }
+            if write > WRITES / 3 {
+                // Full, to within a record: the longest left out would not fit.
+                let longest = (0..SLOTS).filter(|i| !picked.contains(i)).map(len).max();
+                assert!(
+                    longest.is_none_or(|longest| used + longest > bytes_max),
+                    "write {write}: {used} of {bytes_max}"
+                );
+            }
+        }
+        let measured = (WRITES - WRITES / 3) as f64;
+        let rate = |range: std::ops::Range<usize>| {
+            let n = range.len() as f64;
+            sent[range].iter().map(|&s| f64::from(s)).sum::<f64>() / n / measured
+        };
+        let (nearest, near, farthest) = (rate(0..16), rate(0..64), rate(96..128));
+        assert!(
+            nearest > 0.9,
+            "the nearest 16 sent in {nearest} of the writes"
+        );
+        assert!(
+            near > 2.0 * farthest,
+            "near {near} against farthest {farthest} of the writes"
+        );
+        let longest = longest_wait.iter().max().copied().unwrap_or(0);
+        assert!(
+            sent.iter().all(|&s| s > 0) && longest <= 30,
+            "some entity waited {longest} writes: {sent:?}"
         );
     }
 
