@@ -1191,7 +1191,12 @@ struct SlotView {
     cand: u16,
     /// [`FIELDS_ALL`] subset, or [`RECORD_REMOVED`].
     pending: u8,
+    /// The length of the record due, measured after id 0 (an upper bound of the
+    /// delta-coded one); 0 when nothing is due.
+    len: u8,
 }
+
+const _: () = assert!(DELTA_RECORD_BYTES_MAX <= u8::MAX as usize);
 
 impl Slot {
     /// An entity entering the view: due complete.
@@ -1202,6 +1207,45 @@ impl Slot {
             priority: 0,
             inflight: 0,
             state: FIELDS_ALL | STATE_PRESENT | STATE_PRESENCE_DUE,
+        }
+    }
+
+    /// This write's view of the slot: `pending` is due (a removal when `entry` is
+    /// `None`, else the fields of candidate `cand`, whose gain is in `gains`). A slot
+    /// with something due gains its priority here, in the merge's pass.
+    #[inline]
+    fn due(
+        &mut self,
+        cand: u16,
+        pending: u8,
+        entry: Option<&GroupEntry>,
+        gains: &[u16],
+    ) -> SlotView {
+        if pending == 0 {
+            return SlotView {
+                cand,
+                pending,
+                len: 0,
+            };
+        }
+        let (gain, len) = match entry {
+            Some(entry) => (
+                gains
+                    .get(usize::from(cand))
+                    .copied()
+                    .unwrap_or(PRIORITY_FAR),
+                record_len_of(self.entity_id, pending, &entry.field_bytes),
+            ),
+            None => (
+                PRIORITY_REMOVAL,
+                record_len_of(self.entity_id, RECORD_REMOVED, &[0; 6]),
+            ),
+        };
+        self.priority = self.priority.saturating_add(gain);
+        SlotView {
+            cand,
+            pending,
+            len: len as u8,
         }
     }
 
@@ -1556,19 +1600,18 @@ impl ClientReplication {
                 last_epoch,
                 epoch: ctx.epoch,
             };
-            self.merge(cands, changes, slots, views);
+            gains_of(cands, reference, near_sq, gains);
+            self.merge(cands, changes, gains, slots, views);
             let choice = Choice {
                 cands,
                 fields: group.map_or(&[][..], |g| g.fields(&ctx.groups.blocks)),
                 views,
                 own_id,
                 sectors: ctx.sectors,
-                reference,
-                near_sq,
                 header: &delta_header,
                 bytes_max,
             };
-            let threshold = self.choose(&choice, lens, gains, picked, &mut counts);
+            let threshold = self.choose(&choice, lens, picked, &mut counts);
             self.encode(buf, &choice, picked, threshold, &mut counts);
             if ctx.keep_expected {
                 self.keep_expected(&choice);
@@ -1583,11 +1626,13 @@ impl ClientReplication {
 
     /// Joins the slots with this write's candidates (both sorted by id): new slots for
     /// entities that entered, removals for those that left, and each slot's due fields
-    /// (into `views`, aligned with the slots).
+    /// and record length (into `views`, aligned with the slots); a slot with something
+    /// due gains its priority (`gains`, aligned with the candidates) in the same pass.
     fn merge(
         &mut self,
         cands: &[GroupEntry],
         changes: Changes<'_>,
+        gains: &[u16],
         scratch: &mut Vec<Slot>,
         views: &mut Vec<SlotView>,
     ) {
@@ -1605,10 +1650,8 @@ impl ClientReplication {
                 break;
             }
             settle(slot);
-            views.push(SlotView {
-                cand: same as u16,
-                pending: slot.update_in_view(changes.of(entry)),
-            });
+            let pending = slot.update_in_view(changes.of(entry));
+            views.push(slot.due(same as u16, pending, Some(entry), gains));
             same += 1;
         }
         if same == self.slots.len() && same == cands.len() {
@@ -1627,21 +1670,16 @@ impl ClientReplication {
                     i += 1;
                     settle(&mut slot);
                     if slot.update_out_of_view() {
+                        views.push(slot.due(CAND_NONE, RECORD_REMOVED, None, gains));
                         scratch.push(slot);
-                        views.push(SlotView {
-                            cand: CAND_NONE,
-                            pending: RECORD_REMOVED,
-                        });
                     }
                     continue;
                 }
                 (slot, Some(entry)) if slot.is_none_or(|s| entry.entity_id < s.entity_id) => {
                     if scratch.len() + (slots.len() - i) < KNOWN_SLOTS_MAX {
-                        scratch.push(Slot::entering(entry.entity_id));
-                        views.push(SlotView {
-                            cand: j as u16,
-                            pending: FIELDS_ALL,
-                        });
+                        let mut slot = Slot::entering(entry.entity_id);
+                        views.push(slot.due(j as u16, FIELDS_ALL, Some(entry), gains));
+                        scratch.push(slot);
                     }
                     j += 1;
                     continue;
@@ -1652,10 +1690,8 @@ impl ClientReplication {
             };
             let mut slot = *slot;
             settle(&mut slot);
-            views.push(SlotView {
-                cand: j as u16,
-                pending: slot.update_in_view(changes.of(entry)),
-            });
+            let pending = slot.update_in_view(changes.of(entry));
+            views.push(slot.due(j as u16, pending, Some(entry), gains));
             scratch.push(slot);
             i += 1;
             j += 1;
@@ -1668,12 +1704,12 @@ impl ClientReplication {
         self.slots.extend_from_slice(scratch);
     }
 
-    /// Raises the priority of every slot with something due and picks the records of
-    /// this snapshot (into `picked`): the client's own ship first, then, going round the
-    /// slots from where the last full snapshot stopped, every due slot whose priority
-    /// reached the client's threshold, while they fit; if room is left, the other due
-    /// slots in the same order. Returns the threshold this write used (what a record
-    /// sent costs its slot's priority).
+    /// Picks the records of this snapshot (into `picked`; the merge raised the
+    /// priority of every slot with something due): the client's own ship first, then,
+    /// going round the slots from where the last full snapshot stopped, every due slot
+    /// whose priority reached the client's threshold, while they fit; if room is left,
+    /// the other due slots in the same order. Returns the threshold this write used
+    /// (what a record sent costs its slot's priority).
     ///
     /// A deficit round robin, not a sort: each entity is sent about as often as its
     /// gain over the threshold (every write at most), and the threshold follows the
@@ -1686,21 +1722,10 @@ impl ClientReplication {
         &mut self,
         choice: &Choice<'_>,
         lens: &mut Vec<u8>,
-        gains: &mut Vec<u16>,
         picked: &mut Picked,
         counts: &mut DeltaWriteCounts,
     ) -> u16 {
         *picked = Picked::NONE;
-        let inv_near_sq = 1.0 / choice.near_sq;
-        let reference = choice.reference;
-        // Every candidate's gain first, in one branch-free pass (it vectorizes; almost
-        // every candidate has something due, as most things in space move).
-        gains.clear();
-        gains.extend(choice.cands.iter().map(|entry| {
-            let dx = entry.x_m - reference.0;
-            let dy = entry.y_m - reference.1;
-            distance_gain((dx * dx + dy * dy) * inv_near_sq)
-        }));
         let threshold = match self.threshold {
             // A new view: the nearest first.
             0 => PRIORITY_NEAR,
@@ -1711,91 +1736,93 @@ impl ClientReplication {
             records: 0,
             bytes_max: choice.bytes_max,
         };
-        let slots = &mut self.slots[..];
-        // What a due slot gains this write, and its record's length.
-        let gain_and_len = |slot: &Slot, view: SlotView| {
-            let gain = if view.cand == CAND_NONE {
-                PRIORITY_REMOVAL
-            } else {
-                gains
-                    .get(usize::from(view.cand))
-                    .copied()
-                    .unwrap_or(PRIORITY_FAR)
-            };
-            (gain, record_len(slot, view, choice) as u8)
-        };
+        let slots = &self.slots[..];
+        let n = slots.len();
+        let views = &choice.views[..n];
         // The client's own ship first.
         let own = slots
             .binary_search_by_key(&choice.own_id, |slot| slot.entity_id)
             .ok()
             .filter(|&index| {
-                let view = choice.views[index];
+                let view = views[index];
                 choice.own_id != 0 && view.cand != CAND_NONE && view.pending != 0
             });
-        let mut due = 0usize;
         if let Some(index) = own {
-            let (gain, len) = gain_and_len(&slots[index], choice.views[index]);
-            slots[index].priority = slots[index].priority.saturating_add(gain);
-            due += 1;
-            if fill.take(len) {
+            if fill.take(views[index].len) {
                 picked.insert(index);
             }
         }
-        // Then, round from the cursor, every due slot gains, and those at the threshold
-        // are taken while they fit, branch-free (whether a slot reached the threshold is
+        let own = own.unwrap_or(usize::MAX);
+        // Then, round from the cursor, the due slots whose priority reached the
+        // threshold are taken while they fit, branch-free (whether a slot reached it is
         // close to a coin toss in a budget-bound crowd): every record that fits is
-        // taken, and the first one left out is where the next write starts. Lengths of
-        // the slots not taken are noted (0: nothing due or taken) for a second round.
+        // taken, and the first one left out is where the next write starts. `lens`
+        // keeps the lengths of the due slots not taken (0: nothing due, or taken).
         lens.clear();
-        lens.resize(slots.len(), 0);
+        lens.resize(n, 0);
+        let lens = &mut lens[..n];
         let start = slots.partition_point(|slot| slot.entity_id < self.cursor);
-        let mut left_out = None;
-        let mut below = false;
-        for index in (start..slots.len()).chain(0..start) {
-            let view = choice.views[index];
-            if view.pending == 0 || Some(index) == own {
-                continue;
+        let at = |k: usize| {
+            if start + k >= n {
+                start + k - n
+            } else {
+                start + k
             }
-            due += 1;
-            let slot = &mut slots[index];
-            let (gain, len) = gain_and_len(slot, view);
-            slot.priority = slot.priority.saturating_add(gain);
-            let wanted = slot.priority >= threshold;
-            below |= !wanted;
+        };
+        let mut first_left = usize::MAX;
+        let mut below = false;
+        for k in 0..n {
+            let index = at(k);
+            let view = views[index];
+            let due = (view.pending != 0) & (index != own);
+            let len = view.len;
+            let wanted = due & (slots[index].priority >= threshold);
+            below |= due & !wanted;
             let take = wanted
                 & (fill.used + usize::from(len) <= fill.bytes_max)
                 & (fill.records < DELTA_RECORDS_MAX);
             fill.used += usize::from(len) & usize::from(take).wrapping_neg();
             fill.records += usize::from(take);
-            picked.set(index, take);
-            lens[index] = len & u8::from(!take).wrapping_neg();
-            if wanted && !take && left_out.is_none() {
-                left_out = Some(index);
-            }
+            lens[index] = len & u8::from(due & !take).wrapping_neg();
+            first_left = if wanted & !take {
+                first_left.min(k)
+            } else {
+                first_left
+            };
         }
-        match left_out {
-            Some(index) => {
-                self.cursor = slots[index].entity_id;
-                self.threshold = threshold.saturating_add(threshold / 8 + 1);
-            }
-            None if below => {
-                // Room for more: the rest, in the same order, while they fit.
-                for index in (start..slots.len()).chain(0..start) {
-                    let len = lens[index];
-                    if len == 0 {
-                        continue;
-                    }
-                    if fill.take(len) {
-                        picked.insert(index);
-                    } else if left_out.is_none() {
-                        left_out = Some(index);
-                        self.cursor = slots[index].entity_id;
-                    }
+        let wanted_left = first_left != usize::MAX;
+        if !wanted_left && below {
+            // Room for more: the rest, in the same order, while they fit.
+            for k in 0..n {
+                let index = at(k);
+                let len = lens[index];
+                if len == 0 {
+                    continue;
                 }
-                self.threshold = (threshold - threshold / 8).max(PRIORITY_FAR);
+                if fill.take(len) {
+                    lens[index] = 0;
+                } else {
+                    first_left = first_left.min(k);
+                }
             }
-            None => self.threshold = threshold,
         }
+        // Picked: due, and no length left.
+        let mut due = usize::from(own != usize::MAX);
+        for (index, (view, &len)) in views.iter().zip(lens.iter()).enumerate() {
+            let listed = (view.pending != 0) & (index != own);
+            due += usize::from(listed);
+            picked.set(index, listed & (len == 0));
+        }
+        if first_left != usize::MAX {
+            self.cursor = slots[at(first_left)].entity_id;
+        }
+        self.threshold = if wanted_left {
+            threshold.saturating_add(threshold / 8 + 1)
+        } else if below {
+            (threshold - threshold / 8).max(PRIORITY_FAR)
+        } else {
+            threshold
+        };
         counts.deferred += (due - fill.records) as u64;
         threshold
     }
@@ -1894,30 +1921,26 @@ impl ClientReplication {
     }
 }
 
-/// The length of the record `slot` is due (`view`), measured after id 0 (as if first),
-/// without reading the entity's values: the same as `record_len(0, &record)`.
-fn record_len(slot: &Slot, view: SlotView, choice: &Choice<'_>) -> usize {
-    let entry = if view.pending == RECORD_REMOVED {
-        None
-    } else {
-        choice.cands.get(usize::from(view.cand))
-    };
-    match entry {
-        Some(entry) => record_len_of(slot.entity_id, view.pending, &entry.field_bytes),
-        None => record_len_of(slot.entity_id, RECORD_REMOVED, &[0; 6]),
-    }
+/// What each of `cands` gains this write for a client at `reference` (relative to the
+/// group's origin) with squared near radius `near_sq`, in one branch-free pass (it
+/// vectorizes; almost every candidate has something due, as most things in space move).
+fn gains_of(cands: &[GroupEntry], reference: (f32, f32), near_sq: f32, gains: &mut Vec<u16>) {
+    let inv_near_sq = 1.0 / near_sq;
+    gains.clear();
+    gains.extend(cands.iter().map(|entry| {
+        let dx = entry.x_m - reference.0;
+        let dy = entry.y_m - reference.1;
+        distance_gain((dx * dx + dy * dy) * inv_near_sq)
+    }));
 }
 
 /// A snapshot being filled by [`ClientReplication::choose`]: bytes (record lengths as
 /// measured after id 0, an upper bound of the delta-coded ones) and records so far.
-/// Lengths are kept as bytes.
 struct Fill {
     used: usize,
     records: usize,
     bytes_max: usize,
 }
-
-const _: () = assert!(DELTA_RECORD_BYTES_MAX <= u8::MAX as usize);
 
 impl Fill {
     /// Takes a record of `len` bytes if it fits.
@@ -1943,10 +1966,6 @@ struct Choice<'a> {
     /// The client's own ship (0: none).
     own_id: u64,
     sectors: &'a [Box<Sector>],
-    /// The client's ship (or its group's reference) relative to the group's origin.
-    reference: (f32, f32),
-    /// Squared near radius.
-    near_sq: f32,
     header: &'a DeltaHeader,
     bytes_max: usize,
 }
@@ -2100,42 +2119,31 @@ mod tests {
                         changed_by_gap: [GAP_UNKNOWN; CHANGED_GAPS],
                     });
                 }
-                views.push(SlotView {
-                    cand: if removed {
-                        CAND_NONE
-                    } else {
-                        (cands.len() - 1) as u16
-                    },
-                    pending: match (removed, rng.gen_range(0..4)) {
-                        (true, _) => RECORD_REMOVED,
-                        (false, 0) => 0,
-                        (false, 1) => FIELDS_ALL,
-                        (false, _) => rng.gen_range(1..=FIELDS_ALL),
-                    },
-                });
-                slots.push(Slot {
-                    // Removals often last in the walk: the shortest record, last.
-                    priority: if removed && rng.gen_bool(0.5) {
-                        0
-                    } else {
-                        rng.gen_range(0..u16::MAX)
-                    },
+                let mut slot = Slot {
+                    priority: rng.gen_range(0..u16::MAX),
                     ..Slot::entering(entity_id)
-                });
+                };
+                let pending = match (removed, rng.gen_range(0..4)) {
+                    (true, _) => RECORD_REMOVED,
+                    (false, 0) => 0,
+                    (false, 1) => FIELDS_ALL,
+                    (false, _) => rng.gen_range(1..=FIELDS_ALL),
+                };
+                // Gains of 0 to 2 thresholds: some slots reach it, some do not.
+                let gains: Vec<u16> = vec![rng.gen_range(0..4_000); cands.len()];
+                let (cand, entry) = if removed {
+                    (CAND_NONE, None)
+                } else {
+                    ((cands.len() - 1) as u16, cands.last())
+                };
+                views.push(slot.due(cand, pending, entry, &gains));
+                slots.push(slot);
             }
-            // Budgets around the total of the due records, where the walk's edges are.
+            // Budgets around the total of the due records, where the fill's edges are.
             let total = DELTA_HEADER_BYTES_MAX
                 + views
                     .iter()
-                    .zip(&slots)
-                    .filter(|(view, _)| view.pending != 0)
-                    .map(|(view, slot)| {
-                        let fields = match view.pending {
-                            RECORD_REMOVED => [0; 6],
-                            _ => cands[usize::from(view.cand)].field_bytes,
-                        };
-                        record_len_of(slot.entity_id, view.pending, &fields)
-                    })
+                    .map(|view| usize::from(view.len))
                     .sum::<usize>();
             let bytes_max = match rng.gen_range(0..4) {
                 0 => total.saturating_sub(1),
@@ -2159,8 +2167,6 @@ mod tests {
                 views: &views,
                 own_id: slots.get(n / 2).map_or(0, |s| s.entity_id),
                 sectors: &[],
-                reference: (0.0, 0.0),
-                near_sq: 300.0 * 300.0,
                 header: &header,
                 bytes_max,
             };
@@ -2175,16 +2181,11 @@ mod tests {
                 .iter()
                 .position(|slot| slot.entity_id == choice.own_id)
                 .filter(|&index| views[index].cand != CAND_NONE && views[index].pending != 0);
-            let lens: Vec<usize> = client
-                .slots
-                .iter()
-                .zip(&views)
-                .map(|(slot, &view)| record_len(slot, view, &choice))
-                .collect();
-            let (mut scratch, mut gains) = (Vec::new(), Vec::new());
+            let lens: Vec<usize> = views.iter().map(|view| usize::from(view.len)).collect();
+            let mut scratch = Vec::new();
             let mut picked = Picked::NONE;
             let mut counts = DeltaWriteCounts::default();
-            client.choose(&choice, &mut scratch, &mut gains, &mut picked, &mut counts);
+            client.choose(&choice, &mut scratch, &mut picked, &mut counts);
             let picked: Vec<usize> = picked.iter().collect();
             let due = views.iter().filter(|view| view.pending != 0).count();
             assert!(
@@ -2237,15 +2238,9 @@ mod tests {
                     index: 0,
                 },
                 changed: FIELD_POSITION,
-                field_bytes: [6, 2, 2, 2, 2, 2],
+                field_bytes: [6; 6],
                 fields_at: FIELDS_NONE,
                 changed_by_gap: [GAP_UNKNOWN; CHANGED_GAPS],
-            })
-            .collect();
-        let views: Vec<SlotView> = (0..SLOTS)
-            .map(|k| SlotView {
-                cand: k as u16,
-                pending: FIELD_POSITION,
             })
             .collect();
         let mut client = ClientReplication {
@@ -2262,46 +2257,34 @@ mod tests {
             origin_x_cm: 0,
             origin_y_cm: 0,
         };
-        let record = record_len(&client.slots[0], views[0], &{
-            Choice {
+        let mut gains = Vec::new();
+        gains_of(&cands, (0.0, 0.0), 64.0 * 64.0, &mut gains);
+        let len = |index: usize| record_len_of(cands[index].entity_id, FIELD_POSITION, &[6; 6]);
+        let bytes_max = DELTA_HEADER_BYTES_MAX + SLOTS * 2 / 3 * len(0);
+        let mut lens = Vec::new();
+        let mut sent = vec![0u32; SLOTS];
+        let mut last_sent = vec![0usize; SLOTS];
+        let mut longest_wait = vec![0usize; SLOTS];
+        for write in 1..=WRITES {
+            // Every entity moved: the merge's view of each slot, gains added.
+            let views: Vec<SlotView> = client
+                .slots
+                .iter_mut()
+                .enumerate()
+                .map(|(k, slot)| slot.due(k as u16, FIELD_POSITION, Some(&cands[k]), &gains))
+                .collect();
+            let choice = Choice {
                 cands: &cands,
                 fields: &[],
                 views: &views,
                 own_id: 0,
                 sectors: &[],
-                reference: (0.0, 0.0),
-                near_sq: 64.0 * 64.0,
                 header: &header,
-                bytes_max: 0,
-            }
-        });
-        let bytes_max = DELTA_HEADER_BYTES_MAX + SLOTS * 2 / 3 * record;
-        let choice = Choice {
-            cands: &cands,
-            fields: &[],
-            views: &views,
-            own_id: 0,
-            sectors: &[],
-            reference: (0.0, 0.0),
-            near_sq: 64.0 * 64.0,
-            header: &header,
-            bytes_max,
-        };
-        let len = |index: usize| {
-            record_len(
-                &Slot::entering(cands[index].entity_id),
-                views[index],
-                &choice,
-            )
-        };
-        let (mut lens, mut gains) = (Vec::new(), Vec::new());
-        let mut sent = vec![0u32; SLOTS];
-        let mut last_sent = vec![0usize; SLOTS];
-        let mut longest_wait = vec![0usize; SLOTS];
-        for write in 1..=WRITES {
+                bytes_max,
+            };
             let mut picked = Picked::NONE;
             let mut counts = DeltaWriteCounts::default();
-            let threshold = client.choose(&choice, &mut lens, &mut gains, &mut picked, &mut counts);
+            let threshold = client.choose(&choice, &mut lens, &mut picked, &mut counts);
             let picked: Vec<usize> = picked.iter().collect();
             let used = DELTA_HEADER_BYTES_MAX + picked.iter().map(|&i| len(i)).sum::<usize>();
             for &index in &picked {
