@@ -2085,6 +2085,19 @@ mod tests {
         assert_eq!(std::mem::size_of::<GroupEntry>(), 40);
     }
 
+    /// The header of a client's first delta snapshot, at the origin.
+    fn first_header() -> DeltaHeader {
+        DeltaHeader {
+            seq: 1,
+            reset_seq: 1,
+            tick: 1,
+            time_dilation_permille: 1000,
+            controlled_entity: 0,
+            origin_x_cm: 0,
+            origin_y_cm: 0,
+        }
+    }
+
     /// The choice never overfills a snapshot, takes every due record when they all
     /// fit, the client's own ship first, and counts what it left: random views, field
     /// lengths, removals, priorities, thresholds and budgets.
@@ -2152,15 +2165,7 @@ mod tests {
                 _ => rng.gen_range(0..2_000),
             }
             .max(DELTA_HEADER_BYTES_MAX);
-            let header = DeltaHeader {
-                seq: 1,
-                reset_seq: 1,
-                tick: 1,
-                time_dilation_permille: 1000,
-                controlled_entity: 0,
-                origin_x_cm: 0,
-                origin_y_cm: 0,
-            };
+            let header = first_header();
             let choice = Choice {
                 cands: &cands,
                 fields: &[],
@@ -2248,15 +2253,7 @@ mod tests {
             slots: cands.iter().map(|c| Slot::entering(c.entity_id)).collect(),
             ..ClientReplication::default()
         };
-        let header = DeltaHeader {
-            seq: 1,
-            reset_seq: 1,
-            tick: 1,
-            time_dilation_permille: 1000,
-            controlled_entity: 0,
-            origin_x_cm: 0,
-            origin_y_cm: 0,
-        };
+        let header = first_header();
         let mut gains = Vec::new();
         gains_of(&cands, (0.0, 0.0), 64.0 * 64.0, &mut gains);
         let len = |index: usize| record_len_of(cands[index].entity_id, FIELD_POSITION, &[6; 6]);
