@@ -30,8 +30,8 @@ use warpcore_engine::scenario::{roam_ship, roam_velocity};
 use warpcore_engine::wire::delta::{DeltaSnapshotView, TYPE_DELTA_SNAPSHOT};
 use warpcore_engine::wire::{ClientMsg, ENTITY_VIEW_BYTES, SNAPSHOT_HEADER_BYTES};
 use warpcore_engine::{
-    Engine, EngineConfig, EntityRecord, ReplicaWorld, ShipSpawn, ShipStats, WeaponStats,
-    REPLICA_ENTITIES_MAX,
+    Engine, EngineConfig, EntityRecord, ReplicaWorld, ShipSpawn, ShipStats, WeaponStats, WriteStep,
+    WriteStepTimes, REPLICA_ENTITIES_MAX,
 };
 
 const CLIENTS: u64 = 5000;
@@ -240,6 +240,8 @@ fn nearest(records: &[EntityRecord], own: &EntityRecord, out: &mut Vec<u64>) {
 struct Outcome {
     write_us: Vec<f64>,
     write_cpu_us: Vec<f64>,
+    /// Wall time of each `WriteStep` per measured tick (`WriteStep::ALL` order).
+    step_us: [Vec<f64>; WriteStep::ALL.len()],
     bytes_per_client_s: Vec<f64>,
     nearest_rate_hz: Vec<f64>,
     /// Whether `nearest_rate_hz` was measured (the battle only).
@@ -271,6 +273,7 @@ fn run(
     let mut near = Vec::new();
     let mut write_us = Vec::with_capacity(ticks);
     let mut write_cpu_us = Vec::with_capacity(ticks);
+    let mut step_us: [Vec<f64>; WriteStep::ALL.len()] = Default::default();
     let mut digest = 0xcbf2_9ce4_8422_2325u64;
     let (mut apply_ns, mut applied_snapshots, mut applied_records) = (0u128, 0u64, 0u64);
     for tick in 0..(WARM_UP_TICKS + ticks) as u64 {
@@ -287,15 +290,23 @@ fn run(
         spans.clear();
         let cpu_start = process_cpu_us();
         let start = Instant::now();
-        engine.write_snapshots(&mut |client, payload| {
-            spans.push((client, arena.len(), payload.len()));
-            arena.extend_from_slice(payload);
-        });
+        let mut steps = WriteStepTimes::default();
+        engine.write_snapshots_marked(
+            &mut |client, payload| {
+                spans.push((client, arena.len(), payload.len()));
+                arena.extend_from_slice(payload);
+            },
+            &mut |step| steps.mark(step, Instant::now()),
+        );
+        steps.finish(Instant::now());
         let elapsed = start.elapsed();
         let cpu = process_cpu_us() - cpu_start;
         if measuring {
             write_us.push(elapsed.as_secs_f64() * 1e6);
             write_cpu_us.push(cpu);
+            for (step, times) in WriteStep::ALL.iter().zip(&mut step_us) {
+                times.push(steps.spent(*step).as_secs_f64() * 1e6);
+            }
         }
         for &(client, offset, len) in &spans {
             let index = (client - CLIENT_BASE - 1) as usize;
@@ -359,6 +370,7 @@ fn run(
     Outcome {
         write_us,
         write_cpu_us,
+        step_us,
         bytes_per_client_s: bytes.iter().map(|&b| b as f64 / seconds).collect(),
         nearest_rate_hz: sampled_updates
             .iter()
@@ -395,6 +407,18 @@ fn report(label: &str, outcome: &mut Outcome) {
         percentile(w, 0.99) / 1000.0,
         w[w.len() - 1] / 1000.0,
         w.len()
+    );
+    let steps: Vec<String> = WriteStep::ALL
+        .iter()
+        .zip(&mut outcome.step_us)
+        .map(|(step, times)| {
+            times.sort_by(f64::total_cmp);
+            format!("{} {:.2}", step.name(), percentile(times, 0.5) / 1000.0)
+        })
+        .collect();
+    eprintln!(
+        "{label}: write_snapshots steps, wall p50 ms (the hand-off includes the bench's copy): {}",
+        steps.join(", ")
     );
     eprintln!(
         "{label}: bytes per client per second mean {mean:.0}, p50 {:.0}, p99 {:.0}, max {:.0}",

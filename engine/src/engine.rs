@@ -32,7 +32,7 @@ use crate::replicate::{
     InterestGroups, Plan, RateParams, SnapshotWriter, NO_GROUP,
 };
 use crate::report::{
-    EngineStats, HeapEstimate, RejectCounts, TickReport, Violation, ViolationCounts,
+    EngineStats, HeapEstimate, RejectCounts, TickReport, Violation, ViolationCounts, WriteStep,
 };
 use crate::sector::{clamp_magnitude, find_sector, Sector, ShotOutcome, StepParams};
 use crate::sector_id::SectorId;
@@ -1160,6 +1160,18 @@ impl Engine {
     /// it is full). Delta clients are written in parallel on the worker threads; the
     /// bytes do not depend on the thread count.
     pub fn write_snapshots(&mut self, out: &mut dyn FnMut(u64, &[u8])) {
+        self.write_snapshots_marked(out, &mut |_| {});
+    }
+
+    /// [`Engine::write_snapshots`], calling `step_starts` as each [`WriteStep`] begins
+    /// (groups and writes once per batch of interest groups; nothing when there is no
+    /// client): the server times the steps with it, and the engine itself reads no
+    /// clock.
+    pub fn write_snapshots_marked(
+        &mut self,
+        out: &mut dyn FnMut(u64, &[u8]),
+        step_starts: &mut dyn FnMut(WriteStep),
+    ) {
         if self.clients.is_empty() {
             // Nobody left to write to: nothing to keep room for.
             for arena in &mut self.snapshot_arenas {
@@ -1174,6 +1186,7 @@ impl Engine {
             let arena = arena.get_mut().unwrap_or_else(PoisonError::into_inner);
             arena.bytes.clear();
         }
+        step_starts(WriteStep::Refresh);
         let chunk_len = self.sectors.len().div_ceil(self.threads * 4);
         self.workers
             .for_each_chunked(&mut self.sectors, chunk_len, &|sector| {
@@ -1185,6 +1198,7 @@ impl Engine {
             controlled_entity: 0,
         };
         let rates = RateParams::new(&self.config);
+        step_starts(WriteStep::Plan);
         self.plan_replication(&rates);
 
         let sectors = &self.sectors;
@@ -1192,6 +1206,7 @@ impl Engine {
         let mut written = self.write_order.len() - self.groups.clients_grouped();
         let mut first = 0;
         for batch in 0..self.groups.batches() {
+            step_starts(WriteStep::Groups);
             let blocks = self.groups.batch_blocks_mut(batch);
             let chunk_len = blocks.len().div_ceil(self.threads * 8);
             self.workers.for_each_chunked(blocks, chunk_len, &|block| {
@@ -1202,6 +1217,7 @@ impl Engine {
             self.workers.for_each_chunked(groups, chunk_len, &|group| {
                 group.fill(sectors, blocks, sector_size_m, epoch)
             });
+            step_starts(WriteStep::Writes);
             let ctx = DeltaContext {
                 sectors,
                 groups: &self.groups,
@@ -1256,6 +1272,8 @@ impl Engine {
             );
         }
         debug_assert_eq!(written, self.write_order.len(), "every client written once");
+
+        step_starts(WriteStep::HandOff);
 
         for replica in &mut self.replicas {
             let client = replica.client;

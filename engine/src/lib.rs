@@ -33,7 +33,10 @@ pub use engine::Engine;
 pub use recording::{replay, InputReader, RecordingError, ReplaySummary, REPLAY_HASH_EVERY_TICKS};
 pub use replica::{AppliedSnapshot, ReplicaWorld};
 pub use replicate::REPLICA_ENTITIES_MAX;
-pub use report::{EngineStats, HeapEstimate, RejectCounts, TickReport, Violation, ViolationCounts};
+pub use report::{
+    EngineStats, HeapEstimate, RejectCounts, TickReport, Violation, ViolationCounts, WriteStep,
+    WriteStepTimes,
+};
 pub use sector_id::SectorId;
 pub use ship::{
     EntityRecord, HullInput, ModuleInput, ShipSpawn, ShipStats, StarSystem, WeaponStats,

@@ -43,6 +43,74 @@ impl RejectCounts {
     }
 }
 
+/// The steps of `Engine::write_snapshots_marked`, each marked as it begins, so the
+/// server can time them without the engine reading a clock. Groups and writes take
+/// turns, once per batch of interest groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStep {
+    /// Every sector's replication cache refreshed (values and change epochs).
+    Refresh,
+    /// Each client's plan: its rate, budget and interest group.
+    Plan,
+    /// A batch's shared blocks and interest groups filled (candidates found).
+    Groups,
+    /// A batch's delta clients written, in parallel.
+    Writes,
+    /// Every snapshot handed to the caller in client id order (full snapshots
+    /// written here too).
+    HandOff,
+}
+
+impl WriteStep {
+    /// Every step, in order.
+    pub const ALL: [WriteStep; 5] = [
+        WriteStep::Refresh,
+        WriteStep::Plan,
+        WriteStep::Groups,
+        WriteStep::Writes,
+        WriteStep::HandOff,
+    ];
+
+    /// A short name for metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteStep::Refresh => "refresh",
+            WriteStep::Plan => "plan",
+            WriteStep::Groups => "groups",
+            WriteStep::Writes => "writes",
+            WriteStep::HandOff => "hand_off",
+        }
+    }
+}
+
+/// Time spent in each [`WriteStep`] of one write, from the caller's clock readings
+/// (`mark` in `step_starts`, `finish` after the call).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteStepTimes {
+    spent: [std::time::Duration; WriteStep::ALL.len()],
+    current: Option<(WriteStep, std::time::Instant)>,
+}
+
+impl WriteStepTimes {
+    /// `step` began at `now`: the step before it ended.
+    pub fn mark(&mut self, step: WriteStep, now: std::time::Instant) {
+        self.finish(now);
+        self.current = Some((step, now));
+    }
+
+    /// The write ended at `now`.
+    pub fn finish(&mut self, now: std::time::Instant) {
+        if let Some((step, since)) = self.current.take() {
+            self.spent[step as usize] += now.saturating_duration_since(since);
+        }
+    }
+
+    /// Time spent in `step` (over all its batches).
+    pub fn spent(&self, step: WriteStep) -> std::time::Duration {
+        self.spent[step as usize]
+    }
+}
+
 /// What one call to `Engine::tick` did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TickReport {

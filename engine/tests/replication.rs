@@ -11,7 +11,8 @@ use rand_chacha::ChaCha8Rng;
 use warpcore_engine::wire::delta::{ReplicaEntity, TYPE_DELTA_SNAPSHOT};
 use warpcore_engine::wire::{ClientMsg, TYPE_SNAPSHOT};
 use warpcore_engine::{
-    Engine, EngineConfig, ReplicaWorld, ShipSpawn, ShipStats, WeaponStats, REPLICA_ENTITIES_MAX,
+    Engine, EngineConfig, ReplicaWorld, ShipSpawn, ShipStats, WeaponStats, WriteStep,
+    WriteStepTimes, REPLICA_ENTITIES_MAX,
 };
 
 const TICK_HZ: u32 = 20;
@@ -675,6 +676,59 @@ fn clients_of_a_shared_block_hold_what_the_server_sent() {
         }
     }
     assert_eq!(checked, 8 * 160);
+}
+
+/// A write marks its steps as they begin, in order (groups and writes once per batch
+/// of interest groups: 360 fine-cell groups make two), and none without clients; the
+/// times a caller takes from the marks add up per step.
+#[test]
+fn a_write_marks_its_steps_in_order() {
+    let mut engine = engine();
+    let mut marks = Vec::new();
+    engine.write_snapshots_marked(&mut |_, _| {}, &mut |step| marks.push(step));
+    assert!(marks.is_empty(), "no clients, no steps: {marks:?}");
+    // 360 pilots, each alone in a fine cell of its own, over 36 sectors of 40 ships
+    // (so no 3x3 block is small enough to be one group).
+    let mut pilots = Vec::new();
+    for sector in 0..36u64 {
+        let (x0, y0) = ((sector % 6) as f64 * 1000.0, (sector / 6) as f64 * 1000.0);
+        for k in 10..40u64 {
+            let id = 10_000 + sector * 40 + k;
+            let (x, y) = (x0 + (k * 23) as f64, y0 + (k * 19) as f64);
+            engine.spawn_ship(ship(id, id, x, y, 0.0, 0.0)).unwrap();
+        }
+        for k in 0..10u64 {
+            let id = 1 + sector * 10 + k;
+            let cell = k * 6;
+            let x = x0 + (cell % 8) as f64 * 125.0 + 60.0;
+            let y = y0 + (cell / 8) as f64 * 125.0 + 60.0;
+            engine.spawn_ship(ship(id, id, x, y, 0.0, 0.0)).unwrap();
+            engine.attach_client(id, id, id).unwrap();
+            engine
+                .handle_client_message(id, &encode(ClientMsg::Ack { snapshot_seq: 0 }))
+                .unwrap();
+            pilots.push(id);
+        }
+    }
+    let mut times = WriteStepTimes::default();
+    let start = std::time::Instant::now();
+    let mut written = 0;
+    engine.write_snapshots_marked(&mut |_, _| written += 1, &mut |step| {
+        marks.push(step);
+        times.mark(step, std::time::Instant::now());
+    });
+    times.finish(std::time::Instant::now());
+    let whole = start.elapsed();
+    use WriteStep::*;
+    assert_eq!(
+        marks,
+        [Refresh, Plan, Groups, Writes, Groups, Writes, HandOff],
+        "two batches of groups"
+    );
+    assert_eq!(written, pilots.len());
+    let spent: std::time::Duration = WriteStep::ALL.iter().map(|&s| times.spent(s)).sum();
+    assert!(spent <= whole, "{spent:?} of {whole:?}");
+    assert!(times.spent(Writes) > std::time::Duration::ZERO);
 }
 
 /// Attaches `pilots` (client, account and ship id alike) and checks each one's view is

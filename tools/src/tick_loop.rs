@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use warpcore_engine::wire::{GameEvent, ServerMsg, TYPE_ATTACK, TYPE_MOVE};
 use warpcore_engine::{
     CraftingCompleted, Engine, EngineError, EntityRecord, HeapEstimate, SectorId, ShipSpawn,
-    TimeDilationController, REPLAY_HASH_EVERY_TICKS,
+    TimeDilationController, WriteStep, WriteStepTimes, REPLAY_HASH_EVERY_TICKS,
 };
 use warpcore_gateway::game::{OnlinePlayer, PushEvent, SectorLoad};
 use warpcore_metrics::{Counter, Gauge, LocalHistogram, Registry};
@@ -253,6 +253,9 @@ pub(crate) struct TickMetrics {
     replicate_us: LocalHistogram,
     egress_us: LocalHistogram,
     persist_us: LocalHistogram,
+    /// The replicate phase's steps ([`WriteStep::ALL`] order); the hand-off step
+    /// without the egress phase's sends.
+    write_step_us: [LocalHistogram; WriteStep::ALL.len()],
     /// Datagram received to the start of the tick that applies the command.
     command_latency_us: LocalHistogram,
     /// Bytes of each snapshot handed to a client.
@@ -309,6 +312,15 @@ impl TickMetrics {
             replicate_us: phase("replicate"),
             egress_us: phase("egress"),
             persist_us: phase("persist"),
+            write_step_us: WriteStep::ALL.map(|step| {
+                registry
+                    .histogram(
+                        "warpcore_replicate_step_seconds",
+                        "Time per step of the replicate phase: refresh (sector caches), plan (rates, budgets, groups), groups (candidates found), writes (delta snapshots, parallel), hand_off (to the network thread, without the egress phase's sends).",
+                        &[("step", step.name())],
+                    )
+                    .local()
+            }),
             snapshot_bytes: registry
                 .histogram(
                     "warpcore_snapshot_bytes",
@@ -425,6 +437,9 @@ impl TickMetrics {
             &mut self.command_latency_us,
             &mut self.snapshot_bytes,
         ] {
+            h.publish();
+        }
+        for h in &mut self.write_step_us {
             h.publish();
         }
         let stats = engine.stats();
@@ -609,17 +624,29 @@ impl TickLoop {
         let refused = &self.metrics.messages_refused;
         let snapshot_bytes = &mut self.metrics.snapshot_bytes;
         let mut egress = Duration::ZERO;
-        self.engine.write_snapshots(&mut |client, bytes| {
-            let start = Instant::now();
-            snapshot_bytes.record(bytes.len() as u64);
-            if net
-                .send(ClientId(client), Channel::Unreliable, bytes.to_vec())
-                .is_err()
-            {
-                refused.add(1);
+        let mut steps = WriteStepTimes::default();
+        self.engine.write_snapshots_marked(
+            &mut |client, bytes| {
+                let start = Instant::now();
+                snapshot_bytes.record(bytes.len() as u64);
+                if net
+                    .send(ClientId(client), Channel::Unreliable, bytes.to_vec())
+                    .is_err()
+                {
+                    refused.add(1);
+                }
+                egress += start.elapsed();
+            },
+            &mut |step| steps.mark(step, Instant::now()),
+        );
+        steps.finish(Instant::now());
+        for (step, h) in WriteStep::ALL.iter().zip(&mut self.metrics.write_step_us) {
+            let mut spent = steps.spent(*step);
+            if *step == WriteStep::HandOff {
+                spent = spent.saturating_sub(egress);
             }
-            egress += start.elapsed();
-        });
+            h.record(micros(spent));
+        }
         let clients = &self.clients;
         let push = &self.game.push;
         self.engine.write_events(&mut |client, bytes| {
