@@ -1736,8 +1736,10 @@ impl ClientReplication {
             records: 0,
             bytes_max: choice.bytes_max,
         };
-        let slots = &self.slots[..];
-        let n = slots.len();
+        // The merge makes one view per slot; a mismatch would be a bug, and takes the
+        // shorter rather than panicking.
+        let n = self.slots.len().min(choice.views.len());
+        let slots = &self.slots[..n];
         let views = &choice.views[..n];
         // The client's own ship first.
         let own = slots
