@@ -1210,12 +1210,12 @@ impl Engine {
             let blocks = self.groups.batch_blocks_mut(batch);
             let chunk_len = blocks.len().div_ceil(self.threads * 8);
             self.workers.for_each_chunked(blocks, chunk_len, &|block| {
-                block.fill(sectors, sector_size_m, epoch)
+                block.fill(sectors, sector_size_m)
             });
             let (groups, blocks, clients) = self.groups.batch_mut(batch);
             let chunk_len = groups.len().div_ceil(self.threads * 8);
             self.workers.for_each_chunked(groups, chunk_len, &|group| {
-                group.fill(sectors, blocks, sector_size_m, epoch)
+                group.fill(sectors, blocks, sector_size_m)
             });
             step_starts(WriteStep::Writes);
             let ctx = DeltaContext {
@@ -1267,6 +1267,11 @@ impl Engine {
                             start,
                             len: arena.bytes.len() - start,
                         };
+                    }
+                },
+                &|replica| {
+                    if let Plan::Delta { .. } = replica.plan {
+                        replica.state.prefetch_slots();
                     }
                 },
             );

@@ -32,10 +32,11 @@
 //! the cell's middle are found once (ring by ring through the fine cells, or, where the
 //! 3x3 block holds at most [`BLOCK_SHARED_MAX`] entities, by ranking the block's
 //! entities, which every cell of the sector reads from one [`Block`]) and read by
-//! every client of the group (40 bytes each: id, position, change bits, where the
-//! values are in the sector cache; in a group of [`SHARED_GROUP_CLIENTS`] or more, also
-//! the fields changed over the last few writes and where the group encoded its fields
-//! once, so a record's fields are copied, not encoded, by each client that sends it); a pilot's
+//! every client of the group (40 bytes each: id, position, the fields changed since
+//! each of the last few writes, as the sector cache worked them out once, where the
+//! values are in the cache; in a group of [`SHARED_GROUP_CLIENTS`] or more, also where
+//! the group encoded its fields once, so a record's fields are copied, not encoded, by
+//! each client that sends it); a pilot's
 //! own ship is always added. Groups are filled, then clients written group after group
 //! (a group's list stays in the core's cache), [`GROUPS_BATCH_MAX`] groups at a time so
 //! the lists take a fixed amount of memory, in parallel on the engine's workers,
@@ -58,7 +59,9 @@
 use std::cell::RefCell;
 
 use crate::config::EngineConfig;
-use crate::sector::{find_sector, fine_cell_of, CachedReplica, Sector, FINE_CELLS_PER_SIDE};
+use crate::sector::{
+    find_sector, fine_cell_of, CachedReplica, Sector, CHANGED_GAPS, FINE_CELLS_PER_SIDE,
+};
 use crate::sector_id::SectorId;
 use crate::wire::delta::{
     fields_len, position_bytes, put_fields, quantize_cm, record_len_of, DeltaEncoder, DeltaHeader,
@@ -327,19 +330,15 @@ pub(crate) struct GroupEntry {
     /// Where the group's encoding of every field starts in `InterestGroup::fields`
     /// ([`FIELDS_NONE`]: not encoded, read the values from the cache).
     fields_at: u32,
-    /// Fields changed since the refresh 2, 3, 4 and 5 writes ago: for clients written
-    /// every few ticks (the moving and idle rates), without reading the cache entry.
-    /// [`GAP_UNKNOWN`] where the group did not compute them.
+    /// Fields changed since the refresh 2, 3, 4 and 5 writes ago (the cache entry's):
+    /// for clients written every few ticks (the moving and idle rates), without reading
+    /// the cache entry.
     changed_by_gap: [u8; CHANGED_GAPS],
 }
 
-/// Write gaps (2 and up) whose changed fields a shared group's entries carry.
-const CHANGED_GAPS: usize = 4;
-/// `GroupEntry::changed_by_gap` not computed: read the cache entry.
-const GAP_UNKNOWN: u8 = u8::MAX;
-/// Clients from which a group encodes its candidates' fields and their changes over the
-/// last few writes once for all of them; a smaller group does it per record sent (a
-/// lone roaming pilot sends about 60 of its 128 candidates per write).
+/// Clients from which a group encodes its candidates' fields once for all of them; a
+/// smaller group does it per record sent (a lone roaming pilot sends about 60 of its
+/// 128 candidates per write).
 const SHARED_GROUP_CLIENTS: u32 = 3;
 
 /// `GroupEntry::fields_at` of an entry whose fields the group did not encode.
@@ -368,7 +367,7 @@ impl GroupEntry {
                 bytes
             },
             fields_at: FIELDS_NONE,
-            changed_by_gap: [GAP_UNKNOWN; CHANGED_GAPS],
+            changed_by_gap: cached.changed_by_gap,
         }
     }
 }
@@ -443,13 +442,7 @@ impl InterestGroup {
 
     /// Finds the group's candidates. Every sector's cache must be fresh, and so must
     /// `blocks` (this write's [`Block`]s, filled).
-    pub(crate) fn fill(
-        &mut self,
-        sectors: &[Box<Sector>],
-        blocks: &[Block],
-        sector_size_m: f64,
-        epoch: u64,
-    ) {
+    pub(crate) fn fill(&mut self, sectors: &[Box<Sector>], blocks: &[Block], sector_size_m: f64) {
         self.candidates.clear();
         let centre = self.key.centre;
         self.origin = centre.min_corner_m(sector_size_m);
@@ -479,13 +472,7 @@ impl InterestGroup {
         if self.clients < SHARED_GROUP_CLIENTS || self.block != NO_BLOCK {
             return;
         }
-        encode_shared(
-            &mut self.candidates,
-            &mut self.fields,
-            sectors,
-            self.origin,
-            epoch,
-        );
+        encode_shared(&mut self.candidates, &mut self.fields, sectors, self.origin);
     }
 
     /// The buffer its entries' `fields_at` point into: the block's when it has one.
@@ -675,24 +662,19 @@ impl InterestGroup {
     }
 }
 
-/// Encodes every entry's fields at `origin` into `fields` (where `fields_at` points)
-/// and notes its changes over the last few writes (`changed_by_gap`), once for all
-/// the clients that read the entries.
+/// Encodes every entry's fields at `origin` into `fields` (where `fields_at` points),
+/// once for all the clients that read the entries.
 fn encode_shared(
     entries: &mut [GroupEntry],
     fields: &mut Vec<u8>,
     sectors: &[Box<Sector>],
     origin: (f64, f64),
-    epoch: u64,
 ) {
     let origin_cm = (quantize_cm(origin.0), quantize_cm(origin.1));
     for entry in entries {
         if let Some(cached) = entry.at.get(sectors) {
             entry.fields_at = fields.len() as u32;
             put_fields(fields, FIELDS_ALL, &cached.value, origin_cm.0, origin_cm.1);
-            entry.changed_by_gap = std::array::from_fn(|k| {
-                cached.changed_since(epoch.wrapping_sub(k as u64 + 2), epoch)
-            });
         }
     }
 }
@@ -757,7 +739,7 @@ impl Block {
     /// Reads the block's sectors (each cache sorted by id) merged by id, and encodes
     /// the entries' fields once for all its groups when enough clients read them. Every
     /// sector's cache must be fresh.
-    pub(crate) fn fill(&mut self, sectors: &[Box<Sector>], sector_size_m: f64, epoch: u64) {
+    pub(crate) fn fill(&mut self, sectors: &[Box<Sector>], sector_size_m: f64) {
         self.entries.clear();
         self.positions.clear();
         self.fields.clear();
@@ -801,7 +783,7 @@ impl Block {
                 .push((cached.value.x_m(), cached.value.y_m()));
         }
         if self.clients >= SHARED_GROUP_CLIENTS {
-            encode_shared(&mut self.entries, &mut self.fields, sectors, origin, epoch);
+            encode_shared(&mut self.entries, &mut self.fields, sectors, origin);
         }
     }
 }
@@ -1351,11 +1333,7 @@ impl Changes<'_> {
         if gap == 1 {
             // Written at the previous refresh too: this refresh's bits.
             entry.changed
-        } else if let Some(&changed) = entry
-            .changed_by_gap
-            .get((gap as usize).wrapping_sub(2))
-            .filter(|&&changed| changed != GAP_UNKNOWN)
-        {
+        } else if let Some(&changed) = entry.changed_by_gap.get((gap as usize).wrapping_sub(2)) {
             // Written a few refreshes ago (a client at the moving or idle rate).
             changed
         } else {
@@ -1407,6 +1385,15 @@ impl ClientReplication {
     /// Heap bytes of its slots and kept view (capacities).
     pub(crate) fn heap_bytes(&self) -> usize {
         capacity_bytes(&self.slots) + capacity_bytes(&self.expected)
+    }
+
+    /// Asks the CPU to load the client's slots (its write reads them all, and they are
+    /// cold: a client is written every tick or few, thousands of others between).
+    pub(crate) fn prefetch_slots(&self) {
+        crate::workers::prefetch(
+            self.slots.as_ptr(),
+            std::mem::size_of_val(self.slots.as_slice()),
+        );
     }
 
     /// Whether the client has opted in to deltas.
@@ -2131,7 +2118,7 @@ mod tests {
                         changed: 0,
                         field_bytes,
                         fields_at: FIELDS_NONE,
-                        changed_by_gap: [GAP_UNKNOWN; CHANGED_GAPS],
+                        changed_by_gap: [FIELDS_ALL; CHANGED_GAPS],
                     });
                 }
                 let mut slot = Slot {
@@ -2247,7 +2234,7 @@ mod tests {
                 changed: FIELD_POSITION,
                 field_bytes: [6; 6],
                 fields_at: FIELDS_NONE,
-                changed_by_gap: [GAP_UNKNOWN; CHANGED_GAPS],
+                changed_by_gap: [FIELDS_ALL; CHANGED_GAPS],
             })
             .collect();
         let mut client = ClientReplication {
@@ -2355,6 +2342,7 @@ mod tests {
             changed: 0,
             changed_epoch: [0; crate::sector::TRACKED_FIELDS],
             field_bytes: [0; crate::sector::TRACKED_FIELDS],
+            changed_by_gap: [0; CHANGED_GAPS],
         };
         client.plan(0, Some(&own), 2, &rates);
         assert_eq!(client.combat_until, 0, "idle");
@@ -2410,6 +2398,7 @@ mod tests {
             // the rest at 3.
             changed_epoch: [10, 7, 12, 3, 3, 3],
             field_bytes: [0; 6],
+            changed_by_gap: [0; CHANGED_GAPS],
         };
         // Written at the previous refresh: this refresh's bits.
         assert_eq!(cached.changed_since(11, 12), FIELD_HEALTH);

@@ -169,7 +169,15 @@ pub(crate) struct CachedReplica {
     /// Encoded bytes of each field in a delta record (`wire::delta::field_bytes`), the
     /// position's relative to the origin (0, 0): groups only redo the position.
     pub(crate) field_bytes: [u8; TRACKED_FIELDS],
+    /// Fields changed since the refresh 2, 3, ... [`CHANGED_GAPS`] + 1 writes ago
+    /// (`changed_since` at those gaps), worked out once per refresh for every client
+    /// written at the moving or idle rate, instead of once per client or group.
+    pub(crate) changed_by_gap: [u8; CHANGED_GAPS],
 }
+
+/// Write gaps (2 and up) whose changed fields a cache entry carries
+/// (`CachedReplica::changed_by_gap`).
+pub(crate) const CHANGED_GAPS: usize = 4;
 
 impl CachedReplica {
     /// The fields changed after epoch `last` as seen at epoch `now` (`last < now`): the
@@ -844,6 +852,7 @@ impl Sector {
                 changed: changed.0,
                 changed_epoch: [0; TRACKED_FIELDS],
                 field_bytes: [0; TRACKED_FIELDS],
+                changed_by_gap: [0; CHANGED_GAPS],
             });
             changed.0 = 0;
             self.views.push(EntityView {
@@ -889,6 +898,9 @@ impl Sector {
             } else {
                 cached.changed_epoch = [now; TRACKED_FIELDS];
             }
+            cached.changed_by_gap = std::array::from_fn(|k| {
+                cached.changed_since(epoch.wrapping_sub(k as u64 + 2), epoch)
+            });
         }
         self.refreshed_epoch = epoch;
     }

@@ -44,6 +44,29 @@ pub(crate) fn worker_index() -> usize {
     WORKER_INDEX.get()
 }
 
+/// Most cache lines one [`prefetch`] asks for (4 KiB).
+const PREFETCH_LINES_MAX: usize = 64;
+
+/// Asks the CPU to start loading the `bytes` bytes at `at` into its caches (at most
+/// [`PREFETCH_LINES_MAX`] lines), so a later read of them does not wait on memory. A
+/// hint: it reads nothing the program can see and never faults, whatever the address;
+/// a no-op on other architectures than x86-64.
+#[inline]
+pub(crate) fn prefetch<T>(at: *const T, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let first = at.cast::<i8>();
+        for line in 0..bytes.div_ceil(64).min(PREFETCH_LINES_MAX) {
+            // SAFETY: a prefetch is not a memory access (it cannot fault or be observed
+            // by the program), and `wrapping_add` keeps the address computation defined.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(line * 64)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (at, bytes);
+}
+
 /// A type-erased `&dyn Fn(usize)` valid for one run.
 type ChunkFn = *const (dyn Fn(usize) + Sync);
 
@@ -170,6 +193,11 @@ impl Workers {
     /// cache. `seen` is a reused bitmap for checking that `order` names each element at
     /// most once.
     ///
+    /// Elements visited in such an order are scattered in memory, so each would start
+    /// with a cache miss: before `f` runs on one, the element two places further in the
+    /// chunk is [`prefetch`]ed and `ahead` is called on the next one (already fetched),
+    /// to prefetch what it points to.
+    ///
     /// # Panics
     /// If `order` holds an index twice or one out of bounds (a bug in the caller), or
     /// if `f` panics.
@@ -180,6 +208,7 @@ impl Workers {
         seen: &mut Vec<u64>,
         chunk_len: usize,
         f: &(dyn Fn(&mut T) + Sync),
+        ahead: &(dyn Fn(&T) + Sync),
     ) -> usize {
         // The check that makes the disjoint `&mut` below sound: O(n), one bit per item.
         seen.clear();
@@ -201,7 +230,16 @@ impl Workers {
         let run_chunk = move |chunk: usize| {
             let start = chunk * chunk_len;
             let end = (start + chunk_len).min(order.len());
-            for &index in &order[start..end] {
+            let chunk = &order[start..end];
+            for (k, &index) in chunk.iter().enumerate() {
+                if let Some(&later) = chunk.get(k + 2) {
+                    prefetch(base.get().wrapping_add(later as usize), size_of::<T>());
+                }
+                if let Some(&next) = chunk.get(k + 1) {
+                    // SAFETY: as below; `next` is in this chunk, so no other thread
+                    // touches it, and this shared borrow ends before its `&mut` is made.
+                    ahead(unsafe { &*base.get().add(next as usize) });
+                }
                 // SAFETY: every index is in bounds and appears once in `order` (checked
                 // above), each chunk of `order` is claimed exactly once per run, so no
                 // two calls get the same element; the run ends (all workers out) before
@@ -400,8 +438,14 @@ mod tests {
             // Every third element, backwards: the others stay untouched.
             let order: Vec<u32> = (0..1000).rev().step_by(3).collect();
             for round in 1..=50u64 {
-                workers
-                    .for_each_chunked_in_order(&mut items, &order, &mut seen, 5, &|x| *x += round);
+                workers.for_each_chunked_in_order(
+                    &mut items,
+                    &order,
+                    &mut seen,
+                    5,
+                    &|x| *x += round,
+                    &|_| {},
+                );
             }
             let total: u64 = (1..=50).sum();
             for (i, &x) in items.iter().enumerate() {
@@ -409,12 +453,25 @@ mod tests {
                 assert_eq!(x, if named { total } else { 0 }, "element {i}");
             }
             let repeat = catch_unwind(AssertUnwindSafe(|| {
-                workers
-                    .for_each_chunked_in_order(&mut items, &[1, 2, 1], &mut seen, 1, &|x| *x = 0);
+                workers.for_each_chunked_in_order(
+                    &mut items,
+                    &[1, 2, 1],
+                    &mut seen,
+                    1,
+                    &|x| *x = 0,
+                    &|_| {},
+                );
             }));
             assert!(repeat.is_err(), "an element named twice is refused");
             let out_of_bounds = catch_unwind(AssertUnwindSafe(|| {
-                workers.for_each_chunked_in_order(&mut items, &[1000], &mut seen, 1, &|x| *x = 0);
+                workers.for_each_chunked_in_order(
+                    &mut items,
+                    &[1000],
+                    &mut seen,
+                    1,
+                    &|x| *x = 0,
+                    &|_| {},
+                );
             }));
             assert!(out_of_bounds.is_err());
             assert_eq!(items[1], 0);
