@@ -1278,9 +1278,6 @@ struct WriteScratch {
     slots: Vec<Slot>,
     /// This write's view of each slot, aligned with the client's slots.
     views: Vec<SlotView>,
-    /// The record length of each slot with something due (0: nothing due), aligned
-    /// with the client's slots.
-    lens: Vec<u8>,
     /// The priority each candidate gains this write (aligned with the candidates).
     gains: Vec<u16>,
     /// Chosen slots, one bit per slot index (= entity id order).
@@ -1294,7 +1291,6 @@ thread_local! {
         RefCell::new(WriteScratch {
             slots: Vec::new(),
             views: Vec::new(),
-            lens: Vec::new(),
             gains: Vec::new(),
             picked: Picked::NONE,
             merged: Vec::new(),
@@ -1566,7 +1562,6 @@ impl ClientReplication {
             let WriteScratch {
                 slots,
                 views,
-                lens,
                 gains,
                 picked,
                 merged,
@@ -1598,7 +1593,7 @@ impl ClientReplication {
                 header: &delta_header,
                 bytes_max,
             };
-            let threshold = self.choose(&choice, lens, picked, &mut counts);
+            let threshold = self.choose(&choice, picked, &mut counts);
             self.encode(buf, &choice, picked, threshold, &mut counts);
             if ctx.keep_expected {
                 self.keep_expected(&choice);
@@ -1708,7 +1703,6 @@ impl ClientReplication {
     fn choose(
         &mut self,
         choice: &Choice<'_>,
-        lens: &mut Vec<u8>,
         picked: &mut Picked,
         counts: &mut DeltaWriteCounts,
     ) -> u16 {
@@ -1742,68 +1736,64 @@ impl ClientReplication {
             }
         }
         let own = own.unwrap_or(usize::MAX);
-        // Then, round from the cursor, the due slots whose priority reached the
-        // threshold are taken while they fit, branch-free (whether a slot reached it is
-        // close to a coin toss in a budget-bound crowd): every record that fits is
-        // taken, and the first one left out is where the next write starts. `lens`
-        // keeps the lengths of the due slots not taken (0: nothing due, or taken).
-        lens.clear();
-        lens.resize(n, 0);
-        let lens = &mut lens[..n];
+        // Then, round from the cursor (slots `start..n`, then `0..start`), the due
+        // slots whose priority reached the threshold are taken while they fit,
+        // branch-free (whether a slot reached it is close to a coin toss in a
+        // budget-bound crowd): every record that fits is taken, and the first one left
+        // out is where the next write starts. Taken slots' bits are gathered a word at
+        // a time.
         let start = slots.partition_point(|slot| slot.entity_id < self.cursor);
-        let at = |k: usize| {
-            if start + k >= n {
-                start + k - n
-            } else {
-                start + k
-            }
-        };
         let mut first_left = usize::MAX;
         let mut below = false;
-        for k in 0..n {
-            let index = at(k);
-            let view = views[index];
-            let due = (view.pending != 0) & (index != own);
-            let len = view.len;
-            let wanted = due & (slots[index].priority >= threshold);
-            below |= due & !wanted;
-            let take = wanted
-                & (fill.used + usize::from(len) <= fill.bytes_max)
-                & (fill.records < DELTA_RECORDS_MAX);
-            fill.used += usize::from(len) & usize::from(take).wrapping_neg();
-            fill.records += usize::from(take);
-            lens[index] = len & u8::from(due & !take).wrapping_neg();
-            first_left = if wanted & !take {
-                first_left.min(k)
-            } else {
-                first_left
-            };
+        let mut due_count = usize::from(own != usize::MAX);
+        let mut word = 0u64;
+        for (from, to, k0) in [(start, n, 0), (0, start, n - start)] {
+            for index in from..to {
+                let k = k0 + index - from;
+                let view = views[index];
+                let due = (view.pending != 0) & (index != own);
+                let wanted = due & (slots[index].priority >= threshold);
+                below |= due & !wanted;
+                due_count += usize::from(due);
+                let take = wanted
+                    & (fill.used + usize::from(view.len) <= fill.bytes_max)
+                    & (fill.records < DELTA_RECORDS_MAX);
+                fill.used += usize::from(view.len) & usize::from(take).wrapping_neg();
+                fill.records += usize::from(take);
+                first_left = if wanted & !take {
+                    first_left.min(k)
+                } else {
+                    first_left
+                };
+                word |= u64::from(take) << (index % 64);
+                if index % 64 == 63 || index + 1 == to {
+                    picked.or_word(index / 64, word);
+                    word = 0;
+                }
+            }
         }
         let wanted_left = first_left != usize::MAX;
         if !wanted_left && below {
             // Room for more: the rest, in the same order, while they fit.
-            for k in 0..n {
-                let index = at(k);
-                let len = lens[index];
-                if len == 0 {
+            for (k, index) in (start..n).chain(0..start).enumerate() {
+                let view = views[index];
+                if view.pending == 0 || index == own || picked.contains(index) {
                     continue;
                 }
-                if fill.take(len) {
-                    lens[index] = 0;
+                if fill.take(view.len) {
+                    picked.insert(index);
                 } else {
                     first_left = first_left.min(k);
                 }
             }
         }
-        // Picked: due, and no length left.
-        let mut due = usize::from(own != usize::MAX);
-        for (index, (view, &len)) in views.iter().zip(lens.iter()).enumerate() {
-            let listed = (view.pending != 0) & (index != own);
-            due += usize::from(listed);
-            picked.set(index, listed & (len == 0));
-        }
         if first_left != usize::MAX {
-            self.cursor = slots[at(first_left)].entity_id;
+            let index = if start + first_left >= n {
+                start + first_left - n
+            } else {
+                start + first_left
+            };
+            self.cursor = slots[index].entity_id;
         }
         self.threshold = if wanted_left {
             threshold.saturating_add(threshold / 8 + 1)
@@ -1812,7 +1802,7 @@ impl ClientReplication {
         } else {
             threshold
         };
-        counts.deferred += (due - fill.records) as u64;
+        counts.deferred += (due_count - fill.records) as u64;
         threshold
     }
 
@@ -1990,17 +1980,23 @@ struct Picked([u64; KNOWN_SLOTS_MAX / 64]);
 impl Picked {
     const NONE: Picked = Picked([0; KNOWN_SLOTS_MAX / 64]);
 
-    /// Adds `index` when `yes` (branch-free).
-    fn set(&mut self, index: usize, yes: bool) {
-        if let Some(word) = self.0.get_mut(index / 64) {
-            *word |= u64::from(yes) << (index % 64);
-        }
-    }
-
     fn insert(&mut self, index: usize) {
         if let Some(word) = self.0.get_mut(index / 64) {
             *word |= 1 << (index % 64);
         }
+    }
+
+    /// Adds the indices `64 * at + bit` for each bit set in `bits`.
+    fn or_word(&mut self, at: usize, bits: u64) {
+        if let Some(word) = self.0.get_mut(at) {
+            *word |= bits;
+        }
+    }
+
+    fn contains(&self, index: usize) -> bool {
+        self.0
+            .get(index / 64)
+            .is_some_and(|word| word >> (index % 64) & 1 == 1)
     }
 
     fn iter(&self) -> impl Iterator<Item = usize> + '_ {
@@ -2176,10 +2172,9 @@ mod tests {
                 .position(|slot| slot.entity_id == choice.own_id)
                 .filter(|&index| views[index].cand != CAND_NONE && views[index].pending != 0);
             let lens: Vec<usize> = views.iter().map(|view| usize::from(view.len)).collect();
-            let mut scratch = Vec::new();
             let mut picked = Picked::NONE;
             let mut counts = DeltaWriteCounts::default();
-            client.choose(&choice, &mut scratch, &mut picked, &mut counts);
+            client.choose(&choice, &mut picked, &mut counts);
             let picked: Vec<usize> = picked.iter().collect();
             let due = views.iter().filter(|view| view.pending != 0).count();
             assert!(
@@ -2247,7 +2242,6 @@ mod tests {
         gains_of(&cands, (0.0, 0.0), 64.0 * 64.0, &mut gains);
         let len = |index: usize| record_len_of(cands[index].entity_id, FIELD_POSITION, &[6; 6]);
         let bytes_max = DELTA_HEADER_BYTES_MAX + SLOTS * 2 / 3 * len(0);
-        let mut lens = Vec::new();
         let mut sent = vec![0u32; SLOTS];
         let mut last_sent = vec![0usize; SLOTS];
         let mut longest_wait = vec![0usize; SLOTS];
@@ -2270,7 +2264,7 @@ mod tests {
             };
             let mut picked = Picked::NONE;
             let mut counts = DeltaWriteCounts::default();
-            let threshold = client.choose(&choice, &mut lens, &mut picked, &mut counts);
+            let threshold = client.choose(&choice, &mut picked, &mut counts);
             let picked: Vec<usize> = picked.iter().collect();
             let used = DELTA_HEADER_BYTES_MAX + picked.iter().map(|&i| len(i)).sum::<usize>();
             for &index in &picked {
