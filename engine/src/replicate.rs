@@ -497,25 +497,80 @@ impl InterestGroup {
     /// Keeps the [`REPLICA_ENTITIES_MAX`] gathered candidates nearest to the reference
     /// (ties by id), notes the near radius and makes the group's entries, by id.
     fn rank_gathered(&mut self, sectors: &[Box<Sector>], rank: &mut Ranking) {
-        if rank.work.len() > REPLICA_ENTITIES_MAX {
-            rank.work
-                .select_nth_unstable_by(REPLICA_ENTITIES_MAX, nearest_first);
-            rank.work.truncate(REPLICA_ENTITIES_MAX);
-        }
-        // Squared distances are non-negative, so their bits order like them: the near
-        // radius is a selection over plain integers (ties do not change the value).
+        // Squared distances are non-negative, so their bits order like them: the
+        // selections are over plain integers, not the 24-byte items.
         rank.keys.clear();
         rank.keys
             .extend(rank.work.iter().map(|w| w.distance_sq_m2.to_bits()));
+        if rank.work.len() > REPLICA_ENTITIES_MAX {
+            // The farthest distance kept; of the candidates at exactly that distance,
+            // those of lowest id are kept.
+            rank.work_keys.clear();
+            rank.work_keys.extend_from_slice(&rank.keys);
+            let (_, &mut cutoff, _) = rank.work_keys.select_nth_unstable(REPLICA_ENTITIES_MAX - 1);
+            let nearer = rank.keys.iter().filter(|&&key| key < cutoff).count();
+            rank.work_keys.clear();
+            rank.work_keys.extend(
+                rank.work
+                    .iter()
+                    .zip(&rank.keys)
+                    .filter(|&(_, &key)| key == cutoff)
+                    .map(|(w, _)| w.entity_id),
+            );
+            let ties = REPLICA_ENTITIES_MAX - nearer;
+            let tie_id_max = if ties < rank.work_keys.len() {
+                let (_, &mut id, _) = rank.work_keys.select_nth_unstable(ties - 1);
+                id
+            } else {
+                u64::MAX
+            };
+            let mut kept = 0;
+            for k in 0..rank.work.len() {
+                let (w, key) = (rank.work[k], rank.keys[k]);
+                if key < cutoff || (key == cutoff && w.entity_id <= tie_id_max) {
+                    rank.work[kept] = w;
+                    rank.keys[kept] = key;
+                    kept += 1;
+                }
+            }
+            rank.work.truncate(kept);
+            rank.keys.truncate(kept);
+        }
         self.near_radius_m = near_radius(&mut rank.keys);
-        rank.work.sort_unstable_by_key(|w| w.entity_id);
+        // By id: packed with each item's place into one integer where the ids allow
+        // (sequential ids always do), which sorts faster than the items.
+        let places_bits = usize::BITS - rank.work.len().leading_zeros();
+        let packable = rank
+            .work
+            .iter()
+            .all(|w| w.entity_id.leading_zeros() >= places_bits);
+        if packable {
+            rank.work_keys.clear();
+            rank.work_keys.extend(
+                rank.work
+                    .iter()
+                    .enumerate()
+                    .map(|(k, w)| (w.entity_id << places_bits) | k as u64),
+            );
+            rank.work_keys.sort_unstable();
+        } else {
+            rank.work.sort_unstable_by_key(|w| w.entity_id);
+        }
         let origin = self.origin;
         let origin_cm = (quantize_cm(origin.0), quantize_cm(origin.1));
-        self.candidates.extend(
-            rank.work
-                .iter()
-                .filter_map(|w| Some(GroupEntry::new(w.at, w.at.get(sectors)?, origin, origin_cm))),
-        );
+        let entry =
+            |w: &WorkItem| Some(GroupEntry::new(w.at, w.at.get(sectors)?, origin, origin_cm));
+        if packable {
+            let mask = (1u64 << places_bits) - 1;
+            let work = &rank.work;
+            self.candidates.extend(
+                rank.work_keys
+                    .iter()
+                    .filter_map(|&key| work.get((key & mask) as usize).and_then(entry)),
+            );
+        } else {
+            self.candidates.extend(rank.work.iter().filter_map(entry));
+        }
     }
 
     /// Picks the candidates from the block the group shares with the other cells of its
@@ -530,7 +585,7 @@ impl InterestGroup {
             (dx * dx + dy * dy).to_bits()
         }));
         // The farthest distance kept, and how many at exactly that distance are kept
-        // (those of lowest id, as `nearest_first` ranks them).
+        // (those of lowest id, as the ring search keeps them).
         let (cutoff, mut ties) = if rank.keys.len() > REPLICA_ENTITIES_MAX {
             rank.work_keys.clear();
             rank.work_keys.extend_from_slice(&rank.keys);
@@ -688,13 +743,6 @@ fn near_radius(keys: &mut [u64]) -> f64 {
     } else {
         f64::INFINITY
     }
-}
-
-/// Candidates nearest first, ties by entity id.
-fn nearest_first(a: &WorkItem, b: &WorkItem) -> std::cmp::Ordering {
-    a.distance_sq_m2
-        .total_cmp(&b.distance_sq_m2)
-        .then(a.entity_id.cmp(&b.entity_id))
 }
 
 /// [`InterestGroup::block`] of a group that gathers its own candidates.
