@@ -403,8 +403,10 @@ struct Ranking {
     work: Vec<WorkItem>,
     /// Squared distances of candidates, as bits (which order like the distances).
     keys: Vec<u64>,
-    /// A copy of some of `keys` to select in.
+    /// A copy of some of `keys` to select in, or ids to sort.
     work_keys: Vec<u64>,
+    /// The kept candidates put in id order.
+    sorted: Vec<WorkItem>,
 }
 
 thread_local! {
@@ -413,8 +415,86 @@ thread_local! {
             work: Vec::new(),
             keys: Vec::new(),
             work_keys: Vec::new(),
+            sorted: Vec::new(),
         })
     };
+}
+
+impl Ranking {
+    /// Keeps the [`REPLICA_ENTITIES_MAX`] candidates of `work` nearest to the reference
+    /// (of those at the farthest distance kept, the lowest ids), leaves them in `work`
+    /// by id, and returns the near radius ([`near_radius`]).
+    ///
+    /// Squared distances are non-negative, so their bits order like them: the
+    /// selections are over plain integers, and the sort by id is over the ids packed
+    /// with each item's place where they leave room (sequential ids always do), not
+    /// over the 24-byte items (a tenth less of a dense battle's group step).
+    fn keep_nearest(&mut self) -> f64 {
+        self.keys.clear();
+        self.keys
+            .extend(self.work.iter().map(|w| w.distance_sq_m2.to_bits()));
+        if self.work.len() > REPLICA_ENTITIES_MAX {
+            self.work_keys.clear();
+            self.work_keys.extend_from_slice(&self.keys);
+            let (_, &mut cutoff, _) = self.work_keys.select_nth_unstable(REPLICA_ENTITIES_MAX - 1);
+            let nearer = self.keys.iter().filter(|&&key| key < cutoff).count();
+            // The ids at exactly the cutoff: the `ties` lowest are kept.
+            self.work_keys.clear();
+            self.work_keys.extend(
+                self.work
+                    .iter()
+                    .zip(&self.keys)
+                    .filter(|&(_, &key)| key == cutoff)
+                    .map(|(w, _)| w.entity_id),
+            );
+            let ties = REPLICA_ENTITIES_MAX - nearer;
+            let tie_id_max = if ties < self.work_keys.len() {
+                let (_, &mut id, _) = self.work_keys.select_nth_unstable(ties - 1);
+                id
+            } else {
+                u64::MAX
+            };
+            let mut kept = 0;
+            for k in 0..self.work.len() {
+                let (w, key) = (self.work[k], self.keys[k]);
+                if key < cutoff || (key == cutoff && w.entity_id <= tie_id_max) {
+                    self.work[kept] = w;
+                    self.keys[kept] = key;
+                    kept += 1;
+                }
+            }
+            self.work.truncate(kept);
+            self.keys.truncate(kept);
+        }
+        let radius = near_radius(&mut self.keys);
+        let places_bits = usize::BITS - self.work.len().leading_zeros();
+        let packable = self
+            .work
+            .iter()
+            .all(|w| w.entity_id.leading_zeros() >= places_bits);
+        if packable {
+            self.work_keys.clear();
+            self.work_keys.extend(
+                self.work
+                    .iter()
+                    .enumerate()
+                    .map(|(k, w)| (w.entity_id << places_bits) | k as u64),
+            );
+            self.work_keys.sort_unstable();
+            let mask = (1u64 << places_bits) - 1;
+            self.sorted.clear();
+            let work = &self.work;
+            self.sorted.extend(
+                self.work_keys
+                    .iter()
+                    .filter_map(|&key| work.get((key & mask) as usize).copied()),
+            );
+            std::mem::swap(&mut self.work, &mut self.sorted);
+        } else {
+            self.work.sort_unstable_by_key(|w| w.entity_id);
+        }
+        radius
+    }
 }
 
 /// A candidate being ranked: squared distance to the reference, entity id (ties), and
@@ -497,80 +577,14 @@ impl InterestGroup {
     /// Keeps the [`REPLICA_ENTITIES_MAX`] gathered candidates nearest to the reference
     /// (ties by id), notes the near radius and makes the group's entries, by id.
     fn rank_gathered(&mut self, sectors: &[Box<Sector>], rank: &mut Ranking) {
-        // Squared distances are non-negative, so their bits order like them: the
-        // selections are over plain integers, not the 24-byte items.
-        rank.keys.clear();
-        rank.keys
-            .extend(rank.work.iter().map(|w| w.distance_sq_m2.to_bits()));
-        if rank.work.len() > REPLICA_ENTITIES_MAX {
-            // The farthest distance kept; of the candidates at exactly that distance,
-            // those of lowest id are kept.
-            rank.work_keys.clear();
-            rank.work_keys.extend_from_slice(&rank.keys);
-            let (_, &mut cutoff, _) = rank.work_keys.select_nth_unstable(REPLICA_ENTITIES_MAX - 1);
-            let nearer = rank.keys.iter().filter(|&&key| key < cutoff).count();
-            rank.work_keys.clear();
-            rank.work_keys.extend(
-                rank.work
-                    .iter()
-                    .zip(&rank.keys)
-                    .filter(|&(_, &key)| key == cutoff)
-                    .map(|(w, _)| w.entity_id),
-            );
-            let ties = REPLICA_ENTITIES_MAX - nearer;
-            let tie_id_max = if ties < rank.work_keys.len() {
-                let (_, &mut id, _) = rank.work_keys.select_nth_unstable(ties - 1);
-                id
-            } else {
-                u64::MAX
-            };
-            let mut kept = 0;
-            for k in 0..rank.work.len() {
-                let (w, key) = (rank.work[k], rank.keys[k]);
-                if key < cutoff || (key == cutoff && w.entity_id <= tie_id_max) {
-                    rank.work[kept] = w;
-                    rank.keys[kept] = key;
-                    kept += 1;
-                }
-            }
-            rank.work.truncate(kept);
-            rank.keys.truncate(kept);
-        }
-        self.near_radius_m = near_radius(&mut rank.keys);
-        // By id: packed with each item's place into one integer where the ids allow
-        // (sequential ids always do), which sorts faster than the items.
-        let places_bits = usize::BITS - rank.work.len().leading_zeros();
-        let packable = rank
-            .work
-            .iter()
-            .all(|w| w.entity_id.leading_zeros() >= places_bits);
-        if packable {
-            rank.work_keys.clear();
-            rank.work_keys.extend(
-                rank.work
-                    .iter()
-                    .enumerate()
-                    .map(|(k, w)| (w.entity_id << places_bits) | k as u64),
-            );
-            rank.work_keys.sort_unstable();
-        } else {
-            rank.work.sort_unstable_by_key(|w| w.entity_id);
-        }
+        self.near_radius_m = rank.keep_nearest();
         let origin = self.origin;
         let origin_cm = (quantize_cm(origin.0), quantize_cm(origin.1));
-        let entry =
-            |w: &WorkItem| Some(GroupEntry::new(w.at, w.at.get(sectors)?, origin, origin_cm));
-        if packable {
-            let mask = (1u64 << places_bits) - 1;
-            let work = &rank.work;
-            self.candidates.extend(
-                rank.work_keys
-                    .iter()
-                    .filter_map(|&key| work.get((key & mask) as usize).and_then(entry)),
-            );
-        } else {
-            self.candidates.extend(rank.work.iter().filter_map(entry));
-        }
+        self.candidates.extend(
+            rank.work
+                .iter()
+                .filter_map(|w| Some(GroupEntry::new(w.at, w.at.get(sectors)?, origin, origin_cm))),
+        );
     }
 
     /// Picks the candidates from the block the group shares with the other cells of its
@@ -2461,6 +2475,68 @@ mod tests {
             FIELD_POSITION | FIELD_HEALTH
         );
         assert_eq!(wrapped.changed_since(now - (1 << 31), now), FIELDS_ALL);
+    }
+
+    /// A group's ranking keeps what sorting every candidate by (distance, id) and
+    /// taking the first [`REPLICA_ENTITIES_MAX`] keeps, by id, with its near radius:
+    /// with ties at the cutoff, and with ids too large to pack.
+    #[test]
+    fn a_ranking_keeps_the_nearest_by_id_ties_lowest_id() {
+        use rand::seq::SliceRandom;
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(41);
+        let mut rank = Ranking {
+            work: Vec::new(),
+            keys: Vec::new(),
+            work_keys: Vec::new(),
+            sorted: Vec::new(),
+        };
+        for round in 0..400 {
+            let n = rng.gen_range(0..3 * REPLICA_ENTITIES_MAX);
+            let huge = round % 4 == 0;
+            // Few distinct distances, so ties at the cutoff are common.
+            let distances = rng.gen_range(1..40);
+            let mut ids: Vec<u64> = (0..n as u64)
+                .map(|k| if huge { u64::MAX - 7 * k } else { 3 * k + 1 })
+                .collect();
+            ids.shuffle(&mut rng);
+            let items: Vec<WorkItem> = ids
+                .iter()
+                .map(|&entity_id| WorkItem {
+                    distance_sq_m2: f64::from(rng.gen_range(0..distances)) * 2.5,
+                    entity_id,
+                    at: CacheRef {
+                        sector: 0,
+                        index: entity_id as u32,
+                    },
+                })
+                .collect();
+            let mut expected = items.clone();
+            expected.sort_by(|a, b| {
+                a.distance_sq_m2
+                    .total_cmp(&b.distance_sq_m2)
+                    .then(a.entity_id.cmp(&b.entity_id))
+            });
+            expected.truncate(REPLICA_ENTITIES_MAX);
+            let mut keys: Vec<u64> = expected
+                .iter()
+                .map(|w| w.distance_sq_m2.to_bits())
+                .collect();
+            let radius = near_radius(&mut keys);
+            expected.sort_by_key(|w| w.entity_id);
+            rank.work.clear();
+            rank.work.extend_from_slice(&items);
+            let got_radius = rank.keep_nearest();
+            let got: Vec<(u64, u32)> = rank
+                .work
+                .iter()
+                .map(|w| (w.entity_id, w.at.index))
+                .collect();
+            let want: Vec<(u64, u32)> =
+                expected.iter().map(|w| (w.entity_id, w.at.index)).collect();
+            assert_eq!(got, want, "round {round}: {n} candidates");
+            assert_eq!(got_radius.to_bits(), radius.to_bits(), "round {round}");
+        }
     }
 
     #[test]
