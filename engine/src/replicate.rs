@@ -552,7 +552,13 @@ impl InterestGroup {
         if self.clients < SHARED_GROUP_CLIENTS || self.block != NO_BLOCK {
             return;
         }
-        encode_shared(&mut self.candidates, &mut self.fields, sectors, self.origin);
+        encode_shared(
+            &mut self.candidates,
+            &mut self.fields,
+            sectors,
+            self.key.centre,
+            self.origin,
+        );
     }
 
     /// The buffer its entries' `fields_at` point into: the block's when it has one.
@@ -731,19 +737,37 @@ impl InterestGroup {
     }
 }
 
-/// Encodes every entry's fields at `origin` into `fields` (where `fields_at` points),
-/// once for all the clients that read the entries.
+/// Encodes every entry's fields at `origin`, the corner of scale-0 sector `centre`,
+/// into `fields` (where `fields_at` points), once for all the clients that read the
+/// entries. The entities in `centre` itself (most of them) are copied from that
+/// sector's own encoding at its corner; only those of neighbouring sectors are encoded.
 fn encode_shared(
     entries: &mut [GroupEntry],
     fields: &mut Vec<u8>,
     sectors: &[Box<Sector>],
+    centre: SectorId,
     origin: (f64, f64),
 ) {
     let origin_cm = (quantize_cm(origin.0), quantize_cm(origin.1));
+    let home = (centre.scale == 0)
+        .then(|| find_sector(sectors, centre).ok())
+        .flatten()
+        .map_or(u32::MAX, |index| index as u32);
     for entry in entries {
-        if let Some(cached) = entry.at.get(sectors) {
-            entry.fields_at = fields.len() as u32;
-            put_fields(fields, FIELDS_ALL, &cached.value, origin_cm.0, origin_cm.1);
+        let Some(cached) = entry.at.get(sectors) else {
+            continue;
+        };
+        entry.fields_at = fields.len() as u32;
+        let at = cached.encoded_at as usize;
+        let copied = (entry.at.sector == home)
+            .then(|| {
+                let encoded = sectors[home as usize].encoded();
+                encoded.get(at..at + fields_len(&cached.field_bytes, FIELDS_ALL))
+            })
+            .flatten();
+        match copied {
+            Some(encoded) => fields.extend_from_slice(encoded),
+            None => put_fields(fields, FIELDS_ALL, &cached.value, origin_cm.0, origin_cm.1),
         }
     }
 }
@@ -845,7 +869,13 @@ impl Block {
                 .push((cached.value.x_m(), cached.value.y_m()));
         }
         if self.clients >= SHARED_GROUP_CLIENTS {
-            encode_shared(&mut self.entries, &mut self.fields, sectors, origin);
+            encode_shared(
+                &mut self.entries,
+                &mut self.fields,
+                sectors,
+                self.centre,
+                origin,
+            );
         }
     }
 }
@@ -2398,6 +2428,7 @@ mod tests {
             changed: 0,
             changed_epoch: [0; crate::sector::TRACKED_FIELDS],
             field_bytes: [0; crate::sector::TRACKED_FIELDS],
+            encoded_at: 0,
             changed_by_gap: [0; CHANGED_GAPS],
         };
         client.plan(0, Some(&own), 2, &rates);
@@ -2454,6 +2485,7 @@ mod tests {
             // the rest at 3.
             changed_epoch: [10, 7, 12, 3, 3, 3],
             field_bytes: [0; 6],
+            encoded_at: 0,
             changed_by_gap: [0; CHANGED_GAPS],
         };
         // Written at the previous refresh: this refresh's bits.

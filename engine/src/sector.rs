@@ -21,8 +21,9 @@ use crate::report::Violation;
 use crate::sector_id::SectorId;
 use crate::ship::{EntityRecord, ShipStats, POSITION_ABS_MAX_M};
 use crate::wire::delta::{
-    field_bytes, quantize_cm, quantize_cmps, quantize_hit_points, ReplicaEntity, FIELD_HEALTH,
-    FIELD_POSITION, FIELD_STATE, FIELD_TARGET, FIELD_VELOCITY, STATE_AI_PILOT, STATE_WARPING,
+    field_bytes, put_fields, quantize_cm, quantize_cmps, quantize_hit_points, ReplicaEntity,
+    FIELDS_ALL, FIELD_HEALTH, FIELD_POSITION, FIELD_STATE, FIELD_TARGET, FIELD_VELOCITY,
+    STATE_AI_PILOT, STATE_WARPING,
 };
 use crate::wire::EntityView;
 
@@ -102,6 +103,11 @@ pub(crate) struct Sector {
     /// `replica` was), to carry them over to the next one: 32 bytes an entity, not a
     /// second copy of the cache.
     replica_prev: Vec<PreviousEpochs>,
+    /// Every cached entity's fields encoded as in a delta record whose origin is this
+    /// sector's corner (where `CachedReplica::encoded_at` points): what every group
+    /// centred on this sector copies for the entities in it, instead of each encoding
+    /// them again.
+    encoded: Vec<u8>,
     /// Replication epoch of the last refresh (0: none yet).
     refreshed_epoch: u64,
     /// Spatial index of `replica` for interest queries: the entries of fine cell `c`
@@ -167,8 +173,11 @@ pub(crate) struct CachedReplica {
     /// changed after `e` (see [`CachedReplica::changed_since`]).
     pub(crate) changed_epoch: [u32; TRACKED_FIELDS],
     /// Encoded bytes of each field in a delta record (`wire::delta::field_bytes`), the
-    /// position's relative to the origin (0, 0): groups only redo the position.
+    /// position's relative to the sector's corner: groups centred elsewhere redo it.
     pub(crate) field_bytes: [u8; TRACKED_FIELDS],
+    /// Where this entity's fields start in its sector's encoding of them at the
+    /// sector's corner ([`Sector::encoded`]); `field_bytes` are their lengths.
+    pub(crate) encoded_at: u32,
     /// Fields changed since the refresh 2, 3, ... [`CHANGED_GAPS`] + 1 writes ago
     /// (`changed_since` at those gaps), worked out once per refresh for every client
     /// written at the moving or idle rate, instead of once per client or group.
@@ -246,6 +255,7 @@ impl Sector {
             views: Vec::new(),
             replica: Vec::new(),
             replica_prev: Vec::new(),
+            encoded: Vec::new(),
             refreshed_epoch: 0,
             fine_start: [0; FINE_CELLS + 1],
             fine_entries: Vec::new(),
@@ -271,6 +281,7 @@ impl Sector {
         self.views.clear();
         self.replica.clear();
         self.replica_prev.clear();
+        self.encoded.clear();
         self.refreshed_epoch = 0;
         self.fine_start = [0; FINE_CELLS + 1];
         self.fine_entries.clear();
@@ -326,6 +337,7 @@ impl Sector {
         let cache = capacity_bytes(&self.views)
             + capacity_bytes(&self.replica)
             + capacity_bytes(&self.replica_prev)
+            + capacity_bytes(&self.encoded)
             + capacity_bytes(&self.fine_entries)
             + capacity_bytes(&self.outbox)
             + capacity_bytes(&self.shots)
@@ -781,6 +793,19 @@ impl Sector {
         self.refresh_cache();
         self.carry_change_epochs(epoch);
         let corner = self.id.min_corner_m(sector_size_m);
+        let corner_cm = (quantize_cm(corner.0), quantize_cm(corner.1));
+        self.encoded.clear();
+        for cached in &mut self.replica {
+            cached.field_bytes = field_bytes(&cached.value, corner_cm.0, corner_cm.1);
+            cached.encoded_at = self.encoded.len() as u32;
+            put_fields(
+                &mut self.encoded,
+                FIELDS_ALL,
+                &cached.value,
+                corner_cm.0,
+                corner_cm.1,
+            );
+        }
         let cell_w_m =
             SectorId::cell_width_m(self.id.scale, sector_size_m) / FINE_CELLS_PER_SIDE as f64;
         let cell_of = |cached: &CachedReplica| {
@@ -852,6 +877,7 @@ impl Sector {
                 changed: changed.0,
                 changed_epoch: [0; TRACKED_FIELDS],
                 field_bytes: [0; TRACKED_FIELDS],
+                encoded_at: 0,
                 changed_by_gap: [0; CHANGED_GAPS],
             });
             changed.0 = 0;
@@ -882,7 +908,6 @@ impl Sector {
         };
         let mut j = 0;
         for cached in &mut self.replica {
-            cached.field_bytes = field_bytes(&cached.value, 0, 0);
             let id = cached.value.entity_id;
             while j < prev.len() && prev[j].entity_id < id {
                 j += 1;
@@ -920,6 +945,12 @@ impl Sector {
     /// The replication cache as of the last [`Sector::refresh_views`], sorted by id.
     pub(crate) fn views(&self) -> &[EntityView] {
         &self.views
+    }
+
+    /// The cache's entities' fields encoded at the sector's corner
+    /// (`CachedReplica::encoded_at`).
+    pub(crate) fn encoded(&self) -> &[u8] {
+        &self.encoded
     }
 
     /// One entity from the replication cache.
