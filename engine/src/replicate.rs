@@ -60,7 +60,8 @@ use std::cell::RefCell;
 
 use crate::config::EngineConfig;
 use crate::sector::{
-    find_sector, fine_cell_of, CachedReplica, Sector, CHANGED_GAPS, FINE_CELLS_PER_SIDE,
+    find_sector, fine_cell_of, CachedPoint, CachedReplica, Sector, CHANGED_GAPS,
+    FINE_CELLS_PER_SIDE,
 };
 use crate::sector_id::SectorId;
 use crate::wire::delta::{
@@ -279,6 +280,13 @@ impl CacheRef {
             .replica()
             .get(self.index as usize)
     }
+
+    /// The cache entry and its position (see [`CacheRef::get`]).
+    fn entry(self, sectors: &[Box<Sector>]) -> Option<(&CachedReplica, CachedPoint)> {
+        let sector = sectors.get(self.sector as usize)?;
+        let index = self.index as usize;
+        Some((sector.replica().get(index)?, *sector.points().get(index)?))
+    }
 }
 
 /// Which clients share one candidate list: pilots whose ships are in the same fine cell
@@ -349,15 +357,15 @@ impl GroupEntry {
     /// quantized to centimetres as in the snapshot header).
     fn new(
         at: CacheRef,
-        cached: &CachedReplica,
+        (cached, point): (&CachedReplica, CachedPoint),
         origin: (f64, f64),
         origin_cm: (i64, i64),
     ) -> GroupEntry {
         let value = &cached.value;
         GroupEntry {
             entity_id: value.entity_id,
-            x_m: (value.x_m() - origin.0) as f32,
-            y_m: (value.y_m() - origin.1) as f32,
+            x_m: (point.x_m - origin.0) as f32,
+            y_m: (point.y_m - origin.1) as f32,
             at,
             changed: cached.changed,
             field_bytes: {
@@ -586,11 +594,14 @@ impl InterestGroup {
         self.near_radius_m = rank.keep_nearest();
         let origin = self.origin;
         let origin_cm = (quantize_cm(origin.0), quantize_cm(origin.1));
-        self.candidates.extend(
-            rank.work
-                .iter()
-                .filter_map(|w| Some(GroupEntry::new(w.at, w.at.get(sectors)?, origin, origin_cm))),
-        );
+        self.candidates.extend(rank.work.iter().filter_map(|w| {
+            Some(GroupEntry::new(
+                w.at,
+                w.at.entry(sectors)?,
+                origin,
+                origin_cm,
+            ))
+        }));
     }
 
     /// Picks the candidates from the block the group shares with the other cells of its
@@ -633,11 +644,11 @@ impl InterestGroup {
         rank: &mut Ranking,
         sector: usize,
         index: usize,
-        cached: &CachedReplica,
+        point: &CachedPoint,
         cutoff_sq_m2: f64,
     ) {
-        let dx = cached.value.x_m() - self.reference.0;
-        let dy = cached.value.y_m() - self.reference.1;
+        let dx = point.x_m - self.reference.0;
+        let dy = point.y_m - self.reference.1;
         let distance_sq_m2 = dx * dx + dy * dy;
         if distance_sq_m2 > cutoff_sq_m2 {
             return;
@@ -648,7 +659,7 @@ impl InterestGroup {
         };
         rank.work.push(WorkItem {
             distance_sq_m2,
-            entity_id: cached.value.entity_id,
+            entity_id: point.entity_id,
             at,
         });
     }
@@ -663,8 +674,8 @@ impl InterestGroup {
                 if id.x != column || id.y > y_last {
                     break;
                 }
-                for (index, cached) in sector.replica().iter().enumerate() {
-                    self.push(rank, start + offset, index, cached, f64::INFINITY);
+                for (index, point) in sector.points().iter().enumerate() {
+                    self.push(rank, start + offset, index, point, f64::INFINITY);
                 }
             }
         }
@@ -700,10 +711,10 @@ impl InterestGroup {
                 return;
             };
             let (cx, cy) = ((gx % per_side) as usize, (gy % per_side) as usize);
-            let cache = sectors[sector].replica();
+            let points = sectors[sector].points();
             for &index in sectors[sector].fine_cell(cx, cy) {
-                if let Some(cached) = cache.get(index as usize) {
-                    self.push(rank, sector, index as usize, cached, cutoff_sq_m2);
+                if let Some(point) = points.get(index as usize) {
+                    self.push(rank, sector, index as usize, point, cutoff_sq_m2);
                 }
             }
         };
@@ -831,11 +842,12 @@ impl Block {
         self.fields.clear();
         let origin = self.centre.min_corner_m(sector_size_m);
         let origin_cm = (quantize_cm(origin.0), quantize_cm(origin.1));
-        let mut lists: [(u32, &[CachedReplica]); 9] = [(0, &[]); 9];
+        let mut lists: [(u32, &[CachedReplica], &[CachedPoint]); 9] = [(0, &[], &[]); 9];
         let mut present = 0;
         for id in std::iter::once(self.centre).chain(self.centre.neighbours()) {
             if let Ok(index) = find_sector(sectors, id) {
-                lists[present] = (index as u32, sectors[index].replica());
+                let sector = &sectors[index];
+                lists[present] = (index as u32, sector.replica(), sector.points());
                 present += 1;
             }
         }
@@ -845,9 +857,9 @@ impl Block {
             // The list whose next entity has the lowest id (a 9-way merge: the lists
             // are short and few).
             let mut best: Option<(usize, u64)> = None;
-            for (k, &(_, list)) in lists.iter().enumerate() {
-                if let Some(cached) = list.get(next[k]) {
-                    let id = cached.value.entity_id;
+            for (k, &(_, _, points)) in lists.iter().enumerate() {
+                if let Some(point) = points.get(next[k]) {
+                    let id = point.entity_id;
                     if best.is_none_or(|(_, best_id)| id < best_id) {
                         best = Some((k, id));
                     }
@@ -856,17 +868,18 @@ impl Block {
             let Some((k, _)) = best else {
                 break;
             };
-            let (sector, list) = lists[k];
-            let cached = &list[next[k]];
+            let (sector, list, points) = lists[k];
+            let (Some(cached), Some(&point)) = (list.get(next[k]), points.get(next[k])) else {
+                break;
+            };
             let at = CacheRef {
                 sector,
                 index: next[k] as u32,
             };
             next[k] += 1;
             self.entries
-                .push(GroupEntry::new(at, cached, origin, origin_cm));
-            self.positions
-                .push((cached.value.x_m(), cached.value.y_m()));
+                .push(GroupEntry::new(at, (cached, point), origin, origin_cm));
+            self.positions.push((point.x_m, point.y_m));
         }
         if self.clients >= SHARED_GROUP_CLIENTS {
             encode_shared(
@@ -1623,7 +1636,12 @@ impl ClientReplication {
         let list = group.map_or(&[][..], |g| g.candidates.as_slice());
         let own = group.and(own).and_then(|at| {
             let origin_cm = (quantize_cm(origin.0), quantize_cm(origin.1));
-            Some(GroupEntry::new(at, at.get(ctx.sectors)?, origin, origin_cm))
+            Some(GroupEntry::new(
+                at,
+                at.entry(ctx.sectors)?,
+                origin,
+                origin_cm,
+            ))
         });
         let own_id = own.map_or(0, |own| own.entity_id);
         let extra = own.filter(|own| {
