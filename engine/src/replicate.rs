@@ -946,6 +946,8 @@ pub(crate) struct InterestGroups {
     blocks_start: usize,
     blocks_len: usize,
     requests: Vec<(GroupKey, u32)>,
+    /// The requests packed for sorting ([`InterestGroups::sort_requests`]).
+    packed: Vec<u128>,
 }
 
 impl InterestGroups {
@@ -969,7 +971,7 @@ impl InterestGroups {
     /// the cells of moderately busy ones a shared [`Block`]) and tells
     /// `assign(client_index, group_index)` where each client goes, group after group.
     pub(crate) fn build(&mut self, sectors: &[Box<Sector>], assign: &mut dyn FnMut(u32, u32)) {
-        self.requests.sort_unstable();
+        self.sort_requests();
         // The centre last looked at: its block's entity count, and its block if shared.
         let mut looked: Option<(SectorId, usize, u32)> = None;
         for k in 0..self.requests.len() {
@@ -1018,6 +1020,56 @@ impl InterestGroups {
             .max()
             .unwrap_or(0);
         self.blocks.truncate(blocks + blocks / 4 + BLOCKS_SPARE_MIN);
+    }
+
+    /// Sorts the requests (by key, then client), as one packed integer each where the
+    /// centres' columns and rows span less than 2^32 (any world but one wider than
+    /// four billion sectors): a quarter of the serial plan's time in a dense battle
+    /// went to comparing the keys field by field.
+    fn sort_requests(&mut self) {
+        let Some(&(first, _)) = self.requests.first() else {
+            return;
+        };
+        let (mut x0, mut x1, mut y0, mut y1) = (
+            first.centre.x,
+            first.centre.x,
+            first.centre.y,
+            first.centre.y,
+        );
+        for (key, _) in &self.requests {
+            (x0, x1) = (x0.min(key.centre.x), x1.max(key.centre.x));
+            (y0, y1) = (y0.min(key.centre.y), y1.max(key.centre.y));
+        }
+        let span = u64::from(u32::MAX);
+        if x1.abs_diff(x0) > span || y1.abs_diff(y0) > span {
+            self.requests.sort_unstable();
+            return;
+        }
+        // Column, row, scale, cell, client: the order of `(GroupKey, u32)`.
+        self.packed.clear();
+        self.packed
+            .extend(self.requests.iter().map(|&(key, client)| {
+                (u128::from(key.centre.x.abs_diff(x0)) << 88)
+                    | (u128::from(key.centre.y.abs_diff(y0)) << 56)
+                    | (u128::from(key.centre.scale) << 48)
+                    | (u128::from(key.cell) << 32)
+                    | u128::from(client)
+            }));
+        self.packed.sort_unstable();
+        for (request, &packed) in self.requests.iter_mut().zip(&self.packed) {
+            let centre = SectorId::new(
+                x0.wrapping_add((packed >> 88) as u32 as i64),
+                y0.wrapping_add((packed >> 56) as u32 as i64),
+                (packed >> 48) as u8,
+            );
+            *request = (
+                GroupKey {
+                    centre,
+                    cell: (packed >> 32) as u16,
+                },
+                packed as u32,
+            );
+        }
     }
 
     /// A block for the cells of `centre` this write; its number.
@@ -1131,6 +1183,7 @@ impl InterestGroups {
     pub(crate) fn heap_bytes(&self) -> (usize, usize) {
         let groups = capacity_bytes(&self.plans)
             + capacity_bytes(&self.requests)
+            + capacity_bytes(&self.packed)
             + capacity_bytes(&self.groups)
             + self
                 .groups
@@ -2586,6 +2639,41 @@ mod tests {
                 expected.iter().map(|w| (w.entity_id, w.at.index)).collect();
             assert_eq!(got, want, "round {round}: {n} candidates");
             assert_eq!(got_radius.to_bits(), radius.to_bits(), "round {round}");
+        }
+    }
+
+    /// The packed sort orders requests as sorting the tuples does, with negative and
+    /// far-apart centres, and falls back to that where columns span 2^32 or more.
+    #[test]
+    fn requests_sort_by_key_then_client() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for round in 0..300 {
+            let spread: i64 = match round % 3 {
+                0 => 3,
+                1 => 1 << 31,
+                _ => i64::MAX / 2,
+            };
+            let mut groups = InterestGroups::default();
+            for client in 0..rng.gen_range(0..400u32) {
+                let key = GroupKey {
+                    centre: SectorId::new(
+                        rng.gen_range(-spread..=spread),
+                        rng.gen_range(-spread..=spread),
+                        rng.gen_range(0..3),
+                    ),
+                    cell: if rng.gen_bool(0.2) {
+                        CELL_WHOLE
+                    } else {
+                        rng.gen_range(0..64)
+                    },
+                };
+                groups.requests.push((key, rng.gen_range(0..client + 1)));
+            }
+            let mut expected = groups.requests.clone();
+            expected.sort_unstable();
+            groups.sort_requests();
+            assert_eq!(groups.requests, expected, "round {round}");
         }
     }
 
