@@ -37,13 +37,13 @@
 //! values are in the cache; in a group of [`SHARED_GROUP_CLIENTS`] or more, also where
 //! the group encoded its fields once, copying those of its centre sector's entities
 //! from that sector's own encoding, so a record's fields are copied, not encoded, by
-//! each client that sends it); a pilot's
-//! own ship is always added. Groups are filled, then clients written group after group
-//! (a group's list stays in the core's cache), [`GROUPS_BATCH_MAX`] groups at a time so
-//! the lists take a fixed amount of memory, in parallel on the engine's workers,
-//! each snapshot appended to its thread's arena (the engine's) with per-thread scratch,
-//! the next clients' state prefetched; the bytes do not depend on the thread count. A sector's [`Block`] is filled with the
-//! batch of groups that reads it.
+//! each client that sends it); a pilot's own ship is always added. Groups are filled,
+//! then clients written group after group (a group's list stays in the core's cache),
+//! [`GROUPS_BATCH_MAX`] groups at a time so the lists take a fixed amount of memory, in
+//! parallel on the engine's workers, each snapshot appended to its thread's arena (the
+//! engine's) with per-thread scratch, the next clients' state prefetched; the bytes do
+//! not depend on the thread count. A sector's [`Block`] is filled with the batch of
+//! groups that reads it.
 //!
 //! Which changed entities go in a snapshot is decided by an integer priority
 //! accumulator (own ship first, then the entities within the group's near radius,
