@@ -1340,6 +1340,15 @@ struct SlotView {
 
 const _: () = assert!(DELTA_RECORD_BYTES_MAX <= u8::MAX as usize);
 
+impl SlotView {
+    /// Nothing due, in no candidate (what the merge's buffer holds before it writes).
+    const NONE: SlotView = SlotView {
+        cand: CAND_NONE,
+        pending: 0,
+        len: 0,
+    };
+}
+
 impl Slot {
     /// An entity entering the view: due complete.
     fn entering(entity_id: u64) -> Slot {
@@ -1748,11 +1757,11 @@ impl ClientReplication {
                 epoch: ctx.epoch,
             };
             gains_of(cands, reference, near_sq, gains);
-            self.merge(cands, changes, gains, slots, views);
+            let merged = self.merge(cands, changes, gains, slots, views);
             let choice = Choice {
                 cands,
                 fields: group.map_or(&[][..], |g| g.fields(&ctx.groups.blocks)),
-                views,
+                views: &views[..merged],
                 own_id,
                 sectors: ctx.sectors,
                 header: &delta_header,
@@ -1782,14 +1791,20 @@ impl ClientReplication {
         gains: &[u16],
         scratch: &mut Vec<Slot>,
         views: &mut Vec<SlotView>,
-    ) {
+    ) -> usize {
         let (acked, newest_ack) = (self.acked, self.newest_ack);
         // Branch-free: whether a carrier was acknowledged is the network's coin toss.
         let settle = |slot: &mut Slot| {
             let settled = acked.contains(newest_ack.wrapping_sub(slot.carrier_seq));
             slot.inflight &= u8::from(settled).wrapping_sub(1);
         };
-        views.clear();
+        // Written by index, not pushed (a push re-reads and stores the length each
+        // time): both buffers keep their longest length from write to write, at least
+        // what this merge can produce (every slot kept, every candidate new).
+        let most = self.slots.len() + cands.len();
+        if views.len() < most {
+            views.resize(most, SlotView::NONE);
+        }
         // The common case: the same entities as last time, updated in place.
         let mut same = 0;
         for (slot, entry) in self.slots.iter_mut().zip(cands) {
@@ -1798,15 +1813,17 @@ impl ClientReplication {
             }
             settle(slot);
             let pending = slot.update_in_view(changes.of(entry));
-            views.push(slot.due(same as u16, pending, Some(entry), gains));
+            views[same] = slot.due(same as u16, pending, Some(entry), gains);
             same += 1;
         }
         if same == self.slots.len() && same == cands.len() {
-            return;
+            return same;
         }
-        scratch.clear();
-        scratch.extend_from_slice(&self.slots[..same]);
-        let (mut i, mut j) = (same, same);
+        if scratch.len() < most {
+            scratch.resize(most, Slot::entering(0));
+        }
+        scratch[..same].copy_from_slice(&self.slots[..same]);
+        let (mut i, mut j, mut out) = (same, same, same);
         let slots = &self.slots;
         loop {
             let (slot, entry) = match (slots.get(i), cands.get(j)) {
@@ -1817,16 +1834,18 @@ impl ClientReplication {
                     i += 1;
                     settle(&mut slot);
                     if slot.update_out_of_view() {
-                        views.push(slot.due(CAND_NONE, RECORD_REMOVED, None, gains));
-                        scratch.push(slot);
+                        views[out] = slot.due(CAND_NONE, RECORD_REMOVED, None, gains);
+                        scratch[out] = slot;
+                        out += 1;
                     }
                     continue;
                 }
                 (slot, Some(entry)) if slot.is_none_or(|s| entry.entity_id < s.entity_id) => {
-                    if scratch.len() + (slots.len() - i) < KNOWN_SLOTS_MAX {
+                    if out + (slots.len() - i) < KNOWN_SLOTS_MAX {
                         let mut slot = Slot::entering(entry.entity_id);
-                        views.push(slot.due(j as u16, FIELDS_ALL, Some(entry), gains));
-                        scratch.push(slot);
+                        views[out] = slot.due(j as u16, FIELDS_ALL, Some(entry), gains);
+                        scratch[out] = slot;
+                        out += 1;
                     }
                     j += 1;
                     continue;
@@ -1838,17 +1857,19 @@ impl ClientReplication {
             let mut slot = *slot;
             settle(&mut slot);
             let pending = slot.update_in_view(changes.of(entry));
-            views.push(slot.due(j as u16, pending, Some(entry), gains));
-            scratch.push(slot);
+            views[out] = slot.due(j as u16, pending, Some(entry), gains);
+            scratch[out] = slot;
+            out += 1;
             i += 1;
             j += 1;
         }
         self.slots.clear();
-        if self.slots.capacity() < scratch.len() {
+        if self.slots.capacity() < out {
             // An eighth to spare rather than doubling: this is most of a client's memory.
-            self.slots.reserve_exact(scratch.len() + scratch.len() / 8);
+            self.slots.reserve_exact(out + out / 8);
         }
-        self.slots.extend_from_slice(scratch);
+        self.slots.extend_from_slice(&scratch[..out]);
+        out
     }
 
     /// Picks the records of this snapshot (into `picked`; the merge raised the
@@ -1911,7 +1932,10 @@ impl ClientReplication {
         let mut first_left = usize::MAX;
         let mut below = false;
         let mut due_count = usize::from(own != usize::MAX);
-        let mut word = 0u64;
+        // The due slots left out (below the threshold or not fitting), gathered the
+        // same way: the second pass below visits only them.
+        let mut left = Picked::NONE;
+        let (mut word, mut left_word) = (0u64, 0u64);
         for (from, to, k0) in [(start, n, 0), (0, start, n - start)] {
             for index in from..to {
                 let k = k0 + index - from;
@@ -1931,24 +1955,25 @@ impl ClientReplication {
                     first_left
                 };
                 word |= u64::from(take) << (index % 64);
+                left_word |= u64::from(due & !take) << (index % 64);
                 if index % 64 == 63 || index + 1 == to {
                     picked.or_word(index / 64, word);
-                    word = 0;
+                    left.or_word(index / 64, left_word);
+                    (word, left_word) = (0, 0);
                 }
             }
         }
         let wanted_left = first_left != usize::MAX;
         if !wanted_left && below {
-            // Room for more: the rest, in the same order, while they fit.
-            for (k, index) in (start..n).chain(0..start).enumerate() {
-                let view = views[index];
-                if view.pending == 0 || index == own || picked.contains(index) {
-                    continue;
-                }
-                if fill.take(view.len) {
-                    picked.insert(index);
-                } else {
-                    first_left = first_left.min(k);
+            // Room for more: the rest, in the same order, while they fit (a jump from
+            // one left-out bit to the next: about half the due slots of a crowded view).
+            for (from, to, k0) in [(start, n, 0), (0, start, n - start)] {
+                for index in left.iter_range(from, to) {
+                    if fill.take(views[index].len) {
+                        picked.insert(index);
+                    } else {
+                        first_left = first_left.min(k0 + index - from);
+                    }
                 }
             }
         }
@@ -2158,10 +2183,24 @@ impl Picked {
         }
     }
 
-    fn contains(&self, index: usize) -> bool {
-        self.0
-            .get(index / 64)
-            .is_some_and(|word| word >> (index % 64) & 1 == 1)
+    /// The indices in `from..to`, in increasing order.
+    fn iter_range(&self, from: usize, to: usize) -> impl Iterator<Item = usize> + '_ {
+        let to = to.min(KNOWN_SLOTS_MAX);
+        let words = from / 64..to.div_ceil(64);
+        words.flat_map(move |at| {
+            let low = if at == from / 64 { from % 64 } else { 0 };
+            let high = (to - at * 64).min(64);
+            let in_range = (u64::MAX >> (64 - high)) & (u64::MAX << low);
+            let mut rest = self.0.get(at).copied().unwrap_or(0) & in_range;
+            std::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let bit = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                Some(at * 64 + bit)
+            })
+        })
     }
 
     fn iter(&self) -> impl Iterator<Item = usize> + '_ {
