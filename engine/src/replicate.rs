@@ -66,9 +66,10 @@ use crate::sector::{
 };
 use crate::sector_id::SectorId;
 use crate::wire::delta::{
-    fields_len, position_bytes, put_fields, quantize_cm, record_len_of, DeltaEncoder, DeltaHeader,
-    ReplicaEntity, DELTA_HEADER_BYTES_MAX, DELTA_RECORDS_MAX, DELTA_RECORD_BYTES_MAX, FIELDS_ALL,
-    FIELD_HEALTH, FIELD_POSITION, FIELD_VELOCITY, RECORD_REMOVED,
+    fields_len, fields_len_packed, pack_field_bytes, position_bytes, put_fields, quantize_cm,
+    record_len_of, DeltaEncoder, DeltaHeader, ReplicaEntity, DELTA_HEADER_BYTES_MAX,
+    DELTA_RECORDS_MAX, DELTA_RECORD_BYTES_MAX, FIELDS_ALL, FIELD_HEALTH, FIELD_POSITION,
+    FIELD_VELOCITY, RECORD_REMOVED,
 };
 use crate::wire::{snapshot_entities_fitting, EntityView, SnapshotEncoder, SnapshotHeader};
 
@@ -331,11 +332,12 @@ pub(crate) struct GroupEntry {
     x_m: f32,
     y_m: f32,
     at: CacheRef,
-    /// Fields changed since the previous refresh.
-    changed: u8,
-    /// Encoded bytes of each field in a snapshot at the group's origin, so a record's
-    /// length is known without reading the entity's values.
-    field_bytes: [u8; 6],
+    /// One word, read at once by every client's merge: bytes 0 to 5 are the encoded
+    /// bytes of each field in a snapshot at the group's origin (`pack_field_bytes`), so
+    /// a record's length is known without reading the entity's values; byte 6 the
+    /// fields changed since the previous refresh; byte 7 the bytes of a record's id
+    /// (measured after id 0) and mask. See [`GroupEntry::lens_of`].
+    lens: u64,
     /// Where the group's encoding of every field starts in `InterestGroup::fields`
     /// ([`FIELDS_NONE`]: not encoded, read the values from the cache).
     fields_at: u32,
@@ -354,6 +356,24 @@ const SHARED_GROUP_CLIENTS: u32 = 3;
 const FIELDS_NONE: u32 = u32::MAX;
 
 impl GroupEntry {
+    /// [`GroupEntry::lens`] of an entity whose fields take `field_bytes`.
+    fn lens_of(entity_id: u64, changed: u8, field_bytes: &[u8; 6]) -> u64 {
+        let id_and_mask = record_len_of(entity_id, RECORD_REMOVED, &[0; 6]);
+        pack_field_bytes(field_bytes) | u64::from(changed) << 48 | (id_and_mask as u64) << 56
+    }
+
+    /// Fields changed since the previous refresh.
+    fn changed(&self) -> u8 {
+        (self.lens >> 48) as u8
+    }
+
+    /// The length of a record of the fields `mask` names, measured after id 0 (an upper
+    /// bound of the delta-coded one).
+    #[inline]
+    fn record_len(&self, mask: u8) -> usize {
+        (self.lens >> 56) as usize + fields_len_packed(self.lens, mask)
+    }
+
     /// The entry of `cached` in a group whose origin is `origin` (metres, and the same
     /// quantized to centimetres as in the snapshot header).
     fn new(
@@ -368,12 +388,11 @@ impl GroupEntry {
             x_m: (point.x_m - origin.0) as f32,
             y_m: (point.y_m - origin.1) as f32,
             at,
-            changed: cached.changed,
-            field_bytes: {
+            lens: {
                 // The cache measured the other fields once for every group.
                 let mut bytes = cached.field_bytes;
                 bytes[0] = position_bytes(value, origin_cm.0, origin_cm.1) as u8;
-                bytes
+                GroupEntry::lens_of(value.entity_id, cached.changed, &bytes)
             },
             fields_at: FIELDS_NONE,
             changed_by_gap: cached.changed_by_gap,
@@ -1385,7 +1404,7 @@ impl Slot {
                     .get(usize::from(cand))
                     .copied()
                     .unwrap_or(PRIORITY_FAR),
-                record_len_of(self.entity_id, pending, &entry.field_bytes),
+                entry.record_len(pending),
             ),
             None => (
                 PRIORITY_REMOVAL,
@@ -1497,7 +1516,7 @@ impl Changes<'_> {
         let gap = self.epoch.wrapping_sub(self.last_epoch);
         if gap == 1 {
             // Written at the previous refresh too: this refresh's bits.
-            entry.changed
+            entry.changed()
         } else if let Some(&changed) = entry.changed_by_gap.get((gap as usize).wrapping_sub(2)) {
             // Written a few refreshes ago (a client at the moving or idle rate).
             changed
@@ -2026,14 +2045,10 @@ impl ClientReplication {
             let (mask, pushed) = match (encoded, cached) {
                 (Some(entry), _) => {
                     let start = entry.fields_at as usize;
-                    let len = fields_len(&entry.field_bytes, FIELDS_ALL);
+                    let len = fields_len_packed(entry.lens, FIELDS_ALL);
                     let fields = choice.fields.get(start..start + len).unwrap_or_default();
-                    let pushed = encoder.push_encoded(
-                        slot.entity_id,
-                        view.pending,
-                        fields,
-                        &entry.field_bytes,
-                    );
+                    let pushed =
+                        encoder.push_encoded(slot.entity_id, view.pending, fields, entry.lens);
                     (view.pending, pushed)
                 }
                 (None, Some(cached)) => (
@@ -2315,8 +2330,7 @@ mod tests {
                             sector: 0,
                             index: 0,
                         },
-                        changed: 0,
-                        field_bytes,
+                        lens: GroupEntry::lens_of(entity_id, 0, &field_bytes),
                         fields_at: FIELDS_NONE,
                         changed_by_gap: [FIELDS_ALL; CHANGED_GAPS],
                     });
@@ -2430,8 +2444,7 @@ mod tests {
                     sector: 0,
                     index: 0,
                 },
-                changed: FIELD_POSITION,
-                field_bytes: [6; 6],
+                lens: GroupEntry::lens_of(10 * (k as u64 + 1), FIELD_POSITION, &[6; 6]),
                 fields_at: FIELDS_NONE,
                 changed_by_gap: [FIELDS_ALL; CHANGED_GAPS],
             })

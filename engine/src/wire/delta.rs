@@ -294,9 +294,22 @@ const FIELD_BYTE_MASKS: [u64; 64] = {
 /// byte of the sum carries into the next). It runs for every record a client considers.
 #[inline]
 pub fn fields_len(fields: &[u8; 6], mask: u8) -> usize {
+    fields_len_packed(pack_field_bytes(fields), mask)
+}
+
+/// [`field_bytes`] packed one per byte into a word, little-endian (bytes 6 and 7 zero):
+/// what [`fields_len_packed`] and [`DeltaEncoder::push_encoded`] read in one load.
+#[inline]
+pub fn pack_field_bytes(fields: &[u8; 6]) -> u64 {
     let [a, b, c, d, e, f] = *fields;
-    let packed = u64::from_le_bytes([a, b, c, d, e, f, 0, 0]);
-    let kept = packed & FIELD_BYTE_MASKS[usize::from(mask & FIELDS_ALL)];
+    u64::from_le_bytes([a, b, c, d, e, f, 0, 0])
+}
+
+/// [`fields_len`] of lengths packed by [`pack_field_bytes`]; bytes 6 and 7 of `lens`
+/// are not read (a caller may keep something of its own there).
+#[inline]
+pub fn fields_len_packed(lens: u64, mask: u8) -> usize {
+    let kept = lens & FIELD_BYTE_MASKS[usize::from(mask & FIELDS_ALL)];
     (kept.wrapping_mul(0x0101_0101_0101_0101) >> 56) as usize
 }
 
@@ -434,7 +447,8 @@ impl<'a> DeltaEncoder<'a> {
 
     /// [`DeltaEncoder::push_entity`] of a field record (`mask` within [`FIELDS_ALL`])
     /// from the entity's fields already encoded: `fields` is what [`put_fields`] wrote
-    /// for [`FIELDS_ALL`] at this snapshot's origin, `field_bytes` its [`field_bytes`].
+    /// for [`FIELDS_ALL`] at this snapshot's origin, `lens` its [`field_bytes`] packed
+    /// by [`pack_field_bytes`] (bytes 6 and 7 are not read).
     /// The bytes are the same; only the fields are copied instead of encoded, so one
     /// encoding serves every snapshot with that origin.
     ///
@@ -445,7 +459,7 @@ impl<'a> DeltaEncoder<'a> {
         entity_id: u64,
         mask: u8,
         fields: &[u8],
-        field_bytes: &[u8; 6],
+        lens: u64,
     ) -> Result<(), EncodeError> {
         debug_assert!(entity_id > self.previous_id, "ids must ascend");
         debug_assert!(
@@ -457,7 +471,7 @@ impl<'a> DeltaEncoder<'a> {
         }
         debug_assert_eq!(
             fields.len(),
-            fields_len(field_bytes, FIELDS_ALL),
+            fields_len_packed(lens, FIELDS_ALL),
             "fields and their lengths disagree"
         );
         let before = self.out.len();
@@ -467,8 +481,8 @@ impl<'a> DeltaEncoder<'a> {
         // usual pair, are one copy).
         let mut at = 0;
         let mut run: Option<(usize, usize)> = None;
-        for (bit, &len) in field_bytes.iter().enumerate() {
-            let len = usize::from(len);
+        for bit in 0..6 {
+            let len = usize::from((lens >> (8 * bit)) as u8);
             if mask & (1 << bit) != 0 {
                 run = Some(run.map_or((at, at + len), |(start, _)| (start, at + len)));
             } else if let Some((start, end)) = run.take() {
@@ -1046,7 +1060,7 @@ mod tests {
                     .unwrap();
                 DeltaEncoder::new(&mut copied, &header, 1200)
                     .unwrap()
-                    .push_encoded(value.entity_id, mask, &fields, &lengths)
+                    .push_encoded(value.entity_id, mask, &fields, pack_field_bytes(&lengths))
                     .unwrap();
                 assert_eq!(copied, direct, "{value:?} {mask:#x}");
             }
