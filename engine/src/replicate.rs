@@ -1941,47 +1941,40 @@ impl ClientReplication {
             }
         }
         let own = own.unwrap_or(usize::MAX);
-        // Then, round from the cursor (slots `start..n`, then `0..start`), the due
-        // slots whose priority reached the threshold are taken while they fit,
-        // branch-free (whether a slot reached it is close to a coin toss in a
-        // budget-bound crowd): every record that fits is taken, and the first one left
-        // out is where the next write starts. Taken slots' bits are gathered a word at
-        // a time.
+        // Which slots are due and which of them reached the threshold, a word of bits
+        // at a time and branch-free (whether a slot reached it is close to a coin toss
+        // in a budget-bound crowd).
+        let (mut due, mut wanted) = (Picked::NONE, Picked::NONE);
+        for (at, (slots, views)) in slots.chunks(64).zip(views.chunks(64)).enumerate() {
+            let (mut due_word, mut wanted_word) = (0u64, 0u64);
+            for (bit, (slot, view)) in slots.iter().zip(views).enumerate() {
+                let is_due = (view.pending != 0) & (at * 64 + bit != own);
+                let is_wanted = is_due & (slot.priority >= threshold);
+                due_word |= u64::from(is_due) << bit;
+                wanted_word |= u64::from(is_wanted) << bit;
+            }
+            due.or_word(at, due_word);
+            wanted.or_word(at, wanted_word);
+        }
+        // Then, round from the cursor (slots `start..n`, then `0..start`), the wanted
+        // slots are taken while they fit: every record that fits is taken, and the
+        // first one left out is where the next write starts.
         let start = slots.partition_point(|slot| slot.entity_id < self.cursor);
         let mut first_left = usize::MAX;
-        let mut below = false;
-        let mut due_count = usize::from(own != usize::MAX);
-        // The due slots left out (below the threshold or not fitting), gathered the
-        // same way: the second pass below visits only them.
-        let mut left = Picked::NONE;
-        let (mut word, mut left_word) = (0u64, 0u64);
         for (from, to, k0) in [(start, n, 0), (0, start, n - start)] {
-            for index in from..to {
-                let k = k0 + index - from;
-                let view = views[index];
-                let due = (view.pending != 0) & (index != own);
-                let wanted = due & (slots[index].priority >= threshold);
-                below |= due & !wanted;
-                due_count += usize::from(due);
-                let take = wanted
-                    & (fill.used + usize::from(view.len) <= fill.bytes_max)
-                    & (fill.records < DELTA_RECORDS_MAX);
-                fill.used += usize::from(view.len) & usize::from(take).wrapping_neg();
-                fill.records += usize::from(take);
-                first_left = if wanted & !take {
-                    first_left.min(k)
+            for index in wanted.iter_range(from, to) {
+                if fill.take(views[index].len) {
+                    picked.insert(index);
                 } else {
-                    first_left
-                };
-                word |= u64::from(take) << (index % 64);
-                left_word |= u64::from(due & !take) << (index % 64);
-                if index % 64 == 63 || index + 1 == to {
-                    picked.or_word(index / 64, word);
-                    left.or_word(index / 64, left_word);
-                    (word, left_word) = (0, 0);
+                    first_left = first_left.min(k0 + index - from);
                 }
             }
         }
+        let below = due.any_outside(&wanted);
+        let due_count = due.len() + usize::from(own != usize::MAX);
+        // The due slots left out (below the threshold or not fitting): the second pass
+        // below visits only them.
+        let left = due.without(picked);
         let wanted_left = first_left != usize::MAX;
         if !wanted_left && below {
             // Room for more: the rest, in the same order, while they fit (a jump from
@@ -2196,6 +2189,21 @@ impl Picked {
         if let Some(word) = self.0.get_mut(at) {
             *word |= bits;
         }
+    }
+
+    /// How many indices are in the set.
+    fn len(&self) -> usize {
+        self.0.iter().map(|word| word.count_ones() as usize).sum()
+    }
+
+    /// Whether some index of the set is not in `other`.
+    fn any_outside(&self, other: &Picked) -> bool {
+        self.0.iter().zip(&other.0).any(|(a, b)| a & !b != 0)
+    }
+
+    /// The indices of the set that are not in `other`.
+    fn without(&self, other: &Picked) -> Picked {
+        Picked(std::array::from_fn(|at| self.0[at] & !other.0[at]))
     }
 
     /// The indices in `from..to`, in increasing order.
