@@ -1844,9 +1844,25 @@ impl ClientReplication {
         scratch[..same].copy_from_slice(&self.slots[..same]);
         let (mut i, mut j, mut out) = (same, same, same);
         let slots = &self.slots;
+        // Past the first difference, most slots still meet their candidate (a removal
+        // in flight or an entity entering shifts the rest): that case is tested first.
         loop {
             let (slot, entry) = match (slots.get(i), cands.get(j)) {
+                (Some(slot), Some(entry)) if slot.entity_id == entry.entity_id => {
+                    i += 1;
+                    j += 1;
+                    let mut slot = *slot;
+                    settle(&mut slot);
+                    let pending = slot.update_in_view(changes.of(entry));
+                    views[out] = slot.due((j - 1) as u16, pending, Some(entry), gains);
+                    scratch[out] = slot;
+                    out += 1;
+                    continue;
+                }
                 (None, None) => break,
+                pair => pair,
+            };
+            match (slot, entry) {
                 (Some(slot), entry) if entry.is_none_or(|e| slot.entity_id < e.entity_id) => {
                     // Left the interest (or was destroyed): removed until acknowledged.
                     let mut slot = *slot;
@@ -1857,9 +1873,9 @@ impl ClientReplication {
                         scratch[out] = slot;
                         out += 1;
                     }
-                    continue;
                 }
-                (slot, Some(entry)) if slot.is_none_or(|s| entry.entity_id < s.entity_id) => {
+                (_, Some(entry)) => {
+                    // Entered (its id is below the slot's, or no slot is left).
                     if out + (slots.len() - i) < KNOWN_SLOTS_MAX {
                         let mut slot = Slot::entering(entry.entity_id);
                         views[out] = slot.due(j as u16, FIELDS_ALL, Some(entry), gains);
@@ -1867,20 +1883,10 @@ impl ClientReplication {
                         out += 1;
                     }
                     j += 1;
-                    continue;
                 }
-                (Some(slot), Some(entry)) => (slot, entry),
-                // Covered above: one side is `None` and the other takes its branch.
+                // (Some, None) takes the first arm; (None, None) broke out of the loop.
                 _ => break,
-            };
-            let mut slot = *slot;
-            settle(&mut slot);
-            let pending = slot.update_in_view(changes.of(entry));
-            views[out] = slot.due(j as u16, pending, Some(entry), gains);
-            scratch[out] = slot;
-            out += 1;
-            i += 1;
-            j += 1;
+            }
         }
         self.slots.clear();
         if self.slots.capacity() < out {
