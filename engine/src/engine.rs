@@ -1213,7 +1213,9 @@ impl Engine {
                 block.fill(sectors, sector_size_m)
             });
             let (groups, blocks, clients) = self.groups.batch_mut(batch);
-            let chunk_len = groups.len().div_ceil(self.threads * 8);
+            // Small chunks (a few groups, some tens of clients below): each batch ends
+            // twice in a barrier, where a thread waits for the other's last chunk.
+            let chunk_len = groups.len().div_ceil(self.threads * 32);
             self.workers.for_each_chunked(groups, chunk_len, &|group| {
                 group.fill(sectors, blocks, sector_size_m)
             });
@@ -1231,7 +1233,7 @@ impl Engine {
             first = written;
             // In group order: a group's candidates and its entities' values are read by
             // its clients one after another, while they are in this core's cache.
-            let chunk_len = order.len().div_ceil(self.threads * 16);
+            let chunk_len = order.len().div_ceil(self.threads * 64);
             let arenas = &self.snapshot_arenas;
             self.workers.for_each_chunked_in_order(
                 &mut self.replicas,
