@@ -158,6 +158,10 @@ pub struct Engine {
     groups: InterestGroups,
     /// This write's delta clients (indices into `replicas`), grouped by interest group.
     write_order: Vec<u32>,
+    /// The interest group of each client of `write_order` ([`NO_GROUP`]: none), kept
+    /// here rather than in the client's plan: the serial plan then appends to a list
+    /// instead of writing a field of each client, scattered in memory.
+    write_groups: Vec<u32>,
     /// Scratch for checking `write_order` names each client once.
     write_seen: Vec<u64>,
     /// The delta snapshots of a write, one arena per thread (`workers::worker_index`;
@@ -218,6 +222,7 @@ impl Engine {
             replication_epoch: 0,
             groups: InterestGroups::default(),
             write_order: Vec::new(),
+            write_groups: Vec::new(),
             write_seen: Vec::new(),
             snapshot_arenas: (0..threads).map(|_| Mutex::default()).collect(),
             tick: 0,
@@ -1230,6 +1235,7 @@ impl Engine {
             };
             written += clients;
             let order = &self.write_order[first..written];
+            let write_groups = &self.write_groups[first..written];
             first = written;
             // In group order: a group's candidates and its entities' values are read by
             // its clients one after another, while they are in this core's cache.
@@ -1240,14 +1246,9 @@ impl Engine {
                 order,
                 &mut self.write_seen,
                 chunk_len,
-                &|replica| {
-                    if let Plan::Delta {
-                        group,
-                        own,
-                        bytes_max,
-                        ..
-                    } = replica.plan
-                    {
+                &|replica, at| {
+                    if let Plan::Delta { own, bytes_max, .. } = replica.plan {
+                        let group = write_groups.get(at).copied().unwrap_or(NO_GROUP);
                         let index = crate::workers::worker_index().min(arenas.len() - 1);
                         let mut arena =
                             arenas[index].lock().unwrap_or_else(PoisonError::into_inner);
@@ -1347,6 +1348,7 @@ impl Engine {
     fn plan_replication(&mut self, rates: &RateParams) {
         self.groups.clear();
         self.write_order.clear();
+        self.write_groups.clear();
         let sector_size_m = self.config.sector_size_m;
         let epoch = self.replication_epoch;
         // Each client's plan in parallel (a few lookups each, for every client every
@@ -1371,18 +1373,18 @@ impl Engine {
             };
             match key {
                 Some(key) => self.groups.request(key, index as u32),
-                None => self.write_order.push(index as u32),
+                None => {
+                    self.write_order.push(index as u32);
+                    self.write_groups.push(NO_GROUP);
+                }
             }
         }
-        let replicas = &mut self.replicas;
-        let order = &mut self.write_order;
+        let (order, groups) = (&mut self.write_order, &mut self.write_groups);
         // Called in group order.
         self.groups
             .build(&self.sectors, &mut |client_index, group_index| {
-                if let Plan::Delta { group, .. } = &mut replicas[client_index as usize].plan {
-                    *group = group_index;
-                    order.push(client_index);
-                }
+                order.push(client_index);
+                groups.push(group_index);
             });
     }
 
@@ -1456,7 +1458,6 @@ impl Engine {
         replica.plan = match bytes_max {
             Some(bytes_max) => Plan::Delta {
                 key,
-                group: NO_GROUP,
                 own: own.map(|o| o.0),
                 bytes_max,
             },
@@ -1623,7 +1624,10 @@ impl Engine {
     pub fn heap_estimate(&self) -> HeapEstimate {
         let (groups, blocks) = self.groups.heap_bytes();
         let mut estimate = HeapEstimate {
-            groups: groups + capacity_bytes(&self.write_order) + capacity_bytes(&self.write_seen),
+            groups: groups
+                + capacity_bytes(&self.write_order)
+                + capacity_bytes(&self.write_groups)
+                + capacity_bytes(&self.write_seen),
             blocks,
             ..HeapEstimate::default()
         };

@@ -1300,12 +1300,11 @@ pub(crate) enum Plan {
     Skip,
     /// A full snapshot (the client never acknowledged one).
     Full,
-    /// A delta snapshot of at most `bytes_max` bytes from interest group `group` (the
-    /// group of `key`; none: an empty view), with the client's own ship (if any) at
-    /// `own`.
+    /// A delta snapshot of at most `bytes_max` bytes from the interest group of `key`
+    /// (none: an empty view; its index is in `Engine::write_groups`), with the client's
+    /// own ship (if any) at `own`.
     Delta {
         key: Option<GroupKey>,
-        group: u32,
         own: Option<CacheRef>,
         bytes_max: usize,
     },

@@ -188,7 +188,8 @@ impl Workers {
     }
 
     /// Like [`Workers::for_each_chunked`], but visits `items[order[0]]`,
-    /// `items[order[1]]`, ... (chunks of `chunk_len` entries of `order`): elements that
+    /// `items[order[1]]`, ... (chunks of `chunk_len` entries of `order`), calling `f`
+    /// with each element and its position in `order`: elements that
     /// read the same shared data can be visited one after another, while it is in the
     /// cache. `seen` is a reused bitmap for checking that `order` names each element at
     /// most once.
@@ -207,7 +208,7 @@ impl Workers {
         order: &[u32],
         seen: &mut Vec<u64>,
         chunk_len: usize,
-        f: &(dyn Fn(&mut T) + Sync),
+        f: &(dyn Fn(&mut T, usize) + Sync),
         ahead: &(dyn Fn(&T) + Sync),
     ) -> usize {
         // The check that makes the disjoint `&mut` below sound: O(n), one bit per item.
@@ -245,7 +246,7 @@ impl Workers {
                 // two calls get the same element; the run ends (all workers out) before
                 // `items`' borrow does.
                 let item = unsafe { &mut *base.get().add(index as usize) };
-                f(item);
+                f(item, start + k);
             }
         };
         if self.threads.is_empty() || chunks <= 1 {
@@ -443,7 +444,7 @@ mod tests {
                     &order,
                     &mut seen,
                     5,
-                    &|x| *x += round,
+                    &|x, _| *x += round,
                     &|_| {},
                 );
             }
@@ -458,7 +459,7 @@ mod tests {
                     &[1, 2, 1],
                     &mut seen,
                     1,
-                    &|x| *x = 0,
+                    &|x, _| *x = 0,
                     &|_| {},
                 );
             }));
@@ -469,7 +470,7 @@ mod tests {
                     &[1000],
                     &mut seen,
                     1,
-                    &|x| *x = 0,
+                    &|x, _| *x = 0,
                     &|_| {},
                 );
             }));
