@@ -454,6 +454,7 @@ impl<'a> DeltaEncoder<'a> {
     ///
     /// # Errors
     /// As [`DeltaEncoder::push`].
+    #[inline]
     pub fn push_encoded(
         &mut self,
         entity_id: u64,
@@ -477,8 +478,15 @@ impl<'a> DeltaEncoder<'a> {
         let before = self.out.len();
         put_varint(self.out, entity_id - self.previous_id);
         self.out.push(mask);
-        // Runs of consecutive fields are copied at once (position and velocity, the
-        // usual pair, are one copy).
+        if mask & mask.wrapping_add(1) == 0 {
+            // The first fields only (position and velocity, and health in a fight: the
+            // usual records): one copy.
+            let len = fields_len_packed(lens, mask);
+            self.out
+                .extend_from_slice(fields.get(..len).unwrap_or_default());
+            return self.finish_record(before, entity_id);
+        }
+        // Runs of consecutive fields are copied at once.
         let mut at = 0;
         let mut run: Option<(usize, usize)> = None;
         for bit in 0..6 {
