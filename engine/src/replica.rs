@@ -436,6 +436,7 @@ mod tests {
                 for (mask, value) in &records {
                     encoder.push_entity(*mask, value).unwrap();
                 }
+                drop(encoder);
                 let truncate = rng.gen_bool(0.05) && bytes.len() > 40;
                 if truncate {
                     let len = rng.gen_range(29..bytes.len());

@@ -342,7 +342,9 @@ pub fn record_len(previous_id: u64, record: &DeltaRecord, header: &DeltaHeader) 
 }
 
 /// Writes one delta snapshot into a caller buffer, record by record, under a byte
-/// budget. The bytes in `out` are a valid message after `new` and after every `push`.
+/// budget. The bytes in `out` are a valid message once the encoder is dropped (it
+/// borrows `out` until then): the header's record count is written then, once, rather
+/// than after every record.
 pub struct DeltaEncoder<'a> {
     out: &'a mut Vec<u8>,
     start: usize,
@@ -515,9 +517,16 @@ impl<'a> DeltaEncoder<'a> {
         }
         self.previous_id = entity_id;
         self.count += 1;
-        let at = self.start + COUNT_OFFSET;
-        self.out[at..at + 2].copy_from_slice(&self.count.to_le_bytes());
         Ok(())
+    }
+}
+
+impl Drop for DeltaEncoder<'_> {
+    fn drop(&mut self) {
+        let at = self.start + COUNT_OFFSET;
+        if let Some(count) = self.out.get_mut(at..at + 2) {
+            count.copy_from_slice(&self.count.to_le_bytes());
+        }
     }
 }
 
@@ -990,6 +999,7 @@ mod tests {
             previous = record.value.entity_id;
         }
         assert_eq!(encoder.encoded_len(), expected_len);
+        drop(encoder);
         let view = DeltaSnapshotView::parse(&out[1..]).unwrap();
         assert_eq!(view.header(), header());
         let records: Vec<DeltaRecord> = view.records().collect();
@@ -1095,6 +1105,7 @@ mod tests {
             };
             encoder.push_entity(mask, &value).unwrap();
         }
+        drop(encoder);
         let mut reader = DeltaSnapshotReader::new(&out).unwrap();
         assert_eq!(reader.header(), header());
         assert_eq!(reader.record_count(), 4);
@@ -1158,6 +1169,7 @@ mod tests {
         };
         assert_eq!(encoder.push(&big), Err(EncodeError::Full));
         assert_eq!(encoder.record_count(), 0);
+        drop(encoder);
         assert!(DeltaSnapshotView::parse(&out).is_ok());
         // Claimed records that are not there.
         let mut lying = out.clone();
