@@ -376,6 +376,7 @@ impl GroupEntry {
 
     /// The entry of `cached` in a group whose origin is `origin` (metres, and the same
     /// quantized to centimetres as in the snapshot header).
+    #[inline]
     fn new(
         at: CacheRef,
         (cached, point): (&CachedReplica, CachedPoint),
@@ -615,14 +616,16 @@ impl InterestGroup {
         self.near_radius_m = rank.keep_nearest();
         let origin = self.origin;
         let origin_cm = (quantize_cm(origin.0), quantize_cm(origin.1));
-        self.candidates.extend(rank.work.iter().filter_map(|w| {
-            Some(GroupEntry::new(
-                w.at,
-                w.at.entry(sectors)?,
-                origin,
-                origin_cm,
-            ))
-        }));
+        // A plain loop, each entry made in place: through `filter_map` the entry was
+        // built on the stack by a call and copied, its last word read back across two
+        // narrower stores (a store-forwarding stall, a third of the ranking's samples).
+        self.candidates.reserve(rank.work.len());
+        for w in &rank.work {
+            if let Some(cached) = w.at.entry(sectors) {
+                self.candidates
+                    .push(GroupEntry::new(w.at, cached, origin, origin_cm));
+            }
+        }
     }
 
     /// Picks the candidates from the block the group shares with the other cells of its
