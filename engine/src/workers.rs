@@ -189,10 +189,10 @@ impl Workers {
 
     /// Like [`Workers::for_each_chunked`], but visits `items[order[0]]`,
     /// `items[order[1]]`, ... (chunks of `chunk_len` entries of `order`), calling `f`
-    /// with each element and its position in `order`: elements that
-    /// read the same shared data can be visited one after another, while it is in the
-    /// cache. `seen` is a reused bitmap for checking that `order` names each element at
-    /// most once.
+    /// with each element and its position in `order` (for data kept beside the order):
+    /// elements that read the same shared data can be visited one after another, while
+    /// it is in the cache. `seen` is a reused bitmap for checking that `order` names
+    /// each element at most once.
     ///
     /// Elements visited in such an order are scattered in memory, so each would start
     /// with a cache miss: before `f` runs on one, the element two places further in the
@@ -452,6 +452,19 @@ mod tests {
             for (i, &x) in items.iter().enumerate() {
                 let named = (999 - i) % 3 == 0;
                 assert_eq!(x, if named { total } else { 0 }, "element {i}");
+            }
+            // Each element is told its position in the order.
+            let mut places = vec![u64::MAX; 1000];
+            workers.for_each_chunked_in_order(
+                &mut places,
+                &order,
+                &mut seen,
+                7,
+                &|x, at| *x = at as u64,
+                &|_| {},
+            );
+            for (at, &index) in order.iter().enumerate() {
+                assert_eq!(places[index as usize], at as u64, "position {at}");
             }
             let repeat = catch_unwind(AssertUnwindSafe(|| {
                 workers.for_each_chunked_in_order(
