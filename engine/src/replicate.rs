@@ -2235,17 +2235,7 @@ impl Picked {
     }
 
     fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.0.iter().enumerate().flat_map(|(at, &word)| {
-            let mut rest = word;
-            std::iter::from_fn(move || {
-                if rest == 0 {
-                    return None;
-                }
-                let bit = rest.trailing_zeros() as usize;
-                rest &= rest - 1;
-                Some(at * 64 + bit)
-            })
-        })
+        self.iter_range(0, KNOWN_SLOTS_MAX)
     }
 }
 
