@@ -1968,16 +1968,22 @@ impl ClientReplication {
         // slots are taken while they fit: every record that fits is taken, and the
         // first one left out is where the next write starts.
         let start = slots.partition_point(|slot| slot.entity_id < self.cursor);
-        let mut first_left = usize::MAX;
-        for (from, to, k0) in [(start, n, 0), (0, start, n - start)] {
-            for index in wanted.iter_range(from, to) {
-                if fill.take(views[index].len) {
-                    picked.insert(index);
-                } else {
-                    first_left = first_left.min(k0 + index - from);
+        // Takes the slots of `set` round from the cursor while they fit; returns the
+        // place in the round (0 at the cursor) of the first one left out.
+        let take_round = |set: &Picked, fill: &mut Fill, picked: &mut Picked| {
+            let mut first_left = usize::MAX;
+            for (from, to, k0) in [(start, n, 0), (0, start, n - start)] {
+                for index in set.iter_range(from, to) {
+                    if fill.take(views[index].len) {
+                        picked.insert(index);
+                    } else {
+                        first_left = first_left.min(k0 + index - from);
+                    }
                 }
             }
-        }
+            first_left
+        };
+        let mut first_left = take_round(&wanted, &mut fill, picked);
         let below = due.any_outside(&wanted);
         let due_count = due.len() + usize::from(own != usize::MAX);
         // The due slots left out (below the threshold or not fitting): the second pass
@@ -1987,15 +1993,7 @@ impl ClientReplication {
         if !wanted_left && below {
             // Room for more: the rest, in the same order, while they fit (a jump from
             // one left-out bit to the next: about half the due slots of a crowded view).
-            for (from, to, k0) in [(start, n, 0), (0, start, n - start)] {
-                for index in left.iter_range(from, to) {
-                    if fill.take(views[index].len) {
-                        picked.insert(index);
-                    } else {
-                        first_left = first_left.min(k0 + index - from);
-                    }
-                }
-            }
+            first_left = take_round(&left, &mut fill, picked);
         }
         if first_left != usize::MAX {
             let index = if start + first_left >= n {
