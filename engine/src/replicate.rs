@@ -2591,6 +2591,44 @@ mod tests {
         assert_eq!(every_tick.combat_until, 8 + rates.combat_hold_ticks);
     }
 
+    /// The packed word gives the same lengths as the wire's own measure, whatever the
+    /// change bits and id kept beside the field lengths.
+    #[test]
+    fn a_group_entry_measures_records_as_the_wire_does() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        for _ in 0..2_000 {
+            let entity_id = rng.gen_range(1..u64::MAX);
+            let changed = rng.gen_range(0..=u8::MAX);
+            let field_bytes: [u8; 6] = std::array::from_fn(|_| rng.gen_range(1..=20));
+            let lens = GroupEntry::lens_of(entity_id, changed, &field_bytes);
+            let entry = GroupEntry {
+                entity_id,
+                x_m: 0.0,
+                y_m: 0.0,
+                at: CacheRef {
+                    sector: 0,
+                    index: 0,
+                },
+                lens,
+                fields_at: FIELDS_NONE,
+                changed_by_gap: [0; CHANGED_GAPS],
+            };
+            assert_eq!(entry.changed(), changed);
+            for mask in 0..=FIELDS_ALL {
+                assert_eq!(
+                    entry.record_len(mask),
+                    record_len_of(entity_id, mask, &field_bytes),
+                    "{field_bytes:?} {mask:#x} {changed:#x}"
+                );
+                assert_eq!(
+                    fields_len_packed(lens, mask),
+                    fields_len(&field_bytes, mask)
+                );
+            }
+        }
+    }
+
     #[test]
     fn near_entities_gain_most_and_every_entity_gains() {
         assert_eq!(distance_gain(0.0), PRIORITY_NEAR);
